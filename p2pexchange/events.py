@@ -1,0 +1,296 @@
+"""Events: signed batches of actions, their canonical CBOR and their validation.
+
+Theory of operation: an event is what one origin (a libp2p peer) says at one
+moment: a batch of `Place` and `Cancel` actions for one market, stamped with
+the origin's next sequence number, its vector clock (for each origin, the
+highest seq it had delivered) and a Lamport time, and signed with the origin's
+libp2p Ed25519 key. The wire form is a canonical CBOR map (sorted keys,
+shortest integers); the signature covers the canonical encoding of the map
+without its signature field, prefixed by a domain tag. The event id is the
+SHA-256 of the complete encoded event, so every node names every event, and
+every order (`order_id = event_id || index`), the same way.
+
+`decode_event` performs every check that needs no replica state: size, CBOR,
+canonical form, schema, types, integer ranges, known market, the clock's own
+entry (`clock[origin] == seq - 1`) and the signature. Checks that need state
+(duplicate, equivocation, causal readiness, Lamport consistency) belong to the
+replica. A failure raises `EventRejected` with a stable `code` naming the
+peer's fault; nothing here ever raises anything else on bad input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Mapping
+
+import cbor2
+from libp2p.crypto.keys import PrivateKey, PublicKey
+from libp2p.peer.id import ID
+
+from .market import MARKET_NAME_BYTES_MAX, PRICE_TICKS_MAX, QTY_LOTS_MAX
+
+PROTOCOL_VERSION = 1
+EVENT_BYTES_MAX = 64 * 1024
+EVENT_ACTIONS_MAX = 1000
+CLOCK_ORIGINS_MAX = 256
+ORIGIN_BYTES_MAX = 64
+SEQ_MAX = 2**63 - 1
+SIGNATURE_DOMAIN = b"p2pexchange/event/v1\x00"
+ORDER_ID_BYTES = 34  # 32-byte event id + 2-byte big-endian index
+PUBKEY_CACHE_MAX = 4096
+
+assert EVENT_ACTIONS_MAX < 2**16, "an order id holds the action index in two bytes"
+# A cancel encodes in 38 bytes, a place in at most 23; a clock entry in at most 50.
+assert EVENT_ACTIONS_MAX * 40 + CLOCK_ORIGINS_MAX * 50 + 256 < EVENT_BYTES_MAX
+
+
+class Side(IntEnum):
+    BUY = 0
+    SELL = 1
+
+
+class OrderType(IntEnum):
+    LIMIT = 0  # good till cancelled
+    IOC = 1  # immediate or cancel
+    FOK = 2  # fill or kill
+    POST_ONLY = 3  # rejected if it would take
+    MARKET = 4  # takes what the book holds up to its size, rest cancelled
+
+
+class STP(IntEnum):
+    """Self-trade prevention: what happens when taker and maker share an origin."""
+
+    EXPIRE_TAKER = 0
+    EXPIRE_MAKER = 1
+    EXPIRE_BOTH = 2
+
+
+ACTION_PLACE = 0
+ACTION_CANCEL = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Place:
+    side: Side
+    type: OrderType
+    price: int  # ticks; 0 for market orders
+    qty: int  # lots
+    stp: STP = STP.EXPIRE_TAKER
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    order_id: bytes
+
+
+Action = Place | Cancel
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    origin: bytes
+    seq: int
+    clock: Mapping[bytes, int]
+    lamport: int
+    market: str
+    actions: tuple[Action, ...]
+    signature: bytes
+    id: bytes = field(repr=False)
+    raw: bytes = field(repr=False)
+
+    @property
+    def key(self) -> tuple[int, bytes, int]:
+        """The total-order sort key: (lamport, origin, seq)."""
+        return (self.lamport, self.origin, self.seq)
+
+    def order_id(self, index: int) -> bytes:
+        return order_id(self.id, index)
+
+
+class EventRejected(Exception):
+    """A peer sent something that is not a valid event. `code` is stable and machine-readable."""
+
+    def __init__(self, code: str, detail: str = "") -> None:
+        super().__init__(f"{code}: {detail}" if detail else code)
+        self.code = code
+        self.detail = detail
+
+
+def order_id(event_id: bytes, index: int) -> bytes:
+    return event_id + index.to_bytes(2, "big")
+
+
+def split_order_id(oid: bytes) -> tuple[bytes, int]:
+    return oid[:32], int.from_bytes(oid[32:], "big")
+
+
+def short_id(b: bytes) -> str:
+    """A short, human-readable handle for ids in logs."""
+    return b.hex()[:12]
+
+
+# ---------------------------------------------------------------------------
+# Encoding
+
+
+def _action_to_wire(action: Action) -> list:
+    if isinstance(action, Place):
+        return [ACTION_PLACE, int(action.side), int(action.type), action.price, action.qty,
+                int(action.stp)]
+    return [ACTION_CANCEL, action.order_id]
+
+
+def _body(origin: bytes, seq: int, clock: Mapping[bytes, int], lamport: int, market: str,
+          actions: tuple[Action, ...]) -> dict:
+    return {
+        "v": PROTOCOL_VERSION,
+        "o": origin,
+        "s": seq,
+        "c": {o: s for o, s in clock.items() if s > 0},
+        "l": lamport,
+        "m": market,
+        "a": [_action_to_wire(a) for a in actions],
+    }
+
+
+def canonical(obj: object) -> bytes:
+    return cbor2.dumps(obj, canonical=True)
+
+
+def sign_event(private_key: PrivateKey, origin: bytes, seq: int, clock: Mapping[bytes, int],
+               lamport: int, market: str, actions: tuple[Action, ...] | list[Action]) -> Event:
+    """Build and sign an event. Programmer errors (bad arguments) are asserts."""
+    actions = tuple(actions)
+    assert 1 <= len(actions) <= EVENT_ACTIONS_MAX, len(actions)
+    assert clock.get(origin, 0) == seq - 1, "an origin's clock names its own previous seq"
+    body = _body(origin, seq, clock, lamport, market, actions)
+    signature = private_key.sign(SIGNATURE_DOMAIN + canonical(body))
+    body["g"] = signature
+    raw = canonical(body)
+    assert len(raw) <= EVENT_BYTES_MAX, len(raw)
+    clean_clock = dict(sorted(body["c"].items()))
+    return Event(origin, seq, clean_clock, lamport, market, actions, signature,
+                 hashlib.sha256(raw).digest(), raw)
+
+
+# ---------------------------------------------------------------------------
+# Decoding and stateless validation
+
+_pubkeys: dict[bytes, PublicKey] = {}
+
+
+def public_key_of(origin: bytes) -> PublicKey:
+    """The public key embedded in a peer id (Ed25519 peer ids inline their key)."""
+    key = _pubkeys.get(origin)
+    if key is None:
+        try:
+            key = ID(origin).extract_public_key()
+        except Exception as exc:  # the peer id bytes come from the wire
+            raise EventRejected("bad_origin", f"peer id does not embed a key: {exc}") from None
+        if key is None:
+            raise EventRejected("bad_origin", "peer id does not embed a public key")
+        if len(_pubkeys) >= PUBKEY_CACHE_MAX:
+            _pubkeys.clear()
+        _pubkeys[origin] = key
+    return key
+
+
+def _uint(value: object, name: str, lo: int, hi: int) -> int:
+    if type(value) is not int:
+        raise EventRejected("bad_type", f"{name} must be an integer, got {type(value).__name__}")
+    if not lo <= value <= hi:
+        raise EventRejected("out_of_range", f"{name}={value} not in [{lo}, {hi}]")
+    return value
+
+
+def _decode_action(wire: object, index: int) -> Action:
+    if type(wire) is not list or not wire:
+        raise EventRejected("bad_action", f"action {index} is not a non-empty array")
+    kind = wire[0]
+    if kind == ACTION_PLACE and type(kind) is int:
+        if len(wire) != 6:
+            raise EventRejected("bad_action", f"place {index} needs 6 fields, has {len(wire)}")
+        side = _uint(wire[1], "side", 0, 1)
+        otype = _uint(wire[2], "order type", 0, len(OrderType) - 1)
+        if otype == OrderType.MARKET:
+            price = _uint(wire[3], "price", 0, 0)
+        else:
+            price = _uint(wire[3], "price", 1, PRICE_TICKS_MAX)
+        qty = _uint(wire[4], "qty", 1, QTY_LOTS_MAX)
+        stp = _uint(wire[5], "stp", 0, len(STP) - 1)
+        return Place(Side(side), OrderType(otype), price, qty, STP(stp))
+    if kind == ACTION_CANCEL and type(kind) is int:
+        if len(wire) != 2:
+            raise EventRejected("bad_action", f"cancel {index} needs 2 fields, has {len(wire)}")
+        oid = wire[1]
+        if type(oid) is not bytes or len(oid) != ORDER_ID_BYTES:
+            raise EventRejected("bad_action", f"cancel {index}: order id must be "
+                                f"{ORDER_ID_BYTES} bytes")
+        return Cancel(oid)
+    raise EventRejected("bad_action", f"action {index} has unknown kind {kind!r}")
+
+
+_FIELDS = frozenset("vosclmag")
+
+
+def decode_event(raw: bytes, markets: Mapping[str, object]) -> Event:
+    """Decode and check one event from the wire; raises EventRejected with a reason."""
+    if not isinstance(raw, (bytes, bytearray)):
+        raise EventRejected("bad_type", "event must be bytes")
+    raw = bytes(raw)
+    if len(raw) > EVENT_BYTES_MAX:
+        raise EventRejected("oversize", f"{len(raw)} bytes > {EVENT_BYTES_MAX}")
+    try:
+        msg = cbor2.loads(raw)
+    except Exception as exc:  # cbor2 raises several types on garbage
+        raise EventRejected("bad_cbor", str(exc)[:200]) from None
+    if type(msg) is not dict:
+        raise EventRejected("bad_type", "event must be a CBOR map")
+    keys = set(msg)
+    if keys != _FIELDS:
+        missing = sorted(str(k) for k in _FIELDS - keys)
+        extra = sorted(repr(k) for k in keys - _FIELDS)
+        raise EventRejected("bad_schema", f"missing {missing} unexpected {extra}")
+    if msg["v"] != PROTOCOL_VERSION or type(msg["v"]) is not int:
+        raise EventRejected("bad_version", f"version {msg['v']!r}")
+    origin = msg["o"]
+    if type(origin) is not bytes or not 0 < len(origin) <= ORIGIN_BYTES_MAX:
+        raise EventRejected("bad_origin", "origin must be peer id bytes")
+    seq = _uint(msg["s"], "seq", 1, SEQ_MAX)
+    lamport = _uint(msg["l"], "lamport", 1, SEQ_MAX)
+    market = msg["m"]
+    if type(market) is not str or len(market.encode()) > MARKET_NAME_BYTES_MAX:
+        raise EventRejected("bad_type", "market must be a short text string")
+    if market not in markets:
+        raise EventRejected("unknown_market", market)
+    clock = msg["c"]
+    if type(clock) is not dict or len(clock) > CLOCK_ORIGINS_MAX:
+        raise EventRejected("bad_clock", f"clock must be a map of at most {CLOCK_ORIGINS_MAX}")
+    for o, s in clock.items():
+        if type(o) is not bytes or not 0 < len(o) <= ORIGIN_BYTES_MAX:
+            raise EventRejected("bad_clock", "clock keys must be peer id bytes")
+        _uint(s, "clock entry", 1, SEQ_MAX)
+    if clock.get(origin, 0) != seq - 1:
+        raise EventRejected("bad_clock", f"clock[origin]={clock.get(origin, 0)} but seq={seq}")
+    wire_actions = msg["a"]
+    if type(wire_actions) is not list or not 1 <= len(wire_actions) <= EVENT_ACTIONS_MAX:
+        raise EventRejected("bad_actions", f"actions must be 1..{EVENT_ACTIONS_MAX} items")
+    actions = tuple(_decode_action(a, i) for i, a in enumerate(wire_actions))
+    signature = msg["g"]
+    if type(signature) is not bytes or len(signature) > 128:
+        raise EventRejected("bad_signature", "signature must be bytes")
+    body = {k: v for k, v in msg.items() if k != "g"}
+    body_bytes = canonical(body)
+    if canonical(msg) != raw:
+        raise EventRejected("non_canonical", "encoding is not canonical CBOR")
+    key = public_key_of(origin)
+    try:
+        ok = key.verify(SIGNATURE_DOMAIN + body_bytes, signature)
+    except Exception:  # malformed signature bytes
+        ok = False
+    if not ok:
+        raise EventRejected("bad_signature", "signature does not verify for origin")
+    return Event(origin, seq, dict(sorted(clock.items())), lamport, market, actions, signature,
+                 hashlib.sha256(raw).digest(), raw)

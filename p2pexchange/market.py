@@ -1,0 +1,79 @@
+"""Markets and the integer grid that money lives on.
+
+Theory of operation: every price on the wire is a whole number of ticks and
+every quantity a whole number of lots. A market names its base and quote
+assets and the size of one tick (in quote units) and one lot (in base units)
+as decimal strings. Decimal strings from people are converted here, at the
+edge, and a value that is not an exact multiple of the grid is refused rather
+than rounded: an exchange that silently rounds a price is an exchange that
+trades at a price nobody asked for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+
+PRICE_TICKS_MAX = 2**48 - 1
+QTY_LOTS_MAX = 2**48 - 1
+MARKET_NAME_BYTES_MAX = 32
+
+
+class GridError(ValueError):
+    """A decimal value that is malformed, out of range or off the market's grid."""
+
+
+@dataclass(frozen=True)
+class Market:
+    name: str
+    base: str
+    quote: str
+    tick_size: str
+    lot_size: str
+
+    def __post_init__(self) -> None:
+        assert 0 < len(self.name.encode()) <= MARKET_NAME_BYTES_MAX, self.name
+        assert Decimal(self.tick_size) > 0 and Decimal(self.lot_size) > 0
+
+    def price_to_ticks(self, price: str) -> int:
+        return _to_units(price, Decimal(self.tick_size), PRICE_TICKS_MAX, "price")
+
+    def qty_to_lots(self, qty: str) -> int:
+        return _to_units(qty, Decimal(self.lot_size), QTY_LOTS_MAX, "quantity")
+
+    def ticks_to_price(self, ticks: int) -> str:
+        return _to_text(ticks * Decimal(self.tick_size))
+
+    def lots_to_qty(self, lots: int) -> str:
+        return _to_text(lots * Decimal(self.lot_size))
+
+
+def _to_units(text: str, unit: Decimal, units_max: int, what: str) -> int:
+    if not isinstance(text, str):
+        raise GridError(f"{what} must be a decimal string, got {type(text).__name__}")
+    try:
+        value = Decimal(text.strip())
+    except InvalidOperation:
+        raise GridError(f"{what} {text!r} is not a decimal number") from None
+    if not value.is_finite() or value <= 0:
+        raise GridError(f"{what} {text!r} must be a positive finite number")
+    units, remainder = divmod(value, unit)
+    if remainder != 0:
+        raise GridError(f"{what} {text!r} is not a multiple of {unit}")
+    if units > units_max:
+        raise GridError(f"{what} {text!r} is too large")
+    return int(units)
+
+
+def _to_text(value: Decimal) -> str:
+    text = format(value.normalize(), "f")
+    return text
+
+
+DEFAULT_MARKETS: dict[str, Market] = {
+    m.name: m
+    for m in (
+        Market("BTC-USD", "BTC", "USD", tick_size="0.01", lot_size="0.0001"),
+        Market("ETH-USD", "ETH", "USD", tick_size="0.01", lot_size="0.001"),
+    )
+}

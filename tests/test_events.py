@@ -1,0 +1,187 @@
+"""Events: canonical CBOR, signatures, and rejection of every kind of bad input."""
+
+from __future__ import annotations
+
+import pathlib
+
+import cbor2
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from p2pexchange.events import (
+    EVENT_ACTIONS_MAX,
+    EVENT_BYTES_MAX,
+    Cancel,
+    EventRejected,
+    OrderType,
+    Place,
+    Side,
+    canonical,
+    decode_event,
+    sign_event,
+)
+from p2pexchange.market import DEFAULT_MARKETS
+from p2pexchange.workload import peer_id_bytes, seeded_key_pair
+
+KEY = seeded_key_pair("events-test")
+ORIGIN = peer_id_bytes(KEY)
+OTHER = peer_id_bytes(seeded_key_pair("events-test-other"))
+CRASHERS = pathlib.Path(__file__).parent / "crashers"
+
+
+def make(seq: int = 1, clock: dict | None = None, lamport: int = 1, market: str = "BTC-USD",
+         actions: tuple = (Place(Side.BUY, OrderType.LIMIT, 100, 5),)):
+    return sign_event(KEY.private_key, ORIGIN, seq, clock or {}, lamport, market, actions)
+
+
+def wire(event) -> dict:
+    return cbor2.loads(event.raw)
+
+
+def resign(msg: dict) -> bytes:
+    """Re-sign a tampered body with the right key, so only the tampering is wrong."""
+    from p2pexchange.events import SIGNATURE_DOMAIN
+    body = {k: v for k, v in msg.items() if k != "g"}
+    msg = dict(body, g=KEY.private_key.sign(SIGNATURE_DOMAIN + canonical(body)))
+    return canonical(msg)
+
+
+def rejected_code(raw) -> str:
+    with pytest.raises(EventRejected) as info:
+        decode_event(raw, DEFAULT_MARKETS)
+    return info.value.code
+
+
+def test_event_round_trips_byte_for_byte():
+    event = make(seq=3, clock={ORIGIN: 2, OTHER: 7}, lamport=9,
+                 actions=(Place(Side.SELL, OrderType.FOK, 12345, 2), Cancel(b"\x01" * 34)))
+    decoded = decode_event(event.raw, DEFAULT_MARKETS)
+    assert decoded == event
+    assert decoded.id == event.id and decoded.raw == event.raw
+    assert canonical(cbor2.loads(event.raw)) == event.raw
+    assert decoded.order_id(1) == event.id + b"\x00\x01"
+
+
+def test_signing_is_deterministic_so_ids_agree_everywhere():
+    assert make().id == make().id
+    assert make().id != make(lamport=2).id
+
+
+@pytest.mark.parametrize("raw, code", [
+    (b"\xff\xff", "bad_cbor"),
+    (b"", "bad_cbor"),
+    (cbor2.dumps([1, 2, 3]), "bad_type"),
+    (b"\x00" * (EVENT_BYTES_MAX + 1), "oversize"),
+    ("not bytes", "bad_type"),
+])
+def test_garbage_is_rejected_with_a_reason(raw, code):
+    assert rejected_code(raw) == code
+
+
+@pytest.mark.parametrize("field, value, code", [
+    ("v", 2, "bad_version"),
+    ("s", 0, "out_of_range"),
+    ("s", 1.0, "bad_type"),
+    ("l", -1, "out_of_range"),
+    ("m", "DOGE-USD", "unknown_market"),
+    ("m", 7, "bad_type"),
+    ("c", {ORIGIN: 5}, "bad_clock"),
+    ("c", [1], "bad_clock"),
+    ("c", {OTHER: 0}, "out_of_range"),
+    ("a", [], "bad_actions"),
+    ("a", [[0, 0, 0, 100.5, 5, 0]], "bad_type"),
+    ("a", [[0, 0, 0, 100, 0, 0]], "out_of_range"),
+    ("a", [[0, 2, 0, 100, 5, 0]], "out_of_range"),
+    ("a", [[0, 0, 4, 100, 5, 0]], "out_of_range"),
+    ("a", [[0, 0, 0, 100, 5]], "bad_action"),
+    ("a", [[1, b"short"]], "bad_action"),
+    ("a", [[9]], "bad_action"),
+    ("a", [[True, 0, 0, 100, 5, 0]], "bad_action"),
+    ("a", [[0, 0, 0, 100, 5, 0]] * (EVENT_ACTIONS_MAX + 1), "bad_actions"),
+    ("o", "text", "bad_origin"),
+    ("o", b"\x00\x01garbage", "bad_origin"),
+])
+def test_wrong_fields_are_rejected_even_when_signed(field, value, code):
+    msg = wire(make())
+    msg[field] = value
+    raw = resign(msg) if field != "o" else canonical(msg)
+    if len(raw) > EVENT_BYTES_MAX:
+        code = "oversize"
+    assert rejected_code(raw) == code
+
+
+def test_missing_and_extra_fields_are_rejected():
+    msg = wire(make())
+    del msg["l"]
+    assert rejected_code(canonical(msg)) == "bad_schema"
+    msg = wire(make())
+    msg["x"] = 1
+    assert rejected_code(canonical(msg)) == "bad_schema"
+
+
+def test_bad_signature_is_rejected():
+    msg = wire(make())
+    msg["g"] = bytes([msg["g"][0] ^ 1]) + msg["g"][1:]
+    assert rejected_code(canonical(msg)) == "bad_signature"
+    msg["g"] = b"short"
+    assert rejected_code(canonical(msg)) == "bad_signature"
+
+
+def test_forged_origin_is_rejected():
+    """An event signed by one key but claiming another origin."""
+    msg = wire(make())
+    msg["o"] = OTHER
+    assert rejected_code(resign(msg)) == "bad_signature"
+
+
+def test_non_canonical_encoding_is_rejected():
+    event = make()
+    msg = wire(event)
+    loose = cbor2.dumps(dict(reversed(list(msg.items()))))  # same content, keys unsorted
+    assert loose != event.raw
+    assert rejected_code(loose) == "non_canonical"
+
+
+def test_every_crasher_file_is_rejected_cleanly():
+    files = sorted(CRASHERS.glob("*.bin"))
+    assert len(files) >= 8
+    for path in files:
+        with pytest.raises(EventRejected):
+            decode_event(path.read_bytes(), DEFAULT_MARKETS)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=512))
+def test_random_bytes_never_raise_anything_but_a_rejection(data):
+    with pytest.raises(EventRejected):
+        decode_event(data, DEFAULT_MARKETS)
+
+
+cbor_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.binary(max_size=40)
+    | st.text(max_size=10),
+    lambda inner: st.lists(inner, max_size=6) | st.dictionaries(
+        st.sampled_from(list("vosclmagx")) | st.binary(max_size=4), inner, max_size=9),
+    max_leaves=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(cbor_values)
+def test_random_cbor_structures_are_rejected_not_crashed(value):
+    with pytest.raises(EventRejected):
+        decode_event(cbor2.dumps(value), DEFAULT_MARKETS)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_mutated_valid_events_are_rejected_or_identical(data):
+    raw = bytearray(make(seq=2, clock={ORIGIN: 1, OTHER: 3}, lamport=4).raw)
+    for _ in range(data.draw(st.integers(1, 4))):
+        i = data.draw(st.integers(0, len(raw) - 1))
+        raw[i] = data.draw(st.integers(0, 255))
+    try:
+        decoded = decode_event(bytes(raw), DEFAULT_MARKETS)
+    except EventRejected:
+        return
+    assert decoded.raw == bytes(raw)  # only an unchanged event may decode

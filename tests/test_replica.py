@@ -1,0 +1,301 @@
+"""The replica: convergence whatever the arrival order, rollback, finality, rejections."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from p2pexchange.book import OrderBook
+from p2pexchange.events import Cancel, OrderType, Place, Side, sign_event
+from p2pexchange.market import DEFAULT_MARKETS
+from p2pexchange.replica import GENESIS_DIGEST, Replica
+from p2pexchange.workload import peer_id_bytes, seeded_key_pair, simulate_history
+
+MARKETS = DEFAULT_MARKETS
+
+
+def fingerprint(replica: Replica) -> tuple:
+    """Everything a user can observe: digest, books, trades in order, every order's status."""
+    return (
+        replica.digest,
+        tuple(book.snapshot() for book in replica.books.values()),
+        tuple(replica.trades()),
+        tuple(sorted((oid, o.status, o.filled, o.reason)
+                     for book in replica.books.values() for oid, o in book.orders.items())),
+        tuple(replica.applied_ids()),
+    )
+
+
+def feed(raws, origin=None) -> Replica:
+    replica = Replica(MARKETS, origin)
+    for raw in raws:
+        receipt = replica.receive(raw)
+        assert receipt.status != "rejected", receipt
+    return replica
+
+
+def shuffled_with_duplicates(raws: list[bytes], rng: random.Random) -> list[bytes]:
+    order = raws + rng.sample(raws, len(raws) // 3)
+    rng.shuffle(order)
+    return order
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32), origins=st.integers(2, 5), steps=st.integers(5, 60),
+       orders=st.lists(st.randoms(use_true_random=False), min_size=2, max_size=4))
+def test_replicas_converge_in_any_arrival_order(seed, origins, steps, orders):
+    history = simulate_history(seed, MARKETS, origins=origins, steps=steps)
+    raws = [e.raw for e in history]
+    reference = fingerprint(feed(raws))
+    for rng in orders:
+        replica = feed(shuffled_with_duplicates(raws, rng))
+        for book in replica.books.values():
+            book.check_invariants()
+        assert fingerprint(replica) == reference, f"seed={seed}"
+        assert replica.stats()["events_delivered"] == len(raws)
+        assert replica.stats()["events_buffered"] == 0
+
+
+def naive_arrival_order_digest(raws: list[bytes]) -> bytes:
+    """What the Grenache-style designs do: match each event when it arrives (after
+    its causes), with no total order. Used to show that the convergence test bites."""
+    ordering = Replica(MARKETS)  # only for causal delivery and decoding
+    books = {m: OrderBook(m) for m in MARKETS}
+    h = hashlib.sha256()
+    for raw in raws:
+        for event in ordering.receive(raw).delivered:
+            book = books[event.market]
+            for i, action in enumerate(event.actions):
+                if isinstance(action, Place):
+                    book.place(event.order_id(i), event.origin, action, event.id)
+                else:
+                    book.cancel(action.order_id, event.origin)
+    for book in books.values():
+        h.update(repr(book.snapshot()).encode())
+        h.update(repr(book.trades).encode())
+    return h.digest()
+
+
+def test_naive_arrival_order_engine_diverges_where_replica_converges():
+    history = simulate_history(7, MARKETS, origins=4, steps=60)
+    raws = [e.raw for e in history]
+    naive, ours = set(), set()
+    for k in range(8):
+        order = shuffled_with_duplicates(raws, random.Random(k))
+        naive.add(naive_arrival_order_digest(order))
+        ours.add(fingerprint(feed(order)))
+    assert len(ours) == 1
+    assert len(naive) > 1, "the naive engine should fork on concurrent orders"
+
+
+def two_origins():
+    a, b = seeded_key_pair("a"), seeded_key_pair("b")
+    return (a, peer_id_bytes(a)), (b, peer_id_bytes(b))
+
+
+def test_concurrent_crossing_orders_pick_one_winner_everywhere():
+    (ka, a), (kb, b) = two_origins()
+    (kc, c) = (seeded_key_pair("c"), None)
+    c = peer_id_bytes(kc)
+    maker = sign_event(kc.private_key, c, 1, {}, 1, "BTC-USD",
+                       [Place(Side.SELL, OrderType.LIMIT, 100, 5)])
+    # a and b both saw the maker and both try to take all of it, concurrently.
+    take_a = sign_event(ka.private_key, a, 1, {c: 1}, 2, "BTC-USD",
+                        [Place(Side.BUY, OrderType.IOC, 100, 5)])
+    take_b = sign_event(kb.private_key, b, 1, {c: 1}, 2, "BTC-USD",
+                        [Place(Side.BUY, OrderType.IOC, 100, 5)])
+    first = feed([maker.raw, take_a.raw, take_b.raw])
+    second = feed([take_b.raw, maker.raw, take_a.raw])
+    assert fingerprint(first) == fingerprint(second)
+    (trade,) = first.trades()
+    winner = min((a, take_a), (b, take_b))  # same lamport: lower origin sorts first
+    assert trade.taker_origin == winner[0] and trade.qty == 5
+    loser = take_b if winner[1] is take_a else take_a
+    assert first.order(loser.order_id(0)).reason == "ioc_remainder"
+
+
+def test_late_event_rolls_back_only_what_sorts_after_it():
+    (ka, a), (kb, b) = two_origins()
+    ra = Replica(MARKETS, a)
+    own = [ra.create_event(ka.private_key, "BTC-USD",
+                           [Place(Side.SELL, OrderType.LIMIT, 100 + i, 1)])[0] for i in range(50)]
+    late = sign_event(kb.private_key, b, 1, {}, 1, "BTC-USD",
+                      [Place(Side.BUY, OrderType.LIMIT, 120, 3)])
+    observer = feed([e.raw for e in own])
+    receipt = observer.receive(late.raw)
+    assert receipt.status == "delivered"
+    assert receipt.rolled_back == 50  # everything with lamport > 1 is undone and re-applied
+    assert fingerprint(observer) == fingerprint(feed([late.raw] + [e.raw for e in own]))
+    # A late event in the middle undoes only the later half.
+    mid = sign_event(kb.private_key, b, 2, {b: 1, a: 25}, 26, "BTC-USD",
+                     [Place(Side.BUY, OrderType.LIMIT, 90, 1)])
+    assert observer.receive(mid.raw).rolled_back == 25
+
+
+def test_event_waits_for_its_causes_and_reports_what_is_missing():
+    history = simulate_history(3, MARKETS, origins=2, steps=6)
+    last = history[-1]
+    replica = Replica(MARKETS)
+    receipt = replica.receive(last.raw)
+    assert receipt.status == "buffered"
+    assert receipt.missing and all(first == 1 for first, _ in receipt.missing.values())
+    assert replica.digest == GENESIS_DIGEST
+    for event in history[:-1]:
+        replica.receive(event.raw)
+    assert replica.stats()["events_buffered"] == 0 and replica.missing() == {}
+    assert replica.stats()["events_delivered"] == len(history)
+
+
+def test_equivocation_is_rejected_and_changes_nothing():
+    (ka, a), _ = two_origins()
+    one = sign_event(ka.private_key, a, 1, {}, 1, "BTC-USD",
+                     [Place(Side.SELL, OrderType.LIMIT, 100, 1)])
+    forked = sign_event(ka.private_key, a, 1, {}, 1, "BTC-USD",
+                        [Place(Side.SELL, OrderType.LIMIT, 101, 1)])
+    replica = feed([one.raw])
+    before = fingerprint(replica)
+    receipt = replica.receive(forked.raw)
+    assert (receipt.status, receipt.code) == ("rejected", "equivocation")
+    assert replica.receive(one.raw).status == "duplicate"
+    assert fingerprint(replica) == before
+    assert replica.stats()["rejected"] == {"equivocation": 1}
+
+
+def test_lamport_inconsistent_with_clock_is_rejected():
+    (ka, a), (kb, b) = two_origins()
+    first = sign_event(ka.private_key, a, 1, {}, 1, "BTC-USD",
+                       [Place(Side.SELL, OrderType.LIMIT, 100, 1)])
+    cheat = sign_event(kb.private_key, b, 1, {a: 1}, 1, "BTC-USD",  # should be 2
+                       [Place(Side.BUY, OrderType.LIMIT, 100, 1)])
+    replica = feed([first.raw])
+    before = fingerprint(replica)
+    receipt = replica.receive(cheat.raw)
+    assert (receipt.status, receipt.code) == ("rejected", "bad_lamport")
+    assert fingerprint(replica) == before
+
+
+def test_garbage_never_changes_state():
+    history = simulate_history(11, MARKETS, origins=3, steps=20)
+    replica = feed([e.raw for e in history])
+    before = fingerprint(replica)
+    for raw in (b"", b"\xa0", b"\xff" * 50, history[0].raw[:-1], history[3].raw + b"\x00"):
+        assert replica.receive(raw).status == "rejected"
+    assert fingerprint(replica) == before
+
+
+def test_cancel_only_by_origin_is_a_recorded_business_outcome():
+    (ka, a), (kb, b) = two_origins()
+    place = sign_event(ka.private_key, a, 1, {}, 1, "BTC-USD",
+                       [Place(Side.SELL, OrderType.LIMIT, 100, 1)])
+    steal = sign_event(kb.private_key, b, 1, {a: 1}, 2, "BTC-USD", [Cancel(place.order_id(0))])
+    replica = feed([place.raw, steal.raw])
+    assert replica.outcomes_of(steal.id) == ["not_owner"]
+    assert replica.order(place.order_id(0)).status.name == "RESTING"
+
+
+def test_sync_hands_over_exactly_what_the_other_lacks():
+    history = simulate_history(5, MARKETS, origins=3, steps=40)
+    full = feed([e.raw for e in history])
+    partial = feed([e.raw for e in history[:15]])
+    while True:
+        chunk = full.events_for(partial.clock, limit=7)
+        if not chunk:
+            break
+        assert len(chunk) <= 7
+        for raw in chunk:
+            assert partial.receive(raw).status == "delivered"  # causes come first
+    assert fingerprint(partial) == fingerprint(full)
+
+
+def test_finality_waits_for_every_live_member():
+    (ka, a), (kb, b) = two_origins()
+    ra = Replica(MARKETS, a)
+    e1, _ = ra.create_event(ka.private_key, "BTC-USD", [Place(Side.SELL, OrderType.LIMIT, 100, 1)])
+    timeout_ms = 5_000
+    # b is live and announced nothing beyond lamport 0: e1 might still be preceded.
+    assert ra.on_heartbeat(b, {}, 0, now_ms=1_000) is None
+    assert not ra.is_final(e1.id, 1_000, timeout_ms)
+    # b has seen e1 (lamport 1): its future events sort after e1.
+    ra.on_heartbeat(b, {a: 1}, 1, now_ms=2_000)
+    assert ra.is_final(e1.id, 2_000, timeout_ms)
+    # b claims an event of its own that we lack: finality is held back at what we hold.
+    e2, _ = ra.create_event(ka.private_key, "BTC-USD", [Place(Side.SELL, OrderType.LIMIT, 101, 1)])
+    ra.on_heartbeat(b, {a: 2, b: 1}, 3, now_ms=3_000)
+    assert ra.final_frontier(3_000, timeout_ms) == 0
+    assert ra.missing() == {b: (1, 1)}
+    # Once b is silent for longer than the timeout it no longer holds finality back.
+    assert ra.is_final(e2.id, 3_000 + timeout_ms + 1, timeout_ms)
+
+
+def test_late_event_after_finality_is_still_applied_and_counted():
+    (ka, a), (kb, b) = two_origins()
+    ra = Replica(MARKETS, a)
+    e1, _ = ra.create_event(ka.private_key, "BTC-USD", [Place(Side.SELL, OrderType.LIMIT, 100, 1)])
+    assert ra.final_frontier(now_ms=0, liveness_timeout_ms=1) == 1  # nobody else is live
+    late = sign_event(kb.private_key, b, 1, {}, 1, "BTC-USD",
+                      [Place(Side.BUY, OrderType.LIMIT, 100, 1)])
+    assert ra.receive(late.raw).status == "delivered"
+    assert ra.stats()["late_after_final"] == 1
+    assert fingerprint(ra)[0] == feed([late.raw, e1.raw]).digest
+
+
+def test_bad_heartbeats_are_refused():
+    replica = Replica(MARKETS)
+    assert replica.on_heartbeat(b"x", {b"y": 1.5}, 1, 0) == "bad_heartbeat"
+    assert replica.on_heartbeat(b"x", {}, "1", 0) == "bad_heartbeat"
+    assert replica.on_heartbeat(b"x", {}, 5, 0) is None
+    assert replica.on_heartbeat(b"x", {}, 4, 1) == "stale_heartbeat"
+
+
+def test_buffer_is_bounded():
+    history = simulate_history(9, MARKETS, origins=1, steps=10)
+    replica = Replica(MARKETS, buffer_events_max=3)
+    codes = [replica.receive(e.raw).code for e in reversed(history[1:])]
+    assert codes.count("buffer_full") == len(history) - 1 - 3
+    assert replica.stats()["events_buffered"] == 3
+    for e in history:  # what was refused comes back later, as sync would send it
+        replica.receive(e.raw)
+    assert replica.stats()["events_delivered"] == len(history)
+
+
+def test_own_seq_continues_after_replaying_the_store():
+    (ka, a), _ = two_origins()
+    ra = Replica(MARKETS, a)
+    events = [ra.create_event(ka.private_key, "ETH-USD",
+                              [Place(Side.BUY, OrderType.LIMIT, 50, 1)])[0] for _ in range(3)]
+    restarted = feed([e.raw for e in events], origin=a)
+    nxt, _ = restarted.create_event(ka.private_key, "ETH-USD", [Cancel(events[0].order_id(0))])
+    assert nxt.seq == 4 and nxt.lamport == 4
+
+
+def test_pure_core_imports_no_io():
+    import ast
+    import pathlib
+    forbidden = {"trio", "sqlite3", "time", "random", "socket", "asyncio", "datetime", "os"}
+    root = pathlib.Path(__file__).parent.parent / "p2pexchange"
+    for name in ("book", "clock", "events", "replica", "market"):
+        tree = ast.parse((root / f"{name}.py").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                mods = [node.module or ""]
+            else:
+                continue
+            for mod in mods:
+                top = mod.split(".")[0]
+                assert top not in forbidden, f"{name}.py imports {mod}"
+                if top == "libp2p":
+                    assert mod.split(".")[1] in ("crypto", "peer"), f"{name}.py imports {mod}"
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_creators_and_observers_agree_once_all_is_delivered(seed):
+    history = simulate_history(seed, MARKETS, origins=3, steps=30, deliver_prob=0.3)
+    rng = random.Random(seed)
+    replicas = [feed(shuffled_with_duplicates([e.raw for e in history], rng)) for _ in range(3)]
+    assert len({fingerprint(r) for r in replicas}) == 1

@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Mapping
+from typing import Mapping, NamedTuple
 
 import cbor2
 from libp2p.crypto.keys import PrivateKey, PublicKey
@@ -71,8 +71,7 @@ ACTION_PLACE = 0
 ACTION_CANCEL = 1
 
 
-@dataclass(frozen=True, slots=True)
-class Place:
+class Place(NamedTuple):
     side: Side
     type: OrderType
     price: int  # ticks; 0 for market orders
@@ -80,8 +79,7 @@ class Place:
     stp: STP = STP.EXPIRE_TAKER
 
 
-@dataclass(frozen=True, slots=True)
-class Cancel:
+class Cancel(NamedTuple):
     order_id: bytes
 
 
@@ -205,23 +203,36 @@ def _uint(value: object, name: str, lo: int, hi: int) -> int:
     return value
 
 
+_SIDES = tuple(Side)
+_TYPES = tuple(OrderType)
+_STPS = tuple(STP)
+
+
 def _decode_action(wire: object, index: int) -> Action:
     if type(wire) is not list or not wire:
         raise EventRejected("bad_action", f"action {index} is not a non-empty array")
     kind = wire[0]
-    if kind == ACTION_PLACE and type(kind) is int:
+    if type(kind) is not int:
+        raise EventRejected("bad_action", f"action {index} has kind {kind!r}")
+    if kind == ACTION_PLACE:
         if len(wire) != 6:
             raise EventRejected("bad_action", f"place {index} needs 6 fields, has {len(wire)}")
-        side = _uint(wire[1], "side", 0, 1)
-        otype = _uint(wire[2], "order type", 0, len(OrderType) - 1)
+        _, side, otype, price, qty, stp = wire
+        if (type(side) is int and type(otype) is int and type(price) is int
+                and type(qty) is int and type(stp) is int and 0 <= side <= 1
+                and 0 <= otype < 4 and 1 <= price <= PRICE_TICKS_MAX
+                and 1 <= qty <= QTY_LOTS_MAX and 0 <= stp <= 2):
+            return Place(_SIDES[side], _TYPES[otype], price, qty, _STPS[stp])  # the fast path
+        _uint(side, "side", 0, 1)
+        _uint(otype, "order type", 0, len(OrderType) - 1)
         if otype == OrderType.MARKET:
-            price = _uint(wire[3], "price", 0, 0)
+            _uint(price, "price", 0, 0)
         else:
-            price = _uint(wire[3], "price", 1, PRICE_TICKS_MAX)
-        qty = _uint(wire[4], "qty", 1, QTY_LOTS_MAX)
-        stp = _uint(wire[5], "stp", 0, len(STP) - 1)
-        return Place(Side(side), OrderType(otype), price, qty, STP(stp))
-    if kind == ACTION_CANCEL and type(kind) is int:
+            _uint(price, "price", 1, PRICE_TICKS_MAX)
+        _uint(qty, "qty", 1, QTY_LOTS_MAX)
+        _uint(stp, "stp", 0, len(STP) - 1)
+        return Place(_SIDES[side], _TYPES[otype], price, qty, _STPS[stp])
+    if kind == ACTION_CANCEL:
         if len(wire) != 2:
             raise EventRejected("bad_action", f"cancel {index} needs 2 fields, has {len(wire)}")
         oid = wire[1]

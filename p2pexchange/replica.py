@@ -30,6 +30,9 @@ same events end in the same state whatever the arrival order.
    it. A member silent for longer than the timeout stops holding finality
    back; if its late events then sort before final ones they are still
    applied (convergence wins) and counted in `stats()["late_after_final"]`.
+   Members are those heard from, by heartbeat or by event: a node nobody has
+   heard of yet cannot hold finality back, so the shell reports nothing as
+   final before it has listened for one liveness timeout.
 
 Limits: the causal buffer holds at most `buffer_events_max` events; beyond
 that new out-of-order events are refused (`buffer_full`) and come back via
@@ -124,6 +127,8 @@ class Replica:
         self._keys: list[OrderKey] = []
         self._index: dict[bytes, _Applied] = {}  # event id -> applied entry
         self._heartbeats: dict[bytes, _Heartbeat] = {}
+        self._now_ms = 0  # the latest time the shell has told us about
+        self._safe_lamport: dict[bytes, int] = {}  # member -> its future events sort above
         self._final_seen = 0  # highest frontier ever reported
         self._trade_count = 0
         self._stats = {"events_delivered": 0, "rollbacks": 0, "events_reapplied": 0,
@@ -264,9 +269,12 @@ class Replica:
             if type(o) is not bytes or type(s) is not int or not 0 <= s <= SEQ_MAX:
                 return "bad_heartbeat"
             clean[o] = s
+        self._now_ms = max(self._now_ms, now_ms)
         old = self._heartbeats.get(origin)
         if old is not None and old.lamport > lamport:
             return "stale_heartbeat"
+        if old is not None:
+            self._promote(origin, old)
         self._heartbeats[origin] = _Heartbeat(clean, lamport, now_ms)
         for o, s in clean.items():
             self._note_known(o, s)
@@ -276,18 +284,25 @@ class Replica:
 
     def final_frontier(self, now_ms: int, liveness_timeout_ms: int) -> int:
         """Events with Lamport time <= the returned value can no longer be preceded."""
+        self._now_ms = max(self._now_ms, now_ms)
         frontier = self._lamport
         for member, hb in self._heartbeats.items():
             if member == self.origin or now_ms - hb.at_ms > liveness_timeout_ms:
                 continue
+            self._promote(member, hb)
             have = self._events.get(member)
-            bound = have[-1].lamport if have else 0
-            if self._clock.get(member, 0) >= hb.clock.get(member, 0):
-                bound = max(bound, hb.lamport)
+            bound = max(have[-1].lamport if have else 0, self._safe_lamport.get(member, 0))
             frontier = min(frontier, bound)
         if frontier > self._final_seen:
             self._final_seen = frontier
         return frontier
+
+    def _promote(self, member: bytes, hb: _Heartbeat) -> None:
+        """Once we hold every event of `member` that its heartbeat counted, all its other
+        events were created later and carry a Lamport time above the heartbeat's."""
+        if (self._clock.get(member, 0) >= hb.clock.get(member, 0)
+                and hb.lamport > self._safe_lamport.get(member, 0)):
+            self._safe_lamport[member] = hb.lamport
 
     def is_final(self, event_id: bytes, now_ms: int, liveness_timeout_ms: int) -> bool:
         event = self._by_id.get(event_id)
@@ -352,6 +367,10 @@ class Replica:
         self._stats["events_delivered"] += 1
         if event.lamport <= self._final_seen:
             self._stats["late_after_final"] += 1
+        if origin not in self._heartbeats:
+            # A member first heard of through its events holds finality back at what we
+            # hold of it until it heartbeats or stays silent past the liveness timeout.
+            self._heartbeats[origin] = _Heartbeat({}, 0, self._now_ms)
         receipt.delivered.append(event)
         key = event.key
         keys = self._keys

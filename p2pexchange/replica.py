@@ -99,6 +99,15 @@ class _Applied:
         self.outcomes: list[str] = []  # per action: order status name or cancel result
 
 
+@dataclass(frozen=True)
+class Finality:
+    frontier: int  # events with lamport <= frontier are final
+    final_events: int
+    pending_events: int
+    final_trades: int
+    pending_trades: int
+
+
 @dataclass
 class _Heartbeat:
     clock: dict[bytes, int]
@@ -296,6 +305,18 @@ class Replica:
         if frontier > self._final_seen:
             self._final_seen = frontier
         return frontier
+
+    def finality(self, now_ms: int, liveness_timeout_ms: int) -> Finality:
+        """Final versus pending events and trades; walks only the pending tail."""
+        frontier = self.final_frontier(now_ms, liveness_timeout_ms)
+        pending_events = pending_trades = 0
+        for entry in reversed(self._applied):
+            if entry.key[0] <= frontier:
+                break
+            pending_events += 1
+            pending_trades += len(entry.trades)
+        return Finality(frontier, len(self._applied) - pending_events, pending_events,
+                        self._trade_count - pending_trades, pending_trades)
 
     def _promote(self, member: bytes, hb: _Heartbeat) -> None:
         """Once we hold every event of `member` that its heartbeat counted, all its other

@@ -229,8 +229,11 @@ def test_finality_waits_for_every_live_member():
     assert ra.final_frontier(3_000, timeout_ms) == 1
     assert not ra.is_final(e2.id, 3_000, timeout_ms)
     assert ra.missing() == {b: (1, 1)}
+    report = ra.finality(3_000, timeout_ms)
+    assert (report.final_events, report.pending_events) == (1, 1)
     # Once b is silent for longer than the timeout it no longer holds finality back.
     assert ra.is_final(e2.id, 3_000 + timeout_ms + 1, timeout_ms)
+    assert ra.finality(3_000 + timeout_ms + 1, timeout_ms).pending_events == 0
 
 
 def test_late_event_after_finality_is_still_applied_and_counted():

@@ -11,7 +11,7 @@ order extends the causal one: a cause always sorts before its effects.
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 VectorClock = dict[bytes, int]
 OrderKey = tuple[int, bytes, int]

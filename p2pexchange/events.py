@@ -21,9 +21,10 @@ peer's fault; nothing here ever raises anything else on bad input.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Mapping, NamedTuple
+from typing import NamedTuple
 
 import cbor2
 from libp2p.crypto.keys import PrivateKey, PublicKey

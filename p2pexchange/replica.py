@@ -46,9 +46,9 @@ from __future__ import annotations
 import hashlib
 import heapq
 from bisect import bisect_left
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Iterable, Mapping, Sequence
 
 from libp2p.crypto.keys import PrivateKey
 
@@ -87,7 +87,7 @@ class Receipt:
 class _Applied:
     """One event in the applied sequence, with what is needed to undo it."""
 
-    __slots__ = ("key", "event", "book", "mark", "digest", "trades", "outcomes")
+    __slots__ = ("book", "digest", "event", "key", "mark", "outcomes", "trades")
 
     def __init__(self, key: OrderKey, event: Event, book: OrderBook) -> None:
         self.key = key
@@ -302,8 +302,7 @@ class Replica:
             have = self._events.get(member)
             bound = max(have[-1].lamport if have else 0, self._safe_lamport.get(member, 0))
             frontier = min(frontier, bound)
-        if frontier > self._final_seen:
-            self._final_seen = frontier
+        self._final_seen = max(self._final_seen, frontier)
         return frontier
 
     def finality(self, now_ms: int, liveness_timeout_ms: int) -> Finality:
@@ -383,8 +382,7 @@ class Replica:
         self._events.setdefault(origin, []).append(event)
         self._clock[origin] = event.seq
         self._by_id[event.id] = event
-        if event.lamport > self._lamport:
-            self._lamport = event.lamport
+        self._lamport = max(self._lamport, event.lamport)
         self._stats["events_delivered"] += 1
         if event.lamport <= self._final_seen:
             self._stats["late_after_final"] += 1

@@ -12,8 +12,8 @@ as it runs). Everything is a function of the seed; no real time passes.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from .events import Place
 from .market import DEFAULT_MARKETS

@@ -72,6 +72,10 @@ BUFFER_EVENTS_MAX = 100_000
 GENESIS_DIGEST = hashlib.sha256(b"p2pexchange/digest/v1").digest()
 
 
+class OwnHistoryBehind(Exception):
+    """The network holds events of this replica's origin that the replica lacks."""
+
+
 @dataclass
 class Receipt:
     status: str  # "delivered" | "buffered" | "duplicate" | "rejected"
@@ -212,7 +216,7 @@ class Replica:
         for o, events in self._events.items():
             have = their_clock.get(o, 0)
             if isinstance(have, int) and 0 <= have < len(events):
-                streams.append(islice(events, have, None))
+                streams.append(map(events.__getitem__, range(have, len(events))))
         merged = heapq.merge(*streams, key=lambda e: e.key)
         return [e.raw for e in islice(merged, max(0, limit))]
 
@@ -231,8 +235,12 @@ class Replica:
         """Sign a new event of this replica's origin and deliver it locally."""
         assert self.origin is not None, "a replica without an origin cannot create events"
         assert market in self.markets, market
-        assert not any(o == self.origin for o, _ in self._buffer), "own events out of order"
         seq = self._clock.get(self.origin, 0) + 1
+        if self._known.get(self.origin, 0) >= seq:
+            # Peers hold events of ours that we lack (a lost or stale data dir): a new
+            # event now would reuse a seq, which every peer would reject as equivocation.
+            raise OwnHistoryBehind(f"peers know our seq {self._known[self.origin]}, we hold "
+                                   f"{seq - 1}: sync before creating events")
         event = sign_event(private_key, self.origin, seq, self._clock, self._lamport + 1,
                            market, tuple(actions))
         receipt = self.admit(event)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from p2pexchange.book import OrderBook
 from p2pexchange.events import Cancel, OrderType, Place, Side, sign_event
 from p2pexchange.market import DEFAULT_MARKETS
-from p2pexchange.replica import GENESIS_DIGEST, Replica
+from p2pexchange.replica import GENESIS_DIGEST, OwnHistoryBehind, Replica
 from p2pexchange.workload import peer_id_bytes, seeded_key_pair, simulate_history
 
 MARKETS = DEFAULT_MARKETS
@@ -304,3 +304,19 @@ def test_creators_and_observers_agree_once_all_is_delivered(seed):
     rng = random.Random(seed)
     replicas = [feed(shuffled_with_duplicates([e.raw for e in history], rng)) for _ in range(3)]
     assert len({fingerprint(r) for r in replicas}) == 1
+
+
+def test_a_node_that_lost_its_history_refuses_to_reuse_a_seq():
+    (ka, a), (kb, b) = two_origins()
+    ra = Replica(MARKETS, a)
+    old = [ra.create_event(ka.private_key, "BTC-USD",
+                           [Place(Side.BUY, OrderType.LIMIT, 10, 1)])[0] for _ in range(2)]
+    amnesiac = Replica(MARKETS, a)  # same key, empty data dir
+    amnesiac.on_heartbeat(b, {a: 2}, 2, now_ms=0)  # a peer has seen our seq 2
+    with pytest.raises(OwnHistoryBehind):
+        amnesiac.create_event(ka.private_key, "BTC-USD", [Place(Side.BUY, OrderType.LIMIT, 10, 1)])
+    for event in old:  # sync brings our own history back
+        amnesiac.receive(event.raw)
+    nxt, _ = amnesiac.create_event(ka.private_key, "BTC-USD",
+                                   [Place(Side.BUY, OrderType.LIMIT, 10, 1)])
+    assert nxt.seq == 3

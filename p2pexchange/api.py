@@ -1,0 +1,159 @@
+"""Local client API: JSON lines over TCP, bound to 127.0.0.1 only.
+
+One request per line, one JSON reply per line. Requests (all fields strings or
+integers; prices and quantities as decimal strings, converted to ticks and lots at
+this edge):
+  {"cmd": "status"}
+  {"cmd": "place", "market": "BTC-USD", "side": "buy", "type": "limit",
+   "price": "65000.01", "qty": "0.25", "stp": "expire_taker"}
+  {"cmd": "cancel", "market": "BTC-USD", "order_id": "<68 hex chars>"}
+  {"cmd": "book", "market": "BTC-USD", "levels": 10}
+  {"cmd": "trades", "limit": 50}
+  {"cmd": "order", "order_id": "<hex>"}
+  {"cmd": "trading", "on": false}        (auto-trading on/off)
+  {"cmd": "flush"}                       (sign and publish queued actions now)
+Replies: {"ok": true, ...} or {"ok": false, "error": "..."}; a bad request never
+closes the server.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from .events import STP, Cancel, OrderType, Place, Side
+from .market import GridError
+
+if TYPE_CHECKING:
+    from .node import Node
+
+log = logging.getLogger("p2pexchange.api")
+REQUEST_BYTES_MAX = 64 * 1024
+CLIENTS_MAX = 32
+
+
+class BadRequest(Exception):
+    pass
+
+
+def _field(req: dict, name: str, kind: type = str) -> Any:
+    value = req.get(name)
+    if type(value) is not kind:
+        raise BadRequest(f"field {name!r} must be a {kind.__name__}")
+    return value
+
+
+def _enum(enum: Any, text: str, name: str) -> Any:
+    try:
+        return enum[text.upper()]
+    except KeyError:
+        choices = ", ".join(m.name.lower() for m in enum)
+        raise BadRequest(f"{name} must be one of {choices}") from None
+
+
+async def handle(node: Node, req: Any) -> dict:
+    if type(req) is not dict:
+        raise BadRequest("request must be a JSON object")
+    cmd = req.get("cmd")
+    if cmd == "status":
+        return node.status()
+    if cmd in ("place", "cancel", "book"):
+        market_name = _field(req, "market")
+        market = node.markets.get(market_name)
+        if market is None:
+            raise BadRequest(f"unknown market {market_name!r}; known: {sorted(node.markets)}")
+    if cmd == "place":
+        otype = _enum(OrderType, req.get("type", "limit"), "type")
+        side = _enum(Side, _field(req, "side"), "side")
+        stp = _enum(STP, req.get("stp", "expire_taker"), "stp")
+        try:
+            price = 0 if otype is OrderType.MARKET else market.price_to_ticks(_field(req, "price"))
+            qty = market.qty_to_lots(_field(req, "qty"))
+        except GridError as exc:
+            raise BadRequest(str(exc)) from None
+        node.submit(market_name, Place(side, otype, price, qty, stp))
+        return {"queued": True}
+    if cmd == "cancel":
+        try:
+            oid = bytes.fromhex(_field(req, "order_id"))
+        except ValueError:
+            raise BadRequest("order_id must be hex") from None
+        if len(oid) != 34:
+            raise BadRequest("order_id must be 34 bytes (68 hex characters)")
+        node.submit(market_name, Cancel(oid))
+        return {"queued": True}
+    if cmd == "flush":
+        ids = await node._flush_pending()
+        orders = []
+        for event_id in ids:
+            event = node.replica.event(event_id)
+            orders += [{"order_id": event.order_id(i).hex(), "outcome": o}
+                       for i, o in enumerate(node.replica.outcomes_of(event_id))]
+        return {"events": [i.hex() for i in ids], "actions": orders}
+    if cmd == "book":
+        levels = req.get("levels", 10)
+        if type(levels) is not int or not 1 <= levels <= 1000:
+            raise BadRequest("levels must be an integer 1..1000")
+        depth = node.replica.book(market_name).depth(levels)
+        return {side: [[market.ticks_to_price(p), market.lots_to_qty(q)] for p, q in rows]
+                for side, rows in depth.items()}
+    if cmd == "trades":
+        limit = req.get("limit", 50)
+        if type(limit) is not int or not 1 <= limit <= 10_000:
+            raise BadRequest("limit must be an integer 1..10000")
+        return {"trades": [t.as_dict() for t in node.replica.trades()[-limit:]]}
+    if cmd == "order":
+        try:
+            order = node.replica.order(bytes.fromhex(_field(req, "order_id")))
+        except ValueError:
+            raise BadRequest("order_id must be hex") from None
+        if order is None:
+            raise BadRequest("unknown order")
+        return order.as_dict()
+    if cmd == "trading":
+        node.trading = bool(_field(req, "on", bool))
+        return {"trading": node.trading}
+    raise BadRequest(f"unknown cmd {cmd!r}")
+
+
+async def _client(node: Node, stream: trio.SocketStream) -> None:
+    buffer = b""
+    async with stream:
+        while True:
+            try:
+                chunk = await stream.receive_some(4096)
+            except trio.BrokenResourceError:
+                return
+            if not chunk:
+                return
+            buffer += chunk
+            if len(buffer) > REQUEST_BYTES_MAX:
+                await stream.send_all(b'{"ok": false, "error": "request too large"}\n')
+                return
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                try:
+                    reply = {"ok": True, **await handle(node, json.loads(line))}
+                except (BadRequest, ValueError, OverflowError) as exc:
+                    reply = {"ok": False, "error": str(exc)}
+                try:
+                    await stream.send_all(json.dumps(reply).encode() + b"\n")
+                except trio.BrokenResourceError:
+                    return
+
+
+async def serve_api(node: Node, port: int, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
+    bound = listeners[0].socket.getsockname()[1]
+    log.info("client API on 127.0.0.1:%d", bound)
+    task_status.started(bound)
+    limiter = trio.CapacityLimiter(CLIENTS_MAX)
+
+    async def limited(stream: trio.SocketStream) -> None:
+        async with limiter:
+            await _client(node, stream)
+
+    await trio.serve_listeners(limited, listeners)

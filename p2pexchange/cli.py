@@ -1,0 +1,136 @@
+"""Command line: `python -m p2pexchange [options]` runs a node; `... demo` runs the demo."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+
+import multiaddr
+
+from .market import DEFAULT_MARKETS
+
+DESCRIPTION = """\
+Run a p2pexchange node: a peer of a serverless exchange. It keeps its own order books,
+finds peers through a Kademlia DHT, gossips signed batches of orders, and applies every
+event in one deterministic order, so all nodes converge on the same books and trades.
+Without --bootstrap it starts a new network; it prints its full multiaddr, which other
+nodes pass to --bootstrap. `python -m p2pexchange demo --help` runs a local network."""
+
+
+def node_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m p2pexchange", description=DESCRIPTION,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bootstrap", action="append", default=[], metavar="MULTIADDR",
+                   help="multiaddr of a running node, ending in /p2p/<peer id> (repeatable)")
+    p.add_argument("--listen", default="/ip4/127.0.0.1/tcp/0", metavar="MULTIADDR",
+                   help="address to listen on (default /ip4/127.0.0.1/tcp/0: a free port)")
+    p.add_argument("--data-dir", default="./p2pexchange-data", metavar="DIR",
+                   help="identity key and event store; a restarted node keeps its peer id "
+                        "and everything it accepted (default ./p2pexchange-data)")
+    p.add_argument("--market", action="append", default=[], choices=sorted(DEFAULT_MARKETS),
+                   help="market to follow (repeatable; default: all)")
+    p.add_argument("--auto-trade", action="store_true",
+                   help="place random buy and sell orders around a moving mid")
+    p.add_argument("--rate", type=float, default=4.0,
+                   help="auto-trade orders per second (default 4)")
+    p.add_argument("--api-port", type=int, default=None, metavar="PORT",
+                   help="serve the local JSON-lines client API on 127.0.0.1:PORT (0: any)")
+    p.add_argument("--status-interval", type=float, default=30.0, metavar="SECONDS",
+                   help="seconds between status lines (default 30)")
+    p.add_argument("--seed", type=int, default=None, help="seed for --auto-trade")
+    p.add_argument("--log-level", default="info",
+                   choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def check_multiaddr(p: argparse.ArgumentParser, text: str, need_peer: bool) -> None:
+    try:
+        addr = multiaddr.Multiaddr(text)
+    except Exception as exc:  # multiaddr raises several types
+        p.error(f"malformed multiaddr {text!r}: {exc}")
+    protocols = [proto.name for proto in addr.protocols()]
+    if "tcp" not in protocols:
+        p.error(f"multiaddr {text!r} names no tcp port")
+    if need_peer and "p2p" not in protocols:
+        p.error(f"bootstrap multiaddr {text!r} must end in /p2p/<peer id>")
+
+
+def setup_logging(level: str, prefix: str = "") -> None:
+    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stdout,
+                        format=f"%(asctime)s {prefix}%(levelname)-5s %(message)s",
+                        datefmt="%H:%M:%S")
+    # py-libp2p is chatty at info and warns on every incoming DHT query.
+    for noisy in ("libp2p", "multiaddr", "async_service"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def run_node(argv: list[str]) -> int:
+    p = node_parser()
+    args = p.parse_args(argv)
+    check_multiaddr(p, args.listen, need_peer=False)
+    for b in args.bootstrap:
+        check_multiaddr(p, b, need_peer=True)
+    if args.rate <= 0 or args.rate > 1000:
+        p.error("--rate must be within (0, 1000]")
+    if args.status_interval <= 0:
+        p.error("--status-interval must be positive")
+    if args.api_port is not None and not 0 <= args.api_port <= 65535:
+        p.error("--api-port must be within 0..65535")
+    setup_logging(args.log_level)
+    import trio
+
+    from .node import Node, NodeConfig
+    try:
+        os.makedirs(args.data_dir, exist_ok=True)
+        node = Node(NodeConfig(
+            data_dir=args.data_dir, listen=args.listen, bootstrap=args.bootstrap,
+            markets=sorted(set(args.market)) or sorted(DEFAULT_MARKETS),
+            auto_trade=args.auto_trade, auto_trade_rate=args.rate, seed=args.seed,
+            api_port=args.api_port, status_interval_s=args.status_interval))
+    except OSError as exc:
+        print(f"error: cannot use data dir {args.data_dir!r}: {exc}", file=sys.stderr)
+        return 2
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_stop_on_signal, node)
+            await nursery.start(node.run)
+            print(f"node {node.peer_id} listening on {node.listen_addr}", flush=True)
+            if node.api_port:
+                print(f"client API on 127.0.0.1:{node.api_port}", flush=True)
+            await node.stopping.wait()
+            nursery.cancel_scope.deadline = trio.current_time() + 10
+
+    try:
+        trio.run(main)
+    except ConnectionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except BaseExceptionGroup as group:
+        conn = group.subgroup(ConnectionError)
+        if conn is not None:
+            print(f"error: {conn.exceptions[0]}", file=sys.stderr)
+            return 1
+        raise
+    return 0
+
+
+async def _stop_on_signal(node) -> None:
+    import trio
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for sig in signals:
+            logging.getLogger("p2pexchange.node").info("%s: shutting down",
+                                                       signal.Signals(sig).name)
+            node.stop()
+            return
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["demo"]:
+        from .demo import main as demo_main
+        return demo_main(argv[1:])
+    return run_node(argv)

@@ -63,8 +63,13 @@ def setup_logging(level: str, prefix: str = "") -> None:
                         format=f"%(asctime)s {prefix}%(levelname)-5s %(message)s",
                         datefmt="%H:%M:%S")
     # py-libp2p is chatty at info and warns on every incoming DHT query.
-    for noisy in ("libp2p", "multiaddr", "async_service"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+    noisy = ("libp2p", "multiaddr", "async_service")
+    for name in [n for n in logging.root.manager.loggerDict if n.startswith(noisy)] + list(noisy):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.CRITICAL if level != "debug" else logging.DEBUG)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        logger.propagate = True
 
 
 def run_node(argv: list[str]) -> int:
@@ -79,10 +84,10 @@ def run_node(argv: list[str]) -> int:
         p.error("--status-interval must be positive")
     if args.api_port is not None and not 0 <= args.api_port <= 65535:
         p.error("--api-port must be within 0..65535")
-    setup_logging(args.log_level)
     import trio
 
-    from .node import Node, NodeConfig
+    from .node import Node, NodeConfig  # imports libp2p, which sets up its own logging
+    setup_logging(args.log_level)
     try:
         os.makedirs(args.data_dir, exist_ok=True)
         node = Node(NodeConfig(
@@ -111,10 +116,12 @@ def run_node(argv: list[str]) -> int:
         return 1
     except BaseExceptionGroup as group:
         conn = group.subgroup(ConnectionError)
-        if conn is not None:
-            print(f"error: {conn.exceptions[0]}", file=sys.stderr)
-            return 1
-        raise
+        if conn is None:
+            raise
+        while isinstance(conn, BaseExceptionGroup):
+            conn = conn.exceptions[0]
+        print(f"error: {conn}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -204,10 +204,13 @@ class Node:
     async def _bootstrap(self) -> None:
         for addr in self.config.bootstrap:
             info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
-            with trio.move_on_after(DIAL_TIMEOUT_S):
-                await self.host.connect(info)
+            try:
+                with trio.move_on_after(DIAL_TIMEOUT_S):
+                    await self.host.connect(info)
+            except Exception as exc:  # py-libp2p raises several dial errors
+                raise ConnectionError(f"cannot reach bootstrap peer {addr}: {exc}") from None
             if info.peer_id not in self.host.get_connected_peers():
-                raise ConnectionError(f"cannot reach bootstrap peer {addr}")
+                raise ConnectionError(f"cannot reach bootstrap peer {addr} (timed out)")
             await self.dht.add_peer(info.peer_id)
             log.info("bootstrapped from %s", short_peer(info.peer_id))
             self._want_sync(info.peer_id)

@@ -126,8 +126,10 @@ class Node:
         self.reported: set[bytes] = set()  # own taker events whose trades we reported
         self.trade_reports: dict[bytes, tuple[ID, wire.TradeReport]] = {}
         self.final_logged = 0
+        self.rejection_log: deque[tuple[str, str, str]] = deque(maxlen=256)
         self.ready = trio.Event()
         self.stopping = trio.Event()
+        self.finished = trio.Event()
         self._sync_wanted: dict[ID, None] = {}
         self._sync_wakeup = trio.Event()
         self._rng = random.Random(config.seed)
@@ -150,6 +152,13 @@ class Node:
     # -- entry point -------------------------------------------------------------
 
     async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await self._run(task_status)
+        finally:
+            self.store.close()
+            self.finished.set()
+
+    async def _run(self, task_status: Any) -> None:
         listen = multiaddr.Multiaddr(self.config.listen)
         self.host = new_host(key_pair=self.key_pair, muxer_preference="YAMUX")
         gossipsub = GossipSub(
@@ -194,7 +203,6 @@ class Node:
                 await self._flush_pending()
                 log.info("leaving the network: %s", self.status_line())
                 nursery.cancel_scope.cancel()
-        self.store.close()
 
     def stop(self) -> None:
         self.stopping.set()
@@ -259,6 +267,7 @@ class Node:
 
     def _reject(self, source: str, code: str, peer: ID | None) -> bool:
         self.rejections[code] = self.rejections.get(code, 0) + 1
+        self.rejection_log.append((source, code, str(peer) if peer else ""))
         log.warning("rejected %s from %s: %s", source, short_peer(peer) if peer else "?", code)
         return False
 
@@ -434,7 +443,15 @@ class Node:
                 try:
                     await self.sync_with(peer)
                 except Exception as exc:  # unreachable peer, timeout, bad response
-                    log.debug("sync from %s failed: %s", short_peer(peer), exc)
+                    # A connection that cannot carry a stream is stale (the peer restarted
+                    # or vanished): drop it, so discovery dials afresh.
+                    log.info("sync from %s failed (%s): dropping the connection",
+                             short_peer(peer), str(exc)[:80] or type(exc).__name__)
+                    with trio.move_on_after(DIAL_TIMEOUT_S):
+                        try:
+                            await self.host.disconnect(peer)
+                        except Exception as drop_exc:
+                            log.debug("disconnect %s: %s", short_peer(peer), drop_exc)
 
     # -- gossip out ------------------------------------------------------------------
 

@@ -1,0 +1,136 @@
+"""Multi-node tests on real py-libp2p hosts (TCP + noise + yamux) on 127.0.0.1."""
+
+from __future__ import annotations
+
+import cbor2
+import pytest
+import trio
+from harness import network
+
+from p2pexchange.events import OrderType, Place, Side, canonical
+from p2pexchange.node import market_topic
+
+pytestmark = pytest.mark.network
+BTC = "BTC-USD"
+
+
+def limit(side: Side, price: int, qty: int, otype: OrderType = OrderType.LIMIT) -> Place:
+    return Place(side, otype, price, qty)
+
+
+async def test_every_node_discovers_every_other_from_one_bootstrap(tmp_path):
+    async with network(tmp_path) as net:
+        first = await net.start("n0")
+        for i in range(1, 5):
+            await net.start(f"n{i}", bootstrap=first)
+        started = trio.current_time()
+        await net.discovered()
+        assert trio.current_time() - started < 30
+        # Nobody is special after start-up: a newcomer can bootstrap from any survivor.
+        await net.stop(first)
+        late = await net.start("late", bootstrap=net.nodes[2])
+        await net.discovered()
+        assert len(late.peers) == len(net.nodes) - 1
+
+
+async def test_orders_from_every_node_reach_every_node_and_books_converge(tmp_path):
+    async with network(tmp_path) as net:
+        first = await net.start("n0")
+        for i in range(1, 4):
+            await net.start(f"n{i}", bootstrap=first)
+        await net.discovered()
+        for i, node in enumerate(net.nodes):
+            for k in range(5):
+                node.submit(BTC, limit(Side.BUY if k % 2 else Side.SELL,
+                                       10_000 + (50 if k % 2 else 60) + i, 1 + k))
+            await node._flush_pending()
+        await net.converged(events=4)
+        books = {repr(n.replica.book(BTC).snapshot()) for n in net.nodes}
+        assert len(books) == 1
+        assert net.nodes[0].replica.book(BTC).resting_count() == 20
+
+
+async def test_concurrent_crossing_orders_produce_the_same_trades_everywhere(tmp_path):
+    async with network(tmp_path) as net:
+        first = await net.start("n0")
+        a = await net.start("a", bootstrap=first)
+        b = await net.start("b", bootstrap=first)
+        await net.discovered()
+        first.submit(BTC, limit(Side.SELL, 10_000, 5))
+        await first._flush_pending()
+        await net.converged(events=1)
+        # a and b both try to take the whole resting order at the same moment.
+        a.submit(BTC, limit(Side.BUY, 10_000, 5, OrderType.IOC))
+        b.submit(BTC, limit(Side.BUY, 10_000, 5, OrderType.IOC))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(a._flush_pending)
+            nursery.start_soon(b._flush_pending)
+        await net.converged(events=3)
+        trades = {tuple(n.replica.trades()) for n in net.nodes}
+        assert len(trades) == 1
+        (only,) = trades.pop()
+        assert only.qty == 5 and only.taker_origin in (a.origin, b.origin)
+
+
+async def test_a_late_joiner_catches_up_through_sync(tmp_path):
+    async with network(tmp_path) as net:
+        first = await net.start("n0")
+        other = await net.start("n1", bootstrap=first)
+        for k in range(30):
+            (first if k % 2 else other).submit(BTC, limit(Side.BUY, 9_000 + k, 1))
+            await (first if k % 2 else other)._flush_pending()
+        digest = await net.converged(events=30)
+        late = await net.start("late", bootstrap=other)
+        assert await net.converged(events=30) == digest
+        assert late.replica.stats()["events_buffered"] == 0
+
+
+async def test_a_restarted_node_keeps_its_identity_and_loses_nothing(tmp_path):
+    async with network(tmp_path) as net:
+        first = await net.start("n0")
+        node = await net.start("n1", bootstrap=first)
+        for k in range(5):
+            node.submit(BTC, limit(Side.SELL, 11_000 + k, 2))
+            await node._flush_pending()
+        await net.converged(events=5)
+        peer_id, digest = node.peer_id, node.replica.digest
+        await net.stop(node)
+        first.submit(BTC, limit(Side.BUY, 11_000, 1))  # happens while n1 is down
+        await first._flush_pending()
+        again = await net.start("n1", bootstrap=first)
+        assert again.peer_id == peer_id
+        assert again.replica.stats()["events_delivered"] >= 5
+        again.submit(BTC, limit(Side.SELL, 11_500, 1))
+        await again._flush_pending()
+        await net.converged(events=7)
+        own = [e.seq for e in again.replica._events[again.origin]]
+        assert own == list(range(1, 7))  # seq continued without reuse
+        assert digest != again.replica.digest
+
+
+async def test_invalid_messages_are_rejected_and_not_forwarded(tmp_path):
+    async with network(tmp_path) as net:
+        first = await net.start("n0")
+        for i in range(1, 4):
+            await net.start(f"n{i}", bootstrap=first)
+        await net.discovered()
+        await trio.sleep(2)  # let the gossip mesh form
+        evil = net.nodes[1]
+        evil.submit(BTC, limit(Side.SELL, 10_000, 1))
+        (event_id,) = await evil._flush_pending()
+        await net.converged(events=1)
+        good = evil.replica.event(event_id)
+        forged = cbor2.loads(good.raw)
+        forged["s"], forged["c"] = 2, {evil.origin: 1}  # signature no longer matches
+        for payload in (b"\xff\x00garbage", canonical(forged)):
+            await evil.pubsub.publish(market_topic(BTC), payload)
+        others = [n for n in net.nodes if n is not evil]
+        with trio.fail_after(20):
+            while sum(len(n.rejection_log) for n in others) < 2 * len(others):
+                await trio.sleep(0.1)
+        for node in others:
+            codes = sorted(code for _, code, _ in node.rejection_log)
+            assert codes == ["bad_cbor", "bad_signature"]
+            # Every rejection names the publisher: no honest node forwarded the messages.
+            assert {peer for _, _, peer in node.rejection_log} == {str(evil.peer_id)}
+            assert node.replica.stats()["events_delivered"] == 1

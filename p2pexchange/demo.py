@@ -172,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
         return 130
     print(f"\n[demo] drained in {drained_in:.1f}s\n")
     print(f"{'node':<7}{'peer id':<54}{'events':>7}{'trades':>7}{'final':>7}  digest")
-    for node, s in zip(nodes, statuses):
+    for node, s in zip(nodes, statuses, strict=True):
         if not s.get("ok"):
             print(f"{node.name:<7}{'(no answer: ' + s.get('error', '?') + ')':<54}")
             continue

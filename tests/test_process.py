@@ -1,0 +1,105 @@
+"""Node processes as a user runs them: CLI errors, SIGKILL and restart, clean SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytestmark = pytest.mark.network
+
+
+def start(data_dir, *args) -> tuple[subprocess.Popen, int]:
+    proc = subprocess.Popen(
+        [sys.executable, "-u", "-m", "p2pexchange", "--data-dir", str(data_dir),
+         "--api-port", "0", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 30
+    for line in proc.stdout:
+        if line.startswith("client API on 127.0.0.1:"):
+            return proc, int(line.rsplit(":", 1)[1])
+        assert time.monotonic() < deadline, "node did not start"
+    raise AssertionError(f"node exited with {proc.wait()}")
+
+
+def api(port: int, req: dict) -> dict:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(json.dumps(req).encode() + b"\n")
+        return json.loads(s.makefile().readline())
+
+
+def test_sigkilled_node_restarts_from_its_store_without_reusing_a_seq(tmp_path):
+    proc, port = start(tmp_path, "--auto-trade", "--rate", "20")
+    try:
+        time.sleep(3)
+        before = api(port, {"cmd": "status"})
+        assert before["own_seq"] > 0
+    finally:
+        proc.kill()  # SIGKILL: no chance to persist anything more
+        proc.wait()
+    proc, port = start(tmp_path)
+    try:
+        after = api(port, {"cmd": "status"})
+        assert after["peer_id"] == before["peer_id"]
+        assert after["own_seq"] >= before["own_seq"]  # nothing it had accepted is lost
+        assert api(port, {"cmd": "place", "market": "BTC-USD", "side": "buy",
+                          "price": "100.00", "qty": "0.5"})["ok"]
+        flushed = api(port, {"cmd": "flush"})
+        assert flushed["actions"][0]["outcome"] in ("resting", "partially_filled", "filled")
+        assert api(port, {"cmd": "status"})["own_seq"] == after["own_seq"] + 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0  # clean shutdown exits 0
+
+
+def test_api_rejects_nonsense_with_a_reason(tmp_path):
+    proc, port = start(tmp_path)
+    try:
+        cases = [
+            ({"cmd": "place", "market": "DOGE-USD", "side": "buy", "price": "1", "qty": "1"},
+             "unknown market"),
+            ({"cmd": "place", "market": "BTC-USD", "side": "up", "price": "1", "qty": "1"},
+             "side must be"),
+            ({"cmd": "place", "market": "BTC-USD", "side": "buy", "price": "1.001", "qty": "1"},
+             "not a multiple"),
+            ({"cmd": "place", "market": "BTC-USD", "side": "buy", "price": 1.5, "qty": "1"},
+             "must be a str"),
+            ({"cmd": "cancel", "market": "BTC-USD", "order_id": "zz"}, "hex"),
+            ({"cmd": "launch"}, "unknown cmd"),
+        ]
+        for req, reason in cases:
+            reply = api(port, req)
+            assert reply["ok"] is False and reason in reply["error"], (req, reply)
+        assert api(port, {"cmd": "status"})["ok"]  # still serving
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--bootstrap", "/ip4/not-an-ip/tcp/1"], "malformed multiaddr"),
+    (["--bootstrap", "/ip4/127.0.0.1/tcp/1"], "must end in /p2p/"),
+    (["--listen", "nonsense"], "malformed multiaddr"),
+    (["--market", "DOGE-USD"], "invalid choice"),
+    (["--rate", "-1"], "--rate"),
+])
+def test_nonsense_cli_arguments_give_a_clear_error(tmp_path, args, message):
+    result = subprocess.run([sys.executable, "-m", "p2pexchange", "--data-dir", str(tmp_path),
+                             *args], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unreachable_bootstrap_gives_a_clear_error(tmp_path):
+    peer = "12D3KooWH6YUvyF571DoWY8pA2wsgAs2cYQ7CyLDhB2EWkspWrAH"
+    result = subprocess.run([sys.executable, "-m", "p2pexchange", "--data-dir", str(tmp_path),
+                             "--bootstrap", f"/ip4/127.0.0.1/tcp/1/p2p/{peer}"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "cannot reach bootstrap peer" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout

@@ -126,11 +126,16 @@ async def test_invalid_messages_are_rejected_and_not_forwarded(tmp_path):
             await evil.pubsub.publish(market_topic(BTC), payload)
         others = [n for n in net.nodes if n is not evil]
         with trio.fail_after(20):
-            while sum(len(n.rejection_log) for n in others) < 2 * len(others):
+            while not any(len(n.rejection_log) >= 2 for n in others):
                 await trio.sleep(0.1)
-        for node in others:
+        await trio.sleep(3)  # time enough for any forwarding to happen
+        receivers = [n for n in others if n.rejection_log]
+        for node in receivers:
             codes = sorted(code for _, code, _ in node.rejection_log)
             assert codes == ["bad_cbor", "bad_signature"]
-            # Every rejection names the publisher: no honest node forwarded the messages.
+            # Every rejection names the publisher: no honest node forwarded the messages,
+            # so nodes outside the publisher's mesh never saw them at all.
             assert {peer for _, _, peer in node.rejection_log} == {str(evil.peer_id)}
+        for node in others:
             assert node.replica.stats()["events_delivered"] == 1
+            assert node.replica.digest == evil.replica.digest

@@ -31,6 +31,12 @@ async def test_every_node_discovers_every_other_from_one_bootstrap(tmp_path):
         late = await net.start("late", bootstrap=net.nodes[2])
         await net.discovered()
         assert len(late.peers) == len(net.nodes) - 1
+        # ... and the survivors keep trading with it.
+        for i, node in enumerate(net.nodes):
+            node.submit(BTC, limit(Side.BUY if i % 2 else Side.SELL, 10_000, 1))
+            await node._flush_pending()
+        await net.converged(events=len(net.nodes))
+        assert net.nodes[0].replica.stats()["trades"] >= 1
 
 
 async def test_orders_from_every_node_reach_every_node_and_books_converge(tmp_path):

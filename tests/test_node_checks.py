@@ -1,0 +1,53 @@
+"""The node's checks that need no network: trade reports and identity persistence."""
+
+from __future__ import annotations
+
+from p2pexchange import wire
+from p2pexchange.events import OrderType, Place, Side
+from p2pexchange.node import Node, NodeConfig
+
+
+def test_a_trade_report_that_disagrees_raises_a_divergence_alarm(tmp_path, caplog):
+    node = Node(NodeConfig(data_dir=str(tmp_path / "n")))
+    key = node.key_pair.private_key
+    node.replica.create_event(key, "BTC-USD", [Place(Side.SELL, OrderType.LIMIT, 100, 3)])
+    taker, receipt = node.replica.create_event(
+        key, "BTC-USD", [Place(Side.BUY, OrderType.LIMIT, 100, 3)])
+    trades = node.replica.trades_of(taker.id)
+    assert trades == []  # same origin: self-trade prevention expired the taker
+    honest = wire.TradeReport(taker.id, 0, wire.trades_hash([]))
+    lying = wire.TradeReport(taker.id, 1, b"\x01" * 32)
+    node.trade_reports[taker.id] = (node.peer_id, honest)
+    node._check_trade_reports(frontier=taker.lamport)
+    assert node.divergences == 0 and not node.trade_reports
+    node.trade_reports[taker.id] = (node.peer_id, lying)
+    node._check_trade_reports(frontier=taker.lamport - 1)  # not final yet: kept
+    assert node.divergences == 0 and node.trade_reports
+    node._check_trade_reports(frontier=taker.lamport)
+    assert node.divergences == 1
+    assert "DIVERGENCE" in caplog.text
+
+
+def test_identity_survives_a_restart(tmp_path):
+    first = Node(NodeConfig(data_dir=str(tmp_path / "n")))
+    first.store.close()
+    again = Node(NodeConfig(data_dir=str(tmp_path / "n")))
+    assert again.peer_id == first.peer_id
+
+
+def test_wire_messages_round_trip_and_reject_garbage():
+    hb = wire.Heartbeat({b"\x00\x24" + b"a" * 36: 3}, 7, b"d" * 32, 12)
+    assert wire.decode_heartbeat(wire.encode_heartbeat(hb)) == hb
+    report = wire.TradeReport(b"e" * 32, 2, b"h" * 32)
+    assert wire.decode_trade_report(wire.encode_trade_report(report)) == report
+    assert wire.decode_sync_request(wire.encode_sync_request({}, 10_000)) == ({}, 256)
+    assert wire.decode_sync_response(wire.encode_sync_response([b"x"], True)) == ([b"x"], True)
+    for bad in (b"", b"\xff", wire.canonical({"v": 1}), wire.canonical([1]),
+                wire.canonical({"v": 1, "c": {}, "l": 1.5, "d": b"d" * 32, "n": 1})):
+        for decode in (wire.decode_heartbeat, wire.decode_trade_report,
+                       wire.decode_sync_request, wire.decode_sync_response):
+            try:
+                decode(bad)
+            except wire.WireError:
+                continue
+            raise AssertionError(f"{decode.__name__} accepted {bad!r}")

@@ -115,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
     started = time.monotonic()
     try:
         first = NodeProcess(0, os.path.join(tmp.name, "node0"), [])

@@ -103,3 +103,34 @@ def test_unreachable_bootstrap_gives_a_clear_error(tmp_path):
     assert result.returncode == 1
     assert "cannot reach bootstrap peer" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def _demo_processes() -> list[str]:
+    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if "p2pexchange-demo-" in line]
+
+
+@pytest.mark.soak
+def test_demo_converges_and_leaves_no_process_behind():
+    result = subprocess.run([sys.executable, "-m", "p2pexchange", "demo", "--nodes", "4",
+                             "--duration", "8"], capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stdout[-2000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["converged"] is True and summary["nodes"] == 4
+    assert summary["events"] > 0 and len(set(summary["digests"])) == 1
+    assert _demo_processes() == []
+
+
+@pytest.mark.soak
+def test_interrupted_demo_stops_every_node():
+    proc = subprocess.Popen([sys.executable, "-m", "p2pexchange", "demo", "--duration", "60"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if "trading for" in line:
+            break
+    time.sleep(2)
+    proc.send_signal(signal.SIGINT)
+    rest = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130
+    assert "interrupted: all nodes stopped" in rest and "Traceback" not in rest
+    assert _demo_processes() == []

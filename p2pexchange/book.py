@@ -193,7 +193,9 @@ class OrderBook:
             opposite, own, limit_key, own_key = self.bids, self.asks, -place.price, place.price
         if otype is _MARKET:
             limit_key = _NO_LIMIT
-        crosses = bool(opposite) and opposite.keys()[0] <= limit_key
+        # The first key of a SortedDict, read from its SortedList's first sublist: the
+        # public `keys()[0]` builds a view object on every call, on the hottest path.
+        crosses = bool(opposite) and opposite._list._lists[0][0] <= limit_key
         if crosses:
             if otype is _POST_ONLY:
                 order.status = REJECTED
@@ -326,12 +328,12 @@ class OrderBook:
     def _match(self, order: Order, opposite: SortedDict, limit_key: int, event_id: bytes) -> None:
         log = self.log
         trades = self.trades
-        keys = opposite.keys()
+        sublists = opposite._list._lists  # see place(): first key without a view object
         origin = order.origin
         taker_id = order.order_id
         side = order.side
         while order.remaining and opposite:
-            key = keys[0]
+            key = sublists[0][0]
             if key > limit_key:
                 break
             level = opposite[key]

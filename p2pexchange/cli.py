@@ -87,7 +87,9 @@ def run_node(argv: list[str]) -> int:
     import trio
 
     from .node import Node, NodeConfig  # imports libp2p, which sets up its own logging
+    from .runtime import tune_gc
     setup_logging(args.log_level)
+    tune_gc()
     try:
         os.makedirs(args.data_dir, exist_ok=True)
         node = Node(NodeConfig(

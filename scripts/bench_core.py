@@ -11,6 +11,7 @@
 3. Rollback: the same events delivered on time, and with 1% of them held back by K
    positions so that they sort before already-applied events; cost per late event
    and events re-applied per late event, for two K.
+Both books run under the node's GC thresholds (p2pexchange/runtime.py).
 Generation is not timed. Usage: python scripts/bench_core.py [--actions N] [--seed S]
 """
 
@@ -31,6 +32,7 @@ from p2pexchange.book import OPEN_STATUSES, OrderBook
 from p2pexchange.events import OrderType, Place, Side
 from p2pexchange.market import DEFAULT_MARKETS
 from p2pexchange.replica import Replica
+from p2pexchange.runtime import tune_gc
 from p2pexchange.workload import OrderFlow, peer_id_bytes, seeded_key_pair
 
 RESTING_MAX = 5_000  # past this, new limits become cancels: the book stays bounded
@@ -252,6 +254,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=1_000,
                         help="events of 100 actions for the replica figures")
     args = parser.parse_args()
+    gc_thresholds = tune_gc()  # as node processes run (p2pexchange/runtime.py)
 
     actions, mix = make_workload(args.actions, args.seed)
     engine_s, engine_trades = min(time_engine(actions) for _ in range(2))
@@ -292,6 +295,7 @@ def main() -> None:
     ratio = engine_rate / reference_rate
     print(json.dumps({
         "seed": args.seed,
+        "gc_thresholds": gc_thresholds,
         "python": platform.python_version(),
         "workload_actions": args.actions,
         "workload_mix": mix,

@@ -124,6 +124,8 @@ class Trade(NamedTuple):
                 "price": self.price, "qty": self.qty, "taker_side": self.taker_side.name.lower()}
 
 
+_new_trade = tuple.__new__  # builds a Trade without the named tuple's Python-level __new__
+
 # Undo record kinds. Each record restores exactly what one mutation changed.
 _U_NEW_ORDER = 0  # (kind, order_id): forget an order the step created
 _U_APPEND = 1  # (kind, tree, key): pop the order appended at the back of an existing level
@@ -332,6 +334,7 @@ class OrderBook:
         origin = order.origin
         taker_id = order.order_id
         side = order.side
+        market = self.market
         while order.remaining and opposite:
             key = sublists[0][0]
             if key > limit_key:
@@ -345,7 +348,8 @@ class OrderBook:
                         level.popleft()
                         log.append((_U_POP, opposite, key, maker, maker.filled, maker.status,
                                     maker.reason))
-                        self._transition(maker, CANCELLED)
+                        assert (maker.status, CANCELLED) in LEGAL_TRANSITIONS, maker
+                        maker.status = CANCELLED
                         maker.reason = REASON_STP_MAKER
                     if stp is not STP.EXPIRE_MAKER:
                         order.status = CANCELLED
@@ -355,20 +359,22 @@ class OrderBook:
                         return
                     continue
                 fill = maker.remaining if maker.remaining < order.remaining else order.remaining
-                trades.append(Trade(self.market, event_id, maker.order_id, taker_id, maker.origin,
-                                    origin, maker.price, fill, side))
+                trades.append(_new_trade(Trade, (market, event_id, maker.order_id, taker_id,
+                                                 maker.origin, origin, maker.price, fill, side)))
                 order.filled += fill
                 order.remaining -= fill
                 if fill == maker.remaining:
                     level.popleft()
                     log.append((_U_POP, opposite, key, maker, maker.filled, maker.status,
                                 maker.reason))
-                    self._transition(maker, FILLED)
+                    assert (maker.status, FILLED) in LEGAL_TRANSITIONS, maker
+                    maker.status = FILLED
                     maker.filled += fill
                     maker.remaining = 0
                 else:
                     log.append((_U_MAKER, maker, maker.filled, maker.status, maker.reason))
-                    self._transition(maker, PARTIALLY_FILLED)
+                    assert (maker.status, PARTIALLY_FILLED) in LEGAL_TRANSITIONS, maker
+                    maker.status = PARTIALLY_FILLED
                     maker.filled += fill
                     maker.remaining -= fill
             if not level:

@@ -19,6 +19,7 @@ import os
 import random
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -192,9 +193,12 @@ class Node:
             async with trio.open_nursery() as nursery:
                 for market in self.markets:
                     sub = await self.pubsub.subscribe(market_topic(market))
-                    nursery.start_soon(self._read_events, sub)
-                nursery.start_soon(self._read_control, await self.pubsub.subscribe(CONTROL_TOPIC))
-                nursery.start_soon(self._read_trades, await self.pubsub.subscribe(TRADES_TOPIC))
+                    nursery.start_soon(self._read_topic, sub, "event", bytes, self._on_event)
+                nursery.start_soon(self._read_topic, await self.pubsub.subscribe(CONTROL_TOPIC),
+                                   "heartbeat", wire.decode_heartbeat, self._on_heartbeat)
+                nursery.start_soon(self._read_topic, await self.pubsub.subscribe(TRADES_TOPIC),
+                                   "trade report", wire.decode_trade_report,
+                                   self._on_trade_report)
                 await self._bootstrap()
                 if self.config.api_port is not None:
                     from .api import serve_api
@@ -301,13 +305,27 @@ class Node:
             return self._reject("trade report", exc.code, peer)
         return True
 
-    async def _read_events(self, sub: Any) -> None:
+    async def _read_topic(self, sub: Any, what: str, decode: Callable[[bytes], Any],
+                          handle: Callable[[ID, Any], None]) -> None:
+        """One subscription's reader: decode, then hand over; a bad message or a failing
+        handler is logged with its reason and never stops the reader."""
         while True:
             msg = await sub.get()
+            if msg.from_id == self.origin:
+                continue  # our own publication, echoed back
             sender = ID(msg.from_id)
-            if sender == self.peer_id:
+            try:
+                value = decode(msg.data)
+            except wire.WireError as exc:
+                self._reject(what, exc.code, sender)
                 continue
-            self.receive_event(msg.data, f"peer {short_peer(sender)}", sender)
+            try:
+                handle(sender, value)
+            except Exception:
+                log.exception("handling a %s from %s failed", what, short_peer(sender))
+
+    def _on_event(self, sender: ID, raw: bytes) -> None:
+        self.receive_event(raw, f"peer {short_peer(sender)}", sender)
 
     def receive_event(self, raw: bytes, source: str, sender: ID | None = None) -> Receipt:
         receipt = self.replica.receive(raw)
@@ -335,38 +353,18 @@ class Node:
                      market.lots_to_qty(t.qty), market.base, market.ticks_to_price(t.price),
                      short_peer(ID(t.maker_origin)), short_peer(ID(t.taker_origin)))
 
-    async def _read_control(self, sub: Any) -> None:
-        while True:
-            msg = await sub.get()
-            sender = ID(msg.from_id)
-            if sender == self.peer_id:
-                continue
-            try:
-                hb = wire.decode_heartbeat(msg.data)
-            except wire.WireError as exc:
-                self._reject("heartbeat", exc.code, sender)
-                continue
-            code = self.replica.on_heartbeat(msg.from_id, hb.clock, hb.lamport, now_ms())
-            if code is not None and code != "stale_heartbeat":
-                self._reject("heartbeat", code, sender)
-                continue
-            mine = self.replica.clock
-            if any(s > mine.get(o, 0) for o, s in hb.clock.items()):
-                self._want_sync(sender)
+    def _on_heartbeat(self, sender: ID, hb: wire.Heartbeat) -> None:
+        code = self.replica.on_heartbeat(sender.to_bytes(), hb.clock, hb.lamport, now_ms())
+        if code is not None and code != "stale_heartbeat":
+            self._reject("heartbeat", code, sender)
+            return
+        mine = self.replica.clock
+        if any(s > mine.get(o, 0) for o, s in hb.clock.items()):
+            self._want_sync(sender)
 
-    async def _read_trades(self, sub: Any) -> None:
-        while True:
-            msg = await sub.get()
-            sender = ID(msg.from_id)
-            if sender == self.peer_id:
-                continue
-            try:
-                report = wire.decode_trade_report(msg.data)
-            except wire.WireError as exc:
-                self._reject("trade report", exc.code, sender)
-                continue
-            if len(self.trade_reports) < TRADE_REPORTS_PENDING_MAX:
-                self.trade_reports[report.event_id] = (sender, report)
+    def _on_trade_report(self, sender: ID, report: wire.TradeReport) -> None:
+        if len(self.trade_reports) < TRADE_REPORTS_PENDING_MAX:
+            self.trade_reports[report.event_id] = (sender, report)
 
     def _check_trade_reports(self, frontier: int) -> None:
         for event_id, (sender, report) in list(self.trade_reports.items()):
@@ -501,24 +499,34 @@ class Node:
         while True:
             await trio.sleep(BATCH_INTERVAL_S)
             if self.pending:
-                await self._flush_pending()
+                try:
+                    await self._flush_pending()
+                except Exception:  # publishing failed: the event is stored, sync spreads it
+                    log.exception("publishing a batch failed")
 
     async def _heartbeat_loop(self) -> None:
         while True:
-            now = now_ms()
-            hb = wire.Heartbeat(self.replica.clock, self.replica.lamport, self.replica.digest,
-                                self.replica.stats()["events_delivered"])
-            await self.pubsub.publish(CONTROL_TOPIC, wire.encode_heartbeat(hb))
-            if now - self.started_ms >= LIVENESS_TIMEOUT_MS:  # heard everyone once
-                finality = self.replica.finality(now, LIVENESS_TIMEOUT_MS)
-                self._check_trade_reports(finality.frontier)
-                await self._report_own_trades(finality.frontier)
-                if finality.final_trades > self.final_logged:
-                    log.info("trades final: %d (+%d), pending: %d", finality.final_trades,
-                             finality.final_trades - self.final_logged,
-                             finality.pending_trades)
-                    self.final_logged = finality.final_trades
+            try:
+                await self._heartbeat()
+            except Exception:  # a failed publish must not stop heartbeats for good
+                log.exception("heartbeat failed")
             await trio.sleep(HEARTBEAT_INTERVAL_S)
+
+    async def _heartbeat(self) -> None:
+        """Publish our clock and digest; then act on what has become final."""
+        now = now_ms()
+        hb = wire.Heartbeat(self.replica.clock, self.replica.lamport, self.replica.digest,
+                            self.replica.stats()["events_delivered"])
+        await self.pubsub.publish(CONTROL_TOPIC, wire.encode_heartbeat(hb))
+        if now - self.started_ms >= LIVENESS_TIMEOUT_MS:  # heard everyone once
+            finality = self.replica.finality(now, LIVENESS_TIMEOUT_MS)
+            self._check_trade_reports(finality.frontier)
+            await self._report_own_trades(finality.frontier)
+            if finality.final_trades > self.final_logged:
+                log.info("trades final: %d (+%d), pending: %d", finality.final_trades,
+                         finality.final_trades - self.final_logged,
+                         finality.pending_trades)
+                self.final_logged = finality.final_trades
 
     async def _report_own_trades(self, frontier: int) -> None:
         for event in self.replica._events.get(self.origin, [])[-256:]:

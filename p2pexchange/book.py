@@ -80,19 +80,20 @@ class Order:
     __slots__ = ("order_id", "origin", "side", "type", "price", "qty", "filled", "remaining",
                  "status", "reason", "stp", "market")
 
-    def __init__(self, order_id: bytes, origin: bytes, market: str, place: Place) -> None:
+    def __init__(self, order_id: bytes, origin: bytes, market: str, side: Side,
+                 otype: OrderType, price: int, qty: int, stp: STP) -> None:
         self.order_id = order_id
         self.origin = origin
         self.market = market
-        self.side = place.side
-        self.type = place.type
-        self.price = place.price
-        self.qty = place.qty
+        self.side = side
+        self.type = otype
+        self.price = price
+        self.qty = qty
         self.filled = 0
-        self.remaining = place.qty
+        self.remaining = qty
         self.status = RESTING
         self.reason = ""
-        self.stp = place.stp
+        self.stp = stp
 
     def as_dict(self) -> dict:
         return {"order_id": self.order_id.hex(), "origin": self.origin.hex(),
@@ -180,19 +181,20 @@ class OrderBook:
 
     def place(self, order_id: bytes, origin: bytes, place: Place, event_id: bytes) -> Order:
         """Apply one order; returns it with its status after this step."""
-        order = Order(order_id, origin, self.market, place)
+        side, otype, price, qty, stp = place
+        order = Order(order_id, origin, self.market, side, otype, price, qty, stp)
         log = self.log
-        if order_id in self.orders:
+        orders = self.orders
+        if order_id in orders:
             order.status = REJECTED
             order.reason = REASON_DUPLICATE_ID
             return order
-        self.orders[order_id] = order
+        orders[order_id] = order
         log.append((_U_NEW_ORDER, order_id))
-        otype = place.type
-        if place.side is _BUY:
-            opposite, own, limit_key, own_key = self.asks, self.bids, place.price, -place.price
+        if side is _BUY:
+            opposite, own, limit_key, own_key = self.asks, self.bids, price, -price
         else:
-            opposite, own, limit_key, own_key = self.bids, self.asks, -place.price, place.price
+            opposite, own, limit_key, own_key = self.bids, self.asks, -price, price
         if otype is _MARKET:
             limit_key = _NO_LIMIT
         # The first key of a SortedDict, read from its SortedList's first sublist: the
@@ -251,7 +253,7 @@ class OrderBook:
         if not level:
             del tree[key]
         self.log.append((_U_REMOVE, tree, key, index, order, order.status, order.reason))
-        self._transition(order, CANCELLED)
+        order.status = CANCELLED  # from RESTING or PARTIALLY_FILLED: both legal
         order.reason = REASON_CANCELLED
         return None
 
@@ -304,10 +306,6 @@ class OrderBook:
         self.log.clear()
 
     # -- internals -----------------------------------------------------------------
-
-    def _transition(self, order: Order, status: OrderStatus) -> None:
-        assert (order.status, status) in LEGAL_TRANSITIONS, (order, status)
-        order.status = status
 
     def _fok_fillable(self, order: Order, opposite: SortedDict, limit_key: int) -> bool:
         """Would `order` fill completely, given self-trade prevention? Walks only what it takes."""

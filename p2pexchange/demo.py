@@ -172,13 +172,15 @@ def run(args: argparse.Namespace) -> int:
         print("[demo] interrupted: all nodes stopped", flush=True)
         return 130
     print(f"\n[demo] drained in {drained_in:.1f}s\n")
-    print(f"{'node':<7}{'peer id':<54}{'events':>7}{'trades':>7}{'final':>7}  digest")
+    print(f"{'node':<7}{'peer id':<54}{'events':>7}{'trades':>7}{'final':>7}{'reports ok':>11}"
+          f"{'diverged':>9}  digest")
     for node, s in zip(nodes, statuses, strict=True):
         if not s.get("ok"):
             print(f"{node.name:<7}{'(no answer: ' + s.get('error', '?') + ')':<54}")
             continue
         print(f"{node.name:<7}{s['peer_id']:<54}{s['events']:>7}{s['trades']:>7}"
-              f"{s['trades_final']:>7}  {s['digest'][:16]}")
+              f"{s['trades_final']:>7}{s['trade_reports_matched']:>11}{s['divergences']:>9}  "
+              f"{s['digest'][:16]}")
     ok = [s for s in statuses if s.get("ok")]
     converged = len(ok) == len(nodes) and len({s["digest"] for s in ok}) == 1
     print(json.dumps({

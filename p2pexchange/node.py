@@ -124,6 +124,7 @@ class Node:
         self.peers: set[ID] = set()
         self.rejections: dict[str, int] = {}
         self.divergences = 0
+        self.trade_reports_matched = 0
         self.reported: set[bytes] = set()  # own taker events whose trades we reported
         self.trade_reports: dict[bytes, tuple[ID, wire.TradeReport]] = {}
         self.final_logged = 0
@@ -373,7 +374,9 @@ class Node:
                 continue
             del self.trade_reports[event_id]
             mine = self.replica.trades_of(event_id)
-            if len(mine) != report.trades or wire.trades_hash(mine) != report.hash:
+            if len(mine) == report.trades and wire.trades_hash(mine) == report.hash:
+                self.trade_reports_matched += 1
+            else:
                 self.divergences += 1
                 log.error("DIVERGENCE: peer %s reports %d trades for event %s, we computed %d",
                           short_peer(sender), report.trades, short_id(event_id), len(mine))
@@ -562,6 +565,7 @@ class Node:
             "rollbacks": stats["rollbacks"],
             "rejected": {**stats["rejected"], **self.rejections},
             "divergences": self.divergences,
+            "trade_reports_matched": self.trade_reports_matched,
             "digest": self.replica.digest_hex,
             "trading": self.trading,
             "pending_actions": len(self.pending),

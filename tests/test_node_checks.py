@@ -20,6 +20,7 @@ def test_a_trade_report_that_disagrees_raises_a_divergence_alarm(tmp_path, caplo
     node.trade_reports[taker.id] = (node.peer_id, honest)
     node._check_trade_reports(frontier=taker.lamport)
     assert node.divergences == 0 and not node.trade_reports
+    assert node.trade_reports_matched == 1
     node.trade_reports[taker.id] = (node.peer_id, lying)
     node._check_trade_reports(frontier=taker.lamport - 1)  # not final yet: kept
     assert node.divergences == 0 and node.trade_reports

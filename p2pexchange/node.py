@@ -111,7 +111,10 @@ class Node:
         self.key_pair = load_or_create_key(config.data_dir)
         self.peer_id = ID.from_pubkey(self.key_pair.public_key)
         self.origin = self.peer_id.to_bytes()
-        self.replica = Replica(self.markets, self.origin)
+        # The replica knows every configured market even when this node follows only
+        # some: one seq chain per origin spans all markets, and causal delivery needs
+        # every link of it (sync brings the events of markets we do not follow).
+        self.replica = Replica(DEFAULT_MARKETS, self.origin)
         self.store = EventStore(os.path.join(config.data_dir, "events.sqlite3"))
         self.pending: deque[tuple[str, Action]] = deque()
         self.trading = config.auto_trade
@@ -287,7 +290,7 @@ class Node:
 
     def _validate_event(self, peer: ID, msg: Any) -> bool:
         try:
-            decode_event(msg.data, self.markets)
+            decode_event(msg.data, DEFAULT_MARKETS)
         except EventRejected as exc:
             return self._reject("event", exc.code, peer)
         return True
@@ -349,7 +352,7 @@ class Node:
         if receipt.rolled_back:
             log.info("re-ordered %d later events behind a late one", receipt.rolled_back)
         for t in receipt.trades:
-            market = self.markets[t.market]
+            market = DEFAULT_MARKETS[t.market]
             log.info("trade executed (pending) %s %s %s @ %s, maker %s taker %s", t.market,
                      market.lots_to_qty(t.qty), market.base, market.ticks_to_price(t.price),
                      short_peer(ID(t.maker_origin)), short_peer(ID(t.taker_origin)))

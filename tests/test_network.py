@@ -147,3 +147,16 @@ async def test_invalid_messages_are_rejected_and_not_forwarded(tmp_path):
         for node in others:
             assert node.replica.stats()["events_delivered"] == 1
             assert node.replica.digest == evil.replica.digest
+
+
+async def test_a_node_following_one_market_still_delivers_every_event(tmp_path):
+    async with network(tmp_path) as net:
+        first = await net.start("n0")
+        eth_only = await net.start("eth", bootstrap=first, markets=["ETH-USD"])
+        for k in range(3):  # BTC events, then an ETH one that causally follows them
+            first.submit(BTC, limit(Side.SELL, 10_000 + k, 1))
+            await first._flush_pending()
+        first.submit("ETH-USD", limit(Side.BUY, 3_000, 1))
+        await first._flush_pending()
+        await net.converged(events=4)
+        assert eth_only.replica.book("ETH-USD").resting_count() == 1

@@ -108,7 +108,10 @@ def make_workload(n: int, seed: int) -> tuple[list[tuple], dict]:
             live[i] = last
             where[last] = i
 
+    resting_samples = []
     for i in range(n):
+        if i % 1000 == 0:
+            resting_samples.append(len(live))
         if rng.random() < 0.02:
             mid += rng.choice((-1, 1)) * rng.randint(1, 5)
         r = rng.random()
@@ -122,8 +125,8 @@ def make_workload(n: int, seed: int) -> tuple[list[tuple], dict]:
             continue
         side = Side.BUY if rng.random() < 0.5 else Side.SELL
         if r < 0.3:
-            price = mid + 10 if side is Side.BUY else mid - 10
-            qty = rng.randint(1, 20)
+            price = mid + 60 if side is Side.BUY else mid - 60
+            qty = rng.randint(1, 50)  # sized so takers consume about what limits add
             mix["marketable"] += 1
         else:
             offset = rng.randint(1, 50)
@@ -144,6 +147,7 @@ def make_workload(n: int, seed: int) -> tuple[list[tuple], dict]:
         actions.append(("p", oid, place, oid))
     mix = {k: round(v / n, 3) for k, v in mix.items()}
     mix["resting_at_end"] = len(live)
+    mix["resting_mean"] = round(sum(resting_samples) / max(1, len(resting_samples)))
     return actions, mix
 
 

@@ -189,11 +189,14 @@ class Node:
                 background_trio_service(self.dht):
             await self.pubsub.wait_until_ready()
             self.listen_addr = str(self.host.get_addrs()[0])
+            validate_event = self._validator(
+                "event", lambda data: decode_event(data, DEFAULT_MARKETS), EventRejected)
             for market in self.markets:
-                self.pubsub.set_topic_validator(market_topic(market), self._validate_event,
-                                                False)
-            self.pubsub.set_topic_validator(CONTROL_TOPIC, self._validate_heartbeat, False)
-            self.pubsub.set_topic_validator(TRADES_TOPIC, self._validate_trade_report, False)
+                self.pubsub.set_topic_validator(market_topic(market), validate_event, False)
+            self.pubsub.set_topic_validator(CONTROL_TOPIC, self._validator(
+                "heartbeat", wire.decode_heartbeat, wire.WireError), False)
+            self.pubsub.set_topic_validator(TRADES_TOPIC, self._validator(
+                "trade report", wire.decode_trade_report, wire.WireError), False)
             async with trio.open_nursery() as nursery:
                 for market in self.markets:
                     sub = await self.pubsub.subscribe(market_topic(market))
@@ -288,26 +291,16 @@ class Node:
         log.warning("rejected %s from %s: %s", source, short_peer(peer) if peer else "?", code)
         return False
 
-    def _validate_event(self, peer: ID, msg: Any) -> bool:
-        try:
-            decode_event(msg.data, DEFAULT_MARKETS)
-        except EventRejected as exc:
-            return self._reject("event", exc.code, peer)
-        return True
-
-    def _validate_heartbeat(self, peer: ID, msg: Any) -> bool:
-        try:
-            wire.decode_heartbeat(msg.data)
-        except wire.WireError as exc:
-            return self._reject("heartbeat", exc.code, peer)
-        return True
-
-    def _validate_trade_report(self, peer: ID, msg: Any) -> bool:
-        try:
-            wire.decode_trade_report(msg.data)
-        except wire.WireError as exc:
-            return self._reject("trade report", exc.code, peer)
-        return True
+    def _validator(self, what: str, decode: Callable[[bytes], Any],
+                   error: type[Exception]) -> Callable[[ID, Any], bool]:
+        """A gossipsub topic validator: a message that does not decode is not forwarded."""
+        def validate(peer: ID, msg: Any) -> bool:
+            try:
+                decode(msg.data)
+            except error as exc:
+                return self._reject(what, exc.code, peer)  # type: ignore[attr-defined]
+            return True
+        return validate
 
     async def _read_topic(self, sub: Any, what: str, decode: Callable[[bytes], Any],
                           handle: Callable[[ID, Any], None]) -> None:
@@ -535,7 +528,7 @@ class Node:
                 self.final_logged = finality.final_trades
 
     async def _report_own_trades(self, frontier: int) -> None:
-        for event in self.replica._events.get(self.origin, [])[-256:]:
+        for event in self.replica.events_of(self.origin)[-256:]:
             if event.lamport > frontier or event.id in self.reported:
                 continue
             self.reported.add(event.id)
@@ -550,10 +543,8 @@ class Node:
         stats = self.replica.stats()
         now = now_ms()
         finality = self.replica.finality(now, LIVENESS_TIMEOUT_MS)
-        if now - self.started_ms < LIVENESS_TIMEOUT_MS:
-            finality_final = 0
-        else:
-            finality_final = finality.final_trades
+        # Nothing is reported final before the node has listened for one liveness timeout.
+        trades_final = finality.final_trades if now - self.started_ms >= LIVENESS_TIMEOUT_MS else 0
         return {
             "peer_id": str(self.peer_id),
             "addr": self.listen_addr,
@@ -562,8 +553,8 @@ class Node:
             "buffered": stats["events_buffered"],
             "own_seq": self.replica.clock.get(self.origin, 0),
             "trades": stats["trades"],
-            "trades_final": finality_final,
-            "trades_pending": stats["trades"] - finality_final,
+            "trades_final": trades_final,
+            "trades_pending": stats["trades"] - trades_final,
             "resting": stats["resting"],
             "rollbacks": stats["rollbacks"],
             "rejected": {**stats["rejected"], **self.rejections},
@@ -587,31 +578,30 @@ class Node:
             log.info(self.status_line())
 
     async def _auto_trade_loop(self) -> None:
-        flows = {m: OrderFlow(random.Random(self._rng.random()), mid=m_mid(m), spread=20,
+        flows = {m: OrderFlow(random.Random(self._rng.random()),
+                              mid=AUTO_TRADE_MID_TICKS.get(m, 10_000), spread=20,
                               mix={"limit": 0.7, "cancel": 0.18, "ioc": 0.06,
                                    "market": 0.02, "fok": 0.02, "post_only": 0.02})
                  for m in self.markets}
-        placed_ids: dict[str, list] = {m: [] for m in self.markets}
+        learned_seq = self.replica.clock.get(self.origin, 0)
         while True:
             await trio.sleep(self._rng.expovariate(self.config.auto_trade_rate))
+            # Order ids exist once a batch is signed: learn them, once, from our events,
+            # so that the flow's cancels name real orders.
+            for event in self.replica.events_of(self.origin, learned_seq):
+                flow = flows.get(event.market)
+                if flow is not None:
+                    flow.placed([event.order_id(i) for i, a in enumerate(event.actions)
+                                 if isinstance(a, Place)])
+                    del flow.open_orders[:-1000]  # bounded: old ones are mostly done
+                learned_seq = event.seq
             if not self.trading or len(self.pending) > 100:
                 continue
             market = self._rng.choice(sorted(self.markets))
-            flow = flows[market]
-            action = flow.next_action()
-            self.submit(market, action)
-            # Order ids are known once the batch is signed; learn them from our events.
-            if isinstance(action, Place):
-                placed_ids[market].append(action)
-            own = self.replica._events.get(self.origin, [])
-            if own and own[-1].market == market:
-                flow.open_orders = [own[-1].order_id(i) for i, a in
-                                    enumerate(own[-1].actions) if isinstance(a, Place)
-                                    ] + flow.open_orders[-200:]
+            self.submit(market, flows[market].next_action())
 
 
-def m_mid(market: str) -> int:
-    return {"BTC-USD": 6_500_000, "ETH-USD": 350_000}.get(market, 10_000)
+AUTO_TRADE_MID_TICKS = {"BTC-USD": 6_500_000, "ETH-USD": 350_000}
 
 
 def short_peer(peer: ID) -> str:

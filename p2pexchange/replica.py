@@ -179,6 +179,10 @@ class Replica:
     def event(self, event_id: bytes) -> Event | None:
         return self._by_id.get(event_id)
 
+    def events_of(self, origin: bytes, after_seq: int = 0) -> list[Event]:
+        """Delivered events of `origin` with seq > `after_seq`, in seq order."""
+        return self._events.get(origin, [])[max(0, after_seq):]
+
     def trades(self) -> list[Trade]:
         return [t for entry in self._applied for t in entry.trades]
 

@@ -64,9 +64,6 @@ class NodeProcess:
                 data += chunk
         return json.loads(data)
 
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
     def signal(self, sig: int) -> None:
         try:
             os.killpg(self.proc.pid, sig)

@@ -28,12 +28,12 @@ from collections import deque
 
 from sortedcontainers import SortedDict
 
-from p2pexchange.book import OPEN_STATUSES, OrderBook
-from p2pexchange.events import OrderType, Place, Side
-from p2pexchange.market import DEFAULT_MARKETS
-from p2pexchange.replica import Replica
+from p2pexchange.core.book import OPEN_STATUSES, OrderBook
+from p2pexchange.core.events import OrderType, Place, Side
+from p2pexchange.core.market import DEFAULT_MARKETS
+from p2pexchange.core.replica import Replica
 from p2pexchange.runtime import tune_gc
-from p2pexchange.workload import OrderFlow, peer_id_bytes, seeded_key_pair
+from p2pexchange.sim.workload import OrderFlow, peer_id_bytes, seeded_key_pair
 
 RESTING_MAX = 5_000  # past this, new limits become cancels: the book stays bounded
 

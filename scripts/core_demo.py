@@ -12,9 +12,9 @@ import argparse
 import json
 import sys
 
-from p2pexchange.events import short_id
-from p2pexchange.market import DEFAULT_MARKETS
-from p2pexchange.simulation import run_simulation
+from p2pexchange.core.events import short_id
+from p2pexchange.core.market import DEFAULT_MARKETS
+from p2pexchange.sim.simulation import run_simulation
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import pathlib
 
-from p2pexchange.events import STP, Cancel, OrderType, Place, Side, sign_event
-from p2pexchange.workload import peer_id_bytes, seeded_key_pair
+from p2pexchange.core.events import STP, Cancel, OrderType, Place, Side, sign_event
+from p2pexchange.sim.workload import peer_id_bytes, seeded_key_pair
 
 OUT = pathlib.Path(__file__).resolve().parent.parent / "protocols" / "vectors" / "events.json"
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from p2pexchange.book import (
+from p2pexchange.core.book import (
     CANCEL_NOT_OPEN,
     CANCEL_NOT_OWNER,
     CANCEL_UNKNOWN,
@@ -22,7 +22,7 @@ from p2pexchange.book import (
     REJECTED,
     OrderBook,
 )
-from p2pexchange.events import STP, OrderType, Place, Side
+from p2pexchange.core.events import STP, OrderType, Place, Side
 
 ORIGINS = [b"alice", b"bob", b"carol"]
 EVENT = bytes(32)

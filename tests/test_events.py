@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from p2pexchange.events import (
+from p2pexchange.core.events import (
     EVENT_ACTIONS_MAX,
     EVENT_BYTES_MAX,
     Cancel,
@@ -21,8 +21,8 @@ from p2pexchange.events import (
     decode_event,
     sign_event,
 )
-from p2pexchange.market import DEFAULT_MARKETS
-from p2pexchange.workload import peer_id_bytes, seeded_key_pair
+from p2pexchange.core.market import DEFAULT_MARKETS
+from p2pexchange.sim.workload import peer_id_bytes, seeded_key_pair
 
 KEY = seeded_key_pair("events-test")
 ORIGIN = peer_id_bytes(KEY)
@@ -41,7 +41,7 @@ def wire(event) -> dict:
 
 def resign(msg: dict) -> bytes:
     """Re-sign a tampered body with the right key, so only the tampering is wrong."""
-    from p2pexchange.events import SIGNATURE_DOMAIN
+    from p2pexchange.core.events import SIGNATURE_DOMAIN
     body = {k: v for k, v in msg.items() if k != "g"}
     msg = dict(body, g=KEY.private_key.sign(SIGNATURE_DOMAIN + canonical(body)))
     return canonical(msg)

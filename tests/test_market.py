@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from p2pexchange.market import DEFAULT_MARKETS, QTY_LOTS_MAX, GridError
+from p2pexchange.core.market import DEFAULT_MARKETS, QTY_LOTS_MAX, GridError
 
 BTC = DEFAULT_MARKETS["BTC-USD"]
 

@@ -7,8 +7,8 @@ import pytest
 import trio
 from harness import network
 
-from p2pexchange.events import OrderType, Place, Side, canonical
-from p2pexchange.node import market_topic
+from p2pexchange.core.events import OrderType, Place, Side, canonical
+from p2pexchange.net.gossip import market_topic
 
 pytestmark = pytest.mark.network
 BTC = "BTC-USD"
@@ -34,7 +34,7 @@ async def test_every_node_discovers_every_other_from_one_bootstrap(tmp_path):
         # ... and the survivors keep trading with it.
         for i, node in enumerate(net.nodes):
             node.submit(BTC, limit(Side.BUY if i % 2 else Side.SELL, 10_000, 1))
-            await node._flush_pending()
+            await node.flush()
         await net.converged(events=len(net.nodes))
         assert net.nodes[0].replica.stats()["trades"] >= 1
 
@@ -49,7 +49,7 @@ async def test_orders_from_every_node_reach_every_node_and_books_converge(tmp_pa
             for k in range(5):
                 node.submit(BTC, limit(Side.BUY if k % 2 else Side.SELL,
                                        10_000 + (50 if k % 2 else 60) + i, 1 + k))
-            await node._flush_pending()
+            await node.flush()
         await net.converged(events=4)
         books = {repr(n.replica.book(BTC).snapshot()) for n in net.nodes}
         assert len(books) == 1
@@ -63,14 +63,14 @@ async def test_concurrent_crossing_orders_produce_the_same_trades_everywhere(tmp
         b = await net.start("b", bootstrap=first)
         await net.discovered()
         first.submit(BTC, limit(Side.SELL, 10_000, 5))
-        await first._flush_pending()
+        await first.flush()
         await net.converged(events=1)
         # a and b both try to take the whole resting order at the same moment.
         a.submit(BTC, limit(Side.BUY, 10_000, 5, OrderType.IOC))
         b.submit(BTC, limit(Side.BUY, 10_000, 5, OrderType.IOC))
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(a._flush_pending)
-            nursery.start_soon(b._flush_pending)
+            nursery.start_soon(a.flush)
+            nursery.start_soon(b.flush)
         await net.converged(events=3)
         trades = {tuple(n.replica.trades()) for n in net.nodes}
         assert len(trades) == 1
@@ -84,7 +84,7 @@ async def test_a_late_joiner_catches_up_through_sync(tmp_path):
         other = await net.start("n1", bootstrap=first)
         for k in range(30):
             (first if k % 2 else other).submit(BTC, limit(Side.BUY, 9_000 + k, 1))
-            await (first if k % 2 else other)._flush_pending()
+            await (first if k % 2 else other).flush()
         digest = await net.converged(events=30)
         late = await net.start("late", bootstrap=other)
         assert await net.converged(events=30) == digest
@@ -97,19 +97,19 @@ async def test_a_restarted_node_keeps_its_identity_and_loses_nothing(tmp_path):
         node = await net.start("n1", bootstrap=first)
         for k in range(5):
             node.submit(BTC, limit(Side.SELL, 11_000 + k, 2))
-            await node._flush_pending()
+            await node.flush()
         await net.converged(events=5)
         peer_id, digest = node.peer_id, node.replica.digest
         await net.stop(node)
         first.submit(BTC, limit(Side.BUY, 11_000, 1))  # happens while n1 is down
-        await first._flush_pending()
+        await first.flush()
         again = await net.start("n1", bootstrap=first)
         assert again.peer_id == peer_id
         assert again.replica.stats()["events_delivered"] >= 5
         again.submit(BTC, limit(Side.SELL, 11_500, 1))
-        await again._flush_pending()
+        await again.flush()
         await net.converged(events=7)
-        own = [e.seq for e in again.replica._events[again.origin]]
+        own = [e.seq for e in again.replica.events_of(again.origin)]
         assert own == list(range(1, 7))  # seq continued without reuse
         assert digest != again.replica.digest
 
@@ -123,7 +123,7 @@ async def test_invalid_messages_are_rejected_and_not_forwarded(tmp_path):
         await trio.sleep(2)  # let the gossip mesh form
         evil = net.nodes[1]
         evil.submit(BTC, limit(Side.SELL, 10_000, 1))
-        (event_id,) = await evil._flush_pending()
+        (event_id,) = await evil.flush()
         await net.converged(events=1)
         good = evil.replica.event(event_id)
         forged = cbor2.loads(good.raw)
@@ -155,8 +155,8 @@ async def test_a_node_following_one_market_still_delivers_every_event(tmp_path):
         eth_only = await net.start("eth", bootstrap=first, markets=["ETH-USD"])
         for k in range(3):  # BTC events, then an ETH one that causally follows them
             first.submit(BTC, limit(Side.SELL, 10_000 + k, 1))
-            await first._flush_pending()
+            await first.flush()
         first.submit("ETH-USD", limit(Side.BUY, 3_000, 1))
-        await first._flush_pending()
+        await first.flush()
         await net.converged(events=4)
         assert eth_only.replica.book("ETH-USD").resting_count() == 1

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from p2pexchange import wire
-from p2pexchange.events import OrderType, Place, Side
+from p2pexchange.core.events import OrderType, Place, Side
+from p2pexchange.net import wire
 from p2pexchange.node import Node, NodeConfig
 
 
@@ -17,15 +17,15 @@ def test_a_trade_report_that_disagrees_raises_a_divergence_alarm(tmp_path, caplo
     assert trades == []  # same origin: self-trade prevention expired the taker
     honest = wire.TradeReport(taker.id, 0, wire.trades_hash([]))
     lying = wire.TradeReport(taker.id, 1, b"\x01" * 32)
-    node.trade_reports[taker.id] = (node.peer_id, honest)
-    node._check_trade_reports(frontier=taker.lamport)
-    assert node.divergences == 0 and not node.trade_reports
-    assert node.trade_reports_matched == 1
-    node.trade_reports[taker.id] = (node.peer_id, lying)
-    node._check_trade_reports(frontier=taker.lamport - 1)  # not final yet: kept
-    assert node.divergences == 0 and node.trade_reports
-    node._check_trade_reports(frontier=taker.lamport)
-    assert node.divergences == 1
+    node.control.trade_reports[taker.id] = (node.peer_id, honest)
+    node.control.check_trade_reports(frontier=taker.lamport)
+    assert node.control.divergences == 0 and not node.control.trade_reports
+    assert node.control.trade_reports_matched == 1
+    node.control.trade_reports[taker.id] = (node.peer_id, lying)
+    node.control.check_trade_reports(frontier=taker.lamport - 1)  # not final yet: kept
+    assert node.control.divergences == 0 and node.control.trade_reports
+    node.control.check_trade_reports(frontier=taker.lamport)
+    assert node.control.divergences == 1
     assert "DIVERGENCE" in caplog.text
 
 

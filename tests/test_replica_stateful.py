@@ -9,10 +9,10 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from p2pexchange.events import Place
-from p2pexchange.market import DEFAULT_MARKETS
-from p2pexchange.replica import Replica
-from p2pexchange.workload import OrderFlow, peer_id_bytes, seeded_key_pair
+from p2pexchange.core.events import Place
+from p2pexchange.core.market import DEFAULT_MARKETS
+from p2pexchange.core.replica import Replica
+from p2pexchange.sim.workload import OrderFlow, peer_id_bytes, seeded_key_pair
 
 ORIGINS = 3
 OBSERVERS = 2

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from p2pexchange.simulation import run_simulation
+from p2pexchange.sim.simulation import run_simulation
 
 
 def check(seed: int, nodes_n: int, ticks: int, loss: float) -> None:

@@ -7,9 +7,9 @@ import pathlib
 
 import pytest
 
-from p2pexchange.events import STP, Cancel, OrderType, Place, Side, decode_event, sign_event
-from p2pexchange.market import DEFAULT_MARKETS
-from p2pexchange.workload import peer_id_bytes, seeded_key_pair
+from p2pexchange.core.events import STP, Cancel, OrderType, Place, Side, decode_event, sign_event
+from p2pexchange.core.market import DEFAULT_MARKETS
+from p2pexchange.sim.workload import peer_id_bytes, seeded_key_pair
 
 VECTORS = json.loads((pathlib.Path(__file__).parent.parent / "protocols" / "vectors"
                       / "events.json").read_text())["events"]

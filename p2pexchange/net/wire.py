@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import cbor2
 
-from .book import Trade
-from .events import CLOCK_ORIGINS_MAX, EVENT_BYTES_MAX, ORIGIN_BYTES_MAX, SEQ_MAX, canonical
+from ..core.book import Trade
+from ..core.events import CLOCK_ORIGINS_MAX, EVENT_BYTES_MAX, ORIGIN_BYTES_MAX, SEQ_MAX, canonical
 
 VERSION = 1
 HEARTBEAT_BYTES_MAX = 32 * 1024

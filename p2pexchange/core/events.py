@@ -121,8 +121,6 @@ def order_id(event_id: bytes, index: int) -> bytes:
     return event_id + index.to_bytes(2, "big")
 
 
-def split_order_id(oid: bytes) -> tuple[bytes, int]:
-    return oid[:32], int.from_bytes(oid[32:], "big")
 
 
 def short_id(b: bytes) -> str:

@@ -341,10 +341,6 @@ class Replica:
         return event is not None and event.lamport <= self.final_frontier(
             now_ms, liveness_timeout_ms)
 
-    def live_members(self, now_ms: int, liveness_timeout_ms: int) -> list[bytes]:
-        return sorted(m for m, hb in self._heartbeats.items()
-                      if now_ms - hb.at_ms <= liveness_timeout_ms)
-
     # -- internals ---------------------------------------------------------------
 
     def _reject(self, code: str, detail: str, event: Event | None = None) -> Receipt:

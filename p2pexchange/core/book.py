@@ -301,10 +301,6 @@ class OrderBook:
                 raise AssertionError(f"unknown undo record {rec!r}")
         del self.trades[trades_mark:]
 
-    def forget_log(self) -> None:
-        """Drop all undo records: the current state can no longer be rolled back."""
-        self.log.clear()
-
     # -- internals -----------------------------------------------------------------
 
     def _fok_fillable(self, order: Order, opposite: SortedDict, limit_key: int) -> bool:

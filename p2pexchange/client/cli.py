@@ -1,4 +1,4 @@
-"""Command line: `python -m p2pexchange [options]` runs a node; `... demo` runs the demo."""
+"""Command line: `python -m p2pexchange [options]` runs a node with its chosen services."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 
 import multiaddr
 
-from .market import DEFAULT_MARKETS
+from ..core.market import DEFAULT_MARKETS
 
 DESCRIPTION = """\
 Run a p2pexchange node: a peer of a serverless exchange. It keeps its own order books,
@@ -86,17 +86,22 @@ def run_node(argv: list[str]) -> int:
         p.error("--api-port must be within 0..65535")
     import trio
 
-    from .node import Node, NodeConfig  # imports libp2p, which sets up its own logging
-    from .runtime import tune_gc
+    from ..node import Node, NodeConfig  # imports libp2p, which sets up its own logging
+    from ..runtime import tune_gc
+    from .api import ApiServer
+    from .autotrade import AutoTrader
     setup_logging(args.log_level)
     tune_gc()
+    # Auto-trading always runs, off unless asked for: the API can switch it on and off.
+    trader = AutoTrader(rate=args.rate, enabled=args.auto_trade, seed=args.seed)
+    api = ApiServer(args.api_port, trader) if args.api_port is not None else None
     try:
         os.makedirs(args.data_dir, exist_ok=True)
         node = Node(NodeConfig(
             data_dir=args.data_dir, listen=args.listen, bootstrap=args.bootstrap,
-            markets=sorted(set(args.market)) or sorted(DEFAULT_MARKETS),
-            auto_trade=args.auto_trade, auto_trade_rate=args.rate, seed=args.seed,
-            api_port=args.api_port, status_interval_s=args.status_interval))
+            markets=sorted(set(args.market)) or sorted(DEFAULT_MARKETS), seed=args.seed,
+            status_interval_s=args.status_interval),
+            services=[s for s in (api, trader) if s is not None])
     except OSError as exc:
         print(f"error: cannot use data dir {args.data_dir!r}: {exc}", file=sys.stderr)
         return 2
@@ -106,8 +111,8 @@ def run_node(argv: list[str]) -> int:
             nursery.start_soon(_stop_on_signal, node)
             await nursery.start(node.run)
             print(f"node {node.peer_id} listening on {node.listen_addr}", flush=True)
-            if node.api_port:
-                print(f"client API on 127.0.0.1:{node.api_port}", flush=True)
+            if api is not None:
+                print(f"client API on 127.0.0.1:{api.port}", flush=True)
             await node.stopping.wait()
             nursery.cancel_scope.deadline = trio.current_time() + 10
 
@@ -138,8 +143,4 @@ async def _stop_on_signal(node) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["demo"]:
-        from .demo import main as demo_main
-        return demo_main(argv[1:])
-    return run_node(argv)
+    return run_node(sys.argv[1:] if argv is None else argv)

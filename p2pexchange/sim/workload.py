@@ -16,9 +16,9 @@ from libp2p.crypto.ed25519 import Ed25519PrivateKey
 from libp2p.crypto.keys import KeyPair
 from libp2p.peer.id import ID
 
-from .events import STP, Action, Cancel, Event, OrderType, Place, Side
-from .market import Market
-from .replica import Replica
+from ..core.events import STP, Action, Cancel, Event, OrderType, Place, Side
+from ..core.market import Market
+from ..core.replica import Replica
 
 
 def seeded_key_pair(seed: int | str) -> KeyPair:

@@ -24,11 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .events import STP, Cancel, OrderType, Place, Side
-from .market import GridError
+from ..core.events import STP, Cancel, OrderType, Place, Side
+from ..core.market import GridError
+from .autotrade import AutoTrader
 
 if TYPE_CHECKING:
-    from .node import Node
+    from ..node import Node
 
 log = logging.getLogger("p2pexchange.api")
 REQUEST_BYTES_MAX = 64 * 1024
@@ -54,12 +55,12 @@ def _enum(enum: Any, text: str, name: str) -> Any:
         raise BadRequest(f"{name} must be one of {choices}") from None
 
 
-async def handle(node: Node, req: Any) -> dict:
+async def handle(node: Node, req: Any, trader: AutoTrader | None = None) -> dict:
     if type(req) is not dict:
         raise BadRequest("request must be a JSON object")
     cmd = req.get("cmd")
     if cmd == "status":
-        return node.status()
+        return {**node.status(), "trading": trader is not None and trader.enabled}
     if cmd in ("place", "cancel", "book"):
         market_name = _field(req, "market")
         market = node.markets.get(market_name)
@@ -86,74 +87,79 @@ async def handle(node: Node, req: Any) -> dict:
         node.submit(market_name, Cancel(oid))
         return {"queued": True}
     if cmd == "flush":
-        ids = await node._flush_pending()
-        orders = []
-        for event_id in ids:
-            event = node.replica.event(event_id)
-            orders += [{"order_id": event.order_id(i).hex(), "outcome": o}
-                       for i, o in enumerate(node.replica.outcomes_of(event_id))]
+        ids = await node.flush()
+        orders = [{"order_id": oid.hex(), "outcome": outcome}
+                  for event_id in ids for oid, outcome in node.outcomes(event_id)]
         return {"events": [i.hex() for i in ids], "actions": orders}
     if cmd == "book":
         levels = req.get("levels", 10)
         if type(levels) is not int or not 1 <= levels <= 1000:
             raise BadRequest("levels must be an integer 1..1000")
-        depth = node.replica.book(market_name).depth(levels)
+        depth = node.book(market_name, levels)
         return {side: [[market.ticks_to_price(p), market.lots_to_qty(q)] for p, q in rows]
                 for side, rows in depth.items()}
     if cmd == "trades":
         limit = req.get("limit", 50)
         if type(limit) is not int or not 1 <= limit <= 10_000:
             raise BadRequest("limit must be an integer 1..10000")
-        return {"trades": [t.as_dict() for t in node.replica.trades()[-limit:]]}
+        return {"trades": [t.as_dict() for t in node.recent_trades(limit)]}
     if cmd == "order":
         try:
-            order = node.replica.order(bytes.fromhex(_field(req, "order_id")))
+            order = node.order(bytes.fromhex(_field(req, "order_id")))
         except ValueError:
             raise BadRequest("order_id must be hex") from None
         if order is None:
             raise BadRequest("unknown order")
         return order.as_dict()
     if cmd == "trading":
-        node.trading = bool(_field(req, "on", bool))
-        return {"trading": node.trading}
+        if trader is None:
+            raise BadRequest("this node runs no auto-trading")
+        trader.enabled = bool(_field(req, "on", bool))
+        return {"trading": trader.enabled}
     raise BadRequest(f"unknown cmd {cmd!r}")
 
 
-async def _client(node: Node, stream: trio.SocketStream) -> None:
-    buffer = b""
-    async with stream:
-        while True:
-            try:
-                chunk = await stream.receive_some(4096)
-            except trio.BrokenResourceError:
-                return
-            if not chunk:
-                return
-            buffer += chunk
-            if len(buffer) > REQUEST_BYTES_MAX:
-                await stream.send_all(b'{"ok": false, "error": "request too large"}\n')
-                return
-            while b"\n" in buffer:
-                line, buffer = buffer.split(b"\n", 1)
+class ApiServer:
+    """The JSON-lines API as a node service; `port` is the bound port once started."""
+
+    def __init__(self, port: int, trader: AutoTrader | None = None) -> None:
+        self.port = port
+        self.trader = trader
+
+    async def run(self, node: Node, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(self.port, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        log.info("client API on 127.0.0.1:%d", self.port)
+        task_status.started(self.port)
+        limiter = trio.CapacityLimiter(CLIENTS_MAX)
+
+        async def limited(stream: trio.SocketStream) -> None:
+            async with limiter:
+                await self._client(node, stream)
+
+        await trio.serve_listeners(limited, listeners)
+
+    async def _client(self, node: Node, stream: trio.SocketStream) -> None:
+        buffer = b""
+        async with stream:
+            while True:
                 try:
-                    reply = {"ok": True, **await handle(node, json.loads(line))}
-                except (BadRequest, ValueError, OverflowError) as exc:
-                    reply = {"ok": False, "error": str(exc)}
-                try:
-                    await stream.send_all(json.dumps(reply).encode() + b"\n")
+                    chunk = await stream.receive_some(4096)
                 except trio.BrokenResourceError:
                     return
-
-
-async def serve_api(node: Node, port: int, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-    listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
-    bound = listeners[0].socket.getsockname()[1]
-    log.info("client API on 127.0.0.1:%d", bound)
-    task_status.started(bound)
-    limiter = trio.CapacityLimiter(CLIENTS_MAX)
-
-    async def limited(stream: trio.SocketStream) -> None:
-        async with limiter:
-            await _client(node, stream)
-
-    await trio.serve_listeners(limited, listeners)
+                if not chunk:
+                    return
+                buffer += chunk
+                if len(buffer) > REQUEST_BYTES_MAX:
+                    await stream.send_all(b'{"ok": false, "error": "request too large"}\n')
+                    return
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    try:
+                        reply = {"ok": True, **await handle(node, json.loads(line), self.trader)}
+                    except (BadRequest, ValueError, OverflowError) as exc:
+                        reply = {"ok": False, "error": str(exc)}
+                    try:
+                        await stream.send_all(json.dumps(reply).encode() + b"\n")
+                    except trio.BrokenResourceError:
+                        return

@@ -1,0 +1,1 @@
+"""Drivers of the node's public interface: the local API, the CLI, auto-trading."""

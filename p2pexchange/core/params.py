@@ -1,0 +1,38 @@
+"""Production parameters: the one place the node and the simulation read them from.
+
+Times that the pure core compares (heartbeats, liveness) are integers in milliseconds;
+times that only the shell sleeps on are seconds. Units come last in every name. The
+simulation (`sim/simulation.py`) reads these too and states each one it overrides.
+Timeouts here govern liveness only (how long the node waits, when it retries); no
+safety decision may depend on one.
+"""
+
+from __future__ import annotations
+
+# -- own actions ---------------------------------------------------------------------
+BATCH_INTERVAL_S = 0.15  # own actions are signed and published as one event per tick
+BATCH_ACTIONS_MAX = 500  # actions per signed event (the wire allows EVENT_ACTIONS_MAX)
+PENDING_ACTIONS_MAX = 10_000  # submitted, not yet signed; beyond this submit refuses
+
+# -- heartbeats and finality ---------------------------------------------------------
+HEARTBEAT_INTERVAL_MS = 1_000
+LIVENESS_TIMEOUT_MS = 10_000  # a member silent for this long stops holding finality
+TRADE_REPORTS_PENDING_MAX = 10_000  # peers' reports waiting for their event to be final
+OWN_TRADE_REPORTS_SCAN = 256  # own recent events checked for a report each heartbeat
+
+# -- discovery -----------------------------------------------------------------------
+DISCOVERY_INTERVAL_S = 1.0
+DHT_REFRESH_INTERVAL_S = 5.0
+DIAL_TIMEOUT_S = 5.0
+
+# -- sync ----------------------------------------------------------------------------
+ANTI_ENTROPY_INTERVAL_S = 3.0  # pull from a random peer this often, gaps or not
+SYNC_TIMEOUT_S = 10.0  # one whole sync exchange, server or client side
+SYNC_ROUNDS_MAX = 64  # request/response rounds per exchange
+SYNC_CHUNK_EVENTS = 128  # events asked for per round
+
+# -- status --------------------------------------------------------------------------
+STATUS_INTERVAL_S = 30.0
+
+assert BATCH_ACTIONS_MAX <= 1000, "an event carries at most EVENT_ACTIONS_MAX actions"
+assert HEARTBEAT_INTERVAL_MS * 3 <= LIVENESS_TIMEOUT_MS, "a live member heartbeats often"

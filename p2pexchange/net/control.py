@@ -1,0 +1,131 @@
+"""Control messages: heartbeats, finality, and trade reports with the divergence alarm.
+
+Every `HEARTBEAT_INTERVAL_MS` the node publishes its vector clock, Lamport time,
+digest and event count on the control topic (protocols/heartbeat.md). A peer's
+heartbeat feeds the replica's finality rule, and one that shows the peer ahead asks
+sync to pull from it. After each heartbeat the node acts on what became final: it
+reports the trades of its own final taker events on the trades topic
+(protocols/trade_report.md) and compares the reports of others with what it computed
+itself; a mismatch is logged as `DIVERGENCE`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import trio
+from libp2p.peer.id import ID
+
+from ..core.events import short_id
+from ..core.params import (
+    HEARTBEAT_INTERVAL_MS,
+    LIVENESS_TIMEOUT_MS,
+    OWN_TRADE_REPORTS_SCAN,
+    TRADE_REPORTS_PENDING_MAX,
+)
+from ..core.replica import Finality, Replica
+from . import wire
+from .gossip import CONTROL_TOPIC, TRADES_TOPIC, Gossip, Reject
+from .host import short_peer
+
+log = logging.getLogger("p2pexchange.node")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Control:
+    """Heartbeats out and in, finality as the node reports it, trade reports."""
+
+    def __init__(self, gossip: Gossip, replica: Replica, origin: bytes, reject: Reject,
+                 want_sync: Callable[[ID], None]) -> None:
+        self.gossip = gossip
+        self.replica = replica
+        self.origin = origin
+        self.started_ms = now_ms()
+        self.divergences = 0
+        self.trade_reports_matched = 0
+        self.trade_reports: dict[bytes, tuple[ID, wire.TradeReport]] = {}
+        self._reported: set[bytes] = set()  # own taker events whose trades we reported
+        self._final_logged = 0
+        self._reject = reject
+        self._want_sync = want_sync
+
+    # -- in ------------------------------------------------------------------------
+
+    def on_heartbeat(self, sender: ID, hb: wire.Heartbeat) -> None:
+        code = self.replica.on_heartbeat(sender.to_bytes(), hb.clock, hb.lamport, now_ms())
+        if code is not None and code != "stale_heartbeat":
+            self._reject("heartbeat", code, sender)
+            return
+        mine = self.replica.clock
+        if any(s > mine.get(o, 0) for o, s in hb.clock.items()):
+            self._want_sync(sender)
+
+    def on_trade_report(self, sender: ID, report: wire.TradeReport) -> None:
+        if len(self.trade_reports) < TRADE_REPORTS_PENDING_MAX:
+            self.trade_reports[report.event_id] = (sender, report)
+
+    def check_trade_reports(self, frontier: int) -> None:
+        """Compare peers' reports for events now final with our own trades."""
+        for event_id, (sender, report) in list(self.trade_reports.items()):
+            event = self.replica.event(event_id)
+            if event is None or event.lamport > frontier:
+                continue
+            del self.trade_reports[event_id]
+            mine = self.replica.trades_of(event_id)
+            if len(mine) == report.trades and wire.trades_hash(mine) == report.hash:
+                self.trade_reports_matched += 1
+            else:
+                self.divergences += 1
+                log.error("DIVERGENCE: peer %s reports %d trades for event %s, we computed %d",
+                          short_peer(sender), report.trades, short_id(event_id), len(mine))
+
+    # -- finality --------------------------------------------------------------------
+
+    def finality(self) -> Finality | None:
+        """What is final now; None until the node has listened for one liveness timeout
+        (a member nobody has heard of yet cannot hold finality back)."""
+        now = now_ms()
+        if now - self.started_ms < LIVENESS_TIMEOUT_MS:
+            return None
+        return self.replica.finality(now, LIVENESS_TIMEOUT_MS)
+
+    # -- out -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.heartbeat()
+            except Exception:  # a failed publish must not stop heartbeats for good
+                log.exception("heartbeat failed")
+            await trio.sleep(HEARTBEAT_INTERVAL_MS / 1000)
+
+    async def heartbeat(self) -> None:
+        """Publish our clock and digest; then act on what has become final."""
+        replica = self.replica
+        hb = wire.Heartbeat(replica.clock, replica.lamport, replica.digest,
+                            replica.stats()["events_delivered"])
+        await self.gossip.publish(CONTROL_TOPIC, wire.encode_heartbeat(hb))
+        finality = self.finality()
+        if finality is None:
+            return
+        self.check_trade_reports(finality.frontier)
+        await self._report_own_trades(finality.frontier)
+        if finality.final_trades > self._final_logged:
+            log.info("trades final: %d (+%d), pending: %d", finality.final_trades,
+                     finality.final_trades - self._final_logged, finality.pending_trades)
+            self._final_logged = finality.final_trades
+
+    async def _report_own_trades(self, frontier: int) -> None:
+        for event in self.replica.events_of(self.origin)[-OWN_TRADE_REPORTS_SCAN:]:
+            if event.lamport > frontier or event.id in self._reported:
+                continue
+            self._reported.add(event.id)
+            trades = self.replica.trades_of(event.id)
+            if trades:
+                report = wire.TradeReport(event.id, len(trades), wire.trades_hash(trades))
+                await self.gossip.publish(TRADES_TOPIC, wire.encode_trade_report(report))

@@ -1,0 +1,107 @@
+"""Discovery: bootstrap into the Kademlia DHT, then keep dialing what it knows.
+
+The DHT runs in server mode. py-libp2p needs help (LIBP2P_NOTES): an outbound peer
+is not added to the routing table by itself (`add_peer` after each dial), and the
+table refreshes only every 600 s unless asked (`refresh_routing_table` here every
+`DHT_REFRESH_INTERVAL_S`). Every peer in the routing table is dialed; the set of
+connected peers is what the other protocols work with, and each change is logged
+and reported to the node (`on_found`), which then syncs with the newcomer.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from typing import Any
+
+import trio
+from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+from libp2p.peer.id import ID
+from libp2p.tools.anyio_service.context import background_trio_service
+
+from ..core.params import DHT_REFRESH_INTERVAL_S, DIAL_TIMEOUT_S, DISCOVERY_INTERVAL_S
+from .host import dial, peer_info, short_peer
+
+log = logging.getLogger("p2pexchange.node")
+
+
+class Discovery:
+    """The DHT and the set of connected peers; `run` is its loop."""
+
+    def __init__(self, host: Any, on_found: Callable[[ID], None]) -> None:
+        self.host = host
+        self.dht = KadDHT(host, DHTMode.SERVER)
+        self.peers: set[ID] = set()
+        self._on_found = on_found
+
+    async def start(self, stack: AsyncExitStack) -> None:
+        """Start the DHT as a service that `stack` stops."""
+        await stack.enter_async_context(background_trio_service(self.dht))
+
+    async def bootstrap(self, addrs: list[str]) -> None:
+        """Dial every bootstrap peer; an unreachable one is a ConnectionError."""
+        for addr in addrs:
+            info = peer_info(addr)
+            try:
+                connected = await dial(self.host, info, DIAL_TIMEOUT_S)
+            except Exception as exc:  # py-libp2p raises several dial errors
+                raise ConnectionError(f"cannot reach bootstrap peer {addr}: {exc}") from None
+            if not connected:
+                raise ConnectionError(f"cannot reach bootstrap peer {addr} (timed out)")
+            await self.dht.add_peer(info.peer_id)
+            log.info("bootstrapped from %s", short_peer(info.peer_id))
+            self._on_found(info.peer_id)
+        if addrs:
+            with trio.move_on_after(DIAL_TIMEOUT_S):
+                await self.dht.refresh_routing_table()
+
+    async def run(self) -> None:
+        last_refresh = 0.0
+        while True:
+            if time.monotonic() - last_refresh > DHT_REFRESH_INTERVAL_S:
+                last_refresh = time.monotonic()
+                await self._refresh()
+            await self._add_connected_to_table()
+            await self._dial_table()
+            self._note_changes()
+            await trio.sleep(DISCOVERY_INTERVAL_S)
+
+    async def _refresh(self) -> None:
+        with trio.move_on_after(DIAL_TIMEOUT_S):
+            try:
+                await self.dht.refresh_routing_table()
+            except Exception as exc:  # a peer misbehaving in a DHT query
+                log.debug("routing table refresh failed: %s", exc)
+
+    async def _add_connected_to_table(self) -> None:
+        known = set(self.dht.routing_table.get_peer_ids())
+        for peer in self.host.get_connected_peers():
+            if peer in known:
+                continue
+            with trio.move_on_after(DIAL_TIMEOUT_S):
+                try:
+                    await self.dht.add_peer(peer)
+                except Exception as exc:
+                    log.debug("add_peer %s failed: %s", short_peer(peer), exc)
+
+    async def _dial_table(self) -> None:
+        connected = set(self.host.get_connected_peers())
+        me = self.host.get_id()
+        for peer in self.dht.routing_table.get_peer_ids():
+            if peer == me or peer in connected or not self.host.get_peerstore().addrs(peer):
+                continue
+            try:
+                await dial(self.host, self.host.get_peerstore().peer_info(peer), DIAL_TIMEOUT_S)
+            except Exception as exc:
+                log.debug("dial %s failed: %s", short_peer(peer), exc)
+
+    def _note_changes(self) -> None:
+        connected = set(self.host.get_connected_peers())
+        for peer in sorted(connected - self.peers, key=str):
+            log.info("peer discovered: %s (%d connected)", short_peer(peer), len(connected))
+            self._on_found(peer)
+        for peer in sorted(self.peers - connected, key=str):
+            log.info("peer lost: %s (%d connected)", short_peer(peer), len(connected))
+        self.peers = connected

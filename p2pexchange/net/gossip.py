@@ -1,0 +1,181 @@
+"""Gossip: the pubsub topics, their validators and readers, and batching of own actions.
+
+Topics (protocols/topics.md): one per market for events, one control topic for
+heartbeats, one for trade reports. A topic validator decodes every message before
+gossipsub forwards it, so garbage travels one hop at most; the reader then hands the
+decoded value to the node. Gossipsub is tuned as LIBP2P_NOTES advises (1 s heartbeat,
+no built-in rate limit, `degree_high` above any small network's size) and is still
+best-effort: the sync protocol repairs what it drops.
+
+Own actions are not published one by one: `Batcher` queues them and, once per
+`BATCH_INTERVAL_S`, has the node sign each market's queue as one event (at most
+`BATCH_ACTIONS_MAX` actions), which it then publishes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable
+from contextlib import AsyncExitStack
+from typing import Any
+
+import trio
+from libp2p.peer.id import ID
+from libp2p.pubsub.gossipsub import PROTOCOL_ID as GOSSIPSUB_PROTOCOL_ID
+from libp2p.pubsub.gossipsub import GossipSub
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.tools.anyio_service.context import background_trio_service
+
+from ..core.events import Action, Event, EventRejected, decode_event, short_id
+from ..core.market import DEFAULT_MARKETS
+from ..core.params import BATCH_ACTIONS_MAX, BATCH_INTERVAL_S, PENDING_ACTIONS_MAX
+from . import wire
+from .host import short_peer
+
+log = logging.getLogger("p2pexchange.node")
+
+TOPIC_PREFIX = "p2pexchange/v1"
+CONTROL_TOPIC = f"{TOPIC_PREFIX}/control"
+TRADES_TOPIC = f"{TOPIC_PREFIX}/trades"
+
+Reject = Callable[[str, str, ID | None], None]  # (what, code, peer)
+
+
+def market_topic(market: str) -> str:
+    return f"{TOPIC_PREFIX}/market/{market}"
+
+
+class Gossip:
+    """Gossipsub on the node's host: topics, validators, readers and publishing."""
+
+    def __init__(self, host: Any, origin: bytes, reject: Reject) -> None:
+        self.origin = origin
+        self.router = GossipSub(
+            protocols=[GOSSIPSUB_PROTOCOL_ID], degree=8, degree_low=4, degree_high=64,
+            heartbeat_interval=1, heartbeat_initial_delay=0.1, prune_back_off=5,
+            spam_protection_enabled=False, eclipse_protection_enabled=False,
+            time_to_live=30)
+        self.pubsub = Pubsub(host, self.router, strict_signing=True)
+        self._reject = reject
+
+    async def start(self, stack: AsyncExitStack) -> None:
+        """Start pubsub and the router as services that `stack` stops."""
+        await stack.enter_async_context(background_trio_service(self.pubsub))
+        await stack.enter_async_context(background_trio_service(self.router))
+        await self.pubsub.wait_until_ready()
+
+    async def follow_all(self, nursery: trio.Nursery, markets: Iterable[str],
+                         on_event: Callable[[ID, bytes], None],
+                         on_heartbeat: Callable[[ID, wire.Heartbeat], None],
+                         on_trade_report: Callable[[ID, wire.TradeReport], None]) -> None:
+        """Validate and follow every topic of the node: `markets`, control, trades.
+        Events are validated against every configured market (sync may bring any)."""
+        def decode(data: bytes) -> Event:
+            return decode_event(data, DEFAULT_MARKETS)
+        for market in markets:
+            self.validate(market_topic(market), "event", decode, EventRejected)
+            await self.follow(nursery, market_topic(market), "event", bytes, wire.WireError,
+                              on_event)
+        for topic, what, decode_wire, handle in (
+                (CONTROL_TOPIC, "heartbeat", wire.decode_heartbeat, on_heartbeat),
+                (TRADES_TOPIC, "trade report", wire.decode_trade_report, on_trade_report)):
+            self.validate(topic, what, decode_wire, wire.WireError)
+            await self.follow(nursery, topic, what, decode_wire, wire.WireError, handle)
+
+    def validate(self, topic: str, what: str, decode: Callable[[bytes], Any],
+                 error: type[Exception]) -> None:
+        """A topic validator: a message that does not decode is rejected, not forwarded."""
+        def validator(peer: ID, msg: Any) -> bool:
+            try:
+                decode(msg.data)
+            except error as exc:
+                self._reject(what, exc.code, peer)  # type: ignore[attr-defined]
+                return False
+            return True
+        self.pubsub.set_topic_validator(topic, validator, False)
+
+    async def follow(self, nursery: trio.Nursery, topic: str, what: str,
+                     decode: Callable[[bytes], Any], error: type[Exception],
+                     handle: Callable[[ID, Any], None]) -> None:
+        """Subscribe to `topic` and hand each decoded message from a peer to `handle`."""
+        sub = await self.pubsub.subscribe(topic)
+        nursery.start_soon(self._read, sub, what, decode, error, handle)
+
+    async def _read(self, sub: Any, what: str, decode: Callable[[bytes], Any],
+                    error: type[Exception], handle: Callable[[ID, Any], None]) -> None:
+        """One subscription's reader: a bad message or a failing handler is logged with
+        its reason and never stops the reader."""
+        while True:
+            msg = await sub.get()
+            if msg.from_id == self.origin:
+                continue  # our own publication, echoed back
+            sender = ID(msg.from_id)
+            try:
+                value = decode(msg.data)
+            except error as exc:
+                self._reject(what, exc.code, sender)  # type: ignore[attr-defined]
+                continue
+            try:
+                handle(sender, value)
+            except Exception:
+                log.exception("handling a %s from %s failed", what, short_peer(sender))
+
+    async def publish(self, topic: str, data: bytes) -> None:
+        await self.pubsub.publish(topic, data)
+
+    def mesh_size(self, topic: str) -> int:
+        return len(self.router.mesh.get(topic, set()))
+
+
+Seal = Callable[[str, list[Action]], Event | None]  # sign + store; None: not now
+
+
+class Batcher:
+    """Own actions queued between ticks, then signed (by `seal`) and published."""
+
+    def __init__(self, gossip: Gossip, seal: Seal, published: Callable[[Event], None]) -> None:
+        self.gossip = gossip
+        self.pending: deque[tuple[str, Action]] = deque()
+        self._seal = seal
+        self._published = published
+
+    def submit(self, market: str, action: Action) -> None:
+        if len(self.pending) >= PENDING_ACTIONS_MAX:
+            raise OverflowError("too many actions pending")
+        self.pending.append((market, action))
+
+    async def flush(self) -> list[bytes]:
+        """Sign and publish everything queued; returns the new events' ids."""
+        by_market: dict[str, list[Action]] = {}
+        while self.pending:
+            market, action = self.pending.popleft()
+            by_market.setdefault(market, []).append(action)
+        ids = []
+        for market, actions in sorted(by_market.items()):
+            for i in range(0, len(actions), BATCH_ACTIONS_MAX):
+                chunk = actions[i:i + BATCH_ACTIONS_MAX]
+                event = self._seal(market, chunk)
+                if event is None:  # cannot sign now: keep the rest, in order
+                    rest = [(market, a) for a in actions[i:]]
+                    rest += [(m, a) for m, acts in sorted(by_market.items()) if m > market
+                             for a in acts]
+                    self.pending.extendleft(reversed(rest))
+                    return ids
+                topic = market_topic(market)
+                await self.gossip.publish(topic, event.raw)
+                log.info("order batch %s distributed: %d actions, seq %d, to %d peers",
+                         short_id(event.id), len(chunk), event.seq,
+                         self.gossip.mesh_size(topic))
+                self._published(event)
+                ids.append(event.id)
+        return ids
+
+    async def run(self) -> None:
+        while True:
+            await trio.sleep(BATCH_INTERVAL_S)
+            if self.pending:
+                try:
+                    await self.flush()
+                except Exception:  # publishing failed: the event is stored, sync spreads it
+                    log.exception("publishing a batch failed")

@@ -1,0 +1,146 @@
+"""The sync protocol `/p2pexchange/sync/1.0.0`: pull what we lack from a peer.
+
+Gossip is best-effort; this repairs every gap (protocols/sync.md). The client sends
+its vector clock and a limit; the server answers with the events the clock lacks,
+causes first, in bounded chunks, and says whether there is more; the client repeats
+with its updated clock, at most `SYNC_ROUNDS_MAX` times, all within
+`SYNC_TIMEOUT_S`. Messages are varint-length-prefixed CBOR (net/wire.py).
+
+Who is pulled from: a peer just found, a peer whose heartbeat shows it ahead, the
+sender of an event that had to wait for a missing cause, a random peer when the
+replica knows of events it lacks, and a random peer every
+`ANTI_ENTROPY_INTERVAL_S` whatever the state. A peer whose stream cannot be opened
+or that fails mid-exchange has its connection dropped, so discovery dials afresh
+(a restarted peer leaves a stale connection behind).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import trio
+from libp2p.custom_types import TProtocol
+from libp2p.peer.id import ID
+from libp2p.utils.varint import encode_varint_prefixed, read_varint_prefixed_bytes_limited
+
+from ..core.params import (
+    ANTI_ENTROPY_INTERVAL_S,
+    DIAL_TIMEOUT_S,
+    SYNC_CHUNK_EVENTS,
+    SYNC_ROUNDS_MAX,
+    SYNC_TIMEOUT_S,
+)
+from ..core.replica import Receipt, Replica
+from . import wire
+from .gossip import Reject
+from .host import short_peer
+
+log = logging.getLogger("p2pexchange.node")
+
+SYNC_PROTOCOL = TProtocol("/p2pexchange/sync/1.0.0")
+
+Receive = Callable[[bytes, str], Receipt]  # (raw event, where from: for logs)
+
+
+class Sync:
+    """Server and client of the sync protocol, and the loop that decides whom to pull."""
+
+    def __init__(self, host: Any, replica: Replica, receive: Receive, reject: Reject,
+                 peers: Callable[[], set[ID]], rng: random.Random) -> None:
+        self.host = host
+        self.replica = replica
+        self._receive = receive
+        self._reject = reject
+        self._peers = peers
+        self._rng = rng
+        self._wanted: dict[ID, None] = {}
+        self._wakeup = trio.Event()
+        host.set_stream_handler(SYNC_PROTOCOL, self.serve)
+
+    def want(self, peer: ID) -> None:
+        """Pull from `peer` soon."""
+        self._wanted[peer] = None
+        self._wakeup.set()
+
+    async def serve(self, stream: Any) -> None:
+        peer = stream.muxed_conn.peer_id
+        try:
+            with trio.fail_after(SYNC_TIMEOUT_S):
+                while True:
+                    try:
+                        request = await read_varint_prefixed_bytes_limited(
+                            stream, wire.SYNC_REQUEST_BYTES_MAX)
+                    except Exception:
+                        break  # the requester closed the stream
+                    clock, limit = wire.decode_sync_request(request)
+                    events = self.replica.events_for(clock, limit + 1)
+                    more = len(events) > limit
+                    await stream.write(encode_varint_prefixed(
+                        wire.encode_sync_response(events[:limit], more)))
+        except wire.WireError as exc:
+            self._reject("sync request", exc.code, peer)
+        except Exception as exc:  # a peer that vanished mid-stream
+            log.debug("sync with %s ended: %s", short_peer(peer), exc)
+        finally:
+            with trio.move_on_after(1):
+                await stream.close()
+
+    async def pull(self, peer: ID) -> int:
+        """Pull what we lack from `peer`; returns the number of events delivered."""
+        delivered = 0
+        stream = await self.host.new_stream(peer, [SYNC_PROTOCOL])
+        try:
+            with trio.fail_after(SYNC_TIMEOUT_S):
+                for _ in range(SYNC_ROUNDS_MAX):
+                    await stream.write(encode_varint_prefixed(
+                        wire.encode_sync_request(self.replica.clock, SYNC_CHUNK_EVENTS)))
+                    data = await read_varint_prefixed_bytes_limited(
+                        stream, wire.SYNC_RESPONSE_BYTES_MAX)
+                    events, more = wire.decode_sync_response(data)
+                    for raw in events:
+                        receipt = self._receive(raw, f"sync from {short_peer(peer)}")
+                        delivered += len(receipt.delivered)
+                    if not more or not events:
+                        break
+        finally:
+            with trio.move_on_after(1):
+                await stream.close()
+        if delivered:
+            log.info("synced %d events from %s", delivered, short_peer(peer))
+        return delivered
+
+    async def run(self) -> None:
+        last_random = time.monotonic()
+        while True:
+            with trio.move_on_after(0.5):
+                await self._wakeup.wait()
+            self._wakeup = trio.Event()
+            targets = list(self._wanted)
+            self._wanted.clear()
+            peers = sorted(self._peers(), key=str)
+            if self.replica.missing() and not targets and peers:
+                targets = [self._rng.choice(peers)]
+            if time.monotonic() - last_random > ANTI_ENTROPY_INTERVAL_S and peers:
+                last_random = time.monotonic()
+                targets.append(self._rng.choice(peers))
+            for peer in dict.fromkeys(targets):
+                if peer != self.host.get_id():
+                    await self._pull_or_drop(peer)
+
+    async def _pull_or_drop(self, peer: ID) -> None:
+        try:
+            await self.pull(peer)
+        except Exception as exc:  # unreachable peer, timeout, bad response
+            # A connection that cannot carry a stream is stale (the peer restarted or
+            # vanished): drop it, so discovery dials afresh.
+            log.info("sync from %s failed (%s): dropping the connection",
+                     short_peer(peer), str(exc)[:80] or type(exc).__name__)
+            with trio.move_on_after(DIAL_TIMEOUT_S):
+                try:
+                    await self.host.disconnect(peer)
+                except Exception as drop_exc:
+                    log.debug("disconnect %s: %s", short_peer(peer), drop_exc)

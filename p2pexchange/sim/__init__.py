@@ -1,0 +1,1 @@
+"""Seeded workloads and the multi-replica fault simulation; uses the core only."""

@@ -5,10 +5,12 @@
     gossip (net/gossip)      topics, validators, readers; batching of own actions
     sync (net/sync)          pull what we lack; serve what others lack
     control (net/control)    heartbeats, finality, trade reports
+    rejections (net/rejections) every refused input, counted by code and by peer
     replica (core/replica)   the deterministic state; store (store.py) its log on disk
 
 Every input from the network reaches the replica through `receive_event` or the
-control handlers; replica calls are synchronous and never awaited in the middle, so
+control handlers, and whatever a peer sends ends as state or as a counted rejection
+attributed to it, never as an exception in one of the node's tasks. Replica calls are synchronous and never awaited in the middle, so
 trio's task order cannot reach the replica's state: only the set of delivered
 events does. The node knows nothing of what drives it: the API, auto-trading or a
 test are `services` handed to it (each started in its nursery once the node is up)
@@ -40,12 +42,12 @@ from .net.control import Control
 from .net.discovery import Discovery
 from .net.gossip import Batcher, Gossip
 from .net.host import create_host, load_or_create_key, short_peer
+from .net.rejections import Rejections
 from .net.sync import Sync
 from .store import EventStore
 
 log = logging.getLogger("p2pexchange.node")
 
-REJECTION_LOG_MAX = 256
 SUBSCRIBER_BUFFER_MAX = 1024
 
 
@@ -79,19 +81,18 @@ class Node:
         self.replica = Replica(DEFAULT_MARKETS, self.origin)
         self.store = EventStore(os.path.join(config.data_dir, "events.sqlite3"))
         self.listen_addr = ""
-        self.rejections: dict[str, int] = {}
-        self.rejection_log: deque[tuple[str, str, str]] = deque(maxlen=REJECTION_LOG_MAX)
+        self.rejections = Rejections()
         self.ready = trio.Event()
         self.stopping = trio.Event()
         self.finished = trio.Event()
         self._subscribers: list[trio.MemorySendChannel] = []
         self._rng = random.Random(config.seed)
         self.host: Any = create_host(self.key_pair)
-        self.gossip = Gossip(self.host, self.origin, self._reject)
-        self.sync = Sync(self.host, self.replica, self.receive_event, self._reject,
+        self.gossip = Gossip(self.host, self.origin, self.rejections)
+        self.sync = Sync(self.host, self.replica, self.receive_event, self.rejections,
                          peers=lambda: self.discovery.peers, rng=self._rng)
         self.discovery = Discovery(self.host, on_found=self.sync.want)
-        self.control = Control(self.gossip, self.replica, self.origin, self._reject,
+        self.control = Control(self.gossip, self.replica, self.origin, self.rejections,
                                want_sync=self.sync.want)
         self.batcher = Batcher(self.gossip, self._seal, self._published)
         self._replay_store()
@@ -127,6 +128,11 @@ class Node:
     @property
     def pubsub(self) -> Any:
         return self.gossip.pubsub
+
+    @property
+    def rejection_log(self) -> deque[tuple[str, str, str]]:
+        """Recent rejections: (what, code, peer id)."""
+        return self.rejections.recent
 
     @property
     def pending_actions(self) -> int:
@@ -165,7 +171,8 @@ class Node:
             "trades_pending": stats["trades"] - trades_final,
             "resting": stats["resting"],
             "rollbacks": stats["rollbacks"],
-            "rejected": {**stats["rejected"], **self.rejections},
+            "rejected": {**stats["rejected"], **self.rejections.by_code},
+            "rejecting_peers": len(self.rejections.by_peer),
             "divergences": self.control.divergences,
             "trade_reports_matched": self.control.trade_reports_matched,
             "digest": self.replica.digest_hex,
@@ -229,11 +236,6 @@ class Node:
 
     # -- events in -----------------------------------------------------------------------
 
-    def _reject(self, source: str, code: str, peer: ID | None) -> None:
-        self.rejections[code] = self.rejections.get(code, 0) + 1
-        self.rejection_log.append((source, code, str(peer) if peer else ""))
-        log.warning("rejected %s from %s: %s", source, short_peer(peer) if peer else "?", code)
-
     def _on_event(self, sender: ID, raw: bytes) -> None:
         self.receive_event(raw, f"peer {short_peer(sender)}", sender)
 
@@ -241,7 +243,7 @@ class Node:
         """Hand one event from the network to the replica, store and log what it did."""
         receipt = self.replica.receive(raw)
         if receipt.status == "rejected":
-            self._reject(f"event via {source}", receipt.code or "?", sender)
+            self.rejections(f"event via {source}", receipt.code or "?", sender)
         elif receipt.status == "buffered":
             if sender is not None:
                 self.sync.want(sender)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from libp2p.peer.id import ID
+
 from p2pexchange.core.events import OrderType, Place, Side
+from p2pexchange.core.params import TRADE_REPORTS_PEER_MAX
 from p2pexchange.net import wire
 from p2pexchange.node import Node, NodeConfig
+from p2pexchange.sim.workload import seeded_key_pair
 
 
 def test_a_trade_report_that_disagrees_raises_a_divergence_alarm(tmp_path, caplog):
@@ -17,16 +21,36 @@ def test_a_trade_report_that_disagrees_raises_a_divergence_alarm(tmp_path, caplo
     assert trades == []  # same origin: self-trade prevention expired the taker
     honest = wire.TradeReport(taker.id, 0, wire.trades_hash([]))
     lying = wire.TradeReport(taker.id, 1, b"\x01" * 32)
-    node.control.trade_reports[taker.id] = (node.peer_id, honest)
+    node.control.on_trade_report(node.peer_id, honest)
     node.control.check_trade_reports(frontier=taker.lamport)
     assert node.control.divergences == 0 and not node.control.trade_reports
     assert node.control.trade_reports_matched == 1
-    node.control.trade_reports[taker.id] = (node.peer_id, lying)
+    node.control.on_trade_report(node.peer_id, lying)
     node.control.check_trade_reports(frontier=taker.lamport - 1)  # not final yet: kept
     assert node.control.divergences == 0 and node.control.trade_reports
     node.control.check_trade_reports(frontier=taker.lamport)
     assert node.control.divergences == 1
     assert "DIVERGENCE" in caplog.text
+
+
+def test_trade_reports_come_only_from_the_taker_origin_and_are_bounded_per_peer(tmp_path):
+    node = Node(NodeConfig(data_dir=str(tmp_path / "n")))
+    key = node.key_pair.private_key
+    event, _ = node.replica.create_event(key, "BTC-USD",
+                                         [Place(Side.SELL, OrderType.LIMIT, 100, 3)])
+    stranger = ID.from_pubkey(seeded_key_pair("stranger").public_key)
+    # Someone else's report on our event: refused, never compared.
+    node.control.on_trade_report(stranger, wire.TradeReport(event.id, 9, b"\x01" * 32))
+    assert node.control.trade_reports == {}
+    assert node.rejections.by_code == {"not_reporters_event": 1}
+    # Reports on events we do not hold yet wait, but one peer's backlog is bounded.
+    for i in range(TRADE_REPORTS_PEER_MAX + 5):
+        node.control.on_trade_report(stranger, wire.TradeReport(i.to_bytes(32, "big"), 1,
+                                                                b"\x02" * 32))
+    assert len(node.control.trade_reports) == TRADE_REPORTS_PEER_MAX
+    assert node.rejections.by_code["too_many_reports"] == 5
+    node.control.check_trade_reports(frontier=10**9)
+    assert node.control.divergences == 0
 
 
 def test_identity_survives_a_restart(tmp_path):

@@ -23,6 +23,7 @@ from ..core.params import (
     HEARTBEAT_INTERVAL_MS,
     LIVENESS_TIMEOUT_MS,
     OWN_TRADE_REPORTS_SCAN,
+    TRADE_REPORTS_PEER_MAX,
     TRADE_REPORTS_PENDING_MAX,
 )
 from ..core.replica import Finality, Replica
@@ -48,7 +49,9 @@ class Control:
         self.started_ms = now_ms()
         self.divergences = 0
         self.trade_reports_matched = 0
-        self.trade_reports: dict[bytes, tuple[ID, wire.TradeReport]] = {}
+        # (reporter, event id) -> the report, until the event is final here
+        self.trade_reports: dict[tuple[bytes, bytes], tuple[ID, wire.TradeReport]] = {}
+        self._reports_by_peer: dict[bytes, int] = {}
         self._reported: set[bytes] = set()  # own taker events whose trades we reported
         self._final_logged = 0
         self._reject = reject
@@ -66,16 +69,37 @@ class Control:
             self._want_sync(sender)
 
     def on_trade_report(self, sender: ID, report: wire.TradeReport) -> None:
-        if len(self.trade_reports) < TRADE_REPORTS_PENDING_MAX:
-            self.trade_reports[report.event_id] = (sender, report)
+        """Keep a report until its event is final. Only the taker event's origin reports
+        its trades; a peer has at most `TRADE_REPORTS_PEER_MAX` reports waiting."""
+        event = self.replica.event(report.event_id)
+        if event is not None and event.origin != sender.to_bytes():
+            self._reject("trade report", "not_reporters_event", sender)
+            return
+        key = (sender.to_bytes(), report.event_id)
+        if key in self.trade_reports:
+            return
+        waiting = self._reports_by_peer.get(key[0], 0)
+        if (waiting >= TRADE_REPORTS_PEER_MAX
+                or len(self.trade_reports) >= TRADE_REPORTS_PENDING_MAX):
+            self._reject("trade report", "too_many_reports", sender)
+            return
+        self._reports_by_peer[key[0]] = waiting + 1
+        self.trade_reports[key] = (sender, report)
 
     def check_trade_reports(self, frontier: int) -> None:
         """Compare peers' reports for events now final with our own trades."""
-        for event_id, (sender, report) in list(self.trade_reports.items()):
+        for key, (sender, report) in list(self.trade_reports.items()):
+            event_id = report.event_id
             event = self.replica.event(event_id)
             if event is None or event.lamport > frontier:
                 continue
-            del self.trade_reports[event_id]
+            del self.trade_reports[key]
+            self._reports_by_peer[key[0]] -= 1
+            if not self._reports_by_peer[key[0]]:
+                del self._reports_by_peer[key[0]]
+            if event.origin != key[0]:
+                self._reject("trade report", "not_reporters_event", sender)
+                continue
             mine = self.replica.trades_of(event_id)
             if len(mine) == report.trades and wire.trades_hash(mine) == report.hash:
                 self.trade_reports_matched += 1

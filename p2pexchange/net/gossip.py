@@ -89,8 +89,8 @@ class Gossip:
         def validator(peer: ID, msg: Any) -> bool:
             try:
                 decode(msg.data)
-            except error as exc:
-                self._reject(what, exc.code, peer)  # type: ignore[attr-defined]
+            except Exception as exc:
+                self._reject(what, _code(exc, error), peer)
                 return False
             return True
         self.pubsub.set_topic_validator(topic, validator, False)
@@ -104,8 +104,8 @@ class Gossip:
 
     async def _read(self, sub: Any, what: str, decode: Callable[[bytes], Any],
                     error: type[Exception], handle: Callable[[ID, Any], None]) -> None:
-        """One subscription's reader: a bad message or a failing handler is logged with
-        its reason and never stops the reader."""
+        """One subscription's reader: a bad message or a failing handler is a counted,
+        logged rejection attributed to the sender; it never stops the reader."""
         while True:
             msg = await sub.get()
             if msg.from_id == self.origin:
@@ -113,19 +113,31 @@ class Gossip:
             sender = ID(msg.from_id)
             try:
                 value = decode(msg.data)
-            except error as exc:
-                self._reject(what, exc.code, sender)  # type: ignore[attr-defined]
+            except Exception as exc:
+                self._reject(what, _code(exc, error), sender)
                 continue
             try:
                 handle(sender, value)
             except Exception:
+                # A bug, or input the handler did not foresee: either way the peer's
+                # message is refused, counted and logged, and the reader goes on.
                 log.exception("handling a %s from %s failed", what, short_peer(sender))
+                self._reject(what, "handler_failed", sender)
 
     async def publish(self, topic: str, data: bytes) -> None:
         await self.pubsub.publish(topic, data)
 
     def mesh_size(self, topic: str) -> int:
         return len(self.router.mesh.get(topic, set()))
+
+
+def _code(exc: Exception, expected: type[Exception]) -> str:
+    """The reject code of a decoder's failure. A decoder raises only its typed error;
+    anything else is a decoder bug met on hostile input, refused all the same."""
+    if isinstance(exc, expected):
+        return str(getattr(exc, "code", "malformed"))
+    log.error("decoder raised %s on a peer's message (refused)", type(exc).__name__)
+    return "malformed"
 
 
 Seal = Callable[[str, list[Action]], Event | None]  # sign + store; None: not now

@@ -59,3 +59,4 @@ async def dial(host: Any, info: PeerInfo, timeout_s: float) -> bool:
 def short_peer(peer: ID) -> str:
     """A short handle for a peer id in logs: its last 8 characters."""
     return str(peer)[-8:]
+

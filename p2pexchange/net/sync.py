@@ -4,14 +4,22 @@ Gossip is best-effort; this repairs every gap (protocols/sync.md). The client se
 its vector clock and a limit; the server answers with the events the clock lacks,
 causes first, in bounded chunks, and says whether there is more; the client repeats
 with its updated clock, at most `SYNC_ROUNDS_MAX` times, all within
-`SYNC_TIMEOUT_S`. Messages are varint-length-prefixed CBOR (net/wire.py).
+`SYNC_TIMEOUT_S`, each answer within `SYNC_ROUND_TIMEOUT_S`. Messages are
+varint-length-prefixed CBOR (net/wire.py), read with a length limit checked before
+the body is read.
 
 Who is pulled from: a peer just found, a peer whose heartbeat shows it ahead, the
 sender of an event that had to wait for a missing cause, a random peer when the
 replica knows of events it lacks, and a random peer every
 `ANTI_ENTROPY_INTERVAL_S` whatever the state. A peer whose stream cannot be opened
 or that fails mid-exchange has its connection dropped, so discovery dials afresh
-(a restarted peer leaves a stale connection behind).
+(a restarted peer leaves a stale connection behind), and is not pulled from again for
+a backoff that doubles with each consecutive failure (`SYNC_BACKOFF_MAX_S`): a peer
+that never answers costs one round timeout now and then, not a stalled loop.
+
+Hostile input: a malformed request or response, an oversize message, or more than
+`SYNC_SERVE_STREAMS_MAX` concurrent streams from one peer is a counted rejection
+attributed to that peer; nothing a peer sends here can end the node's tasks.
 """
 
 from __future__ import annotations
@@ -24,14 +32,18 @@ from typing import Any
 
 import trio
 from libp2p.custom_types import TProtocol
+from libp2p.io.exceptions import MessageTooLarge
 from libp2p.peer.id import ID
 from libp2p.utils.varint import encode_varint_prefixed, read_varint_prefixed_bytes_limited
 
 from ..core.params import (
     ANTI_ENTROPY_INTERVAL_S,
     DIAL_TIMEOUT_S,
+    SYNC_BACKOFF_MAX_S,
     SYNC_CHUNK_EVENTS,
+    SYNC_ROUND_TIMEOUT_S,
     SYNC_ROUNDS_MAX,
+    SYNC_SERVE_STREAMS_MAX,
     SYNC_TIMEOUT_S,
 )
 from ..core.replica import Receipt, Replica
@@ -43,7 +55,15 @@ log = logging.getLogger("p2pexchange.node")
 
 SYNC_PROTOCOL = TProtocol("/p2pexchange/sync/1.0.0")
 
-Receive = Callable[[bytes, str], Receipt]  # (raw event, where from: for logs)
+Receive = Callable[[bytes, str, ID], Receipt]  # (raw event, where from for logs, sender)
+
+
+class SyncFailed(Exception):
+    """The peer misbehaved in a sync exchange; `code` names how."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
 
 
 class Sync:
@@ -59,6 +79,8 @@ class Sync:
         self._rng = rng
         self._wanted: dict[ID, None] = {}
         self._wakeup = trio.Event()
+        self._serving: dict[ID, int] = {}  # peer -> streams being served now
+        self._failures: dict[ID, tuple[int, float]] = {}  # peer -> (in a row, retry at)
         host.set_stream_handler(SYNC_PROTOCOL, self.serve)
 
     def want(self, peer: ID) -> None:
@@ -66,44 +88,64 @@ class Sync:
         self._wanted[peer] = None
         self._wakeup.set()
 
+    # -- server ----------------------------------------------------------------------
+
     async def serve(self, stream: Any) -> None:
         peer = stream.muxed_conn.peer_id
+        if self._serving.get(peer, 0) >= SYNC_SERVE_STREAMS_MAX:
+            self._reject("sync request", "too_many_streams", peer)
+            with trio.move_on_after(1):
+                await stream.reset()
+            return
+        self._serving[peer] = self._serving.get(peer, 0) + 1
         try:
             with trio.fail_after(SYNC_TIMEOUT_S):
-                while True:
-                    try:
-                        request = await read_varint_prefixed_bytes_limited(
-                            stream, wire.SYNC_REQUEST_BYTES_MAX)
-                    except Exception:
-                        break  # the requester closed the stream
-                    clock, limit = wire.decode_sync_request(request)
-                    events = self.replica.events_for(clock, limit + 1)
-                    more = len(events) > limit
-                    await stream.write(encode_varint_prefixed(
-                        wire.encode_sync_response(events[:limit], more)))
-        except wire.WireError as exc:
+                await self._answer(stream, peer)
+        except SyncFailed as exc:
             self._reject("sync request", exc.code, peer)
-        except Exception as exc:  # a peer that vanished mid-stream
-            log.debug("sync with %s ended: %s", short_peer(peer), exc)
+        except Exception as exc:  # a peer that vanished or stalled mid-stream
+            log.debug("serving sync to %s ended: %r", short_peer(peer), exc)
         finally:
+            self._serving[peer] -= 1
+            if not self._serving[peer]:
+                del self._serving[peer]
             with trio.move_on_after(1):
                 await stream.close()
+
+    async def _answer(self, stream: Any, peer: ID) -> None:
+        for _ in range(SYNC_ROUNDS_MAX):
+            request = await _read(stream, wire.SYNC_REQUEST_BYTES_MAX, eof_ok=True)
+            if request is None:
+                return  # the requester is done
+            try:
+                clock, limit = wire.decode_sync_request(request)
+            except wire.WireError as exc:
+                raise SyncFailed(exc.code) from None
+            events = self.replica.events_for(clock, limit + 1)
+            more = len(events) > limit
+            await stream.write(encode_varint_prefixed(
+                wire.encode_sync_response(events[:limit], more)))
+
+    # -- client ----------------------------------------------------------------------
 
     async def pull(self, peer: ID) -> int:
         """Pull what we lack from `peer`; returns the number of events delivered."""
         delivered = 0
         stream = await self.host.new_stream(peer, [SYNC_PROTOCOL])
+        source = f"sync from {short_peer(peer)}"
         try:
             with trio.fail_after(SYNC_TIMEOUT_S):
                 for _ in range(SYNC_ROUNDS_MAX):
                     await stream.write(encode_varint_prefixed(
                         wire.encode_sync_request(self.replica.clock, SYNC_CHUNK_EVENTS)))
-                    data = await read_varint_prefixed_bytes_limited(
-                        stream, wire.SYNC_RESPONSE_BYTES_MAX)
-                    events, more = wire.decode_sync_response(data)
+                    with trio.fail_after(SYNC_ROUND_TIMEOUT_S):
+                        data = await _read(stream, wire.SYNC_RESPONSE_BYTES_MAX, eof_ok=False)
+                    try:
+                        events, more = wire.decode_sync_response(data)
+                    except wire.WireError as exc:
+                        raise SyncFailed(exc.code) from None
                     for raw in events:
-                        receipt = self._receive(raw, f"sync from {short_peer(peer)}")
-                        delivered += len(receipt.delivered)
+                        delivered += len(self._receive(raw, source, peer).delivered)
                     if not more or not events:
                         break
         finally:
@@ -121,20 +163,27 @@ class Sync:
             self._wakeup = trio.Event()
             targets = list(self._wanted)
             self._wanted.clear()
-            peers = sorted(self._peers(), key=str)
+            now = time.monotonic()
+            peers = sorted((p for p in self._peers() if self._failures.get(p, (0, 0.0))[1] <= now),
+                           key=str)
             if self.replica.missing() and not targets and peers:
                 targets = [self._rng.choice(peers)]
-            if time.monotonic() - last_random > ANTI_ENTROPY_INTERVAL_S and peers:
-                last_random = time.monotonic()
+            if now - last_random > ANTI_ENTROPY_INTERVAL_S and peers:
+                last_random = now
                 targets.append(self._rng.choice(peers))
             for peer in dict.fromkeys(targets):
-                if peer != self.host.get_id():
+                if peer != self.host.get_id() and self._failures.get(peer, (0, 0.0))[1] <= now:
                     await self._pull_or_drop(peer)
 
     async def _pull_or_drop(self, peer: ID) -> None:
         try:
             await self.pull(peer)
         except Exception as exc:  # unreachable peer, timeout, bad response
+            if isinstance(exc, SyncFailed):
+                self._reject("sync response", exc.code, peer)
+            in_a_row = self._failures.get(peer, (0, 0.0))[0] + 1
+            backoff_s = min(SYNC_BACKOFF_MAX_S, 0.5 * 2 ** min(in_a_row, 16))
+            self._failures[peer] = (in_a_row, time.monotonic() + backoff_s)
             # A connection that cannot carry a stream is stale (the peer restarted or
             # vanished): drop it, so discovery dials afresh.
             log.info("sync from %s failed (%s): dropping the connection",
@@ -144,3 +193,17 @@ class Sync:
                     await self.host.disconnect(peer)
                 except Exception as drop_exc:
                     log.debug("disconnect %s: %s", short_peer(peer), drop_exc)
+        else:
+            self._failures.pop(peer, None)
+
+
+async def _read(stream: Any, size_max: int, eof_ok: bool) -> bytes | None:
+    """One length-prefixed message; None at a clean end of stream when `eof_ok`."""
+    try:
+        return await read_varint_prefixed_bytes_limited(stream, size_max)
+    except MessageTooLarge:
+        raise SyncFailed("oversize") from None
+    except Exception:
+        if eof_ok:
+            return None  # the stream ended (or broke) between messages
+        raise

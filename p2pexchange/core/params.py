@@ -18,6 +18,7 @@ PENDING_ACTIONS_MAX = 10_000  # submitted, not yet signed; beyond this submit re
 HEARTBEAT_INTERVAL_MS = 1_000
 LIVENESS_TIMEOUT_MS = 10_000  # a member silent for this long stops holding finality
 TRADE_REPORTS_PENDING_MAX = 10_000  # peers' reports waiting for their event to be final
+TRADE_REPORTS_PEER_MAX = 1_000  # of those, from one peer
 OWN_TRADE_REPORTS_SCAN = 256  # own recent events checked for a report each heartbeat
 
 # -- discovery -----------------------------------------------------------------------
@@ -30,6 +31,9 @@ ANTI_ENTROPY_INTERVAL_S = 3.0  # pull from a random peer this often, gaps or not
 SYNC_TIMEOUT_S = 10.0  # one whole sync exchange, server or client side
 SYNC_ROUNDS_MAX = 64  # request/response rounds per exchange
 SYNC_CHUNK_EVENTS = 128  # events asked for per round
+SYNC_ROUND_TIMEOUT_S = 3.0  # one answer; a peer that stalls is backed off
+SYNC_BACKOFF_MAX_S = 30.0  # longest pause before pulling again from a failing peer
+SYNC_SERVE_STREAMS_MAX = 2  # concurrent sync streams served to one peer
 
 # -- status --------------------------------------------------------------------------
 STATUS_INTERVAL_S = 30.0

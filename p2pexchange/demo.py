@@ -103,72 +103,64 @@ def _statuses(nodes: list[NodeProcess]) -> list[dict]:
     return out
 
 
-def run(args: argparse.Namespace) -> int:
-    nodes: list[NodeProcess] = []
-    tmp = tempfile.TemporaryDirectory(prefix="p2pexchange-demo-")
-    interrupted = False
-
-    def on_term(signum, frame):  # noqa: ARG001
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
+def _start(args: argparse.Namespace, root: str, nodes: list[NodeProcess]) -> None:
+    """Start the bootstrap node, then the others from its multiaddr; wait for all."""
     started = time.monotonic()
-    try:
-        first = NodeProcess(0, os.path.join(tmp.name, "node0"), [])
-        nodes.append(first)
-        _wait_ready(first)
-        assert first.addr is not None
-        for i in range(1, args.nodes):
-            trading = i >= 2 or args.nodes == 2
-            extra = ["--bootstrap", first.addr]
-            if trading:
-                extra += ["--auto-trade", "--rate", str(args.rate)]
-            nodes.append(NodeProcess(i, os.path.join(tmp.name, f"node{i}"), extra))
-        for node in nodes[1:]:
-            _wait_ready(node)
-        print(f"[demo] {args.nodes} nodes up in {time.monotonic() - started:.1f}s; trading "
-              f"for {args.duration:.0f}s", flush=True)
-        time.sleep(args.duration)
-        print("[demo] stopping trading and draining", flush=True)
-        for node in nodes:
-            node.request({"cmd": "trading", "on": False})
-            node.request({"cmd": "flush"})
-        deadline = time.monotonic() + DRAIN_TIMEOUT_S
-        while True:
-            statuses = _statuses(nodes)
-            digests = {s.get("digest") for s in statuses}
-            if (len(digests) == 1 and all(s.get("ok") for s in statuses)
-                    and all(s["buffered"] == 0 for s in statuses)):
-                time.sleep(2)  # one more round of heartbeats and syncs, then confirm
-                again = _statuses(nodes)
-                if {s.get("digest") for s in again} == digests:
-                    statuses = again
-                    break
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-        drained_in = DRAIN_TIMEOUT_S - max(0.0, deadline - time.monotonic())
-    except KeyboardInterrupt:
-        interrupted = True
-        statuses = []
-    finally:
-        for node in nodes:
-            node.signal(signal.SIGTERM)
-        stop_by = time.monotonic() + STOP_TIMEOUT_S
-        for node in nodes:
-            try:
-                node.proc.wait(max(0.1, stop_by - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                node.signal(signal.SIGKILL)
-                node.proc.wait()
-        for node in nodes:
-            node.thread.join(2)
-        tmp.cleanup()
-    if interrupted:
-        print("[demo] interrupted: all nodes stopped", flush=True)
-        return 130
-    print(f"\n[demo] drained in {drained_in:.1f}s\n")
+    first = NodeProcess(0, os.path.join(root, "node0"), [])
+    nodes.append(first)
+    _wait_ready(first)
+    assert first.addr is not None
+    for i in range(1, args.nodes):
+        trading = i >= 2 or args.nodes == 2
+        extra = ["--bootstrap", first.addr]
+        if trading:
+            extra += ["--auto-trade", "--rate", str(args.rate)]
+        nodes.append(NodeProcess(i, os.path.join(root, f"node{i}"), extra))
+    for node in nodes[1:]:
+        _wait_ready(node)
+    print(f"[demo] {args.nodes} nodes up in {time.monotonic() - started:.1f}s; trading "
+          f"for {args.duration:.0f}s", flush=True)
+
+
+def _drain(nodes: list[NodeProcess]) -> tuple[list[dict], float]:
+    """Stop trading, then wait until every node reports the same digest (twice)."""
+    print("[demo] stopping trading and draining", flush=True)
+    for node in nodes:
+        node.request({"cmd": "trading", "on": False})
+        node.request({"cmd": "flush"})
+    started = time.monotonic()
+    deadline = started + DRAIN_TIMEOUT_S
+    while True:
+        statuses = _statuses(nodes)
+        digests = {s.get("digest") for s in statuses}
+        if (len(digests) == 1 and all(s.get("ok") for s in statuses)
+                and all(s["buffered"] == 0 for s in statuses)):
+            time.sleep(2)  # one more round of heartbeats and syncs, then confirm
+            again = _statuses(nodes)
+            if {s.get("digest") for s in again} == digests:
+                return again, time.monotonic() - started
+        if time.monotonic() > deadline:
+            return statuses, time.monotonic() - started
+        time.sleep(0.5)
+
+
+def _stop_all(nodes: list[NodeProcess]) -> None:
+    for node in nodes:
+        node.signal(signal.SIGTERM)
+    stop_by = time.monotonic() + STOP_TIMEOUT_S
+    for node in nodes:
+        try:
+            node.proc.wait(max(0.1, stop_by - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            node.signal(signal.SIGKILL)
+            node.proc.wait()
+    for node in nodes:
+        node.thread.join(2)
+
+
+def _summary(nodes: list[NodeProcess], statuses: list[dict], drained_s: float) -> bool:
+    """Print the table and the JSON line; True when every node holds the same digest."""
+    print(f"\n[demo] drained in {drained_s:.1f}s\n")
     print(f"{'node':<7}{'peer id':<54}{'events':>7}{'trades':>7}{'final':>7}{'reports ok':>11}"
           f"{'diverged':>9}  digest")
     for node, s in zip(nodes, statuses, strict=True):
@@ -185,7 +177,32 @@ def run(args: argparse.Namespace) -> int:
         "events": max((s["events"] for s in ok), default=0),
         "trades": max((s["trades"] for s in ok), default=0),
         "digests": [s.get("digest") for s in statuses]}), flush=True)
-    return 0 if converged else 1
+    return converged
+
+
+def run(args: argparse.Namespace) -> int:
+    nodes: list[NodeProcess] = []
+    tmp = tempfile.TemporaryDirectory(prefix="p2pexchange-demo-")
+
+    def on_term(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    interrupted = False
+    try:
+        _start(args, tmp.name, nodes)
+        time.sleep(args.duration)
+        statuses, drained_s = _drain(nodes)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        _stop_all(nodes)
+        tmp.cleanup()
+    if interrupted:
+        print("[demo] interrupted: all nodes stopped", flush=True)
+        return 130
+    return 0 if _summary(nodes, statuses, drained_s) else 1
 
 
 def main(argv: list[str]) -> int:

@@ -55,68 +55,100 @@ def _enum(enum: Any, text: str, name: str) -> Any:
         raise BadRequest(f"{name} must be one of {choices}") from None
 
 
+def _market(node: Node, req: dict) -> Any:
+    name = _field(req, "market")
+    market = node.markets.get(name)
+    if market is None:
+        raise BadRequest(f"unknown market {name!r}; known: {sorted(node.markets)}")
+    return market
+
+
+def _bounded_int(req: dict, name: str, default: int, hi: int) -> int:
+    value = req.get(name, default)
+    if type(value) is not int or not 1 <= value <= hi:
+        raise BadRequest(f"{name} must be an integer 1..{hi}")
+    return value
+
+
+def _order_id(req: dict) -> bytes:
+    try:
+        return bytes.fromhex(_field(req, "order_id"))
+    except ValueError:
+        raise BadRequest("order_id must be hex") from None
+
+
+async def _status(node: Node, req: dict, trader: AutoTrader | None) -> dict:
+    return {**node.status(), "trading": trader is not None and trader.enabled}
+
+
+async def _place(node: Node, req: dict, trader: AutoTrader | None) -> dict:
+    market = _market(node, req)
+    otype = _enum(OrderType, req.get("type", "limit"), "type")
+    side = _enum(Side, _field(req, "side"), "side")
+    stp = _enum(STP, req.get("stp", "expire_taker"), "stp")
+    try:
+        price = 0 if otype is OrderType.MARKET else market.price_to_ticks(_field(req, "price"))
+        qty = market.qty_to_lots(_field(req, "qty"))
+    except GridError as exc:
+        raise BadRequest(str(exc)) from None
+    node.submit(market.name, Place(side, otype, price, qty, stp))
+    return {"queued": True}
+
+
+async def _cancel(node: Node, req: dict, trader: AutoTrader | None) -> dict:
+    market = _market(node, req)
+    oid = _order_id(req)
+    if len(oid) != 34:
+        raise BadRequest("order_id must be 34 bytes (68 hex characters)")
+    node.submit(market.name, Cancel(oid))
+    return {"queued": True}
+
+
+async def _flush(node: Node, req: dict, trader: AutoTrader | None) -> dict:
+    ids = await node.flush()
+    orders = [{"order_id": oid.hex(), "outcome": outcome}
+              for event_id in ids for oid, outcome in node.outcomes(event_id)]
+    return {"events": [i.hex() for i in ids], "actions": orders}
+
+
+async def _book(node: Node, req: dict, trader: AutoTrader | None) -> dict:
+    market = _market(node, req)
+    depth = node.book(market.name, _bounded_int(req, "levels", 10, 1000))
+    return {side: [[market.ticks_to_price(p), market.lots_to_qty(q)] for p, q in rows]
+            for side, rows in depth.items()}
+
+
+async def _trades(node: Node, req: dict, trader: AutoTrader | None) -> dict:
+    limit = _bounded_int(req, "limit", 50, 10_000)
+    return {"trades": [t.as_dict() for t in node.recent_trades(limit)]}
+
+
+async def _order(node: Node, req: dict, trader: AutoTrader | None) -> dict:
+    order = node.order(_order_id(req))
+    if order is None:
+        raise BadRequest("unknown order")
+    return order.as_dict()
+
+
+async def _trading(node: Node, req: dict, trader: AutoTrader | None) -> dict:
+    if trader is None:
+        raise BadRequest("this node runs no auto-trading")
+    trader.enabled = bool(_field(req, "on", bool))
+    return {"trading": trader.enabled}
+
+
+COMMANDS = {"status": _status, "place": _place, "cancel": _cancel, "flush": _flush,
+            "book": _book, "trades": _trades, "order": _order, "trading": _trading}
+
+
 async def handle(node: Node, req: Any, trader: AutoTrader | None = None) -> dict:
     if type(req) is not dict:
         raise BadRequest("request must be a JSON object")
     cmd = req.get("cmd")
-    if cmd == "status":
-        return {**node.status(), "trading": trader is not None and trader.enabled}
-    if cmd in ("place", "cancel", "book"):
-        market_name = _field(req, "market")
-        market = node.markets.get(market_name)
-        if market is None:
-            raise BadRequest(f"unknown market {market_name!r}; known: {sorted(node.markets)}")
-    if cmd == "place":
-        otype = _enum(OrderType, req.get("type", "limit"), "type")
-        side = _enum(Side, _field(req, "side"), "side")
-        stp = _enum(STP, req.get("stp", "expire_taker"), "stp")
-        try:
-            price = 0 if otype is OrderType.MARKET else market.price_to_ticks(_field(req, "price"))
-            qty = market.qty_to_lots(_field(req, "qty"))
-        except GridError as exc:
-            raise BadRequest(str(exc)) from None
-        node.submit(market_name, Place(side, otype, price, qty, stp))
-        return {"queued": True}
-    if cmd == "cancel":
-        try:
-            oid = bytes.fromhex(_field(req, "order_id"))
-        except ValueError:
-            raise BadRequest("order_id must be hex") from None
-        if len(oid) != 34:
-            raise BadRequest("order_id must be 34 bytes (68 hex characters)")
-        node.submit(market_name, Cancel(oid))
-        return {"queued": True}
-    if cmd == "flush":
-        ids = await node.flush()
-        orders = [{"order_id": oid.hex(), "outcome": outcome}
-                  for event_id in ids for oid, outcome in node.outcomes(event_id)]
-        return {"events": [i.hex() for i in ids], "actions": orders}
-    if cmd == "book":
-        levels = req.get("levels", 10)
-        if type(levels) is not int or not 1 <= levels <= 1000:
-            raise BadRequest("levels must be an integer 1..1000")
-        depth = node.book(market_name, levels)
-        return {side: [[market.ticks_to_price(p), market.lots_to_qty(q)] for p, q in rows]
-                for side, rows in depth.items()}
-    if cmd == "trades":
-        limit = req.get("limit", 50)
-        if type(limit) is not int or not 1 <= limit <= 10_000:
-            raise BadRequest("limit must be an integer 1..10000")
-        return {"trades": [t.as_dict() for t in node.recent_trades(limit)]}
-    if cmd == "order":
-        try:
-            order = node.order(bytes.fromhex(_field(req, "order_id")))
-        except ValueError:
-            raise BadRequest("order_id must be hex") from None
-        if order is None:
-            raise BadRequest("unknown order")
-        return order.as_dict()
-    if cmd == "trading":
-        if trader is None:
-            raise BadRequest("this node runs no auto-trading")
-        trader.enabled = bool(_field(req, "on", bool))
-        return {"trading": trader.enabled}
-    raise BadRequest(f"unknown cmd {cmd!r}")
+    command = COMMANDS.get(cmd) if isinstance(cmd, str) else None
+    if command is None:
+        raise BadRequest(f"unknown cmd {repr(cmd)[:40]}")
+    return await command(node, req, trader)
 
 
 class ApiServer:

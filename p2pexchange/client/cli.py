@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import sys
+from typing import Any
 
 import multiaddr
 
@@ -72,7 +73,7 @@ def setup_logging(level: str, prefix: str = "") -> None:
         logger.propagate = True
 
 
-def run_node(argv: list[str]) -> int:
+def parse_node_args(argv: list[str]) -> argparse.Namespace:
     p = node_parser()
     args = p.parse_args(argv)
     check_multiaddr(p, args.listen, need_peer=False)
@@ -84,8 +85,11 @@ def run_node(argv: list[str]) -> int:
         p.error("--status-interval must be positive")
     if args.api_port is not None and not 0 <= args.api_port <= 65535:
         p.error("--api-port must be within 0..65535")
-    import trio
+    return args
 
+
+def run_node(argv: list[str]) -> int:
+    args = parse_node_args(argv)
     from ..node import Node, NodeConfig  # imports libp2p, which sets up its own logging
     from ..runtime import tune_gc
     from .api import ApiServer
@@ -105,6 +109,12 @@ def run_node(argv: list[str]) -> int:
     except OSError as exc:
         print(f"error: cannot use data dir {args.data_dir!r}: {exc}", file=sys.stderr)
         return 2
+    return _run_until_stopped(node, api)
+
+
+def _run_until_stopped(node: Any, api: Any) -> int:
+    """Run `node` until SIGINT or SIGTERM; a dial failure at start is a one-line error."""
+    import trio
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:

@@ -10,12 +10,14 @@
 
 Every input from the network reaches the replica through `receive_event` or the
 control handlers, and whatever a peer sends ends as state or as a counted rejection
-attributed to it, never as an exception in one of the node's tasks. Replica calls are synchronous and never awaited in the middle, so
-trio's task order cannot reach the replica's state: only the set of delivered
-events does. The node knows nothing of what drives it: the API, auto-trading or a
-test are `services` handed to it (each started in its nursery once the node is up)
-or callers of its public interface: `submit`, `flush`, the queries, `status`, and
-`subscribe` for the events it signs.
+attributed to it, never as an exception in one of the node's tasks. Replica calls
+are synchronous and never awaited in the middle, so trio's task order cannot reach
+the replica's state: only the set of delivered events does. The node knows nothing
+of what drives it: the API, auto-trading or a test are `services` handed to it
+(each started in its nursery once the node is up) or callers of its public
+interface: `submit`, `submit_many` (answers with order ids once signed), `flush`,
+the queries, `is_final`, `status`, `subscribe` (events it signs) and
+`subscribe_applied` (every batch it applies; feed.py).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -36,14 +38,16 @@ from libp2p.peer.id import ID
 from .core.book import Order, Trade
 from .core.events import Action, Event, short_id
 from .core.market import DEFAULT_MARKETS, Market
-from .core.params import STATUS_INTERVAL_S
+from .core.params import PENDING_ACTIONS_MAX, STATUS_INTERVAL_S
 from .core.replica import OwnHistoryBehind, Receipt, Replica
+from .feed import Feed
 from .net.control import Control
 from .net.discovery import Discovery
 from .net.gossip import Batcher, Gossip
 from .net.host import create_host, load_or_create_key, short_peer
 from .net.rejections import Rejections
 from .net.sync import Sync
+from .status import node_status, status_line
 from .store import EventStore
 
 log = logging.getLogger("p2pexchange.node")
@@ -86,6 +90,8 @@ class Node:
         self.stopping = trio.Event()
         self.finished = trio.Event()
         self._subscribers: list[trio.MemorySendChannel] = []
+        self.feed = Feed()
+        self.received: Counter[tuple[str, str]] = Counter()  # (gossip|sync, receipt status)
         self._rng = random.Random(config.seed)
         self.host: Any = create_host(self.key_pair)
         self.gossip = Gossip(self.host, self.origin, self.rejections)
@@ -108,6 +114,17 @@ class Node:
     async def flush(self) -> list[bytes]:
         """Sign and publish the queued actions now; returns the new events' ids."""
         return await self.batcher.flush()
+
+    async def submit_many(self, actions: Sequence[tuple[str, Action]]) -> list[tuple[bytes, str]]:
+        """Queue `actions` (all or none: ValueError for an unknown market, OverflowError
+        when the queue is full), wait for the next batch tick to sign them, and return
+        (order id, outcome after local matching) per action, in order."""
+        room = PENDING_ACTIONS_MAX - self.pending_actions
+        return await self.feed.submit(actions, self.markets, room, self.batcher.submit)
+
+    def subscribe_applied(self) -> trio.MemoryReceiveChannel:
+        """A channel of `feed.Applied`: every batch of events this node applies."""
+        return self.feed.subscribe()
 
     def subscribe(self) -> trio.MemoryReceiveChannel:
         """A channel of the events this node signs, in seq order. A subscriber that
@@ -154,37 +171,21 @@ class Node:
             return []
         return [(event.order_id(i), o) for i, o in enumerate(self.replica.outcomes_of(event_id))]
 
-    def status(self) -> dict:
-        stats = self.replica.stats()
+    def is_final(self, event_ids: Sequence[bytes]) -> list[bool]:
+        """Per event id: is it final here (its trades can no longer change)?"""
         finality = self.control.finality()
-        # Nothing is reported final before the node has listened for one liveness timeout.
-        trades_final = finality.final_trades if finality is not None else 0
-        return {
-            "peer_id": str(self.peer_id),
-            "addr": self.listen_addr,
-            "peers": len(self.peers),
-            "events": stats["events_delivered"],
-            "buffered": stats["events_buffered"],
-            "own_seq": self.replica.clock.get(self.origin, 0),
-            "trades": stats["trades"],
-            "trades_final": trades_final,
-            "trades_pending": stats["trades"] - trades_final,
-            "resting": stats["resting"],
-            "rollbacks": stats["rollbacks"],
-            "rejected": {**stats["rejected"], **self.rejections.by_code},
-            "rejecting_peers": len(self.rejections.by_peer),
-            "divergences": self.control.divergences,
-            "trade_reports_matched": self.control.trade_reports_matched,
-            "digest": self.replica.digest_hex,
-            "pending_actions": self.pending_actions,
-        }
+        events = [self.replica.event(i) for i in event_ids]
+        return [finality is not None and e is not None and e.lamport <= finality.frontier
+                for e in events]
+
+    def open_orders(self, market: str) -> list[Order]:
+        return [o for o in self.replica.book(market).resting() if o.origin == self.origin]
+
+    def status(self) -> dict:
+        return node_status(self)
 
     def status_line(self) -> str:
-        s = self.status()
-        resting = " ".join(f"{m}={n}" for m, n in s["resting"].items())
-        return (f"status: peers={s['peers']} events={s['events']} resting[{resting}] "
-                f"trades final={s['trades_final']} pending={s['trades_pending']} "
-                f"digest={s['digest'][:16]}")
+        return status_line(self.status())
 
     # -- running -----------------------------------------------------------------------
 
@@ -204,6 +205,7 @@ class Node:
             self.store.close()
             for send in self._subscribers:
                 send.close()
+            self.feed.close()
             self.finished.set()
 
     async def _run(self, task_status: Any) -> None:
@@ -242,6 +244,7 @@ class Node:
     def receive_event(self, raw: bytes, source: str, sender: ID | None = None) -> Receipt:
         """Hand one event from the network to the replica, store and log what it did."""
         receipt = self.replica.receive(raw)
+        self.received[("sync" if source.startswith("sync") else "gossip", receipt.status)] += 1
         if receipt.status == "rejected":
             self.rejections(f"event via {source}", receipt.code or "?", sender)
         elif receipt.status == "buffered":
@@ -277,6 +280,7 @@ class Node:
             log.warning("not trading yet: %s", exc)
             return None
         self._persist(receipt)  # stored before it is published
+        self.feed.sealed(event, self.replica.outcomes_of(event.id))
         return event
 
     def _published(self, event: Event) -> None:
@@ -300,5 +304,7 @@ class Node:
                      self.replica.clock.get(self.origin, 0), self.replica.digest_hex[:16])
 
     def _persist(self, receipt: Receipt) -> None:
-        self.store.add([(e.origin, e.seq, e.id, e.raw) for e in receipt.delivered])
+        self.store.add([(e.origin, e.seq, e.id, e.raw) for e in receipt.delivered],
+                       self.replica.digest)
+        self.feed.applied(receipt.delivered, receipt.rolled_back)
 

@@ -5,6 +5,11 @@ An event is written before it is published (our own) or right after it is delive
 a fresh replica in the order it delivered the events (no buffering needed), and
 continues its own seq without reuse. WAL mode; one table WITHOUT ROWID whose
 primary key makes a second event for the same (origin, seq) impossible.
+
+With each batch the node also records its state digest after that batch, keyed by
+the delivery position of the batch's last event (table `digests`, added by
+`CREATE TABLE IF NOT EXISTS`: older stores simply have none before the upgrade).
+`python -m p2pexchange verify` replays the events and compares (client/verify.py).
 """
 
 from __future__ import annotations
@@ -23,21 +28,30 @@ CREATE TABLE IF NOT EXISTS events (
     PRIMARY KEY (origin, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS events_by_delivery ON events (delivered);
+CREATE TABLE IF NOT EXISTS digests (
+    delivered INTEGER PRIMARY KEY,
+    digest BLOB NOT NULL
+);
 """
 
 
 class EventStore:
-    def __init__(self, path: str) -> None:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        self.db = sqlite3.connect(path)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
+    def __init__(self, path: str, read_only: bool = False) -> None:
+        if read_only:  # for inspection (verify): never creates or changes anything
+            self.db = sqlite3.connect(f"file:{os.path.abspath(path)}?mode=ro", uri=True)
+        else:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            self.db = sqlite3.connect(path)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(SCHEMA)
         row = self.db.execute("SELECT COALESCE(MAX(delivered), 0) FROM events").fetchone()
         self._next = row[0] + 1
 
-    def add(self, rows: list[tuple[bytes, int, bytes, bytes]]) -> None:
-        """Store (origin, seq, id, raw) rows in one transaction; known ones are kept as is."""
+    def add(self, rows: list[tuple[bytes, int, bytes, bytes]],
+            digest: bytes | None = None) -> None:
+        """Store (origin, seq, id, raw) rows in one transaction; known ones are kept as is.
+        `digest` is the node's state digest once these rows are applied."""
         if not rows:
             return
         with self.db:
@@ -45,11 +59,26 @@ class EventStore:
                 "INSERT OR IGNORE INTO events (origin, seq, id, delivered, raw) "
                 "VALUES (?, ?, ?, ?, ?)",
                 [(o, s, i, self._next + k, r) for k, (o, s, i, r) in enumerate(rows)])
+            if digest is not None:
+                self.db.execute("INSERT OR REPLACE INTO digests (delivered, digest) "
+                                "VALUES (?, ?)", (self._next + len(rows) - 1, digest))
         self._next += len(rows)
 
     def replay(self) -> Iterator[bytes]:
         for (raw,) in self.db.execute("SELECT raw FROM events ORDER BY delivered"):
             yield raw
+
+    def rows(self) -> Iterator[tuple[int, bytes, int, bytes, bytes]]:
+        """(delivered position, origin, seq, id, raw) in delivery order."""
+        yield from self.db.execute(
+            "SELECT delivered, origin, seq, id, raw FROM events ORDER BY delivered")
+
+    def digests(self) -> list[tuple[int, bytes]]:
+        """(delivered position, digest after it), in order; [] for an older store."""
+        known = self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'digests'")
+        if known.fetchone() is None:
+            return []
+        return list(self.db.execute("SELECT delivered, digest FROM digests ORDER BY delivered"))
 
     def count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM events").fetchone()[0]

@@ -13,12 +13,13 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+
+import httpx
 
 DRAIN_TIMEOUT_S = 60.0
 START_TIMEOUT_S = 60.0
@@ -52,17 +53,13 @@ class NodeProcess:
             print(f"[{self.name}] {line}", flush=True)
         self.ready.set()
 
-    def request(self, req: dict, timeout: float = 5.0) -> dict:
+    def request(self, method: str, path: str, body: dict | None = None,
+                timeout: float = 5.0) -> dict:
+        """One call to the node's HTTP API; the reply's JSON with "ok" (2xx or not)."""
         assert self.api_port is not None
-        with socket.create_connection(("127.0.0.1", self.api_port), timeout=timeout) as s:
-            s.sendall(json.dumps(req).encode() + b"\n")
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-        return json.loads(data)
+        reply = httpx.request(method, f"http://127.0.0.1:{self.api_port}{path}", json=body,
+                              timeout=timeout)
+        return {"ok": reply.is_success, **reply.json()}
 
     def signal(self, sig: int) -> None:
         try:
@@ -78,6 +75,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
                    help="seconds of trading before draining (default 30)")
     p.add_argument("--rate", type=float, default=4.0,
                    help="orders per second per trading node (default 4)")
+    p.add_argument("--data-dir", default=None, metavar="DIR",
+                   help="keep the nodes' data dirs in DIR/nodeK (default: a temporary dir, "
+                        "removed at the end); `python -m p2pexchange verify --data-dir "
+                        "DIR/node0` checks one afterwards")
     args = p.parse_args(argv)
     if not 2 <= args.nodes <= 16:
         p.error("--nodes must be within 2..16")
@@ -97,8 +98,8 @@ def _statuses(nodes: list[NodeProcess]) -> list[dict]:
     out = []
     for node in nodes:
         try:
-            out.append(node.request({"cmd": "status"}))
-        except (OSError, ValueError) as exc:
+            out.append(node.request("GET", "/status"))
+        except (httpx.HTTPError, ValueError) as exc:
             out.append({"ok": False, "error": str(exc)})
     return out
 
@@ -126,8 +127,8 @@ def _drain(nodes: list[NodeProcess]) -> tuple[list[dict], float]:
     """Stop trading, then wait until every node reports the same digest (twice)."""
     print("[demo] stopping trading and draining", flush=True)
     for node in nodes:
-        node.request({"cmd": "trading", "on": False})
-        node.request({"cmd": "flush"})
+        node.request("POST", "/trading", {"on": False})
+        node.request("POST", "/flush")
     started = time.monotonic()
     deadline = started + DRAIN_TIMEOUT_S
     while True:
@@ -183,6 +184,7 @@ def _summary(nodes: list[NodeProcess], statuses: list[dict], drained_s: float) -
 def run(args: argparse.Namespace) -> int:
     nodes: list[NodeProcess] = []
     tmp = tempfile.TemporaryDirectory(prefix="p2pexchange-demo-")
+    root = args.data_dir or tmp.name
 
     def on_term(signum, frame):  # noqa: ARG001
         raise KeyboardInterrupt
@@ -191,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_term)
     interrupted = False
     try:
-        _start(args, tmp.name, nodes)
+        _start(args, root, nodes)
         time.sleep(args.duration)
         statuses, drained_s = _drain(nodes)
     except KeyboardInterrupt:

@@ -15,9 +15,8 @@ are synchronous and never awaited in the middle, so trio's task order cannot rea
 the replica's state: only the set of delivered events does. The node knows nothing
 of what drives it: the API, auto-trading or a test are `services` handed to it
 (each started in its nursery once the node is up) or callers of its public
-interface: `submit`, `submit_many` (answers with order ids once signed), `flush`,
-the queries, `is_final`, `status`, `subscribe` (events it signs) and
-`subscribe_applied` (every batch it applies; feed.py).
+interface: `submit`, `submit_many` (answers with order ids once signed), `flush`, the
+queries, `status`, `subscribe` (own events), `subscribe_applied` (feed.py).
 """
 
 from __future__ import annotations
@@ -116,9 +115,8 @@ class Node:
         return await self.batcher.flush()
 
     async def submit_many(self, actions: Sequence[tuple[str, Action]]) -> list[tuple[bytes, str]]:
-        """Queue `actions` (all or none: ValueError for an unknown market, OverflowError
-        when the queue is full), wait for the next batch tick to sign them, and return
-        (order id, outcome after local matching) per action, in order."""
+        """Queue `actions` (all or none: ValueError, OverflowError when full), wait for the
+        batch tick to sign them; (order id, outcome after local matching) per action."""
         room = PENDING_ACTIONS_MAX - self.pending_actions
         return await self.feed.submit(actions, self.markets, room, self.batcher.submit)
 
@@ -173,10 +171,12 @@ class Node:
 
     def is_final(self, event_ids: Sequence[bytes]) -> list[bool]:
         """Per event id: is it final here (its trades can no longer change)?"""
-        finality = self.control.finality()
-        events = [self.replica.event(i) for i in event_ids]
-        return [finality is not None and e is not None and e.lamport <= finality.frontier
-                for e in events]
+        frontier = getattr(self.control.finality(), "frontier", -1)  # None: nothing final
+        return [(e := self.replica.event(i)) is not None and e.lamport <= frontier
+                for i in event_ids]
+
+    def trades_of(self, event_id: bytes) -> list[Trade]:
+        return self.replica.trades_of(event_id)
 
     def open_orders(self, market: str) -> list[Order]:
         return [o for o in self.replica.book(market).resting() if o.origin == self.origin]

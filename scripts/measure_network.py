@@ -48,15 +48,15 @@ def main() -> None:
             for n in nodes:
                 n.ready.wait(60)
             while True:
-                peers = [n.request({"cmd": "status"})["peers"] for n in nodes]
+                peers = [n.request("GET", "/status")["peers"] for n in nodes]
                 if min(peers) >= args.nodes - 1 or time.monotonic() - t0 > 120:
                     break
                 time.sleep(0.1)
             discovery_s = time.monotonic() - t0
-            start = [n.request({"cmd": "status"})["events"] for n in nodes]
+            start = [n.request("GET", "/status")["events"] for n in nodes]
             t1 = time.monotonic()
             time.sleep(args.duration)
-            end = [n.request({"cmd": "status"}) for n in nodes]
+            end = [n.request("GET", "/status") for n in nodes]
             elapsed = time.monotonic() - t1
             rss = [round(rss_mib(n.proc.pid), 1) for n in nodes]
         finally:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
 
+import httpx
 import pytest
 
 pytestmark = pytest.mark.network
@@ -27,31 +27,29 @@ def start(data_dir, *args) -> tuple[subprocess.Popen, int]:
     raise AssertionError(f"node exited with {proc.wait()}")
 
 
-def api(port: int, req: dict) -> dict:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(json.dumps(req).encode() + b"\n")
-        return json.loads(s.makefile().readline())
+def api(port: int, method: str, path: str, body: dict | None = None) -> httpx.Response:
+    return httpx.request(method, f"http://127.0.0.1:{port}{path}", json=body, timeout=40)
 
 
 def test_sigkilled_node_restarts_from_its_store_without_reusing_a_seq(tmp_path):
     proc, port = start(tmp_path, "--auto-trade", "--rate", "20")
     try:
         time.sleep(3)
-        before = api(port, {"cmd": "status"})
+        before = api(port, "GET", "/status").json()
         assert before["own_seq"] > 0
     finally:
         proc.kill()  # SIGKILL: no chance to persist anything more
         proc.wait()
     proc, port = start(tmp_path)
     try:
-        after = api(port, {"cmd": "status"})
+        after = api(port, "GET", "/status").json()
         assert after["peer_id"] == before["peer_id"]
         assert after["own_seq"] >= before["own_seq"]  # nothing it had accepted is lost
-        assert api(port, {"cmd": "place", "market": "BTC-USD", "side": "buy",
-                          "price": "100.00", "qty": "0.5"})["ok"]
-        flushed = api(port, {"cmd": "flush"})
-        assert flushed["actions"][0]["outcome"] in ("resting", "partially_filled", "filled")
-        assert api(port, {"cmd": "status"})["own_seq"] == after["own_seq"] + 1
+        placed = api(port, "POST", "/orders", {"market": "BTC-USD", "side": "buy",
+                                               "price": "100.00", "quantity": "0.5"})
+        assert placed.status_code == 201, placed.text
+        assert placed.json()["outcome"] in ("resting", "partially_filled", "filled")
+        assert api(port, "GET", "/status").json()["own_seq"] == after["own_seq"] + 1
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0  # clean shutdown exits 0
@@ -60,22 +58,20 @@ def test_sigkilled_node_restarts_from_its_store_without_reusing_a_seq(tmp_path):
 def test_api_rejects_nonsense_with_a_reason(tmp_path):
     proc, port = start(tmp_path)
     try:
+        order = {"market": "BTC-USD", "side": "buy", "price": "1", "quantity": "1"}
         cases = [
-            ({"cmd": "place", "market": "DOGE-USD", "side": "buy", "price": "1", "qty": "1"},
-             "unknown market"),
-            ({"cmd": "place", "market": "BTC-USD", "side": "up", "price": "1", "qty": "1"},
-             "side must be"),
-            ({"cmd": "place", "market": "BTC-USD", "side": "buy", "price": "1.001", "qty": "1"},
-             "not a multiple"),
-            ({"cmd": "place", "market": "BTC-USD", "side": "buy", "price": 1.5, "qty": "1"},
-             "must be a str"),
-            ({"cmd": "cancel", "market": "BTC-USD", "order_id": "zz"}, "hex"),
-            ({"cmd": "launch"}, "unknown cmd"),
+            ("POST", "/orders", {**order, "market": "DOGE-USD"}, 422, "unknown_market"),
+            ("POST", "/orders", {**order, "side": "up"}, 422, "invalid"),
+            ("POST", "/orders", {**order, "price": "1.001"}, 422, "off_tick"),
+            ("POST", "/orders", {**order, "price": 1.5}, 422, "invalid"),
+            ("DELETE", "/orders/zz", None, 422, "bad_order_id"),
+            ("POST", "/launch", {}, 404, "not_found"),
         ]
-        for req, reason in cases:
-            reply = api(port, req)
-            assert reply["ok"] is False and reason in reply["error"], (req, reply)
-        assert api(port, {"cmd": "status"})["ok"]  # still serving
+        for method, path, body, code, reason in cases:
+            reply = api(port, method, path, body)
+            assert reply.status_code == code, (path, body, reply.text)
+            assert reply.json()["error"]["reason"] == reason, (path, body, reply.text)
+        assert api(port, "GET", "/status").status_code == 200  # still serving
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(20)

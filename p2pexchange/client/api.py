@@ -1,197 +1,139 @@
-"""Local client API: JSON lines over TCP, bound to 127.0.0.1 only.
+"""The local client API: HTTP + WebSocket on 127.0.0.1, a FastAPI app served by
+Hypercorn's trio worker inside the node's nursery (`ApiServer` is a node service).
 
-One request per line, one JSON reply per line. Requests (all fields strings or
-integers; prices and quantities as decimal strings, converted to ticks and lots at
-this edge):
-  {"cmd": "status"}
-  {"cmd": "place", "market": "BTC-USD", "side": "buy", "type": "limit",
-   "price": "65000.01", "qty": "0.25", "stp": "expire_taker"}
-  {"cmd": "cancel", "market": "BTC-USD", "order_id": "<68 hex chars>"}
-  {"cmd": "book", "market": "BTC-USD", "levels": 10}
-  {"cmd": "trades", "limit": 50}
-  {"cmd": "order", "order_id": "<hex>"}
-  {"cmd": "trading", "on": false}        (auto-trading on/off)
-  {"cmd": "flush"}                       (sign and publish queued actions now)
-Replies: {"ok": true, ...} or {"ok": false, "error": "..."}; a bad request never
-closes the server.
+Routes (the OpenAPI document is served at /openapi.json, the docs at /docs):
+  POST   /orders            place one order; answers once it is signed, with the
+                            order id every node uses and its status after matching here
+  POST   /orders/batch      up to 1,000 orders in one call (one or a few events)
+  DELETE /orders/{id}       cancel one of this node's orders
+  DELETE /orders?market=    cancel all of this node's open orders (in one market)
+  GET    /orders?status=    this node's orders with their fills (open, or all)
+  GET    /book/{market}     depth ladder; GET /trades?market=&limit= (pending/final)
+  GET    /status, /metrics  node status; Prometheus text (client/metrics.py)
+  POST   /trading, /flush   auto-trading on/off; sign and publish queued actions now
+  WS     /stream?market=    live updates (client/stream.py)
+Errors are `{"error": {"field", "reason", "message"}}` with a fitting status code;
+a full queue is 503 "node_busy". The bound address is written to `api.json` in the
+node's data dir (removed on exit) so the CLI finds it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import trio
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from hypercorn.config import Config
+from hypercorn.trio import serve
+from starlette.exceptions import HTTPException
 
-from ..core.events import STP, Cancel, OrderType, Place, Side
-from ..core.market import GridError
+from ..core.events import Cancel
 from .autotrade import AutoTrader
+from .metrics import Metrics
+from .orders import ApiError, OwnOrders, busy
+from .routes import router
+from .schemas import Cancelled, OrderRequest, Placed
+from .stream import Broadcaster
 
 if TYPE_CHECKING:
     from ..node import Node
 
 log = logging.getLogger("p2pexchange.api")
-REQUEST_BYTES_MAX = 64 * 1024
-CLIENTS_MAX = 32
+API_FILE = "api.json"
 
 
-class BadRequest(Exception):
-    pass
+class Api:
+    """What the routes share: the node, auto-trading, own orders, stream, metrics."""
+
+    def __init__(self, node: Node, trader: AutoTrader | None) -> None:
+        self.node = node
+        self.trader = trader
+        self.orders = OwnOrders()
+        self.broadcaster = Broadcaster()
+        self.metrics = Metrics(node)
+
+    async def place(self, requests: list[OrderRequest]) -> list[Placed]:
+        started = trio.current_time()
+        placed = await self.orders.place(self.node, requests)
+        self.metrics.place_latency.observe(trio.current_time() - started)
+        return placed
+
+    async def cancel(self, order_ids: list[bytes]) -> list[Cancelled]:
+        node = self.node
+        actions = [(node.order(oid).market, Cancel(oid)) for oid in order_ids]  # type: ignore
+        try:
+            done = await node.submit_many(actions) if actions else []
+        except OverflowError as exc:
+            raise busy(exc) from None
+        return [Cancelled(order_id=oid.hex(), outcome=outcome)
+                for oid, (_, outcome) in zip(order_ids, done, strict=True)]
+
+def build_app(api: Api) -> FastAPI:
+    app = FastAPI(title="p2pexchange node API", version="1",
+                  description="Trade from your own p2pexchange node (bound to 127.0.0.1).")
+    app.state.api = api
+    app.include_router(router)
+    app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _invalid)  # type: ignore[arg-type]
+    app.add_exception_handler(HTTPException, _http)  # type: ignore[arg-type]
+    return app
+
+def error(status: int, reason: str, message: str, field: str | None = None,
+          headers: dict[str, str] | None = None) -> JSONResponse:
+    body = {"error": {"field": field, "reason": reason, "message": message}}
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
-def _field(req: dict, name: str, kind: type = str) -> Any:
-    value = req.get(name)
-    if type(value) is not kind:
-        raise BadRequest(f"field {name!r} must be a {kind.__name__}")
-    return value
+async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+    return error(exc.status, exc.reason, str(exc), exc.field, exc.headers)
 
 
-def _enum(enum: Any, text: str, name: str) -> Any:
-    try:
-        return enum[text.upper()]
-    except KeyError:
-        choices = ", ".join(m.name.lower() for m in enum)
-        raise BadRequest(f"{name} must be one of {choices}") from None
+async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid", "type": ""}
+    if first.get("type") == "json_invalid":
+        return error(400, "malformed_json", f"malformed JSON: {first.get('msg')}")
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+    reason = "missing" if first.get("type") == "missing" else "invalid"
+    return error(422, reason, str(first.get("msg")), ".".join(loc) or None)
 
 
-def _market(node: Node, req: dict) -> Any:
-    name = _field(req, "market")
-    market = node.markets.get(name)
-    if market is None:
-        raise BadRequest(f"unknown market {name!r}; known: {sorted(node.markets)}")
-    return market
-
-
-def _bounded_int(req: dict, name: str, default: int, hi: int) -> int:
-    value = req.get(name, default)
-    if type(value) is not int or not 1 <= value <= hi:
-        raise BadRequest(f"{name} must be an integer 1..{hi}")
-    return value
-
-
-def _order_id(req: dict) -> bytes:
-    try:
-        return bytes.fromhex(_field(req, "order_id"))
-    except ValueError:
-        raise BadRequest("order_id must be hex") from None
-
-
-async def _status(node: Node, req: dict, trader: AutoTrader | None) -> dict:
-    return {**node.status(), "trading": trader is not None and trader.enabled}
-
-
-async def _place(node: Node, req: dict, trader: AutoTrader | None) -> dict:
-    market = _market(node, req)
-    otype = _enum(OrderType, req.get("type", "limit"), "type")
-    side = _enum(Side, _field(req, "side"), "side")
-    stp = _enum(STP, req.get("stp", "expire_taker"), "stp")
-    try:
-        price = 0 if otype is OrderType.MARKET else market.price_to_ticks(_field(req, "price"))
-        qty = market.qty_to_lots(_field(req, "qty"))
-    except GridError as exc:
-        raise BadRequest(str(exc)) from None
-    node.submit(market.name, Place(side, otype, price, qty, stp))
-    return {"queued": True}
-
-
-async def _cancel(node: Node, req: dict, trader: AutoTrader | None) -> dict:
-    market = _market(node, req)
-    oid = _order_id(req)
-    if len(oid) != 34:
-        raise BadRequest("order_id must be 34 bytes (68 hex characters)")
-    node.submit(market.name, Cancel(oid))
-    return {"queued": True}
-
-
-async def _flush(node: Node, req: dict, trader: AutoTrader | None) -> dict:
-    ids = await node.flush()
-    orders = [{"order_id": oid.hex(), "outcome": outcome}
-              for event_id in ids for oid, outcome in node.outcomes(event_id)]
-    return {"events": [i.hex() for i in ids], "actions": orders}
-
-
-async def _book(node: Node, req: dict, trader: AutoTrader | None) -> dict:
-    market = _market(node, req)
-    depth = node.book(market.name, _bounded_int(req, "levels", 10, 1000))
-    return {side: [[market.ticks_to_price(p), market.lots_to_qty(q)] for p, q in rows]
-            for side, rows in depth.items()}
-
-
-async def _trades(node: Node, req: dict, trader: AutoTrader | None) -> dict:
-    limit = _bounded_int(req, "limit", 50, 10_000)
-    return {"trades": [t.as_dict() for t in node.recent_trades(limit)]}
-
-
-async def _order(node: Node, req: dict, trader: AutoTrader | None) -> dict:
-    order = node.order(_order_id(req))
-    if order is None:
-        raise BadRequest("unknown order")
-    return order.as_dict()
-
-
-async def _trading(node: Node, req: dict, trader: AutoTrader | None) -> dict:
-    if trader is None:
-        raise BadRequest("this node runs no auto-trading")
-    trader.enabled = bool(_field(req, "on", bool))
-    return {"trading": trader.enabled}
-
-
-COMMANDS = {"status": _status, "place": _place, "cancel": _cancel, "flush": _flush,
-            "book": _book, "trades": _trades, "order": _order, "trading": _trading}
-
-
-async def handle(node: Node, req: Any, trader: AutoTrader | None = None) -> dict:
-    if type(req) is not dict:
-        raise BadRequest("request must be a JSON object")
-    cmd = req.get("cmd")
-    command = COMMANDS.get(cmd) if isinstance(cmd, str) else None
-    if command is None:
-        raise BadRequest(f"unknown cmd {repr(cmd)[:40]}")
-    return await command(node, req, trader)
-
+async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+    reason = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return error(exc.status_code, reason, str(exc.detail))
 
 class ApiServer:
-    """The JSON-lines API as a node service; `port` is the bound port once started."""
+    """The API as a node service; `port` is the bound port once started."""
 
     def __init__(self, port: int, trader: AutoTrader | None = None) -> None:
         self.port = port
         self.trader = trader
 
     async def run(self, node: Node, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(self.port, host="127.0.0.1")
-        self.port = listeners[0].socket.getsockname()[1]
-        log.info("client API on 127.0.0.1:%d", self.port)
-        task_status.started(self.port)
-        limiter = trio.CapacityLimiter(CLIENTS_MAX)
-
-        async def limited(stream: trio.SocketStream) -> None:
-            async with limiter:
-                await self._client(node, stream)
-
-        await trio.serve_listeners(limited, listeners)
-
-    async def _client(self, node: Node, stream: trio.SocketStream) -> None:
-        buffer = b""
-        async with stream:
-            while True:
-                try:
-                    chunk = await stream.receive_some(4096)
-                except trio.BrokenResourceError:
-                    return
-                if not chunk:
-                    return
-                buffer += chunk
-                if len(buffer) > REQUEST_BYTES_MAX:
-                    await stream.send_all(b'{"ok": false, "error": "request too large"}\n')
-                    return
-                while b"\n" in buffer:
-                    line, buffer = buffer.split(b"\n", 1)
-                    try:
-                        reply = {"ok": True, **await handle(node, json.loads(line), self.trader)}
-                    except (BadRequest, ValueError, OverflowError) as exc:
-                        reply = {"ok": False, "error": str(exc)}
-                    try:
-                        await stream.send_all(json.dumps(reply).encode() + b"\n")
-                    except trio.BrokenResourceError:
-                        return
+        config = Config()
+        config.bind = [f"127.0.0.1:{self.port}"]
+        config.accesslog = None
+        config.graceful_timeout = 2.0
+        config.loglevel = "WARNING"
+        api = Api(node, self.trader)
+        app = build_app(api)
+        path = os.path.join(node.config.data_dir, API_FILE)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(api.broadcaster.run, node)
+            binds = await nursery.start(partial(serve, app, config,
+                                                shutdown_trigger=node.stopping.wait))
+            self.port = int(binds[0].rsplit(":", 1)[1])
+            try:
+                with open(path, "w") as f:
+                    json.dump({"url": f"http://127.0.0.1:{self.port}", "pid": os.getpid()}, f)
+                log.info("client API on 127.0.0.1:%d", self.port)
+                task_status.started(self.port)
+                await node.stopping.wait()
+            finally:
+                if os.path.exists(path):
+                    os.remove(path)

@@ -18,7 +18,10 @@ Run a p2pexchange node: a peer of a serverless exchange. It keeps its own order 
 finds peers through a Kademlia DHT, gossips signed batches of orders, and applies every
 event in one deterministic order, so all nodes converge on the same books and trades.
 Without --bootstrap it starts a new network; it prints its full multiaddr, which other
-nodes pass to --bootstrap. `python -m p2pexchange demo --help` runs a local network."""
+nodes pass to --bootstrap. `python -m p2pexchange demo --help` runs a local network.
+
+Commands for a running node (each has --help): order, cancel, orders, book, trades,
+status, watch; `verify --data-dir DIR` checks a stored log from scratch."""
 
 
 def node_parser() -> argparse.ArgumentParser:
@@ -37,8 +40,10 @@ def node_parser() -> argparse.ArgumentParser:
                    help="place random buy and sell orders around a moving mid")
     p.add_argument("--rate", type=float, default=4.0,
                    help="auto-trade orders per second (default 4)")
-    p.add_argument("--api-port", type=int, default=None, metavar="PORT",
-                   help="serve the local JSON-lines client API on 127.0.0.1:PORT (0: any)")
+    p.add_argument("--api-port", type=int, default=0, metavar="PORT",
+                   help="serve the HTTP/WebSocket client API on 127.0.0.1:PORT (default 0: "
+                        "any free port, printed at start and written to DIR/api.json)")
+    p.add_argument("--no-api", action="store_true", help="serve no client API")
     p.add_argument("--status-interval", type=float, default=30.0, metavar="SECONDS",
                    help="seconds between status lines (default 30)")
     p.add_argument("--seed", type=int, default=None, help="seed for --auto-trade")
@@ -83,7 +88,7 @@ def parse_node_args(argv: list[str]) -> argparse.Namespace:
         p.error("--rate must be within (0, 1000]")
     if args.status_interval <= 0:
         p.error("--status-interval must be positive")
-    if args.api_port is not None and not 0 <= args.api_port <= 65535:
+    if not 0 <= args.api_port <= 65535:
         p.error("--api-port must be within 0..65535")
     return args
 
@@ -98,7 +103,7 @@ def run_node(argv: list[str]) -> int:
     tune_gc()
     # Auto-trading always runs, off unless asked for: the API can switch it on and off.
     trader = AutoTrader(rate=args.rate, enabled=args.auto_trade, seed=args.seed)
-    api = ApiServer(args.api_port, trader) if args.api_port is not None else None
+    api = ApiServer(args.api_port, trader) if not args.no_api else None
     try:
         os.makedirs(args.data_dir, exist_ok=True)
         node = Node(NodeConfig(

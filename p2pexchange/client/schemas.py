@@ -1,0 +1,210 @@
+"""The API's request and response bodies (they make the OpenAPI document) and the
+conversions from the node's integers (ticks, lots, origin bytes) to what people read:
+prices and quantities as decimal strings, origins as peer ids, ids as hex.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from libp2p.peer.id import ID
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..core.book import Order, Trade
+from ..core.market import Market
+
+BATCH_ORDERS_MAX = 1000
+CLIENT_ORDER_ID_CHARS_MAX = 64
+
+SideName = Literal["buy", "sell"]
+TypeName = Literal["limit", "ioc", "fok", "post_only", "market"]
+StpName = Literal["expire_taker", "expire_maker", "expire_both"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class OrderRequest(Strict):
+    market: str = Field(examples=["BTC-USD"])
+    side: SideName
+    type: TypeName = "limit"
+    price: str | None = Field(None, description="decimal string on the market's tick grid; "
+                              "omitted for market orders", examples=["65000.00"])
+    quantity: str = Field(description="decimal string on the market's lot grid",
+                          examples=["0.5"])
+    stp: StpName = Field("expire_taker", description="self-trade prevention")
+    client_order_id: str | None = Field(None, min_length=1,
+                                        max_length=CLIENT_ORDER_ID_CHARS_MAX)
+
+
+class BatchRequest(Strict):
+    orders: list[OrderRequest] = Field(min_length=1, max_length=BATCH_ORDERS_MAX)
+
+
+class TradingRequest(Strict):
+    on: bool
+
+
+class Fill(BaseModel):
+    price: str
+    quantity: str
+    role: Literal["maker", "taker"]
+    trade_event_id: str
+
+
+class OrderOut(BaseModel):
+    order_id: str
+    market: str
+    side: SideName
+    type: TypeName
+    price: str | None
+    quantity: str
+    filled: str
+    remaining: str
+    status: str
+    reason: str
+    origin: str
+    fills: list[Fill] = []
+
+
+class Placed(BaseModel):
+    order_id: str = Field(description="the id every node uses: signed event id + index")
+    outcome: str = Field(description="status after matching here, or a cancel's result")
+    client_order_id: str | None = None
+    duplicate: bool = Field(False, description="this client order id was placed before")
+    order: OrderOut | None = None
+
+
+class BatchPlaced(BaseModel):
+    results: list[Placed]
+
+
+class Cancelled(BaseModel):
+    order_id: str
+    outcome: str
+
+
+class CancelledAll(BaseModel):
+    cancelled: list[Cancelled]
+
+
+class Orders(BaseModel):
+    orders: list[OrderOut]
+
+
+class Level(BaseModel):
+    price: str
+    quantity: str
+
+
+class Book(BaseModel):
+    market: str
+    bids: list[Level]
+    asks: list[Level]
+
+
+class TradeOut(BaseModel):
+    market: str
+    event_id: str
+    maker_order: str
+    taker_order: str
+    maker_origin: str
+    taker_origin: str
+    price: str
+    quantity: str
+    taker_side: SideName
+    status: Literal["pending", "final"]
+
+
+class Trades(BaseModel):
+    trades: list[TradeOut]
+
+
+class Status(BaseModel):
+    peer_id: str
+    addr: str
+    multiaddrs: list[str]
+    peers: int
+    members: list[str] = Field(description="provisional: origins this node has events of")
+    digest: str
+    final_frontier: int | None = Field(description="events with a Lamport time up to this "
+                                       "are final; null before the node has listened long "
+                                       "enough to know")
+    events: int
+    buffered: int
+    own_seq: int
+    trades: int
+    trades_final: int
+    trades_pending: int
+    resting: dict[str, int]
+    rollbacks: int
+    rejected: dict[str, int] = Field(description="refused input, by reason")
+    rejecting_peers: int
+    divergences: int
+    trade_reports_matched: int
+    pending_actions: int
+    trading: bool | None = Field(description="auto-trading on/off; null: none on this node")
+
+
+class Trading(BaseModel):
+    trading: bool
+
+
+class Flushed(BaseModel):
+    events: list[str]
+    actions: list[Cancelled]
+
+
+class ErrorDetail(BaseModel):
+    field: str | None = Field(description="the request field at fault, if one is")
+    reason: str = Field(description="machine-readable: off_tick, off_lot, unknown_market, "
+                        "unknown_order, not_my_order, not_open, malformed_json, invalid, "
+                        "node_busy, node_not_ready, no_auto_trader, ...")
+    message: str
+
+
+class Error(BaseModel):
+    error: ErrorDetail
+
+
+# -- conversions -------------------------------------------------------------------
+
+
+def peer(origin: bytes) -> str:
+    return str(ID(origin))
+
+
+def order_out(order: Order, market: Market, fills: list[Fill] | None = None) -> OrderOut:
+    has_price = order.type.name != "MARKET"
+    return OrderOut(
+        order_id=order.order_id.hex(), market=order.market, side=order.side.name.lower(),
+        type=order.type.name.lower(),
+        price=market.ticks_to_price(order.price) if has_price else None,
+        quantity=market.lots_to_qty(order.qty), filled=market.lots_to_qty(order.filled),
+        remaining=market.lots_to_qty(order.remaining), status=order.status.name.lower(),
+        reason=order.reason, origin=peer(order.origin), fills=fills or [])
+
+
+def trade_out(trade: Trade, market: Market, final: bool) -> TradeOut:
+    return TradeOut(
+        market=trade.market, event_id=trade.event_id.hex(),
+        maker_order=trade.maker_order.hex(), taker_order=trade.taker_order.hex(),
+        maker_origin=peer(trade.maker_origin), taker_origin=peer(trade.taker_origin),
+        price=market.ticks_to_price(trade.price), quantity=market.lots_to_qty(trade.qty),
+        taker_side=trade.taker_side.name.lower(), status="final" if final else "pending")
+
+
+def fill_of(trade: Trade, order_id: bytes, market: Market) -> Fill:
+    return Fill(price=market.ticks_to_price(trade.price),
+                quantity=market.lots_to_qty(trade.qty),
+                role="maker" if trade.maker_order == order_id else "taker",
+                trade_event_id=trade.event_id.hex())
+
+
+def book_out(market: Market, depth: dict[str, list[tuple[int, int]]]) -> Book:
+    def levels(rows: list[tuple[int, int]]) -> list[Level]:
+        return [Level(price=market.ticks_to_price(p), quantity=market.lots_to_qty(q))
+                for p, q in rows]
+    return Book(market=market.name, bids=levels(depth.get("bids", [])),
+                asks=levels(depth.get("asks", [])))

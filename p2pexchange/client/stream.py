@@ -1,0 +1,141 @@
+"""`WS /stream`: what changes on the node, pushed to WebSocket clients as JSON messages.
+
+One `Broadcaster` per API reads `Node.subscribe_applied()` (every batch the node
+applies) and, every `TICK_S`, sends each client:
+  {"type": "trade", "status": "pending", ...}  a trade as soon as it is derived here
+  {"type": "trade", "status": "final", ...}    the same trade once its event is final
+  {"type": "book", "market", "bids", "asks"}   top `BOOK_LEVELS` of each changed book
+  {"type": "order", ...}                       one of this node's orders that changed
+  {"type": "status", "peers", "digest", ...}   when the digest or the peer count moved
+A rollback can change the trades of re-applied events: the final message of an
+event carries its trades as they finally are. Each client has a bounded queue
+(`CLIENT_QUEUE_MAX`); one that falls behind is disconnected, never waited for.
+Events whose trades await finality are tracked up to `PENDING_EVENTS_MAX`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from ..core.book import Trade
+from ..core.market import DEFAULT_MARKETS
+from .schemas import book_out, order_out, trade_out
+
+if TYPE_CHECKING:
+    from ..node import Node
+
+log = logging.getLogger("p2pexchange.api")
+TICK_S = 0.2
+BOOK_LEVELS = 20
+CLIENT_QUEUE_MAX = 1024
+CLIENTS_MAX = 64
+PENDING_EVENTS_MAX = 10_000
+
+
+class StreamClient:
+    def __init__(self, market: str | None) -> None:
+        self.market = market
+        self.send, self.receive = trio.open_memory_channel(CLIENT_QUEUE_MAX)
+        self.overflowed = False
+
+    def offer(self, message: dict) -> None:
+        if self.market is not None and message.get("market", self.market) != self.market:
+            return
+        try:
+            self.send.send_nowait(message)
+        except trio.WouldBlock:
+            self.overflowed = True
+            self.send.close()
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+
+
+class Broadcaster:
+    def __init__(self) -> None:
+        self.clients: set[StreamClient] = set()
+        self._pending: OrderedDict[bytes, None] = OrderedDict()  # events with pending trades
+        self._books: set[str] = set()
+        self._orders: set[bytes] = set()
+        self._last_status: tuple = ()
+
+    def connect(self, market: str | None) -> StreamClient:
+        if len(self.clients) >= CLIENTS_MAX:
+            raise OverflowError("too many stream clients")
+        client = StreamClient(market)
+        self.clients.add(client)
+        return client
+
+    def disconnect(self, client: StreamClient) -> None:
+        self.clients.discard(client)
+        client.send.close()
+
+    async def run(self, node: Node) -> None:
+        applied = node.subscribe_applied()
+        while True:
+            with trio.move_on_after(TICK_S):
+                async for batch in applied:
+                    self._note(node, batch.events)
+                return  # the channel closed: the node is stopping
+            self._tick(node)
+
+    def _note(self, node: Node, events: list[Any]) -> None:
+        for event in events:
+            self._books.add(event.market)
+            if event.origin == node.origin:
+                self._orders.update(event.order_id(i) for i in range(len(event.actions)))
+            trades = node.trades_of(event.id)
+            for t in trades:
+                self._send(trade_message(node, t, final=False))
+                for order, origin in ((t.maker_order, t.maker_origin),
+                                      (t.taker_order, t.taker_origin)):
+                    if origin == node.origin:
+                        self._orders.add(order)
+            if trades:
+                self._pending[event.id] = None
+        while len(self._pending) > PENDING_EVENTS_MAX:
+            self._pending.popitem(last=False)
+
+    def _tick(self, node: Node) -> None:
+        if self._pending:
+            ids = list(self._pending)
+            for event_id, final in zip(ids, node.is_final(ids), strict=True):
+                if final:
+                    del self._pending[event_id]
+                    for t in node.trades_of(event_id):
+                        self._send(trade_message(node, t, final=True))
+        for market in sorted(self._books):
+            if market in node.markets:
+                book = book_out(node.markets[market], node.book(market, BOOK_LEVELS))
+                self._send({"type": "book", **book.model_dump()})
+        self._books.clear()
+        for order_id in sorted(self._orders):
+            order = node.order(order_id)
+            if order is not None and order.market in node.markets:
+                out = order_out(order, node.markets[order.market])
+                self._send({"type": "order", **out.model_dump(exclude={"fills"})})
+        self._orders.clear()
+        s = node.status()
+        status = (s["peers"], s["digest"], s["trades_final"], s["final_frontier"])
+        if status != self._last_status:
+            self._last_status = status
+            self._send(status_message(s))
+
+    def _send(self, message: dict) -> None:
+        for client in list(self.clients):
+            client.offer(message)
+
+
+def trade_message(node: Node, trade: Trade, final: bool) -> dict:
+    market = node.markets.get(trade.market) or DEFAULT_MARKETS[trade.market]
+    return {"type": "trade", **trade_out(trade, market, final).model_dump()}
+
+
+def status_message(s: dict) -> dict:
+    return {"type": "status", "peer_id": s["peer_id"], "peers": s["peers"],
+            "members": len(s["members"]), "digest": s["digest"], "events": s["events"],
+            "trades_final": s["trades_final"], "trades_pending": s["trades_pending"],
+            "final_frontier": s["final_frontier"]}

@@ -18,11 +18,12 @@ class Network:
         self.root = root
         self.nodes: list[Node] = []
 
-    async def start(self, name: str, bootstrap: Node | None = None, **options) -> Node:
+    async def start(self, name: str, bootstrap: Node | None = None, services=(),
+                    **options) -> Node:
         config = NodeConfig(data_dir=str(self.root / name),
                             bootstrap=[bootstrap.listen_addr] if bootstrap else [],
                             status_interval_s=3600, **options)
-        node = Node(config)
+        node = Node(config, services=services)
         with trio.fail_after(20):
             await self.nursery.start(node.run)
         self.nodes.append(node)

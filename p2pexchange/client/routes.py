@@ -48,7 +48,8 @@ router = APIRouter()
 def api_of(request: Request | WebSocket) -> Api:
     return request.app.state.api
 
-@router.post("/orders", response_model=Placed, status_code=201, responses=ERRORS)
+@router.post("/orders", response_model=Placed, status_code=201, responses={
+    **ERRORS, 200: {"model": Placed, "description": "client order id seen before"}})
 async def place_order(order: OrderRequest, request: Request, response: Response) -> Placed:
     """Place one order. 201 with the new order; 200 with the first order when this
     `client_order_id` was used before (nothing new is placed)."""

@@ -5,7 +5,7 @@ applies) and, every `TICK_S`, sends each client:
   {"type": "trade", "status": "pending", ...}  a trade as soon as it is derived here
   {"type": "trade", "status": "final", ...}    the same trade once its event is final
   {"type": "book", "market", "bids", "asks"}   top `BOOK_LEVELS` of each changed book
-  {"type": "order", ...}                       one of this node's orders that changed
+  {"type": "order", "market", "order": {...}}  one of this node's orders that changed
   {"type": "status", "peers", "digest", ...}   when the digest or the peer count moved
 A rollback can change the trades of re-applied events: the final message of an
 event carries its trades as they finally are. Each client has a bounded queue
@@ -116,7 +116,8 @@ class Broadcaster:
             order = node.order(order_id)
             if order is not None and order.market in node.markets:
                 out = order_out(order, node.markets[order.market])
-                self._send({"type": "order", **out.model_dump(exclude={"fills"})})
+                self._send({"type": "order", "market": out.market,
+                            "order": out.model_dump(exclude={"fills"})})
         self._orders.clear()
         s = node.status()
         status = (s["peers"], s["digest"], s["trades_final"], s["final_frontier"])

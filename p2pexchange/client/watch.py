@@ -47,7 +47,7 @@ class View:
                     return
             self.trades.appendleft(message)
         elif kind == "order" and message.get("market") == self.market:
-            self.orders[message["order_id"]] = message
+            self.orders[message["order"]["order_id"]] = message["order"]
             while len(self.orders) > ORDERS_SHOWN:
                 del self.orders[next(iter(self.orders))]
         elif kind == "status":

@@ -1,0 +1,210 @@
+"""The HTTP API on real nodes (py-libp2p on 127.0.0.1), called over its served port;
+every answer is checked against the served OpenAPI document."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import trio
+from api_client import api_node, eventually
+from harness import network
+from prometheus_client.parser import text_string_to_metric_families
+
+pytestmark = pytest.mark.network
+
+BUY = {"market": "BTC-USD", "side": "buy", "type": "limit", "price": "100.00",
+       "quantity": "0.5"}
+
+
+async def test_an_order_placed_through_a_shows_in_bs_book_and_in_as_orders_and_a_cancel_removes_it_everywhere(tmp_path):  # noqa: E501
+    async with network(tmp_path) as net, api_node(net, "a") as a, \
+            api_node(net, "b", bootstrap=a.node) as b:
+        placed = await a.call("POST", "/orders", json=BUY)
+        assert placed.status_code == 201
+        order_id = placed.json()["order_id"]
+        assert placed.json()["outcome"] == "resting" and len(order_id) == 68
+
+        async def in_bs_book() -> bool:
+            book = (await b.call("GET", "/book/BTC-USD", "/book/{market}")).json()
+            return book["bids"] == [{"price": "100", "quantity": "0.5"}]
+        await eventually(in_bs_book, "the order in B's book")
+        mine = (await a.call("GET", "/orders?status=open")).json()["orders"]
+        assert [o["order_id"] for o in mine] == [order_id]
+        assert (await b.call("GET", "/orders")).json()["orders"] == []
+
+        cancelled = await a.call("DELETE", f"/orders/{order_id}", "/orders/{order_id}")
+        assert cancelled.json() == {"order_id": order_id, "outcome": "cancelled"}
+
+        async def gone_everywhere() -> bool:
+            books = [(await c.call("GET", "/book/BTC-USD", "/book/{market}")).json()
+                     for c in (a, b)]
+            return all(book["bids"] == [] for book in books)
+        await eventually(gone_everywhere, "the order gone from both books")
+        assert b.node.order(bytes.fromhex(order_id)).status.name == "CANCELLED"
+        assert (await a.call("GET", "/orders")).json()["orders"] == []
+        closed = (await a.call("GET", "/orders?status=all")).json()["orders"]
+        assert [(o["order_id"], o["status"]) for o in closed] == [(order_id, "cancelled")]
+
+
+async def test_the_same_client_order_id_twice_makes_one_order(tmp_path):
+    async with network(tmp_path) as net, api_node(net, "a") as a:
+        body = {**BUY, "client_order_id": "mm-1"}
+        replies: list = []
+
+        async def place() -> None:
+            replies.append(await a.call("POST", "/orders", json=body))
+        async with trio.open_nursery() as nursery:  # concurrently: one is in flight
+            nursery.start_soon(place)
+            nursery.start_soon(place)
+        replies.append(await a.call("POST", "/orders", json=body))  # and once more later
+        assert sorted(r.status_code for r in replies) == [200, 200, 201]
+        assert len({r.json()["order_id"] for r in replies}) == 1
+        assert sum(r.json()["duplicate"] for r in replies) == 2
+        batch = await a.call("POST", "/orders/batch", json={"orders": [body, body]})
+        assert {r["order_id"] for r in batch.json()["results"]} == {replies[0].json()["order_id"]}
+        assert len((await a.call("GET", "/orders")).json()["orders"]) == 1
+        assert a.node.status()["own_seq"] == 1
+
+
+async def test_a_batch_of_a_thousand_orders_is_one_call_and_more_is_refused(tmp_path):
+    async with network(tmp_path) as net, api_node(net, "a") as a:
+        orders = [{**BUY, "price": f"{100 + i}.00", "side": "buy"} for i in range(1000)]
+        reply = await a.call("POST", "/orders/batch", json={"orders": orders})
+        results = reply.json()["results"]
+        assert len(results) == 1000 and {r["outcome"] for r in results} == {"resting"}
+        assert len({r["order_id"] for r in results}) == 1000
+        too_many = await a.call("POST", "/orders/batch", json={"orders": orders + orders[:1]})
+        assert too_many.status_code == 422
+        assert too_many.json()["error"]["field"] == "orders"
+        cancelled = await a.call("DELETE", "/orders?market=BTC-USD")
+        assert len(cancelled.json()["cancelled"]) == 1000
+
+
+async def test_each_documented_error_names_the_field_and_the_reason(tmp_path, monkeypatch):
+    async with network(tmp_path) as net, api_node(net, "a") as a, \
+            api_node(net, "b", bootstrap=a.node) as b:
+        theirs = (await b.call("POST", "/orders", json=BUY)).json()["order_id"]
+        await eventually(lambda: _known(a, theirs), "B's order known to A")
+        mine = (await a.call("POST", "/orders", json=BUY)).json()["order_id"]
+        await a.call("DELETE", f"/orders/{mine}", "/orders/{order_id}")
+        cases = [
+            ("POST", "/orders", {**BUY, "price": "100.001"}, 422, "price", "off_tick"),
+            ("POST", "/orders", {**BUY, "quantity": "0.00005"}, 422, "quantity", "off_lot"),
+            ("POST", "/orders", {**BUY, "market": "DOGE-USD"}, 422, "market", "unknown_market"),
+            ("POST", "/orders", {**BUY, "price": "abc"}, 422, "price", "bad_decimal"),
+            ("POST", "/orders", {k: v for k, v in BUY.items() if k != "side"}, 422, "side",
+             "missing"),
+            ("POST", "/orders", {**BUY, "type": "market"}, 422, "price", "price_not_allowed"),
+            ("GET", "/book/DOGE-USD", None, 404, None, "unknown_market"),
+            ("DELETE", "/orders/" + "ab" * 34, None, 404, "order_id", "unknown_order"),
+            ("DELETE", f"/orders/{theirs}", None, 403, "order_id", "not_my_order"),
+            ("DELETE", f"/orders/{mine}", None, 409, "order_id", "not_open"),
+            ("DELETE", "/orders/zz", None, 422, "order_id", "bad_order_id"),
+            ("GET", "/trades?limit=0", None, 422, "limit", "invalid"),
+        ]
+        for method, path, body, code, field, reason in cases:
+            route = "/book/{market}" if path.startswith("/book/") else (
+                "/orders/{order_id}" if path.startswith("/orders/") else None)
+            reply = await a.call(method, path, route, json=body)
+            assert reply.status_code == code, (path, body, reply.text)
+            assert reply.json()["error"]["field"] == field, (path, body, reply.text)
+            assert reply.json()["error"]["reason"] == reason, (path, body, reply.text)
+        malformed = await a.call("POST", "/orders", content=b'{"market": "BTC',
+                                 headers={"content-type": "application/json"})
+        assert malformed.status_code == 400
+        assert malformed.json()["error"]["reason"] == "malformed_json"
+        monkeypatch.setattr("p2pexchange.node.PENDING_ACTIONS_MAX", 0)  # the queue is full
+        busy = await a.call("POST", "/orders", json=BUY)
+        assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+        assert busy.json()["error"]["reason"] == "node_busy"
+
+
+async def _known(client, order_id: str) -> bool:
+    return client.node.order(bytes.fromhex(order_id)) is not None
+
+
+async def test_status_trades_and_metrics_describe_the_node(tmp_path):
+    async with network(tmp_path) as net, api_node(net, "a") as a, \
+            api_node(net, "b", bootstrap=a.node) as b:
+        await net.discovered()
+        await a.call("POST", "/orders", json={**BUY, "side": "sell"})
+        await eventually(lambda: _resting(b), "A's order in B's book")
+        await b.call("POST", "/orders", json={**BUY, "type": "ioc"})
+        await net.converged()
+        status = (await a.call("GET", "/status")).json()
+        assert status["peers"] == 1 and status["multiaddrs"] == [a.node.listen_addr]
+        assert sorted(status["members"]) == sorted([str(a.node.peer_id), str(b.node.peer_id)])
+        assert status["digest"] == b.node.replica.digest_hex and status["trades"] == 1
+        trades = (await a.call("GET", "/trades?market=BTC-USD&limit=5")).json()["trades"]
+        assert [(t["price"], t["quantity"], t["taker_side"]) for t in trades] == [
+            ("100", "0.5", "buy")]
+        assert trades[0]["status"] in ("pending", "final")
+        assert (await a.call("GET", "/trades?market=ETH-USD")).json()["trades"] == []
+        text = (await a.call("GET", "/metrics")).text
+        metrics = {m.name: m for m in text_string_to_metric_families(text)}
+        for name in ("p2pexchange_events_received", "p2pexchange_events_applied",
+                     "p2pexchange_rejected", "p2pexchange_rollbacks", "p2pexchange_peers",
+                     "p2pexchange_trades_pending", "p2pexchange_trades_final",
+                     "p2pexchange_place_to_applied_seconds"):
+            assert name in metrics, name
+        latency = {s.name: s.value for s in metrics["p2pexchange_place_to_applied_seconds"]
+                   .samples}
+        assert latency["p2pexchange_place_to_applied_seconds_count"] == 1
+        received = {tuple(s.labels.values()): s.value
+                    for s in metrics["p2pexchange_events_received"].samples}
+        assert sum(v for (path, result), v in received.items() if result == "delivered") == 1
+
+
+async def _resting(client) -> bool:
+    return client.node.status()["resting"]["BTC-USD"] == 1
+
+
+async def test_the_stream_delivers_a_trade_to_both_owners_then_its_turn_to_final(tmp_path):
+    from trio_websocket import open_websocket_url
+    async with network(tmp_path) as net, api_node(net, "a") as a, \
+            api_node(net, "b", bootstrap=a.node) as b:
+        await net.discovered()
+        seen: dict[str, list[dict]] = {"a": [], "b": []}
+
+        async def listen(name: str, port: int, task_status=trio.TASK_STATUS_IGNORED) -> None:
+            url = f"ws://127.0.0.1:{port}/stream?market=BTC-USD"
+            async with open_websocket_url(url) as ws:
+                task_status.started()
+                while True:
+                    seen[name].append(json.loads(await ws.get_message()))
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(listen, "a", a.port)
+            await nursery.start(listen, "b", b.port)
+            maker = (await a.call("POST", "/orders", json={**BUY, "side": "sell"})).json()
+            await eventually(lambda: _resting(b), "A's order in B's book")
+            taker = (await b.call("POST", "/orders", json={**BUY, "type": "ioc"})).json()
+
+            def trades(name: str, status: str) -> list[dict]:
+                return [m for m in seen[name] if m["type"] == "trade"
+                        and m["status"] == status]
+
+            async def final_on_both() -> bool:
+                return all(trades(n, "final") for n in seen)
+            await eventually(final_on_both, "the trade final on both streams", 60)
+            nursery.cancel_scope.cancel()
+        for name in seen:
+            pending, final = trades(name, "pending")[0], trades(name, "final")[0]
+            assert seen[name].index(pending) < seen[name].index(final)
+            assert (pending["maker_order"], pending["taker_order"]) == (
+                maker["order_id"], taker["order_id"])
+            assert {**pending, "status": "final"} == final
+        orders_a = [m["order"] for m in seen["a"] if m["type"] == "order"]
+        assert orders_a[-1]["order_id"] == maker["order_id"]
+        assert orders_a[-1]["status"] == "filled"
+        assert any(m["type"] == "book" for m in seen["b"])
+
+
+async def test_a_node_with_an_open_stream_stops_cleanly(tmp_path):
+    from trio_websocket import open_websocket_url
+    async with network(tmp_path) as net, api_node(net, "a") as a:
+        async with open_websocket_url(f"ws://127.0.0.1:{a.port}/stream") as ws:
+            assert json.loads(await ws.get_message())["type"] == "status"
+            await net.stop(a.node)  # fails the test if it takes more than 20 s
+        assert not (tmp_path / "a" / "api.json").exists()

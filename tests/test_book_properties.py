@@ -2,12 +2,17 @@
 
 A model replays each action against a plain list of resting orders to predict which
 maker must trade next (best price, then earliest), so price-time priority is checked
-independently of the engine's data structures.
+independently of the engine's data structures. `ModelBook` goes further: it applies
+every documented rule (order types, self-trade prevention, the fill budget, FOK
+feasibility from level totals) with lists and sums, and the engine must agree with it
+on every outcome, trade, status and resting order.
 """
 
 from __future__ import annotations
 
-from hypothesis import given, settings
+from dataclasses import dataclass
+
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from p2pexchange.core.book import (
@@ -18,8 +23,19 @@ from p2pexchange.core.book import (
     FILLED,
     LEGAL_TRANSITIONS,
     OPEN_STATUSES,
+    PARTIALLY_FILLED,
+    REASON_CANCELLED,
+    REASON_FOK_TOO_DEEP,
+    REASON_FOK_UNFILLABLE,
+    REASON_IOC_REMAINDER,
+    REASON_MATCH_BUDGET,
+    REASON_NO_LIQUIDITY,
     REASON_POST_ONLY,
+    REASON_STP_MAKER,
+    REASON_STP_TAKER,
     REJECTED,
+    RESTING,
+    FillBudget,
     OrderBook,
 )
 from p2pexchange.core.events import STP, OrderType, Place, Side
@@ -123,17 +139,19 @@ def test_engine_invariants_hold_after_every_action(program):
 
 
 @settings(max_examples=200, deadline=None)
-@given(steps, st.integers(0, 60))
-def test_rollback_restores_exactly_and_replay_is_identical(program, cut):
+@given(steps, st.integers(0, 60), st.sampled_from([0, 1, 2, 3, 5, 1000]),
+       st.sampled_from([1, 2, 64]))
+def test_rollback_restores_exactly_and_replay_is_identical(program, cut, fills_max,
+                                                           fok_levels_max):
     def run(book, part, offset=0):
         for step, (kind, origin, arg) in enumerate(part, offset):
             if kind == "place":
-                book.place(step.to_bytes(34, "big"), origin, arg, EVENT)
+                book.place(step.to_bytes(34, "big"), origin, arg, EVENT, FillBudget(fills_max))
             else:
                 book.cancel((arg % max(1, step)).to_bytes(34, "big"), origin)
 
     cut = min(cut, len(program))
-    book = OrderBook("TEST")
+    book = OrderBook("TEST", fok_levels_max=fok_levels_max)
     run(book, program[:cut])
     snapshot = book.snapshot()
     states = {oid: (o.status, o.filled, o.reason) for oid, o in book.orders.items()}
@@ -142,11 +160,12 @@ def test_rollback_restores_exactly_and_replay_is_identical(program, cut):
     run(book, program[cut:], cut)
     after = (book.snapshot(), list(book.trades))
     book.rollback(mark)
-    book.check_invariants()
+    book.check_invariants()  # also the levels' totals, restored by the undo records
     assert book.snapshot() == snapshot and book.trades == trades
     assert {oid: (o.status, o.filled, o.reason) for oid, o in book.orders.items()} == states
     run(book, program[cut:], cut)
     assert (book.snapshot(), list(book.trades)) == after
+    book.check_invariants()
 
 
 def test_self_trade_prevention_modes_behave_as_named():
@@ -170,3 +189,190 @@ def test_self_trade_prevention_modes_behave_as_named():
                                                      STP.EXPIRE_BOTH), EVENT)
     assert taker.status is CANCELLED and book.orders[b"m" * 34].status is CANCELLED
     assert not book.trades
+
+
+# -- the engine against a model of every documented rule --------------------------------
+
+
+@dataclass
+class ModelOrder:
+    order_id: bytes
+    origin: bytes
+    side: Side
+    price: int
+    qty: int
+    filled: int = 0
+    status: object = RESTING
+    reason: str = ""
+
+    @property
+    def remaining(self) -> int:
+        return self.qty - self.filled
+
+
+class ModelBook:
+    """The engine's rules on a plain list of resting orders in arrival order."""
+
+    def __init__(self, fok_levels_max: int) -> None:
+        self.fok_levels_max = fok_levels_max
+        self.resting: list[ModelOrder] = []
+        self.orders: dict[bytes, ModelOrder] = {}
+        self.trades: list[tuple] = []  # (maker, taker, price, qty)
+
+    def queue(self, taker: Place) -> list[ModelOrder]:
+        """Makers within the taker's limit, in priority order (best price, then oldest)."""
+        def within(o: ModelOrder) -> bool:
+            if taker.type is OrderType.MARKET:
+                return True
+            return o.price <= taker.price if taker.side is Side.BUY else o.price >= taker.price
+        makers = [o for o in self.resting if o.side is not taker.side and within(o)]
+        sign = 1 if taker.side is Side.BUY else -1
+        return sorted(makers, key=lambda o: sign * o.price)  # stable: time within a price
+
+    def fok_refusal(self, taker: Place, origin: bytes, queue: list, fills_left: int):
+        levels: list[list[ModelOrder]] = []
+        for o in queue:
+            if levels and levels[-1][0].price == o.price:
+                levels[-1].append(o)
+            else:
+                levels.append([o])
+        need, makers = taker.qty, 0
+        for walked, level in enumerate(levels):
+            if walked == self.fok_levels_max:
+                return REASON_FOK_TOO_DEEP
+            own = sum(o.remaining for o in level if o.origin == origin)
+            if own and taker.stp is not STP.EXPIRE_MAKER:
+                return REASON_FOK_UNFILLABLE
+            available = sum(o.remaining for o in level) - own
+            if available >= need:
+                makers += min(len(level), need + own)
+                return None if makers <= fills_left else REASON_MATCH_BUDGET
+            need -= available
+            makers += len(level)
+        return REASON_FOK_UNFILLABLE
+
+    def place(self, oid: bytes, origin: bytes, p: Place, budget: list[int]) -> ModelOrder:
+        order = ModelOrder(oid, origin, p.side, p.price, p.qty)
+        self.orders[oid] = order
+        queue = self.queue(p)
+        if queue and p.type is OrderType.POST_ONLY:
+            order.status, order.reason = REJECTED, REASON_POST_ONLY
+            return order
+        if queue and p.type is OrderType.FOK:
+            refusal = self.fok_refusal(p, origin, queue, budget[0])
+            if refusal is not None:
+                order.status, order.reason = CANCELLED, refusal
+                return order
+        stopped = False
+        for maker in queue:
+            if order.remaining == 0:
+                break
+            if budget[0] == 0:
+                order.status, order.reason = CANCELLED, REASON_MATCH_BUDGET
+                return order
+            if maker.origin == origin:
+                if p.stp is not STP.EXPIRE_TAKER:
+                    budget[0] -= 1
+                    maker.status, maker.reason = CANCELLED, REASON_STP_MAKER
+                    self.resting.remove(maker)
+                if p.stp is not STP.EXPIRE_MAKER:
+                    order.status, order.reason = CANCELLED, REASON_STP_TAKER
+                    stopped = True
+                    break
+                continue
+            budget[0] -= 1
+            fill = min(maker.remaining, order.remaining)
+            self.trades.append((maker.order_id, oid, maker.price, fill))
+            maker.filled += fill
+            order.filled += fill
+            if maker.remaining == 0:
+                maker.status = FILLED
+                self.resting.remove(maker)
+            else:
+                maker.status = PARTIALLY_FILLED
+        if stopped:
+            return order
+        if p.type is OrderType.FOK and queue:
+            assert order.remaining == 0, "a FOK that passes its check fills completely"
+        if order.remaining == 0:
+            order.status = FILLED
+        elif p.type in (OrderType.LIMIT, OrderType.POST_ONLY):
+            order.status = PARTIALLY_FILLED if order.filled else RESTING
+            self.resting.append(order)
+        else:
+            order.status = CANCELLED
+            order.reason = {OrderType.MARKET: REASON_NO_LIQUIDITY,
+                            OrderType.FOK: REASON_FOK_UNFILLABLE}.get(p.type,
+                                                                     REASON_IOC_REMAINDER)
+        return order
+
+    def cancel(self, oid: bytes, origin: bytes) -> str | None:
+        order = self.orders.get(oid)
+        if order is None:
+            return CANCEL_UNKNOWN
+        if order.origin != origin:
+            return CANCEL_NOT_OWNER
+        if order.status not in OPEN_STATUSES:
+            return CANCEL_NOT_OPEN
+        order.status, order.reason = CANCELLED, REASON_CANCELLED
+        self.resting.remove(order)
+        return None
+
+    def snapshot(self) -> tuple:
+        def side(s: Side, sign: int) -> tuple:
+            keys = sorted({sign * o.price for o in self.resting if o.side is s})
+            return tuple((k, tuple((o.order_id, o.remaining) for o in self.resting
+                                   if o.side is s and sign * o.price == k)) for k in keys)
+        return (side(Side.BUY, -1), side(Side.SELL, 1))
+
+
+deep_places = st.builds(
+    Place,
+    side=st.sampled_from(list(Side)),
+    type=st.sampled_from(list(OrderType)),
+    price=st.integers(98, 102),
+    qty=st.integers(1, 12),
+    stp=st.sampled_from(list(STP)),
+).map(lambda p: p._replace(price=0) if p.type is OrderType.MARKET else p)
+# Each step may start a new event (a fresh budget); otherwise it shares the previous one.
+event_steps = st.lists(
+    st.tuples(
+        st.booleans(),
+        st.one_of(
+            st.tuples(st.just("place"), st.sampled_from(ORIGINS), deep_places),
+            st.tuples(st.just("cancel"), st.sampled_from(ORIGINS), st.integers(0, 100)),
+        )),
+    min_size=30, max_size=100)
+
+
+@settings(max_examples=300, deadline=None)
+@given(event_steps, st.sampled_from([1, 2, 3, 5, 8, 10_000]), st.sampled_from([1, 2, 3, 64]))
+def test_engine_agrees_with_the_model_of_every_rule(program, fills_max, fok_levels_max):
+    book = OrderBook("TEST", fok_levels_max=fok_levels_max)
+    model = ModelBook(fok_levels_max)
+    budget, model_budget = FillBudget(fills_max), [fills_max]
+    ids: list[bytes] = []
+    for step, (new_event, (kind, origin, arg)) in enumerate(program):
+        if new_event:
+            budget, model_budget = FillBudget(fills_max), [fills_max]
+        if kind == "place":
+            oid = step.to_bytes(34, "big")
+            ids.append(oid)
+            trades_before, model_trades_before = len(book.trades), len(model.trades)
+            order = book.place(oid, origin, arg, EVENT, budget)
+            expected = model.place(oid, origin, arg, model_budget)
+            event(f"{arg.type.name} {order.status.name} {order.reason}")
+            assert (order.status, order.reason, order.filled) == (
+                expected.status, expected.reason, expected.filled), (arg, order, expected)
+            assert [(t.maker_order, t.taker_order, t.price, t.qty)
+                    for t in book.trades[trades_before:]] == model.trades[model_trades_before:]
+            assert budget.left == model_budget[0]
+        elif ids:
+            oid = ids[arg % len(ids)]
+            assert book.cancel(oid, origin) == model.cancel(oid, origin)
+        book.check_invariants()
+        assert book.snapshot() == model.snapshot()
+        assert len(book.trades) == len(model.trades)
+    assert {oid: (o.status, o.filled, o.reason) for oid, o in book.orders.items()} == {
+        oid: (o.status, o.filled, o.reason) for oid, o in model.orders.items()}
+    assert [(t.maker_order, t.taker_order, t.price, t.qty) for t in book.trades] == model.trades

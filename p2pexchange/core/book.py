@@ -1,31 +1,70 @@
 """The matching engine: one price-time priority order book per market.
 
-Theory of operation: a book holds two trees of price levels (`SortedDict`),
-each level a FIFO `deque` of resting orders. Both trees are keyed so that the
-best level comes first: asks by price, bids by minus price. A taker walks the
-opposite tree from its first key while that key is within its limit key (its
-price for a buy, minus its price for a sell, unbounded for a market order).
-"Time" in price-time priority is the position in the replica's total order:
-the book itself never reads a clock, it only sees actions in the order the
-replica applies them.
+Theory of operation: a book holds two trees of price levels (`SortedDict`), keyed
+so that the best level comes first: asks by price, bids by minus price. A level
+is a `Level`: the sentinel of a circular doubly linked list of its resting orders
+in time priority, which also keeps the level's totals (live orders, remaining
+lots, remaining lots per origin). A taker walks the opposite tree from its first
+key while that key is within its limit key (its price for a buy, minus its price
+for a sell, unbounded for a market order). "Time" in price-time priority is the
+position in the replica's total order: the book itself never reads a clock, it
+only sees actions in the order the replica applies them. A level holds only live
+orders; the last order to leave takes its level out of the tree.
 
-Every mutation appends an undo record to `self.log`, so the replica can roll
-the book back to any earlier mark in time proportional to what it undoes, not
-to the size of the book or of its history. Undo records are applied in exact
-reverse order, which is what makes positional records (index in a level)
-sound.
+Every mutation appends an undo record to `self.log`, so the replica can roll the
+book back to any earlier mark in time proportional to what it undoes, not to the
+size of the book or of its history. Records are applied in exact reverse order,
+which is what makes the links sound: an order taken out of its level keeps its
+own `prev`/`next`, and putting it back (`prev.next = next.prev = order`) is exact
+because everything done after it has been undone first ("dancing links").
 
 Outcomes are values, not exceptions: a place returns its `Order` with a final
-status for this step (resting, partially filled, filled, cancelled, rejected)
-and a reason; a cancel returns None or a reject code. Only programmer errors
-are asserts. Complexity: O(log L) to add a level (L levels), O(1) per fill,
-O(n) in the level's length for a cancel; FOK pre-checks walk what they would
-take.
+status for this step (resting, partially filled, filled, cancelled, rejected) and
+a reason; a cancel returns None or a reject code. Only programmer errors are
+asserts.
+
+Business rules that bound the work one event can cause (identical on every
+replica: each is a pure function of the book's state and the event):
+
+- Fill budget. An event's takers may meet at most `EVENT_FILLS_MAX` makers in
+  all; a maker counts once each time a taker meets it, whether they trade or
+  self-trade prevention expires the maker. A taker that still crosses the book
+  when the event's budget is spent is cancelled with reason `match_budget`
+  (whatever it filled before stays filled). A taker that no longer crosses rests
+  or ends as its type says.
+- FOK feasibility is decided from level totals, never by simulating fills. The
+  FOK walks the opposite levels within its limit, best first, counting on each
+  level's remaining lots, and is executed only if the lots suffice within
+  `FOK_LEVELS_MAX` levels and the makers it may meet fit the event's remaining
+  budget. Self-trade prevention: with `expire_maker` a level offers its total
+  minus the taker origin's own lots in it (those makers would be expired); with
+  `expire_taker` or `expire_both`, a level holding any live order of the
+  taker's origin ends the liquidity the FOK may count on (the FOK is cancelled
+  rather than risk a self-trade part-way through). The makers a FOK may meet are
+  every live order of each level it empties, plus, in its last level, at most
+  min(live orders in that level, lots still needed + own lots in that level).
+  Reasons: `fok_unfillable` (not enough lots, counting the rules above),
+  `fok_too_deep` (it would need a level beyond the first `FOK_LEVELS_MAX`),
+  `match_budget` (enough lots, but not enough budget). A FOK that passes fills
+  completely.
+
+Complexity (L = levels in a tree, F = EVENT_FILLS_MAX, A = actions in an event):
+- cancel: O(1) to unlink the order, plus O(log L) if its level empties;
+- place that rests without trading: O(1) into an existing level, O(log L) for a
+  new level;
+- taker: O(1) per maker met (at most the budget left) plus O(log L) per level it
+  empties (each emptied level held a maker it met);
+- FOK decision: O(log L + FOK_LEVELS_MAX) level reads; no order is read;
+- one event: O((A + F) log L) in all, and at most 2A + 2F undo records, so the
+  replica's rollback and re-apply of an event are bounded by its size too;
+- rollback: O(1) per record (O(log L) to put a level back);
+- queries: `depth(n)` O(log L + n), `resting_count()` O(L), `resting()` and
+  `snapshot()` O(L + resting orders).
 """
 
 from __future__ import annotations
 
-from collections import deque
+from collections.abc import Iterator
 from enum import IntEnum
 from typing import NamedTuple
 
@@ -33,9 +72,16 @@ from sortedcontainers import SortedDict
 
 from .events import STP, OrderType, Place, Side
 
+# A protocol constant like EVENT_ACTIONS_MAX: every replica must use the same value.
+EVENT_FILLS_MAX = 5_000  # makers an event's takers may meet in all (fills + STP expiries)
+FOK_LEVELS_MAX = 64  # price levels a FOK may count on
+
+assert EVENT_FILLS_MAX > 0 and FOK_LEVELS_MAX > 0
+
 _BUY = Side.BUY
 _LIMIT, _IOC, _FOK, _POST_ONLY, _MARKET = (OrderType.LIMIT, OrderType.IOC, OrderType.FOK,
                                            OrderType.POST_ONLY, OrderType.MARKET)
+_EXPIRE_TAKER, _EXPIRE_MAKER = STP.EXPIRE_TAKER, STP.EXPIRE_MAKER
 _NO_LIMIT = 1 << 62  # beyond any price key: a market order walks the whole book
 
 
@@ -43,7 +89,7 @@ class OrderStatus(IntEnum):
     RESTING = 0
     PARTIALLY_FILLED = 1  # resting, with some of it filled
     FILLED = 2
-    CANCELLED = 3  # by its origin, or the unfilled rest of IOC/FOK/market/STP
+    CANCELLED = 3  # by its origin, or the unfilled rest of IOC/FOK/market/STP/budget
     REJECTED = 4
 
 
@@ -59,11 +105,17 @@ LEGAL_TRANSITIONS = frozenset({
     (PARTIALLY_FILLED, PARTIALLY_FILLED), (PARTIALLY_FILLED, FILLED),
     (PARTIALLY_FILLED, CANCELLED),
 })
+# The same table by target status, for the makers' checks on the hot path.
+_LEGAL_FROM = {to: frozenset(f for f, t in LEGAL_TRANSITIONS if t is to) for to in OrderStatus}
+_TO_FILLED, _TO_PARTIALLY_FILLED, _TO_CANCELLED = (
+    _LEGAL_FROM[FILLED], _LEGAL_FROM[PARTIALLY_FILLED], _LEGAL_FROM[CANCELLED])
 
 # Reasons recorded with cancelled or rejected orders and cancel actions.
 REASON_CANCELLED = "cancelled_by_origin"
 REASON_IOC_REMAINDER = "ioc_remainder"
 REASON_FOK_UNFILLABLE = "fok_unfillable"
+REASON_FOK_TOO_DEEP = "fok_too_deep"
+REASON_MATCH_BUDGET = "match_budget"
 REASON_NO_LIQUIDITY = "market_no_liquidity"
 REASON_POST_ONLY = "post_only_would_take"
 REASON_STP_TAKER = "stp_expired_taker"
@@ -75,10 +127,14 @@ CANCEL_NOT_OPEN = "not_open"
 
 
 class Order:
-    """One order's state. `remaining` is always qty - filled; it rests only while open."""
+    """One order's state. `remaining` is always qty - filled; it rests only while open.
+
+    `prev`/`next` link it into its level while it rests (see `Level`); once it leaves,
+    they keep pointing where it was, which is what its undo record relies on.
+    """
 
     __slots__ = ("order_id", "origin", "side", "type", "price", "qty", "filled", "remaining",
-                 "status", "reason", "stp", "market")
+                 "status", "reason", "stp", "market", "prev", "next")
 
     def __init__(self, order_id: bytes, origin: bytes, market: str, side: Side,
                  otype: OrderType, price: int, qty: int, stp: STP) -> None:
@@ -107,6 +163,32 @@ class Order:
                 f"{self.qty}@{self.price}, filled={self.filled}, {self.status.name})")
 
 
+class Level:
+    """One price level: the sentinel of a circular list of its resting orders, oldest
+    first (`next` is the head, `prev` the tail), and its totals over them: `live`
+    orders, `total` remaining lots, and remaining lots per origin (`lots_of`, without
+    zero entries). Never empty while it is in a tree. `OrderBook.place` builds one
+    around the order that opens it."""
+
+    __slots__ = ("prev", "next", "live", "total", "lots_of")
+
+    def __iter__(self) -> Iterator[Order]:
+        node = self.next
+        while node is not self:
+            yield node
+            node = node.next
+
+
+class FillBudget:
+    """The makers an event's takers may still meet; one per event, shared by its places."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, left: int = EVENT_FILLS_MAX) -> None:
+        assert left >= 0
+        self.left = left
+
+
 class Trade(NamedTuple):
     market: str
     event_id: bytes  # the taker's event
@@ -126,26 +208,52 @@ class Trade(NamedTuple):
 
 
 _new_trade = tuple.__new__  # builds a Trade without the named tuple's Python-level __new__
+_new_level = object.__new__  # a Level's attributes are set where it opens
 
-# Undo record kinds. Each record restores exactly what one mutation changed.
-_U_NEW_ORDER = 0  # (kind, order_id): forget an order the step created
-_U_APPEND = 1  # (kind, tree, key): pop the order appended at the back of an existing level
-_U_NEW_LEVEL = 2  # (kind, tree, key): delete a level created holding one order
-_U_MAKER = 3  # (kind, order, filled, status, reason): restore a maker's state
-_U_POP = 4  # (kind, tree, key, order, filled, status, reason): put back a maker taken off the front
-_U_REMOVE = 5  # (kind, tree, key, index, order, status, reason): put back a cancelled order
+# The undo log is flat: a record is its fields pushed in order, then its kind, so that
+# recording one allocates nothing the garbage collector must later scan (a temporary
+# tuple passed to `extend` is freed at once). Rollback pops the kind, then the fields
+# in reverse. An open order's status follows from its fill (resting, or partially
+# filled) and its reason is empty, so records keep only what else changed.
+_U_NEW_ORDER = 0  # order_id: forget an order the step created that does not rest
+_U_APPEND = 1  # level, order: unlink and forget an order the step rested at the back
+#                of an existing level
+_U_NEW_LEVEL = 2  # tree, key, order_id: delete the level the step created for the order
+#                   it rested, and forget that order
+_U_FILL = 3  # level, order, fill: undo a maker's partial fill
+_U_UNLINK = 4  # level, order, filled: relink an open order that left its level (filled,
+#                expired by STP or cancelled) and reopen it with `filled` lots filled
+_U_DROP_LEVEL = 5  # tree, key, level: put back a level its last order left
+
+
+def _unlink(level: Level, order: Order) -> None:
+    """Take `order` out of `level` and out of its totals (its state is the caller's)."""
+    prev, nxt = order.prev, order.next
+    prev.next = nxt
+    nxt.prev = prev
+    level.live -= 1
+    lots = order.remaining
+    level.total -= lots
+    lots_of = level.lots_of
+    left = lots_of[order.origin] - lots
+    if left:
+        lots_of[order.origin] = left
+    else:
+        del lots_of[order.origin]
 
 
 class OrderBook:
     """Price-time priority book for one market; see the module docstring."""
 
-    def __init__(self, market: str) -> None:
+    def __init__(self, market: str, *, fok_levels_max: int = FOK_LEVELS_MAX) -> None:
+        assert fok_levels_max > 0
         self.market = market
-        self.bids: SortedDict = SortedDict()  # key: -price
-        self.asks: SortedDict = SortedDict()  # key: price
+        self.bids: SortedDict = SortedDict()  # key: -price -> Level
+        self.asks: SortedDict = SortedDict()  # key: price -> Level
         self.orders: dict[bytes, Order] = {}
         self.trades: list[Trade] = []
-        self.log: list[tuple] = []
+        self.log: list = []  # flat undo records, see _U_NEW_ORDER
+        self._fok_levels_max = fok_levels_max
 
     # -- queries -----------------------------------------------------------------
 
@@ -157,14 +265,11 @@ class OrderBook:
 
     def depth(self, levels: int = 10) -> dict[str, list[tuple[int, int]]]:
         def side(tree: SortedDict, sign: int) -> list[tuple[int, int]]:
-            out = []
-            for key in tree.islice(0, levels):
-                out.append((sign * key, sum(o.remaining for o in tree[key])))
-            return out
+            return [(sign * key, tree[key].total) for key in tree.islice(0, levels)]
         return {"bids": side(self.bids, -1), "asks": side(self.asks, 1)}
 
     def resting_count(self) -> int:
-        return sum(len(level) for tree in (self.bids, self.asks) for level in tree.values())
+        return sum(level.live for tree in (self.bids, self.asks) for level in tree.values())
 
     def resting(self) -> list[Order]:
         """Resting orders, best first, in priority order within a level."""
@@ -177,10 +282,17 @@ class OrderBook:
                   for key, level in tree.items())
             for tree in (self.bids, self.asks))
 
+    @staticmethod
+    def event_budget() -> FillBudget:
+        """A fresh budget for one event's places (the replica's `_apply` takes one)."""
+        return FillBudget(EVENT_FILLS_MAX)
+
     # -- actions -------------------------------------------------------------------
 
-    def place(self, order_id: bytes, origin: bytes, place: Place, event_id: bytes) -> Order:
-        """Apply one order; returns it with its status after this step."""
+    def place(self, order_id: bytes, origin: bytes, place: Place, event_id: bytes,
+              budget: FillBudget | None = None) -> Order:
+        """Apply one order; returns it with its status after this step. `budget` is the
+        event's (shared by its places); without one, this place alone gets a full one."""
         side, otype, price, qty, stp = place
         order = Order(order_id, origin, self.market, side, otype, price, qty, stp)
         log = self.log
@@ -189,8 +301,8 @@ class OrderBook:
             order.status = REJECTED
             order.reason = REASON_DUPLICATE_ID
             return order
+        # The order's own undo record comes last, after its fills: it is undone first.
         orders[order_id] = order
-        log.append((_U_NEW_ORDER, order_id))
         if side is _BUY:
             opposite, own, limit_key, own_key = self.asks, self.bids, price, -price
         else:
@@ -199,31 +311,55 @@ class OrderBook:
             limit_key = _NO_LIMIT
         # The first key of a SortedDict, read from its SortedList's first sublist: the
         # public `keys()[0]` builds a view object on every call, on the hottest path.
-        crosses = bool(opposite) and opposite._list._lists[0][0] <= limit_key
-        if crosses:
+        if opposite and opposite._list._lists[0][0] <= limit_key:
             if otype is _POST_ONLY:
                 order.status = REJECTED
                 order.reason = REASON_POST_ONLY
+                log.extend((order_id, _U_NEW_ORDER))
                 return order
-            if otype is _FOK and not self._fok_fillable(order, opposite, limit_key):
-                order.status = CANCELLED
-                order.reason = REASON_FOK_UNFILLABLE
+            left = EVENT_FILLS_MAX if budget is None else budget.left
+            if otype is _FOK:
+                refusal = self._fok_refusal(order, opposite, limit_key, left)
+                if refusal is not None:
+                    order.status = CANCELLED
+                    order.reason = refusal
+                    log.extend((order_id, _U_NEW_ORDER))
+                    return order
+            left = self._match(order, opposite, limit_key, event_id, left)
+            if budget is not None:
+                budget.left = left
+            if order.status is CANCELLED:  # expired by self-trade prevention, or budget
+                log.extend((order_id, _U_NEW_ORDER))
                 return order
-            self._match(order, opposite, limit_key, event_id)
-            if order.status is CANCELLED:  # expired by self-trade prevention
-                return order
-        if order.remaining == 0:
+            assert otype is not _FOK or order.remaining == 0, order
+        remaining = order.remaining
+        if remaining == 0:
             order.status = FILLED
+            log.extend((order_id, _U_NEW_ORDER))
             return order
         if otype is _LIMIT or otype is _POST_ONLY:
-            order.status = PARTIALLY_FILLED if order.filled else RESTING
+            if order.filled:
+                order.status = PARTIALLY_FILLED
             level = own.get(own_key)
-            if level is None:
-                own[own_key] = deque((order,))
-                log.append((_U_NEW_LEVEL, own, own_key))
+            if level is None:  # a new level holding this order (no __init__ call)
+                level = _new_level(Level)
+                level.prev = level.next = order
+                order.prev = order.next = level
+                level.live = 1
+                level.total = remaining
+                level.lots_of = {origin: remaining}
+                own[own_key] = level
+                log.extend((own, own_key, order_id, _U_NEW_LEVEL))
             else:
-                level.append(order)
-                log.append((_U_APPEND, own, own_key))
+                tail = level.prev
+                order.prev = tail
+                order.next = level
+                tail.next = level.prev = order
+                level.live += 1
+                level.total += remaining
+                lots_of = level.lots_of
+                lots_of[origin] = lots_of.get(origin, 0) + remaining
+                log.extend((level, order, _U_APPEND))
             return order
         order.status = CANCELLED
         if otype is _MARKET:
@@ -232,6 +368,7 @@ class OrderBook:
             order.reason = REASON_FOK_UNFILLABLE
         else:
             order.reason = REASON_IOC_REMAINDER
+        log.extend((order_id, _U_NEW_ORDER))
         return order
 
     def cancel(self, order_id: bytes, origin: bytes) -> str | None:
@@ -248,11 +385,22 @@ class OrderBook:
         else:
             tree, key = self.asks, order.price
         level = tree[key]
-        index = level.index(order)
-        del level[index]
-        if not level:
+        self.log.extend((level, order, order.filled, _U_UNLINK))
+        prev, nxt = order.prev, order.next
+        prev.next = nxt
+        nxt.prev = prev
+        level.live -= 1
+        lots = order.remaining
+        level.total -= lots
+        lots_of = level.lots_of
+        left = lots_of[origin] - lots
+        if left:
+            lots_of[origin] = left
+        else:
+            del lots_of[origin]
+        if level.next is level:
             del tree[key]
-        self.log.append((_U_REMOVE, tree, key, index, order, order.status, order.reason))
+            self.log.extend((tree, key, level, _U_DROP_LEVEL))
         order.status = CANCELLED  # from RESTING or PARTIALLY_FILLED: both legal
         order.reason = REASON_CANCELLED
         return None
@@ -266,62 +414,83 @@ class OrderBook:
         """Undo every mutation since `mark`, newest first."""
         log_mark, trades_mark = mark
         log = self.log
+        pop = log.pop
         orders = self.orders
         while len(log) > log_mark:
-            rec = log.pop()
-            kind = rec[0]
-            if kind == _U_MAKER:
-                _, order, filled, status, reason = rec
+            kind = pop()
+            if kind == _U_UNLINK:
+                filled = pop()
+                order = pop()
+                level = pop()
                 order.filled = filled
-                order.remaining = order.qty - filled
-                order.status = status
-                order.reason = reason
-            elif kind == _U_POP or kind == _U_REMOVE:
-                if kind == _U_POP:
-                    _, tree, key, order, filled, status, reason = rec
-                    index = 0
-                else:
-                    _, tree, key, index, order, status, reason = rec
-                    filled = order.filled
-                order.filled = filled
-                order.remaining = order.qty - filled
-                order.status = status
-                order.reason = reason
-                level = tree.get(key)
-                if level is None:
-                    tree[key] = level = deque()
-                level.insert(index, order)
+                lots = order.remaining = order.qty - filled
+                order.status = PARTIALLY_FILLED if filled else RESTING
+                order.reason = ""
+                order.prev.next = order
+                order.next.prev = order
+                level.live += 1
+                level.total += lots
+                lots_of = level.lots_of
+                lots_of[order.origin] = lots_of.get(order.origin, 0) + lots
+            elif kind == _U_FILL:
+                fill = pop()
+                order = pop()
+                level = pop()
+                order.filled -= fill
+                order.remaining += fill
+                order.status = PARTIALLY_FILLED if order.filled else RESTING
+                level.total += fill
+                level.lots_of[order.origin] += fill
+            elif kind == _U_DROP_LEVEL:
+                level = pop()
+                key = pop()
+                pop()[key] = level
             elif kind == _U_APPEND:
-                rec[1][rec[2]].pop()
+                order = pop()
+                _unlink(pop(), order)
+                del orders[order.order_id]
             elif kind == _U_NEW_LEVEL:
-                del rec[1][rec[2]]
+                del orders[pop()]
+                key = pop()
+                del pop()[key]
             elif kind == _U_NEW_ORDER:
-                del orders[rec[1]]
+                del orders[pop()]
             else:
-                raise AssertionError(f"unknown undo record {rec!r}")
+                raise AssertionError(f"unknown undo record kind {kind!r}")
         del self.trades[trades_mark:]
 
     # -- internals -----------------------------------------------------------------
 
-    def _fok_fillable(self, order: Order, opposite: SortedDict, limit_key: int) -> bool:
-        """Would `order` fill completely, given self-trade prevention? Walks only what it takes."""
+    def _fok_refusal(self, order: Order, opposite: SortedDict, limit_key: int,
+                     fills_left: int) -> str | None:
+        """None if the FOK may execute (it will fill completely), else the reason it is
+        cancelled; reads level totals only (the rules are in the module docstring)."""
         need = order.remaining
         origin = order.origin
-        expire_maker_only = order.stp is STP.EXPIRE_MAKER
-        for key in opposite.keys():
+        expire_maker = order.stp is _EXPIRE_MAKER
+        levels_max = self._fok_levels_max
+        makers = 0
+        for walked, key in enumerate(opposite.islice(0, levels_max + 1)):
             if key > limit_key:
-                return False
-            for maker in opposite[key]:
-                if maker.origin == origin:
-                    if expire_maker_only:
-                        continue
-                    return False  # the taker would be expired here
-                need -= maker.remaining
-                if need <= 0:
-                    return True
-        return False
+                break
+            if walked == levels_max:
+                return REASON_FOK_TOO_DEEP
+            level = opposite[key]
+            own = level.lots_of.get(origin, 0)
+            if own and not expire_maker:
+                break  # the FOK counts on no liquidity at or behind its own order
+            available = level.total - own
+            if available >= need:
+                makers += min(level.live, need + own)
+                return None if makers <= fills_left else REASON_MATCH_BUDGET
+            need -= available
+            makers += level.live
+        return REASON_FOK_UNFILLABLE
 
-    def _match(self, order: Order, opposite: SortedDict, limit_key: int, event_id: bytes) -> None:
+    def _match(self, order: Order, opposite: SortedDict, limit_key: int, event_id: bytes,
+               fills_left: int) -> int:
+        """Take liquidity for `order`; returns the budget left. Leaves `order` cancelled
+        if self-trade prevention expired it or the budget ran out while it crossed."""
         log = self.log
         trades = self.trades
         sublists = opposite._list._lists  # see place(): first key without a view object
@@ -329,50 +498,90 @@ class OrderBook:
         taker_id = order.order_id
         side = order.side
         market = self.market
-        while order.remaining and opposite:
+        need = order.remaining
+        while need and opposite:
             key = sublists[0][0]
             if key > limit_key:
                 break
             level = opposite[key]
-            while level and order.remaining:
-                maker = level[0]
-                if maker.origin == origin:
+            lots_of = level.lots_of
+            maker = level.next
+            while True:
+                if not fills_left:
+                    order.remaining = need
+                    order.filled = order.qty - need
+                    order.status = CANCELLED
+                    order.reason = REASON_MATCH_BUDGET
+                    return 0
+                maker_origin = maker.origin
+                if maker_origin == origin:
                     stp = order.stp
-                    if stp is not STP.EXPIRE_TAKER:
-                        level.popleft()
-                        log.append((_U_POP, opposite, key, maker, maker.filled, maker.status,
-                                    maker.reason))
-                        assert (maker.status, CANCELLED) in LEGAL_TRANSITIONS, maker
+                    nxt = maker.next
+                    if stp is not _EXPIRE_TAKER:
+                        fills_left -= 1
+                        log.extend((level, maker, maker.filled, _U_UNLINK))
+                        _unlink(level, maker)
+                        assert maker.status in _TO_CANCELLED, maker
                         maker.status = CANCELLED
                         maker.reason = REASON_STP_MAKER
-                    if stp is not STP.EXPIRE_MAKER:
+                        if nxt is level:
+                            del opposite[key]
+                            log.extend((opposite, key, level, _U_DROP_LEVEL))
+                    if stp is not _EXPIRE_MAKER:
+                        order.remaining = need
+                        order.filled = order.qty - need
                         order.status = CANCELLED
                         order.reason = REASON_STP_TAKER
-                        if not level:
-                            del opposite[key]
-                        return
+                        return fills_left
+                    if nxt is level:
+                        break
+                    maker = nxt
                     continue
-                fill = maker.remaining if maker.remaining < order.remaining else order.remaining
-                trades.append(_new_trade(Trade, (market, event_id, maker.order_id, taker_id,
-                                                 maker.origin, origin, maker.price, fill, side)))
-                order.filled += fill
-                order.remaining -= fill
-                if fill == maker.remaining:
-                    level.popleft()
-                    log.append((_U_POP, opposite, key, maker, maker.filled, maker.status,
-                                maker.reason))
-                    assert (maker.status, FILLED) in LEGAL_TRANSITIONS, maker
+                fills_left -= 1
+                lots = maker.remaining
+                if lots <= need:  # the maker fills completely and leaves its level
+                    trades.append(_new_trade(Trade, (market, event_id, maker.order_id,
+                                                     taker_id, maker_origin, origin,
+                                                     maker.price, lots, side)))
+                    need -= lots
+                    nxt = maker.next
+                    level.next = nxt
+                    nxt.prev = level
+                    log.extend((level, maker, maker.filled, _U_UNLINK))
+                    assert maker.status in _TO_FILLED, maker
                     maker.status = FILLED
-                    maker.filled += fill
+                    maker.filled += lots
                     maker.remaining = 0
-                else:
-                    log.append((_U_MAKER, maker, maker.filled, maker.status, maker.reason))
-                    assert (maker.status, PARTIALLY_FILLED) in LEGAL_TRANSITIONS, maker
+                    level.live -= 1
+                    level.total -= lots
+                    left = lots_of[maker_origin] - lots
+                    if left:
+                        lots_of[maker_origin] = left
+                    else:
+                        del lots_of[maker_origin]
+                    if nxt is level:
+                        del opposite[key]
+                        log.extend((opposite, key, level, _U_DROP_LEVEL))
+                        break
+                    if not need:
+                        break
+                    maker = nxt
+                else:  # the taker fills completely; the maker stays, partially filled
+                    trades.append(_new_trade(Trade, (market, event_id, maker.order_id,
+                                                     taker_id, maker_origin, origin,
+                                                     maker.price, need, side)))
+                    log.extend((level, maker, need, _U_FILL))
+                    assert maker.status in _TO_PARTIALLY_FILLED, maker
                     maker.status = PARTIALLY_FILLED
-                    maker.filled += fill
-                    maker.remaining -= fill
-            if not level:
-                del opposite[key]
+                    maker.filled += need
+                    maker.remaining = lots - need
+                    level.total -= need
+                    lots_of[maker_origin] -= need
+                    need = 0
+                    break
+        order.remaining = need
+        order.filled = order.qty - need
+        return fills_left
 
     def check_invariants(self) -> None:
         """Assert the book's internal invariants; for tests, after every step."""
@@ -381,14 +590,27 @@ class OrderBook:
         on_book = set()
         for tree, sign in ((self.bids, -1), (self.asks, 1)):
             for key, level in tree.items():
-                assert level, f"empty level {key}"
-                for o in level:
-                    assert o.status in OPEN_STATUSES, o
+                assert level.next is not level, f"empty level {key}"
+                live = total = 0
+                lots_of: dict[bytes, int] = {}
+                node = level
+                while node.next is not level:
+                    assert node.next.prev is node, f"broken links in level {key}"
+                    node = o = node.next
+                    # What the undo records rely on: an open order's status and reason
+                    # follow from its fill.
+                    assert o.status is (PARTIALLY_FILLED if o.filled else RESTING), o
+                    assert o.reason == "", o
                     assert sign * key == o.price, o
                     assert (o.side is _BUY) == (sign == -1), o
                     assert 0 < o.remaining == o.qty - o.filled, o
                     assert o.order_id not in on_book, o
                     on_book.add(o.order_id)
+                    live += 1
+                    total += o.remaining
+                    lots_of[o.origin] = lots_of.get(o.origin, 0) + o.remaining
+                assert level.prev is node, f"broken tail in level {key}"
+                assert (level.live, level.total, level.lots_of) == (live, total, lots_of), key
         for oid, o in self.orders.items():
             assert (o.status in OPEN_STATUSES) == (oid in on_book), o
             assert o.filled + o.remaining == o.qty and o.filled >= 0, o

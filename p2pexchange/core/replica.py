@@ -431,9 +431,11 @@ class Replica:
         origin = event.origin
         event_id = event.id
         outcomes = entry.outcomes
+        budget = book.event_budget()  # bounds the matching work of the whole event
         for index, action in enumerate(event.actions):
             if action.__class__ is Place:
-                order = book.place(event_id + index.to_bytes(2, "big"), origin, action, event_id)
+                order = book.place(event_id + index.to_bytes(2, "big"), origin, action, event_id,
+                                   budget)
                 outcomes.append(order.status.name.lower())
             else:
                 assert isinstance(action, Cancel)

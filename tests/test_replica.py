@@ -12,7 +12,12 @@ from hypothesis import strategies as st
 from p2pexchange.core.book import OrderBook
 from p2pexchange.core.events import Cancel, OrderType, Place, Side, sign_event
 from p2pexchange.core.market import DEFAULT_MARKETS
-from p2pexchange.core.replica import GENESIS_DIGEST, OwnHistoryBehind, Replica
+from p2pexchange.core.replica import (
+    GENESIS_DIGEST,
+    OwnHistoryBehind,
+    Replica,
+    buffered_size,
+)
 from p2pexchange.sim.workload import peer_id_bytes, seeded_key_pair, simulate_history
 
 MARKETS = DEFAULT_MARKETS
@@ -256,15 +261,23 @@ def test_bad_heartbeats_are_refused():
     assert replica.on_heartbeat(b"x", {}, 4, 1) == "stale_heartbeat"
 
 
-def test_buffer_is_bounded():
+def test_buffer_is_bounded_in_bytes_and_keeps_the_events_nearest_delivery():
     history = simulate_history(9, MARKETS, origins=1, steps=10)
-    replica = Replica(MARKETS, buffer_events_max=3)
-    codes = [replica.receive(e.raw).code for e in reversed(history[1:])]
-    assert codes.count("buffer_full") == len(history) - 1 - 3
-    assert replica.stats()["events_buffered"] == 3
-    for e in history:  # what was refused comes back later, as sync would send it
-        replica.receive(e.raw)
-    assert replica.stats()["events_delivered"] == len(history)
+    room = sum(buffered_size(e) for e in history[1:4])  # seqs 2, 3, 4 fit exactly
+    forward = Replica(MARKETS, buffer_bytes_max=room, buffer_origin_bytes_max=room)
+    codes = [forward.receive(e.raw).code for e in history[1:]]
+    assert codes.count("buffer_full") == len(history) - 1 - 3  # each newcomer is furthest
+    assert forward.stats()["events_buffered"] == 3 and forward.stats()["buffer_bytes"] == room
+    backward = Replica(MARKETS, buffer_bytes_max=room, buffer_origin_bytes_max=room)
+    for e in reversed(history[1:]):  # each newcomer is nearer: the furthest makes room
+        assert backward.receive(e.raw).status == "buffered"
+    assert backward.stats()["buffer_evicted"] == len(history) - 1 - 3
+    assert backward.receive(history[0].raw).delivered == history[:4]
+    for replica in (forward, backward):
+        for e in history:  # what was refused comes back later, as sync would send it
+            replica.receive(e.raw)
+        assert replica.stats()["events_delivered"] == len(history)
+        assert replica.usage()["buffer_bytes"] == 0 and replica.missing() == {}
 
 
 def test_own_seq_continues_after_replaying_the_store():
@@ -307,16 +320,20 @@ def test_creators_and_observers_agree_once_all_is_delivered(seed):
 
 
 def test_a_node_that_lost_its_history_refuses_to_reuse_a_seq():
+    """Our own signature on a seq we lack proves our store lost history: creating an event
+    would reuse a seq (equivocation). Only our key can make that proof, so nobody else can
+    freeze us with it; a peer's claim alone (heartbeat, clock) is rejected instead."""
     (ka, a), (kb, b) = two_origins()
     ra = Replica(MARKETS, a)
     old = [ra.create_event(ka.private_key, "BTC-USD",
                            [Place(Side.BUY, OrderType.LIMIT, 10, 1)])[0] for _ in range(2)]
-    amnesiac = Replica(MARKETS, a)  # same key, empty data dir
-    amnesiac.on_heartbeat(b, {a: 2}, 2, now_ms=0)  # a peer has seen our seq 2
+    amnesiac = Replica(MARKETS, a)  # same key, its store lost (an old backup restored)
+    assert amnesiac.on_heartbeat(b, {a: 2}, 2, now_ms=0) == "impossible_clock"
+    assert amnesiac.receive(old[1].raw).status == "buffered"  # our own seq 2 comes back
     with pytest.raises(OwnHistoryBehind):
         amnesiac.create_event(ka.private_key, "BTC-USD", [Place(Side.BUY, OrderType.LIMIT, 10, 1)])
-    for event in old:  # sync brings our own history back
-        amnesiac.receive(event.raw)
+    assert amnesiac.missing() == {a: (1, 1)}
+    assert amnesiac.receive(old[0].raw).delivered == old  # sync brings our history back
     nxt, _ = amnesiac.create_event(ka.private_key, "BTC-USD",
                                    [Place(Side.BUY, OrderType.LIMIT, 10, 1)])
     assert nxt.seq == 3

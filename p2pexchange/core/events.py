@@ -16,14 +16,32 @@ entry (`clock[origin] == seq - 1`) and the signature. Checks that need state
 (duplicate, equivocation, causal readiness, Lamport consistency) belong to the
 replica. A failure raises `EventRejected` with a stable `code` naming the
 peer's fault; nothing here ever raises anything else on bad input.
+
+Hostile input. The bytes are untrusted until the signature verifies, and every
+step before that is bounded by the size of the input:
+- `strict_loads` decodes the CBOR subset the protocol uses (protocols/README.md:
+  no tags, definite lengths, text or byte-string map keys, nesting at most
+  `CBOR_DEPTH_MAX`). Every semantic tag is refused before cbor2 builds its value:
+  bignums, and above all shared references (tags 28/29), which let a few hundred
+  bytes describe a structure whose hash or repr takes exponential time.
+- An error message never formats an untrusted value: `describe` names its type
+  and a clipped, bounded rendering, and cannot raise (Python refuses int->str
+  beyond 4,300 digits, and repr of a deep structure can recurse).
+- A last `except Exception` turns anything the explicit checks did not foresee
+  into `EventRejected("malformed")`; an `AssertionError` (our own bug) is never
+  converted. Tests assert that no known input reaches that net.
+- The public keys extracted from peer ids are cached, at most `PUBKEY_CACHE_MAX`,
+  the oldest dropped first.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
+from itertools import islice
 from typing import NamedTuple
 
 import cbor2
@@ -38,9 +56,12 @@ EVENT_ACTIONS_MAX = 1000
 CLOCK_ORIGINS_MAX = 256
 ORIGIN_BYTES_MAX = 64
 SEQ_MAX = 2**63 - 1
+SIGNATURE_BYTES_MAX = 128
 SIGNATURE_DOMAIN = b"p2pexchange/event/v1\x00"
 ORDER_ID_BYTES = 34  # 32-byte event id + 2-byte big-endian index
-PUBKEY_CACHE_MAX = 4096
+PUBKEY_CACHE_MAX = 4096  # peer id -> extracted public key; oldest dropped first
+CBOR_DEPTH_MAX = 4  # an event nests map -> actions -> action: depth 3
+DESCRIBE_CHARS_MAX = 40  # how much of an untrusted value an error message shows
 
 assert EVENT_ACTIONS_MAX < 2**16, "an order id holds the action index in two bytes"
 # A cancel encodes in 38 bytes, a place in at most 23; a clock entry in at most 50.
@@ -121,6 +142,52 @@ def order_id(event_id: bytes, index: int) -> bytes:
     return event_id + index.to_bytes(2, "big")
 
 
+def describe(value: object) -> str:
+    """A short, bounded description of an untrusted value for an error message: its
+    type and a clipped rendering. Never formats anything unbounded; never raises."""
+    try:
+        kind = type(value).__name__[:DESCRIBE_CHARS_MAX]
+        if type(value) is int:
+            if -10**12 < value < 10**12:
+                return f"int {value}"
+            return f"int of {value.bit_length()} bits"
+        if type(value) in (bytes, str):
+            clipped = value[:DESCRIBE_CHARS_MAX]  # type: ignore[index]
+            return f"{kind} of length {len(value)} {clipped!r}"  # type: ignore[arg-type]
+        if type(value) in (list, dict, tuple):
+            return f"{kind} of length {len(value)}"  # type: ignore[arg-type]
+        if value is None or type(value) is bool:
+            return repr(value)
+        return kind
+    except Exception:  # a value so odd that even its type name misbehaves
+        return "a value that cannot be described"
+
+
+def describe_error(exc: BaseException) -> str:
+    """The first characters of an exception's message, or its type if that fails."""
+    try:
+        return str(exc)[:200]
+    except Exception:
+        return type(exc).__name__
+
+
+def _refuse_tag(*_: object) -> object:
+    raise cbor2.CBORDecodeError("CBOR tags are not part of the protocol")
+
+
+# Every tag cbor2 decodes itself (rust/decoder.rs of cbor2 6.x; tests/test_events.py
+# checks that no tag below 70,000 escapes); any other tag goes to the tag hook.
+_CBOR_BUILTIN_TAGS = (0, 1, 2, 3, 4, 5, 25, 28, 29, 30, 35, 36, 37, 52, 54, 100, 256, 258,
+                      260, 261, 1004, 43000, 55799)
+_REFUSE_TAGS = dict.fromkeys(_CBOR_BUILTIN_TAGS, _refuse_tag)
+
+
+def strict_loads(data: bytes) -> object:
+    """Decode the protocol's CBOR subset; raises (some cbor2 error) on anything else."""
+    return cbor2.loads(data, tag_hook=_refuse_tag, semantic_decoders=_REFUSE_TAGS,
+                       max_depth=CBOR_DEPTH_MAX, allow_indefinite=False,
+                       allow_duplicate_keys=False, strict_hashable_types=True)
+
 
 
 def short_id(b: bytes) -> str:
@@ -175,7 +242,7 @@ def sign_event(private_key: PrivateKey, origin: bytes, seq: int, clock: Mapping[
 # ---------------------------------------------------------------------------
 # Decoding and stateless validation
 
-_pubkeys: dict[bytes, PublicKey] = {}
+_pubkeys: OrderedDict[bytes, PublicKey] = OrderedDict()
 
 
 def public_key_of(origin: bytes) -> PublicKey:
@@ -185,20 +252,25 @@ def public_key_of(origin: bytes) -> PublicKey:
         try:
             key = ID(origin).extract_public_key()
         except Exception as exc:  # the peer id bytes come from the wire
-            raise EventRejected("bad_origin", f"peer id does not embed a key: {exc}") from None
+            raise EventRejected("bad_origin", "peer id does not embed a key: "
+                                + describe_error(exc)) from None
         if key is None:
             raise EventRejected("bad_origin", "peer id does not embed a public key")
         if len(_pubkeys) >= PUBKEY_CACHE_MAX:
-            _pubkeys.clear()
+            _pubkeys.popitem(last=False)
         _pubkeys[origin] = key
     return key
 
 
+def pubkey_cache_size() -> int:
+    return len(_pubkeys)
+
+
 def _uint(value: object, name: str, lo: int, hi: int) -> int:
     if type(value) is not int:
-        raise EventRejected("bad_type", f"{name} must be an integer, got {type(value).__name__}")
+        raise EventRejected("bad_type", f"{name} must be an integer, got {describe(value)}")
     if not lo <= value <= hi:
-        raise EventRejected("out_of_range", f"{name}={value} not in [{lo}, {hi}]")
+        raise EventRejected("out_of_range", f"{name}={describe(value)} not in [{lo}, {hi}]")
     return value
 
 
@@ -212,7 +284,7 @@ def _decode_action(wire: object, index: int) -> Action:
         raise EventRejected("bad_action", f"action {index} is not a non-empty array")
     kind = wire[0]
     if type(kind) is not int:
-        raise EventRejected("bad_action", f"action {index} has kind {kind!r}")
+        raise EventRejected("bad_action", f"action {index} has kind {describe(kind)}")
     if kind == ACTION_PLACE:
         if len(wire) != 6:
             raise EventRejected("bad_action", f"place {index} needs 6 fields, has {len(wire)}")
@@ -239,32 +311,44 @@ def _decode_action(wire: object, index: int) -> Action:
             raise EventRejected("bad_action", f"cancel {index}: order id must be "
                                 f"{ORDER_ID_BYTES} bytes")
         return Cancel(oid)
-    raise EventRejected("bad_action", f"action {index} has unknown kind {kind!r}")
+    raise EventRejected("bad_action", f"action {index} has unknown kind {describe(kind)}")
 
 
 _FIELDS = frozenset("vosclmag")
 
 
 def decode_event(raw: bytes, markets: Mapping[str, object]) -> Event:
-    """Decode and check one event from the wire; raises EventRejected with a reason."""
+    """Decode and check one event from the wire; raises EventRejected with a reason and
+    nothing else (an AssertionError, our own bug, excepted)."""
+    try:
+        return _decode_event(raw, markets)
+    except (EventRejected, AssertionError):
+        raise
+    except Exception as exc:  # input the checks below did not foresee: still refused
+        raise EventRejected("malformed", f"unexpected {type(exc).__name__}: "
+                            + describe_error(exc)) from None
+
+
+def _decode_event(raw: bytes, markets: Mapping[str, object]) -> Event:
     if not isinstance(raw, (bytes, bytearray)):
         raise EventRejected("bad_type", "event must be bytes")
     raw = bytes(raw)
     if len(raw) > EVENT_BYTES_MAX:
         raise EventRejected("oversize", f"{len(raw)} bytes > {EVENT_BYTES_MAX}")
     try:
-        msg = cbor2.loads(raw)
+        msg = strict_loads(raw)
     except Exception as exc:  # cbor2 raises several types on garbage
-        raise EventRejected("bad_cbor", str(exc)[:200]) from None
+        raise EventRejected("bad_cbor", describe_error(exc)) from None
     if type(msg) is not dict:
         raise EventRejected("bad_type", "event must be a CBOR map")
-    keys = set(msg)
+    keys = set(msg)  # text or byte strings only (strict_loads)
     if keys != _FIELDS:
-        missing = sorted(str(k) for k in _FIELDS - keys)
-        extra = sorted(repr(k) for k in keys - _FIELDS)
+        missing = sorted(_FIELDS - keys)
+        extra = sorted(describe(k) for k in islice(keys - _FIELDS, 4))
         raise EventRejected("bad_schema", f"missing {missing} unexpected {extra}")
-    if msg["v"] != PROTOCOL_VERSION or type(msg["v"]) is not int:
-        raise EventRejected("bad_version", f"version {msg['v']!r}")
+    version = msg["v"]
+    if type(version) is not int or version != PROTOCOL_VERSION:
+        raise EventRejected("bad_version", f"version {describe(version)}")
     origin = msg["o"]
     if type(origin) is not bytes or not 0 < len(origin) <= ORIGIN_BYTES_MAX:
         raise EventRejected("bad_origin", "origin must be peer id bytes")
@@ -274,7 +358,7 @@ def decode_event(raw: bytes, markets: Mapping[str, object]) -> Event:
     if type(market) is not str or len(market.encode()) > MARKET_NAME_BYTES_MAX:
         raise EventRejected("bad_type", "market must be a short text string")
     if market not in markets:
-        raise EventRejected("unknown_market", market)
+        raise EventRejected("unknown_market", describe(market))
     clock = msg["c"]
     if type(clock) is not dict or len(clock) > CLOCK_ORIGINS_MAX:
         raise EventRejected("bad_clock", f"clock must be a map of at most {CLOCK_ORIGINS_MAX}")
@@ -289,7 +373,7 @@ def decode_event(raw: bytes, markets: Mapping[str, object]) -> Event:
         raise EventRejected("bad_actions", f"actions must be 1..{EVENT_ACTIONS_MAX} items")
     actions = tuple(_decode_action(a, i) for i, a in enumerate(wire_actions))
     signature = msg["g"]
-    if type(signature) is not bytes or len(signature) > 128:
+    if type(signature) is not bytes or len(signature) > SIGNATURE_BYTES_MAX:
         raise EventRejected("bad_signature", "signature must be bytes")
     body = {k: v for k, v in msg.items() if k != "g"}
     body_bytes = canonical(body)

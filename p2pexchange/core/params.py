@@ -21,6 +21,13 @@ TRADE_REPORTS_PENDING_MAX = 10_000  # peers' reports waiting for their event to 
 TRADE_REPORTS_PEER_MAX = 1_000  # of those, from one peer
 OWN_TRADE_REPORTS_SCAN = 256  # own recent events checked for a report each heartbeat
 
+# -- what a replica holds on behalf of the network (core/replica.py) ------------------
+# Everything here grows with peers' input, not with the delivered history; each is a
+# hard bound that a hostile peer can fill but not exceed.
+BUFFER_BYTES_MAX = 64 * 1024 * 1024  # events waiting for their causes, accounted bytes
+BUFFER_ORIGIN_BYTES_MAX = 8 * 1024 * 1024  # of those, signed by one origin
+MEMBERS_MAX = 10_000  # members tracked for finality; beyond it finality stalls
+
 # -- discovery -----------------------------------------------------------------------
 DISCOVERY_INTERVAL_S = 1.0
 DHT_REFRESH_INTERVAL_S = 5.0
@@ -40,3 +47,4 @@ STATUS_INTERVAL_S = 30.0
 
 assert BATCH_ACTIONS_MAX <= 1000, "an event carries at most EVENT_ACTIONS_MAX actions"
 assert HEARTBEAT_INTERVAL_MS * 3 <= LIVENESS_TIMEOUT_MS, "a live member heartbeats often"
+assert 4 * BUFFER_ORIGIN_BYTES_MAX <= BUFFER_BYTES_MAX, "one origin cannot fill the buffer"

@@ -7,18 +7,25 @@ same events end in the same state whatever the arrival order.
 
 1. Admission. `decode_event` checks everything stateless (schema, signature,
    ...). The replica then rejects a seq already seen with other content
-   (equivocation) and ignores exact duplicates.
+   (equivocation), ignores exact duplicates, and rejects an event whose clock
+   claims more of this replica's own history than its origin ever signed
+   (`impossible_clock`, see 6).
 2. Causal delivery. An event is delivered once the replica has delivered
    everything its vector clock names (which includes its origin's previous
-   seq). Until then it waits in a bounded buffer, registered on its first
-   unmet dependency, and `missing()` tells the shell what to fetch. On
-   delivery its Lamport time must be 1 + the largest Lamport time among the
-   events its clock names; otherwise it is rejected (`bad_lamport`).
+   seq). Until then it waits in the causal buffer, registered on the exact
+   (origin, seq) it still lacks; delivering that one wakes only its waiters,
+   and each waiter resumes scanning its clock where it stopped (a clock only
+   grows), so releasing n buffered events costs O(n + their clock entries),
+   whatever order they arrived in. On delivery its Lamport time must be 1 +
+   the largest Lamport time among the events its clock names; otherwise it is
+   rejected (`bad_lamport`).
 3. Total order. Delivered events are applied in order of `(lamport, origin,
    seq)`. This order extends causality, so a cancel always comes after the
    place it names. An event that sorts before already-applied events makes
    the replica undo those (the books keep undo records), apply it, and
-   re-apply them: the cost is proportional to the events undone.
+   re-apply them: the cost is the engine's per-event bound times the number
+   of events undone (plus the event itself), never the size of the book or of
+   the history.
 4. Digest. Each applied event extends a running SHA-256 over the event id and
    the trades it produced; two replicas with the same delivered set have the
    same digest.
@@ -32,13 +39,45 @@ same events end in the same state whatever the arrival order.
    applied (convergence wins) and counted in `stats()["late_after_final"]`.
    Members are those heard from, by heartbeat or by event: a node nobody has
    heard of yet cannot hold finality back, so the shell reports nothing as
-   final before it has listened for one liveness timeout.
+   final before it has listened for one liveness timeout. At most
+   `MEMBERS_MAX` members are tracked; silent ones make room, and while a live
+   newcomer finds no room finality does not advance (it stalls, never lies).
+6. Own history. The replica's own seq is what its own history says: its
+   store, replayed into it. Claims about it by others (a clock entry in
+   someone's event, a heartbeat) never stop it from creating events; a claim
+   beyond anything this origin signed is evidence against the claimant and is
+   rejected (`impossible_clock`). Only an event signed by our own key with a
+   seq we do not hold (our store lost it: an operator restored an old data
+   dir, or a power cut took the last write) makes `create_event` refuse with
+   `OwnHistoryBehind` until sync brings our history back: a new event then
+   would reuse a seq, which every peer rejects as equivocation. Nobody but us
+   can sign such an event, so nobody can freeze us with it.
 
-Limits: the causal buffer holds at most `buffer_events_max` events; beyond
-that new out-of-order events are refused (`buffer_full`) and come back via
-sync. Business outcomes (a rejected cancel, a post-only that would take) are
-recorded identically on every replica; a misbehaving peer's input is a
-`Receipt` with status "rejected" and a code, never an exception.
+Limits. A misbehaving peer's input is a `Receipt` with status "rejected" and a
+code (or a code returned by `on_heartbeat`), never an exception: the checks run
+before any state changes, and a last `except Exception` around them turns what
+they did not foresee into `malformed`. An AssertionError is our bug and is never
+converted; neither is a failure while applying an event that passed every check
+(the state would be half-changed, and a replica that silently diverges is worse
+than one that stops). Everything that grows with peers' input is bounded:
+- the causal buffer holds at most `BUFFER_BYTES_MAX` accounted bytes (raw bytes
+  plus an estimate of the decoded event and its index entries), of which one
+  origin's events at most `BUFFER_ORIGIN_BYTES_MAX`. Over an origin's quota its
+  highest seqs go first (the ones furthest from delivery); when the whole
+  buffer is full, the origin using the most (ties: the highest origin bytes)
+  loses its highest seq. The incoming event may be the one that goes
+  (`buffer_full`). Evicted events come back through sync, which sends causes
+  first and so never needs the buffer: the buffer only saves round trips.
+- claims (seqs others say exist that we lack) are kept for at most
+  `KNOWN_ORIGINS_MAX` origins; beyond that the oldest claim about an origin we
+  never delivered from goes first. `missing()` returns at most
+  `MISSING_RANGES_MAX` ranges, origins we have delivered from first, in O(that)
+  time. It is a hint for sync, never an input to safety: a lie only makes the
+  shell pull more.
+- members (`_heartbeats`, `_safe_lamport`): at most `MEMBERS_MAX`, see 5.
+Business outcomes (a rejected cancel, a post-only that would take) are recorded
+identically on every replica. The delivered history itself (events, books) is
+the state and grows with what the network trades.
 """
 
 from __future__ import annotations
@@ -46,16 +85,20 @@ from __future__ import annotations
 import hashlib
 import heapq
 from bisect import bisect_left
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 
 from libp2p.crypto.keys import PrivateKey
+from sortedcontainers import SortedList, SortedSet
 
 from .book import Order, OrderBook, Trade
 from .clock import OrderKey, VectorClock
 from .events import (
     CLOCK_ORIGINS_MAX,
+    EVENT_ACTIONS_MAX,
+    EVENT_BYTES_MAX,
     ORIGIN_BYTES_MAX,
     SEQ_MAX,
     Action,
@@ -64,16 +107,35 @@ from .events import (
     EventRejected,
     Place,
     decode_event,
+    short_id,
     sign_event,
 )
 from .market import Market
+from .params import BUFFER_BYTES_MAX, BUFFER_ORIGIN_BYTES_MAX, LIVENESS_TIMEOUT_MS, MEMBERS_MAX
 
-BUFFER_EVENTS_MAX = 100_000
+KNOWN_ORIGINS_MAX = 4096  # origins with an unresolved claim, for missing()
+MISSING_RANGES_MAX = 64  # ranges one missing() call or one receipt reports
+# What a buffered event holds beyond its raw bytes: the decoded event, its buffer
+# entries, its waiter. Fitted to tracemalloc measurements (about 1,310 + 160 per place
+# + 150 per clock entry) with a margin; tests/test_replica_limits.py checks that the
+# estimate covers the real size of small, large and clock-heavy events.
+BUFFERED_EVENT_OVERHEAD_BYTES = 1_536
+BUFFERED_ACTION_OVERHEAD_BYTES = 176
+BUFFERED_CLOCK_ENTRY_OVERHEAD_BYTES = 160
+BUFFERED_EVENT_BYTES_MAX = (EVENT_BYTES_MAX + BUFFERED_EVENT_OVERHEAD_BYTES
+                            + EVENT_ACTIONS_MAX * BUFFERED_ACTION_OVERHEAD_BYTES
+                            + CLOCK_ORIGINS_MAX * BUFFERED_CLOCK_ENTRY_OVERHEAD_BYTES)
 GENESIS_DIGEST = hashlib.sha256(b"p2pexchange/digest/v1").digest()
+
+assert BUFFER_ORIGIN_BYTES_MAX >= 16 * BUFFERED_EVENT_BYTES_MAX, "a quota holds real bursts"
+assert BUFFER_ORIGIN_BYTES_MAX <= BUFFER_BYTES_MAX
+assert KNOWN_ORIGINS_MAX >= 4 * CLOCK_ORIGINS_MAX, "one clock's claims fit many times"
+assert MISSING_RANGES_MAX <= KNOWN_ORIGINS_MAX
 
 
 class OwnHistoryBehind(Exception):
-    """The network holds events of this replica's origin that the replica lacks."""
+    """An event signed by this replica's own key has a seq the replica does not hold:
+    its store lost history, and a new event would reuse a seq. Sync first."""
 
 
 @dataclass
@@ -85,6 +147,7 @@ class Receipt:
     delivered: list[Event] = field(default_factory=list)
     rolled_back: int = 0
     trades: list[Trade] = field(default_factory=list)
+    # For a buffered event: the seq ranges it still waits for (at most MISSING_RANGES_MAX).
     missing: dict[bytes, tuple[int, int]] = field(default_factory=dict)
 
 
@@ -114,38 +177,255 @@ class Finality:
 
 @dataclass
 class _Heartbeat:
-    clock: dict[bytes, int]
+    seq: int  # the member's own seq it claims to have (its clock's own entry)
     lamport: int
     at_ms: int
+
+
+def buffered_size(event: Event) -> int:
+    """The bytes a buffered event is accounted for: raw bytes plus decoded overhead."""
+    return (len(event.raw) + BUFFERED_EVENT_OVERHEAD_BYTES
+            + len(event.actions) * BUFFERED_ACTION_OVERHEAD_BYTES
+            + len(event.clock) * BUFFERED_CLOCK_ENTRY_OVERHEAD_BYTES)
+
+
+class _Waiter:
+    """A buffered event, the clock entry it waits on, and where its scan stopped."""
+
+    __slots__ = ("dep", "event", "origins", "pos", "size")
+
+    def __init__(self, event: Event, pos: int, dep: tuple[bytes, int]) -> None:
+        self.event = event
+        self.origins = tuple(event.clock)  # sorted by origin, as decode_event builds it
+        self.pos = pos  # entries before it are delivered, and stay so
+        self.dep = dep  # (origin, seq) it is registered on
+        self.size = buffered_size(event)
+
+
+class _CausalBuffer:
+    """Events waiting for their causes, indexed by the exact (origin, seq) each lacks,
+    bounded in accounted bytes overall and per origin (see the module docstring)."""
+
+    def __init__(self, clock: Mapping[bytes, int], bytes_max: int,
+                 origin_bytes_max: int) -> None:
+        assert 0 < origin_bytes_max <= bytes_max
+        self._clock = clock  # the replica's delivered clock, read only
+        self.bytes_max = bytes_max
+        self.origin_bytes_max = origin_bytes_max
+        self.waiters: dict[tuple[bytes, int], _Waiter] = {}  # (origin, seq) -> waiter
+        self._waiting: dict[tuple[bytes, int], dict[tuple[bytes, int], _Waiter]] = {}
+        self._seqs: dict[bytes, SortedList] = {}  # origin -> its buffered seqs
+        self._origin_bytes: dict[bytes, int] = {}
+        self._usage = SortedList()  # (bytes, origin) of every origin with buffered events
+        self.bytes = 0
+        self.evicted = 0  # buffered events dropped to make room for another
+        self.refused = 0  # incoming events that found no room
+        self.wakeups = 0  # waiters re-examined because the (origin, seq) they lacked came
+
+    def __len__(self) -> int:
+        return len(self.waiters)
+
+    def get(self, origin: bytes, seq: int) -> Event | None:
+        waiter = self.waiters.get((origin, seq))
+        return waiter.event if waiter is not None else None
+
+    def first_unmet(self, event: Event) -> tuple[int, tuple[bytes, int]] | None:
+        """The first clock entry not delivered yet, as (index, (origin, seq)), or None."""
+        clock = self._clock
+        for index, (o, s) in enumerate(event.clock.items()):
+            if clock.get(o, 0) < s:
+                return index, (o, s)
+        return None
+
+    def add(self, event: Event, pos: int, dep: tuple[bytes, int]) -> bool:
+        """Buffer `event`, waiting on `dep` (its clock entry number `pos`), then trim to
+        the bounds; False if the event itself was trimmed."""
+        waiter = _Waiter(event, pos, dep)
+        key = (event.origin, event.seq)
+        self.waiters[key] = waiter
+        self._waiting.setdefault(dep, {})[key] = waiter
+        self._seqs.setdefault(event.origin, SortedList()).add(event.seq)
+        self._charge(event.origin, waiter.size)
+        while self._origin_bytes.get(event.origin, 0) > self.origin_bytes_max:
+            self._evict_highest(event.origin, key)
+        while self.bytes > self.bytes_max:
+            self._evict_highest(self._usage[-1][1], key)
+        return key in self.waiters
+
+    def remove(self, origin: bytes, seq: int) -> None:
+        """Take (origin, seq) out of the buffer."""
+        key = (origin, seq)
+        waiter = self.waiters[key]
+        waiting = self._waiting[waiter.dep]
+        del waiting[key]
+        if not waiting:
+            del self._waiting[waiter.dep]
+        self._forget(key, waiter)
+
+    def release(self, origin: bytes, seq: int) -> list[Event]:
+        """(origin, seq) was just delivered: take out and return its waiters that lack
+        nothing more, in the order they were buffered; the others now wait on their
+        next undelivered clock entry."""
+        waiting = self._waiting.pop((origin, seq), None)
+        if not waiting:
+            return []
+        ready = []
+        for key, waiter in waiting.items():
+            self.wakeups += 1
+            dep = self._resume(waiter)
+            if dep is None:
+                self._forget(key, waiter)
+                ready.append(waiter.event)
+            else:
+                waiter.dep = dep
+                self._waiting.setdefault(dep, {})[key] = waiter
+        return ready
+
+    def _resume(self, waiter: _Waiter) -> tuple[bytes, int] | None:
+        """Scan the waiter's clock from where it stopped for an entry not delivered."""
+        clock = self._clock
+        entries = waiter.event.clock
+        origins = waiter.origins
+        pos = waiter.pos
+        while pos < len(origins):
+            o = origins[pos]
+            s = entries[o]
+            if clock.get(o, 0) < s:
+                waiter.pos = pos
+                return (o, s)
+            pos += 1
+        waiter.pos = pos
+        return None
+
+    def _forget(self, key: tuple[bytes, int], waiter: _Waiter) -> None:
+        del self.waiters[key]
+        origin, seq = key
+        seqs = self._seqs[origin]
+        seqs.remove(seq)
+        if not seqs:
+            del self._seqs[origin]
+        self._charge(origin, -waiter.size)
+
+    def origin_bytes(self, origin: bytes) -> int:
+        return self._origin_bytes.get(origin, 0)
+
+    def usage(self) -> dict[str, int]:
+        return {"buffer_events": len(self.waiters), "buffer_bytes": self.bytes,
+                "buffer_origins": len(self._origin_bytes), "buffer_waiting_keys":
+                len(self._waiting), "buffer_evicted": self.evicted,
+                "buffer_refused": self.refused, "buffer_wakeups": self.wakeups}
+
+    def _charge(self, origin: bytes, size: int) -> None:
+        old = self._origin_bytes.get(origin, 0)
+        if old:
+            self._usage.remove((old, origin))
+        new = old + size
+        assert new >= 0, (origin, old, size)
+        if new:
+            self._origin_bytes[origin] = new
+            self._usage.add((new, origin))
+        else:
+            del self._origin_bytes[origin]
+        self.bytes += size
+
+    def _evict_highest(self, origin: bytes, incoming: tuple[bytes, int]) -> None:
+        """Drop `origin`'s highest buffered seq: the one furthest from delivery."""
+        key = (origin, self._seqs[origin][-1])
+        self.remove(*key)
+        if key == incoming:
+            self.refused += 1
+        else:
+            self.evicted += 1
+
+
+class _Claims:
+    """Seqs that others say exist and this replica has not delivered: for each origin
+    the highest claimed. Bounded by `KNOWN_ORIGINS_MAX` origins; ordered so that
+    `ranges()` costs O(what it returns): origins we have delivered from ("members"
+    here) first, then the others ("strangers"), each by origin bytes."""
+
+    def __init__(self, clock: Mapping[bytes, int], origins_max: int) -> None:
+        self._clock = clock  # the replica's delivered clock, read only
+        self.origins_max = origins_max
+        self.highest: dict[bytes, int] = {}
+        self._order = SortedSet()  # (0 member | 1 stranger, origin)
+        self._strangers: OrderedDict[bytes, None] = OrderedDict()  # in arrival order
+
+    def __len__(self) -> int:
+        return len(self.highest)
+
+    def note(self, origin: bytes, seq: int) -> None:
+        if seq <= self._clock.get(origin, 0):
+            return
+        old = self.highest.get(origin)
+        if old is not None:
+            if seq > old:
+                self.highest[origin] = seq
+            return
+        if len(self.highest) >= self.origins_max:
+            if not self._strangers:
+                return  # every slot holds a claim about a member: keep those
+            oldest, _ = self._strangers.popitem(last=False)
+            del self.highest[oldest]
+            self._order.remove((1, oldest))
+        self.highest[origin] = seq
+        if origin in self._clock:
+            self._order.add((0, origin))
+        else:
+            self._order.add((1, origin))
+            self._strangers[origin] = None
+
+    def settle(self, origin: bytes, seq: int) -> None:
+        """(origin, seq) was delivered: drop or reclassify its claim."""
+        claimed = self.highest.get(origin)
+        if claimed is None:
+            return
+        if origin in self._strangers:
+            del self._strangers[origin]
+            self._order.remove((1, origin))
+            self._order.add((0, origin))
+        if claimed <= seq:
+            del self.highest[origin]
+            self._order.remove((0, origin))
+
+    def ranges(self, limit: int) -> dict[bytes, tuple[int, int]]:
+        clock = self._clock
+        return {o: (clock.get(o, 0) + 1, self.highest[o])
+                for _, o in islice(self._order, limit)}
 
 
 class Replica:
     """Deterministic replicated state for a set of markets; see the module docstring."""
 
     def __init__(self, markets: Mapping[str, Market], origin: bytes | None = None, *,
-                 buffer_events_max: int = BUFFER_EVENTS_MAX) -> None:
-        assert buffer_events_max > 0
+                 buffer_bytes_max: int = BUFFER_BYTES_MAX,
+                 buffer_origin_bytes_max: int = BUFFER_ORIGIN_BYTES_MAX,
+                 members_max: int = MEMBERS_MAX) -> None:
+        assert members_max > 0
         self.markets = dict(markets)
         self.origin = origin
         self.books = {name: OrderBook(name) for name in sorted(self.markets)}
-        self._buffer_events_max = buffer_events_max
         self._clock: dict[bytes, int] = {}
         self._events: dict[bytes, list[Event]] = {}  # origin -> delivered events by seq-1
         self._by_id: dict[bytes, Event] = {}
         self._lamport = 0
-        self._buffer: dict[tuple[bytes, int], Event] = {}
-        self._waiting: dict[tuple[bytes, int], list[Event]] = {}
-        self._known: dict[bytes, int] = {}  # origin -> highest seq known to exist
+        self._buffer = _CausalBuffer(self._clock, buffer_bytes_max, buffer_origin_bytes_max)
+        self._claims = _Claims(self._clock, KNOWN_ORIGINS_MAX)
+        self._own_signed = 0  # highest seq seen signed by our own key (our history's end)
         self._applied: list[_Applied] = []
         self._keys: list[OrderKey] = []
         self._index: dict[bytes, _Applied] = {}  # event id -> applied entry
-        self._heartbeats: dict[bytes, _Heartbeat] = {}
+        self._heartbeats: dict[bytes, _Heartbeat] = {}  # the members, at most members_max
+        self._members_max = members_max
+        self._members_full_until_ms = 0  # no member can be dropped as silent before then
+        self._members_overflow_ms: int | None = None  # when a live newcomer found no room
+        self._liveness_timeout_ms = LIVENESS_TIMEOUT_MS  # the largest used, at least this
         self._now_ms = 0  # the latest time the shell has told us about
         self._safe_lamport: dict[bytes, int] = {}  # member -> its future events sort above
         self._final_seen = 0  # highest frontier ever reported
         self._trade_count = 0
         self._stats = {"events_delivered": 0, "rollbacks": 0, "events_reapplied": 0,
-                       "duplicates": 0, "late_after_final": 0}
+                       "duplicates": 0, "late_after_final": 0, "members_refused": 0}
         self._rejected: dict[str, int] = {}
 
     # -- queries -----------------------------------------------------------------
@@ -204,25 +484,42 @@ class Replica:
         return {
             **self._stats,
             "events_buffered": len(self._buffer),
+            "buffer_bytes": self._buffer.bytes,
+            "buffer_evicted": self._buffer.evicted,
             "rejected": dict(sorted(self._rejected.items())),
             "trades": self._trade_count,
             "resting": {m: b.resting_count() for m, b in self.books.items()},
         }
 
+    def usage(self) -> dict[str, int]:
+        """The size of everything that grows with peers' input, next to its bound."""
+        return {**self._buffer.usage(),
+                "buffer_bytes_max": self._buffer.bytes_max,
+                "buffer_origin_bytes_max": self._buffer.origin_bytes_max,
+                "known_origins": len(self._claims), "known_origins_max": KNOWN_ORIGINS_MAX,
+                "members": len(self._heartbeats), "members_max": self._members_max,
+                "safe_lamports": len(self._safe_lamport)}
+
     def missing(self) -> dict[bytes, tuple[int, int]]:
-        """Seq ranges known to exist (from buffered events and heartbeats) but not delivered."""
-        return {o: (self._clock.get(o, 0) + 1, s) for o, s in sorted(self._known.items())
-                if s > self._clock.get(o, 0)}
+        """Seq ranges others say exist (buffered events' clocks, heartbeats) that are not
+        delivered: at most `MISSING_RANGES_MAX`, origins we delivered from first."""
+        return self._claims.ranges(MISSING_RANGES_MAX)
 
     def events_for(self, their_clock: Mapping[bytes, int], limit: int) -> list[bytes]:
-        """Raw events delivered here that `their_clock` lacks, causes first, at most `limit`."""
+        """Raw events delivered here that `their_clock` lacks, causes first, at most `limit`.
+        A peer's clock that is not a map of ints asks for nothing."""
+        if type(limit) is not int or limit <= 0 or not isinstance(their_clock, Mapping):
+            return []
         streams = []
-        for o, events in self._events.items():
-            have = their_clock.get(o, 0)
-            if isinstance(have, int) and 0 <= have < len(events):
-                streams.append(map(events.__getitem__, range(have, len(events))))
+        try:
+            for o, events in self._events.items():
+                have = their_clock.get(o, 0)
+                if type(have) is int and 0 <= have < len(events):
+                    streams.append(map(events.__getitem__, range(have, len(events))))
+        except Exception:  # an odd mapping from a peer: nothing to send it
+            return []
         merged = heapq.merge(*streams, key=lambda e: e.key)
-        return [e.raw for e in islice(merged, max(0, limit))]
+        return [e.raw for e in islice(merged, min(limit, self._stats["events_delivered"]))]
 
     # -- inputs ------------------------------------------------------------------
 
@@ -240,11 +537,11 @@ class Replica:
         assert self.origin is not None, "a replica without an origin cannot create events"
         assert market in self.markets, market
         seq = self._clock.get(self.origin, 0) + 1
-        if self._known.get(self.origin, 0) >= seq:
-            # Peers hold events of ours that we lack (a lost or stale data dir): a new
+        if self._own_signed >= seq:
+            # An event signed by our key has a seq we lack (the store lost it): a new
             # event now would reuse a seq, which every peer would reject as equivocation.
-            raise OwnHistoryBehind(f"peers know our seq {self._known[self.origin]}, we hold "
-                                   f"{seq - 1}: sync before creating events")
+            raise OwnHistoryBehind(f"we signed seq {self._own_signed} but hold {seq - 1}: "
+                                   f"sync before creating events")
         event = sign_event(private_key, self.origin, seq, self._clock, self._lamport + 1,
                            market, tuple(actions))
         receipt = self.admit(event)
@@ -252,25 +549,18 @@ class Replica:
         return event, receipt
 
     def admit(self, event: Event) -> Receipt:
-        """Admit an already decoded and verified event."""
-        origin, seq = event.origin, event.seq
-        previous = self._delivered_or_buffered(origin, seq)
-        if previous is not None:
-            if previous.id == event.id:
-                self._stats["duplicates"] += 1
-                return Receipt("duplicate", event=event)
-            return self._reject("equivocation", f"seq {seq} of {origin.hex()[:12]} seen "
-                                f"with other content", event)
-        first_unmet = self._first_unmet(event)
-        if first_unmet is not None:
-            if len(self._buffer) >= self._buffer_events_max:
-                return self._reject("buffer_full", "causal buffer is full", event)
-            self._buffer[(origin, seq)] = event
-            self._waiting.setdefault(first_unmet, []).append(event)
-            self._note_known(origin, seq)
-            for o, s in event.clock.items():
-                self._note_known(o, s)
-            return Receipt("buffered", event=event, missing=self.missing())
+        """Admit an already decoded and verified event. Never raises on bad input."""
+        try:
+            verdict = self._check(event)
+            unmet = self._buffer.first_unmet(event) if verdict is None else None
+        except AssertionError:
+            raise
+        except Exception as exc:  # input the checks did not foresee: refused all the same
+            return self._reject("malformed", f"unexpected {type(exc).__name__}")
+        if verdict is not None:
+            return verdict
+        if unmet is not None:
+            return self._buffer_event(event, *unmet)
         receipt = Receipt("delivered", event=event)
         rejected = self._deliver_chain(event, receipt)
         if rejected is not None and not receipt.delivered:
@@ -279,33 +569,25 @@ class Replica:
 
     def on_heartbeat(self, origin: bytes, clock: Mapping[bytes, int], lamport: int,
                      now_ms: int) -> str | None:
-        """Record a member's heartbeat; returns None or a reject code for nonsense."""
-        if (type(origin) is not bytes or not 0 < len(origin) <= ORIGIN_BYTES_MAX
-                or type(lamport) is not int or not 0 <= lamport <= SEQ_MAX
-                or not isinstance(clock, Mapping) or len(clock) > CLOCK_ORIGINS_MAX
-                or type(now_ms) is not int):
-            return "bad_heartbeat"
-        clean: dict[bytes, int] = {}
-        for o, s in clock.items():
-            if type(o) is not bytes or type(s) is not int or not 0 <= s <= SEQ_MAX:
-                return "bad_heartbeat"
-            clean[o] = s
-        self._now_ms = max(self._now_ms, now_ms)
-        old = self._heartbeats.get(origin)
-        if old is not None and old.lamport > lamport:
-            return "stale_heartbeat"
-        if old is not None:
-            self._promote(origin, old)
-        self._heartbeats[origin] = _Heartbeat(clean, lamport, now_ms)
-        for o, s in clean.items():
-            self._note_known(o, s)
-        return None
+        """Record a member's heartbeat; returns None or a reject code. Never raises on
+        bad input."""
+        try:
+            return self._on_heartbeat(origin, clock, lamport, now_ms)
+        except AssertionError:
+            raise
+        except Exception:  # input the checks did not foresee: refused all the same
+            return "malformed"
 
     # -- finality ----------------------------------------------------------------
 
     def final_frontier(self, now_ms: int, liveness_timeout_ms: int) -> int:
         """Events with Lamport time <= the returned value can no longer be preceded."""
         self._now_ms = max(self._now_ms, now_ms)
+        # Members silent for longer than the largest timeout ever used may be dropped.
+        self._liveness_timeout_ms = max(self._liveness_timeout_ms, liveness_timeout_ms)
+        overflow = self._members_overflow_ms
+        if overflow is not None and now_ms - overflow <= liveness_timeout_ms:
+            return self._final_seen  # a live member we could not track might precede
         frontier = self._lamport
         for member, hb in self._heartbeats.items():
             if member == self.origin or now_ms - hb.at_ms > liveness_timeout_ms:
@@ -332,7 +614,7 @@ class Replica:
     def _promote(self, member: bytes, hb: _Heartbeat) -> None:
         """Once we hold every event of `member` that its heartbeat counted, all its other
         events were created later and carry a Lamport time above the heartbeat's."""
-        if (self._clock.get(member, 0) >= hb.clock.get(member, 0)
+        if (self._clock.get(member, 0) >= hb.seq
                 and hb.lamport > self._safe_lamport.get(member, 0)):
             self._safe_lamport[member] = hb.lamport
 
@@ -341,27 +623,110 @@ class Replica:
         return event is not None and event.lamport <= self.final_frontier(
             now_ms, liveness_timeout_ms)
 
-    # -- internals ---------------------------------------------------------------
+    # -- internals: admission ------------------------------------------------------
 
     def _reject(self, code: str, detail: str, event: Event | None = None) -> Receipt:
         self._rejected[code] = self._rejected.get(code, 0) + 1
         return Receipt("rejected", code=code, detail=detail, event=event)
 
+    def _check(self, event: Event) -> Receipt | None:
+        """Every stateful check before the event may change anything: a verdict, or None."""
+        if type(event) is not Event:
+            return self._reject("malformed", "not a decoded event")
+        origin, seq = event.origin, event.seq
+        previous = self._delivered_or_buffered(origin, seq)
+        if previous is not None:
+            if previous.id == event.id:
+                self._stats["duplicates"] += 1
+                return Receipt("duplicate", event=event)
+            return self._reject("equivocation", f"seq {seq} of {short_id(origin)} seen "
+                                f"with other content", event)
+        me = self.origin
+        if me is not None:
+            if origin == me:
+                self._own_signed = max(self._own_signed, seq)  # signed by our own key
+            elif event.clock.get(me, 0) > self._own_history():
+                return self._reject("impossible_clock", f"{short_id(origin)} claims our seq "
+                                    f"{event.clock[me]}, we signed {self._own_history()}",
+                                    event)
+        return None
+
+    def _own_history(self) -> int:
+        """The highest seq our own key is known to have signed."""
+        assert self.origin is not None
+        return max(self._clock.get(self.origin, 0), self._own_signed)
+
     def _delivered_or_buffered(self, origin: bytes, seq: int) -> Event | None:
         if seq <= self._clock.get(origin, 0):
             return self._events[origin][seq - 1]
-        return self._buffer.get((origin, seq))
+        return self._buffer.get(origin, seq)
 
-    def _first_unmet(self, event: Event) -> tuple[bytes, int] | None:
-        clock = self._clock
+    def _buffer_event(self, event: Event, pos: int, dep: tuple[bytes, int]) -> Receipt:
+        if not self._buffer.add(event, pos, dep):
+            return self._reject("buffer_full", f"no room for {short_id(event.origin)} seq "
+                                f"{event.seq}; it comes back through sync", event)
+        claims = self._claims
         for o, s in event.clock.items():
-            if clock.get(o, 0) < s:
-                return (o, clock.get(o, 0) + 1)
+            claims.note(o, s)
+        missing = {}
+        for o, s in islice(event.clock.items(), pos, None):
+            have = self._clock.get(o, 0)
+            if have < s:
+                missing[o] = (have + 1, s)
+                if len(missing) >= MISSING_RANGES_MAX:
+                    break
+        return Receipt("buffered", event=event, missing=missing)
+
+    def _on_heartbeat(self, origin: bytes, clock: Mapping[bytes, int], lamport: int,
+                      now_ms: int) -> str | None:
+        if (type(origin) is not bytes or not 0 < len(origin) <= ORIGIN_BYTES_MAX
+                or type(lamport) is not int or not 0 <= lamport <= SEQ_MAX
+                or not isinstance(clock, Mapping) or len(clock) > CLOCK_ORIGINS_MAX
+                or type(now_ms) is not int):
+            return "bad_heartbeat"
+        clean: dict[bytes, int] = {}
+        for o, s in clock.items():
+            if (type(o) is not bytes or not 0 < len(o) <= ORIGIN_BYTES_MAX
+                    or type(s) is not int or not 0 <= s <= SEQ_MAX):
+                return "bad_heartbeat"
+            clean[o] = s
+        if self.origin is not None and clean.get(self.origin, 0) > self._own_history():
+            return "impossible_clock"
+        self._now_ms = max(self._now_ms, now_ms)
+        old = self._heartbeats.get(origin)
+        if old is not None and old.lamport > lamport:
+            return "stale_heartbeat"
+        if old is not None:
+            self._promote(origin, old)
+        elif not self._room_for_member(now_ms):
+            return "members_full"
+        self._heartbeats[origin] = _Heartbeat(clean.get(origin, 0), lamport, now_ms)
+        for o, s in sorted(clean.items()):
+            self._claims.note(o, s)
         return None
 
-    def _note_known(self, origin: bytes, seq: int) -> None:
-        if seq > self._known.get(origin, 0):
-            self._known[origin] = seq
+    def _room_for_member(self, now_ms: int) -> bool:
+        """Whether one more member fits; members silent past the liveness timeout make
+        room (they hold nothing back). If none can, finality stalls while that lasts."""
+        members = self._heartbeats
+        if len(members) < self._members_max:
+            return True
+        timeout_ms = self._liveness_timeout_ms
+        if now_ms >= self._members_full_until_ms:
+            silent = sorted(m for m, hb in members.items() if now_ms - hb.at_ms > timeout_ms)
+            for member in silent:
+                del members[member]
+                self._safe_lamport.pop(member, None)
+            if members:
+                self._members_full_until_ms = min(hb.at_ms for hb in members.values()) \
+                    + timeout_ms + 1
+        if len(members) < self._members_max:
+            return True
+        self._members_overflow_ms = now_ms
+        self._stats["members_refused"] += 1
+        return False
+
+    # -- internals: delivery -----------------------------------------------------
 
     def _deliver_chain(self, first: Event, receipt: Receipt) -> Receipt | None:
         """Deliver `first` and every buffered event that becomes ready."""
@@ -369,7 +734,6 @@ class Replica:
         rejected = None
         while ready:
             event = ready.pop()
-            self._buffer.pop((event.origin, event.seq), None)
             expected = 1 + max((self._events[o][s - 1].lamport for o, s in event.clock.items()),
                                default=0)
             if event.lamport != expected:
@@ -377,27 +741,23 @@ class Replica:
                                         f"implies {expected}", event)
                 continue
             self._deliver(event, receipt)
-            for waiter in self._waiting.pop((event.origin, event.seq), ()):
-                unmet = self._first_unmet(waiter)
-                if unmet is None:
-                    ready.append(waiter)
-                else:
-                    self._waiting.setdefault(unmet, []).append(waiter)
+            ready.extend(reversed(self._buffer.release(event.origin, event.seq)))
         return rejected
 
     def _deliver(self, event: Event, receipt: Receipt) -> None:
         origin = event.origin
         self._events.setdefault(origin, []).append(event)
         self._clock[origin] = event.seq
+        self._claims.settle(origin, event.seq)
         self._by_id[event.id] = event
         self._lamport = max(self._lamport, event.lamport)
         self._stats["events_delivered"] += 1
         if event.lamport <= self._final_seen:
             self._stats["late_after_final"] += 1
-        if origin not in self._heartbeats:
+        if origin not in self._heartbeats and self._room_for_member(self._now_ms):
             # A member first heard of through its events holds finality back at what we
             # hold of it until it heartbeats or stays silent past the liveness timeout.
-            self._heartbeats[origin] = _Heartbeat({}, 0, self._now_ms)
+            self._heartbeats[origin] = _Heartbeat(0, 0, self._now_ms)
         receipt.delivered.append(event)
         key = event.key
         keys = self._keys

@@ -3,17 +3,33 @@
 Events have their own module (events.py). Each decoder returns a typed value or
 raises `WireError` with a reason; none raises anything else on bad input. Schemas:
 protocols/heartbeat.md, protocols/trade_report.md, protocols/sync.md.
+
+Hostile input is handled as for events: the size is checked first, the CBOR is
+decoded by `strict_loads` (no tags, so no bignums and no shared references, definite
+lengths, string map keys, shallow nesting), messages never format an untrusted
+value, and each public decoder ends in a net that turns anything its checks did not
+foresee into `WireError("malformed")` (an AssertionError, our own bug, excepted).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
-
-import cbor2
+from typing import TypeVar
 
 from ..core.book import Trade
-from ..core.events import CLOCK_ORIGINS_MAX, EVENT_BYTES_MAX, ORIGIN_BYTES_MAX, SEQ_MAX, canonical
+from ..core.events import (
+    CLOCK_ORIGINS_MAX,
+    EVENT_BYTES_MAX,
+    ORIGIN_BYTES_MAX,
+    SEQ_MAX,
+    canonical,
+    describe,
+    describe_error,
+    strict_loads,
+)
 
 VERSION = 1
 HEARTBEAT_BYTES_MAX = 32 * 1024
@@ -28,25 +44,47 @@ class WireError(Exception):
     def __init__(self, code: str, detail: str = "") -> None:
         super().__init__(f"{code}: {detail}" if detail else code)
         self.code = code
+        self.detail = detail
+
+
+Decoded = TypeVar("Decoded")
+
+
+def _guarded(decode: Callable[[bytes], Decoded]) -> Callable[[bytes], Decoded]:
+    """The last net of a public decoder: only WireError (or our own AssertionError)
+    leaves it."""
+    @functools.wraps(decode)
+    def guarded(data: bytes) -> Decoded:
+        try:
+            return decode(data)
+        except (WireError, AssertionError):
+            raise
+        except Exception as exc:  # input the checks did not foresee: still refused
+            raise WireError("malformed", f"unexpected {type(exc).__name__}: "
+                            + describe_error(exc)) from None
+    return guarded
 
 
 def _load(data: bytes, size_max: int, fields: frozenset[str]) -> dict:
-    if not isinstance(data, (bytes, bytearray)) or len(data) > size_max:
+    if not isinstance(data, (bytes, bytearray)):
+        raise WireError("bad_type", "a message must be bytes")
+    if len(data) > size_max:
         raise WireError("oversize", f"more than {size_max} bytes")
     try:
-        msg = cbor2.loads(bytes(data))
+        msg = strict_loads(bytes(data))
     except Exception as exc:  # cbor2 raises several types on garbage
-        raise WireError("bad_cbor", str(exc)[:120]) from None
+        raise WireError("bad_cbor", describe_error(exc)[:120]) from None
     if type(msg) is not dict or set(msg) != fields:
         raise WireError("bad_schema", f"expected a map with keys {sorted(fields)}")
-    if msg["v"] != VERSION or type(msg["v"]) is not int:
-        raise WireError("bad_version")
+    if type(msg["v"]) is not int or msg["v"] != VERSION:
+        raise WireError("bad_version", describe(msg["v"]))
     return msg
 
 
 def _uint(value: object, name: str, hi: int = SEQ_MAX) -> int:
     if type(value) is not int or not 0 <= value <= hi:
-        raise WireError("bad_type", f"{name} must be an integer in [0, {hi}]")
+        raise WireError("bad_type", f"{name} must be an integer in [0, {hi}], got "
+                        + describe(value))
     return value
 
 
@@ -73,6 +111,7 @@ def encode_heartbeat(hb: Heartbeat) -> bytes:
                       "n": hb.events})
 
 
+@_guarded
 def decode_heartbeat(data: bytes) -> Heartbeat:
     msg = _load(data, HEARTBEAT_BYTES_MAX, frozenset("vcldn"))
     if type(msg["d"]) is not bytes or len(msg["d"]) != 32:
@@ -100,6 +139,7 @@ def encode_trade_report(report: TradeReport) -> bytes:
     return canonical({"v": VERSION, "e": report.event_id, "t": report.trades, "h": report.hash})
 
 
+@_guarded
 def decode_trade_report(data: bytes) -> TradeReport:
     msg = _load(data, TRADE_REPORT_BYTES_MAX, frozenset("veth"))
     for key in "eh":
@@ -112,6 +152,7 @@ def encode_sync_request(clock: dict[bytes, int], limit: int) -> bytes:
     return canonical({"v": VERSION, "c": clock, "m": limit})
 
 
+@_guarded
 def decode_sync_request(data: bytes) -> tuple[dict[bytes, int], int]:
     msg = _load(data, SYNC_REQUEST_BYTES_MAX, frozenset("vcm"))
     return _clock(msg["c"]), min(_uint(msg["m"], "limit"), SYNC_EVENTS_MAX)
@@ -121,6 +162,7 @@ def encode_sync_response(events: list[bytes], more: bool) -> bytes:
     return canonical({"v": VERSION, "e": events, "more": more})
 
 
+@_guarded
 def decode_sync_response(data: bytes) -> tuple[list[bytes], bool]:
     msg = _load(data, SYNC_RESPONSE_BYTES_MAX, frozenset({"v", "e", "more"}))
     events, more = msg["e"], msg["more"]

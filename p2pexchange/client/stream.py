@@ -83,6 +83,8 @@ class Broadcaster:
             self._tick(node)
 
     def _note(self, node: Node, events: list[Any]) -> None:
+        if not self.clients:
+            return  # nobody listens: nothing to track
         for event in events:
             self._books.add(event.market)
             if event.origin == node.origin:
@@ -100,6 +102,10 @@ class Broadcaster:
             self._pending.popitem(last=False)
 
     def _tick(self, node: Node) -> None:
+        if not self.clients:
+            self._pending.clear()
+            self._last_status = ()
+            return
         if self._pending:
             ids = list(self._pending)
             for event_id, final in zip(ids, node.is_final(ids), strict=True):

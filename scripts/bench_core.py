@@ -2,9 +2,11 @@
 
 1. Engine: `OrderBook` (undo log on, as the replica runs it) against a minimal
    price-time reference book written here (SortedDict of price levels holding
-   deques; no statuses, order types, STP or undo), on the same seeded workload of
-   --actions actions (about 70% limits near the mid, 20% cancels of resting orders,
-   10% marketable limits; the book is kept bounded), in the same run. Best of two.
+   deques; no statuses, order types, STP, fill budget or undo), on the same seeded
+   workload of --actions actions (about 70% limits near the mid, 20% cancels of resting
+   orders, 10% marketable limits; the book is kept bounded), in the same run; the
+   engine's places share one fill budget per 100 actions, as an event's do (the
+   workload never exhausts it: both books must make the same trades). Best of two.
 2. Replica: actions/s through `Replica.receive` (decode, signature check, causal
    delivery, ordering, matching, digest) with signed events of 100 actions from 4
    origins whose clocks interleave.
@@ -36,6 +38,7 @@ from p2pexchange.runtime import tune_gc
 from p2pexchange.sim.workload import OrderFlow, peer_id_bytes, seeded_key_pair
 
 RESTING_MAX = 5_000  # past this, new limits become cancels: the book stays bounded
+EVENT_ACTIONS = 100  # the engine's actions share a fill budget per this many, as events do
 
 
 class ReferenceBook:
@@ -157,17 +160,23 @@ class _NullLog(list):
     def append(self, item: object) -> None:
         pass
 
+    def extend(self, items: object) -> None:
+        pass
+
 
 def time_engine(actions: list[tuple]) -> tuple[float, int]:
     book = OrderBook("BENCH")
-    place, cancel = book.place, book.cancel
+    place, cancel, event_budget = book.place, book.cancel, book.event_budget
     event_id = bytes(32)
+    budget = event_budget()
     gc.collect()
     gc.freeze()  # the harness's own data (workload, history) is not the code under test
     start = time.perf_counter()
-    for a in actions:
+    for i, a in enumerate(actions):
+        if i % EVENT_ACTIONS == 0:
+            budget = event_budget()
         if a[0] == "p":
-            place(a[1], a[3], a[2], event_id)
+            place(a[1], a[3], a[2], event_id, budget)
         else:
             cancel(a[1], a[1])
     elapsed = time.perf_counter() - start

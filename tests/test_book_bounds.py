@@ -155,6 +155,20 @@ def test_the_last_order_to_leave_takes_its_level_out_and_rollback_puts_it_back()
     book.check_invariants()
 
 
+def test_books_with_the_same_live_orders_have_the_same_snapshot():
+    sell = Place(Side.SELL, OrderType.LIMIT, 100, 2)
+    quiet, busy = OrderBook("TEST"), OrderBook("TEST")
+    for i in (0, 2):
+        quiet.place(oid(i), MAKER, sell, EVENT)
+    for i in range(5):  # the same two orders, with others around them that are gone
+        busy.place(oid(i), MAKER, sell, EVENT)
+    for i in (4, 1, 3):
+        assert busy.cancel(oid(i), MAKER) is None
+    assert busy.snapshot() == quiet.snapshot()
+    assert busy.depth() == quiet.depth() == {"bids": [], "asks": [(100, 4)]}
+    assert busy.resting_count() == quiet.resting_count() == 2
+
+
 # -- FOK ---------------------------------------------------------------------------------
 
 
@@ -307,7 +321,7 @@ def test_replica_gives_each_event_one_budget():
 # -- rollback of every kind of undo record -----------------------------------------------
 
 RECORD_FIELDS = {engine._U_NEW_ORDER: 1, engine._U_APPEND: 2, engine._U_NEW_LEVEL: 3,
-                 engine._U_FILL: 3, engine._U_UNLINK: 3, engine._U_DROP_LEVEL: 3}
+                 engine._U_FILL: 3, engine._U_UNLINK: 3}
 
 
 def record_kinds(log: list) -> list[int]:

@@ -9,14 +9,20 @@ key while that key is within its limit key (its price for a buy, minus its price
 for a sell, unbounded for a market order). "Time" in price-time priority is the
 position in the replica's total order: the book itself never reads a clock, it
 only sees actions in the order the replica applies them. A level holds only live
-orders; the last order to leave takes its level out of the tree.
+orders, and the last order to leave takes its level out of the tree: an order is
+unlinked in O(1) wherever it stands. (Lazy deletion from a deque would leave
+cancelled entries for later takers to skip, and a taker re-applied after each
+rollback would skip them again: its cost would follow the level's history, not
+the event.)
 
-Every mutation appends an undo record to `self.log`, so the replica can roll the
-book back to any earlier mark in time proportional to what it undoes, not to the
-size of the book or of its history. Records are applied in exact reverse order,
-which is what makes the links sound: an order taken out of its level keeps its
-own `prev`/`next`, and putting it back (`prev.next = next.prev = order`) is exact
-because everything done after it has been undone first ("dancing links").
+Every mutation appends an undo record to `self.log` (a flat list, see
+`_U_NEW_ORDER`), so the replica can roll the book back to any earlier mark in
+time proportional to what it undoes, not to the size of the book or of its
+history. Records are applied in exact reverse order, which is what makes the
+links sound: an order taken out of its level keeps its own `prev`/`next`, and
+putting it back (`prev.next = next.prev = order`) is exact because everything
+done after it has been undone first ("dancing links"); a level that emptied goes
+back into its tree with the undo of its last order.
 
 Outcomes are values, not exceptions: a place returns its `Order` with a final
 status for this step (resting, partially filled, filled, cancelled, rejected) and
@@ -55,9 +61,10 @@ Complexity (L = levels in a tree, F = EVENT_FILLS_MAX, A = actions in an event):
 - taker: O(1) per maker met (at most the budget left) plus O(log L) per level it
   empties (each emptied level held a maker it met);
 - FOK decision: O(log L + FOK_LEVELS_MAX) level reads; no order is read;
-- one event: O((A + F) log L) in all, and at most 2A + 2F undo records, so the
-  replica's rollback and re-apply of an event are bounded by its size too;
-- rollback: O(1) per record (O(log L) to put a level back);
+- one event: O((A + F) log L) in all, and at most A + F undo records (one per
+  action, one per maker met), so the replica's rollback and re-apply of an event
+  are bounded by its size too, whatever the book holds;
+- rollback: O(1) per record, plus O(log L) to put back a level that had emptied;
 - queries: `depth(n)` O(log L + n), `resting_count()` O(L), `resting()` and
   `snapshot()` O(L + resting orders).
 """
@@ -222,8 +229,8 @@ _U_NEW_LEVEL = 2  # tree, key, order_id: delete the level the step created for t
 #                   it rested, and forget that order
 _U_FILL = 3  # level, order, fill: undo a maker's partial fill
 _U_UNLINK = 4  # level, order, filled: relink an open order that left its level (filled,
-#                expired by STP or cancelled) and reopen it with `filled` lots filled
-_U_DROP_LEVEL = 5  # tree, key, level: put back a level its last order left
+#                expired by STP or cancelled) and reopen it with `filled` lots filled; if
+#                the level is empty, it left its tree with that order and goes back first
 
 
 def _unlink(level: Level, order: Order) -> None:
@@ -246,6 +253,7 @@ class OrderBook:
     """Price-time priority book for one market; see the module docstring."""
 
     def __init__(self, market: str, *, fok_levels_max: int = FOK_LEVELS_MAX) -> None:
+        """`fok_levels_max` is for tests of that rule; every replica uses the default."""
         assert fok_levels_max > 0
         self.market = market
         self.bids: SortedDict = SortedDict()  # key: -price -> Level
@@ -399,8 +407,7 @@ class OrderBook:
         else:
             del lots_of[origin]
         if level.next is level:
-            del tree[key]
-            self.log.extend((tree, key, level, _U_DROP_LEVEL))
+            del tree[key]  # the undo of its last order puts it back
         order.status = CANCELLED  # from RESTING or PARTIALLY_FILLED: both legal
         order.reason = REASON_CANCELLED
         return None
@@ -422,6 +429,11 @@ class OrderBook:
                 filled = pop()
                 order = pop()
                 level = pop()
+                if not level.live:  # the order was its last: the level left its tree
+                    if order.side is _BUY:
+                        self.bids[-order.price] = level
+                    else:
+                        self.asks[order.price] = level
                 order.filled = filled
                 lots = order.remaining = order.qty - filled
                 order.status = PARTIALLY_FILLED if filled else RESTING
@@ -441,10 +453,6 @@ class OrderBook:
                 order.status = PARTIALLY_FILLED if order.filled else RESTING
                 level.total += fill
                 level.lots_of[order.origin] += fill
-            elif kind == _U_DROP_LEVEL:
-                level = pop()
-                key = pop()
-                pop()[key] = level
             elif kind == _U_APPEND:
                 order = pop()
                 _unlink(pop(), order)
@@ -526,7 +534,6 @@ class OrderBook:
                         maker.reason = REASON_STP_MAKER
                         if nxt is level:
                             del opposite[key]
-                            log.extend((opposite, key, level, _U_DROP_LEVEL))
                     if stp is not _EXPIRE_MAKER:
                         order.remaining = need
                         order.filled = order.qty - need
@@ -561,7 +568,6 @@ class OrderBook:
                         del lots_of[maker_origin]
                     if nxt is level:
                         del opposite[key]
-                        log.extend((opposite, key, level, _U_DROP_LEVEL))
                         break
                     if not need:
                         break

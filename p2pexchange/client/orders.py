@@ -88,7 +88,7 @@ def busy(exc: Exception) -> ApiError:
 class OwnOrders:
     def __init__(self) -> None:
         # client order id -> the first answer, or an Event while it is in flight
-        self._by_client_id: OrderedDict[str, Placed | trio.Event] = OrderedDict()
+        self._by_client_id: OrderedDict[str, Placed | trio.Event | str] = OrderedDict()
         self.recent: OrderedDict[bytes, None] = OrderedDict()  # newest last
 
     async def place(self, node: Node, requests: Sequence[OrderRequest]) -> list[Placed]:
@@ -108,9 +108,13 @@ class OwnOrders:
             ours.append(i)
         try:
             placed = await self._submit(node, [actions[i] for i in ours])
-        except BaseException:
+        except BaseException as exc:
+            queued = isinstance(exc, ApiError) and exc.reason == "node_not_ready"
             for coid, event in claimed.items():
-                del self._by_client_id[coid]  # the next try with this id places it
+                if queued:  # still queued: a retry with this id must not place it twice
+                    self._by_client_id[coid] = "queued"
+                else:
+                    del self._by_client_id[coid]  # the next try with this id places it
                 event.set()
             raise
         for i, (order_id, outcome) in zip(ours, placed, strict=True):
@@ -146,7 +150,8 @@ class OwnOrders:
             first = self._by_client_id.get(coid)
         if not isinstance(first, Placed):
             raise ApiError(409, "client_order_id_failed", "the first request with this "
-                           "client order id failed; send it again", "client_order_id")
+                           "client order id failed or is still queued unsigned (see its "
+                           "answer)", "client_order_id")
         order = node.order(bytes.fromhex(first.order_id))
         market = node.markets.get(order.market) if order is not None else None
         return first.model_copy(update={

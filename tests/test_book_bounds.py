@@ -10,6 +10,7 @@ the instrumented orders count equality comparisons.
 from __future__ import annotations
 
 import pytest
+from test_book_properties import undo_kinds
 
 from p2pexchange.core import book as engine
 from p2pexchange.core.book import (
@@ -31,6 +32,8 @@ from p2pexchange.core.events import STP, OrderType, Place, Side
 from p2pexchange.core.market import DEFAULT_MARKETS
 from p2pexchange.core.replica import Replica
 from p2pexchange.sim.workload import peer_id_bytes, seeded_key_pair
+
+UNDO_KINDS = {name for name in vars(engine) if name.startswith("_U_")}  # every kind of record
 
 EVENT = bytes(32)
 DEEP = 50_000
@@ -117,7 +120,7 @@ def test_cancel_at_the_back_of_a_deep_level_touches_only_its_neighbours(counted)
         assert code is None
         costs[depth] = (orders, levels)
         # One undo record, the level still there and its totals updated in place.
-        assert book.log[-1] == engine._U_UNLINK and len(book.log) == log_before + 4
+        assert undo_kinds(book.log, log_before) == ["_U_UNLINK"]
         level = book.asks[100]
         assert (level.live, level.total, level.lots_of) == (depth - 1, depth - 1,
                                                            {MAKER: depth - 1})
@@ -320,21 +323,6 @@ def test_replica_gives_each_event_one_budget():
 
 # -- rollback of every kind of undo record -----------------------------------------------
 
-RECORD_FIELDS = {engine._U_NEW_ORDER: 1, engine._U_APPEND: 2, engine._U_NEW_LEVEL: 3,
-                 engine._U_FILL: 3, engine._U_UNLINK: 3}
-
-
-def record_kinds(log: list) -> list[int]:
-    """The kinds of the records in a flat undo log, newest first."""
-    kinds, end = [], len(log)
-    while end:
-        kind = log[end - 1]
-        kinds.append(kind)
-        end -= 1 + RECORD_FIELDS[kind]
-    assert end == 0
-    return kinds
-
-
 def state(book: OrderBook) -> tuple:
     levels = tuple((key, lvl.live, lvl.total, tuple(sorted(lvl.lots_of.items())))
                    for tree in (book.bids, book.asks) for key, lvl in tree.items())
@@ -375,7 +363,7 @@ def test_each_kind_of_undo_record_rolls_back_to_the_exact_state():
             assert book.cancel(arg, origin) is None
         book.check_invariants()
     assert book.orders[oid(13)].reason == REASON_MATCH_BUDGET
-    assert set(record_kinds(book.log)) == set(RECORD_FIELDS)
+    assert set(undo_kinds(book.log, 0)) == UNDO_KINDS
     for step in reversed(range(len(script))):
         book.rollback(marks[step])
         book.check_invariants()

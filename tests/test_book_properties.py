@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
+from p2pexchange.core import book as book_module
 from p2pexchange.core.book import (
     CANCEL_NOT_OPEN,
     CANCEL_NOT_OWNER,
@@ -138,15 +139,34 @@ def test_engine_invariants_hold_after_every_action(program):
         assert order.qty == order.filled + resting + cancelled
 
 
-@settings(max_examples=200, deadline=None)
-@given(steps, st.integers(0, 60), st.sampled_from([0, 1, 2, 3, 5, 1000]),
-       st.sampled_from([1, 2, 64]))
+UNDO_RECORD_FIELDS = {book_module._U_NEW_ORDER: 1, book_module._U_APPEND: 2,
+                      book_module._U_NEW_LEVEL: 3, book_module._U_FILL: 3,
+                      book_module._U_UNLINK: 3}
+
+
+def undo_kinds(log: list, since: int) -> list[str]:
+    """The names of the kinds of the undo records after position `since`, newest first."""
+    names = {kind: name for name, kind in vars(book_module).items() if name.startswith("_U_")}
+    kinds, end = [], len(log)
+    while end > since:
+        kinds.append(names[log[end - 1]])
+        end -= 1 + UNDO_RECORD_FIELDS[log[end - 1]]
+    assert end == since
+    return kinds
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.deferred(lambda: event_steps), st.integers(0, 100),
+       st.sampled_from([0, 1, 2, 3, 5, 1000]), st.sampled_from([1, 2, 64]))
 def test_rollback_restores_exactly_and_replay_is_identical(program, cut, fills_max,
                                                            fok_levels_max):
     def run(book, part, offset=0):
-        for step, (kind, origin, arg) in enumerate(part, offset):
+        budget = FillBudget(fills_max)
+        for step, (new_event, (kind, origin, arg)) in enumerate(part, offset):
+            if new_event:
+                budget = FillBudget(fills_max)
             if kind == "place":
-                book.place(step.to_bytes(34, "big"), origin, arg, EVENT, FillBudget(fills_max))
+                book.place(step.to_bytes(34, "big"), origin, arg, EVENT, budget)
             else:
                 book.cancel((arg % max(1, step)).to_bytes(34, "big"), origin)
 
@@ -159,6 +179,8 @@ def test_rollback_restores_exactly_and_replay_is_identical(program, cut, fills_m
     mark = book.mark()
     run(book, program[cut:], cut)
     after = (book.snapshot(), list(book.trades))
+    for kind in set(undo_kinds(book.log, mark[0])):
+        event(f"undoes {kind}")
     book.rollback(mark)
     book.check_invariants()  # also the levels' totals, restored by the undo records
     assert book.snapshot() == snapshot and book.trades == trades

@@ -152,8 +152,8 @@ def describe(value: object) -> str:
                 return f"int {value}"
             return f"int of {value.bit_length()} bits"
         if type(value) in (bytes, str):
-            clipped = value[:DESCRIBE_CHARS_MAX]  # type: ignore[index]
-            return f"{kind} of length {len(value)} {clipped!r}"  # type: ignore[arg-type]
+            shown = repr(value[:DESCRIBE_CHARS_MAX])[:DESCRIBE_CHARS_MAX]  # type: ignore[index]
+            return f"{kind} of length {len(value)} {shown}"  # type: ignore[arg-type]
         if type(value) in (list, dict, tuple):
             return f"{kind} of length {len(value)}"  # type: ignore[arg-type]
         if value is None or type(value) is bool:

@@ -64,7 +64,7 @@ than one that stops). Everything that grows with peers' input is bounded:
   plus an estimate of the decoded event and its index entries), of which one
   origin's events at most `BUFFER_ORIGIN_BYTES_MAX`. Over an origin's quota its
   highest seqs go first (the ones furthest from delivery); when the whole
-  buffer is full, the origin using the most (ties: the highest origin bytes)
+  buffer is full, the origin using the most (ties: the lowest origin bytes)
   loses its highest seq. The incoming event may be the one that goes
   (`buffer_full`). Evicted events come back through sync, which sends causes
   first and so never needs the buffer: the buffer only saves round trips.
@@ -88,10 +88,11 @@ from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from heapq import heapify, heappop, heappush
 from itertools import islice
 
 from libp2p.crypto.keys import PrivateKey
-from sortedcontainers import SortedList, SortedSet
+from sortedcontainers import SortedSet
 
 from .book import Order, OrderBook, Trade
 from .clock import OrderKey, VectorClock
@@ -214,9 +215,13 @@ class _CausalBuffer:
         self.origin_bytes_max = origin_bytes_max
         self.waiters: dict[tuple[bytes, int], _Waiter] = {}  # (origin, seq) -> waiter
         self._waiting: dict[tuple[bytes, int], dict[tuple[bytes, int], _Waiter]] = {}
-        self._seqs: dict[bytes, SortedList] = {}  # origin -> its buffered seqs
+        # Max-heaps with lazy deletion (an entry is live while it matches the buffer; a
+        # heap is rebuilt once it holds more than twice its live entries): O(log n) per
+        # change, and only an eviction pops.
+        self._seqs: dict[bytes, list[int]] = {}  # origin -> heap of -seq
+        self._counts: dict[bytes, int] = {}  # origin -> its buffered events
         self._origin_bytes: dict[bytes, int] = {}
-        self._usage = SortedList()  # (bytes, origin) of every origin with buffered events
+        self._usage: list[tuple[int, bytes]] = []  # heap of (-bytes, origin)
         self.bytes = 0
         self.evicted = 0  # buffered events dropped to make room for another
         self.refused = 0  # incoming events that found no room
@@ -244,12 +249,13 @@ class _CausalBuffer:
         key = (event.origin, event.seq)
         self.waiters[key] = waiter
         self._waiting.setdefault(dep, {})[key] = waiter
-        self._seqs.setdefault(event.origin, SortedList()).add(event.seq)
+        heappush(self._seqs.setdefault(event.origin, []), -event.seq)
+        self._counts[event.origin] = self._counts.get(event.origin, 0) + 1
         self._charge(event.origin, waiter.size)
         while self._origin_bytes.get(event.origin, 0) > self.origin_bytes_max:
             self._evict_highest(event.origin, key)
         while self.bytes > self.bytes_max:
-            self._evict_highest(self._usage[-1][1], key)
+            self._evict_highest(self._largest_origin(), key)
         return key in self.waiters
 
     def remove(self, origin: bytes, seq: int) -> None:
@@ -299,11 +305,17 @@ class _CausalBuffer:
 
     def _forget(self, key: tuple[bytes, int], waiter: _Waiter) -> None:
         del self.waiters[key]
-        origin, seq = key
-        seqs = self._seqs[origin]
-        seqs.remove(seq)
-        if not seqs:
-            del self._seqs[origin]
+        origin = key[0]
+        count = self._counts[origin] - 1
+        if count:
+            self._counts[origin] = count
+            seqs = self._seqs[origin]
+            if len(seqs) > 2 * count + 16:
+                live = [s for s in seqs if (origin, -s) in self.waiters]
+                heapify(live)
+                self._seqs[origin] = live
+        else:
+            del self._counts[origin], self._seqs[origin]
         self._charge(origin, -waiter.size)
 
     def origin_bytes(self, origin: bytes) -> int:
@@ -316,21 +328,34 @@ class _CausalBuffer:
                 "buffer_refused": self.refused, "buffer_wakeups": self.wakeups}
 
     def _charge(self, origin: bytes, size: int) -> None:
-        old = self._origin_bytes.get(origin, 0)
-        if old:
-            self._usage.remove((old, origin))
-        new = old + size
-        assert new >= 0, (origin, old, size)
+        new = self._origin_bytes.get(origin, 0) + size
+        assert new >= 0, (origin, new, size)
         if new:
             self._origin_bytes[origin] = new
-            self._usage.add((new, origin))
+            if size > 0:  # only growth can make an origin the largest
+                heappush(self._usage, (-new, origin))
         else:
             del self._origin_bytes[origin]
         self.bytes += size
 
+    def _largest_origin(self) -> bytes:
+        """The origin using the most bytes (ties: the lowest origin bytes)."""
+        usage = self._usage
+        if len(usage) > 2 * len(self._origin_bytes) + 16:
+            usage[:] = [(-b, o) for o, b in self._origin_bytes.items()]
+            heapify(usage)
+        while True:
+            used, origin = usage[0]
+            if self._origin_bytes.get(origin) == -used:
+                return origin
+            heappop(usage)  # stale: that origin has shrunk or left since
+
     def _evict_highest(self, origin: bytes, incoming: tuple[bytes, int]) -> None:
         """Drop `origin`'s highest buffered seq: the one furthest from delivery."""
-        key = (origin, self._seqs[origin][-1])
+        seqs = self._seqs[origin]
+        while (origin, -seqs[0]) not in self.waiters:
+            heappop(seqs)  # stale: released or evicted since
+        key = (origin, -seqs[0])
         self.remove(*key)
         if key == incoming:
             self.refused += 1
@@ -748,7 +773,8 @@ class Replica:
         origin = event.origin
         self._events.setdefault(origin, []).append(event)
         self._clock[origin] = event.seq
-        self._claims.settle(origin, event.seq)
+        if origin in self._claims.highest:
+            self._claims.settle(origin, event.seq)
         self._by_id[event.id] = event
         self._lamport = max(self._lamport, event.lamport)
         self._stats["events_delivered"] += 1

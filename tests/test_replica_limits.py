@@ -1,0 +1,316 @@
+"""Every bound on what a replica holds for the network, each tested at its bound.
+
+The attacks of the "no message can crash, freeze or exhaust a node" audit, as
+regression tests that assert structure and counts (never time): buffer bytes and
+quota evictions, waiter wake-ups, claims and missing ranges, members, the public
+key cache, and a victim that keeps creating events whatever others claim about it.
+"""
+
+from __future__ import annotations
+
+import gc
+import tracemalloc
+
+import pytest
+
+from p2pexchange.core import events as events_module
+from p2pexchange.core.events import (
+    CLOCK_ORIGINS_MAX,
+    EVENT_ACTIONS_MAX,
+    PUBKEY_CACHE_MAX,
+    SEQ_MAX,
+    Cancel,
+    OrderType,
+    Place,
+    Side,
+    pubkey_cache_size,
+    public_key_of,
+    sign_event,
+)
+from p2pexchange.core.market import DEFAULT_MARKETS
+from p2pexchange.core.params import BUFFER_BYTES_MAX, BUFFER_ORIGIN_BYTES_MAX, MEMBERS_MAX
+from p2pexchange.core.replica import (
+    BUFFERED_EVENT_BYTES_MAX,
+    KNOWN_ORIGINS_MAX,
+    MISSING_RANGES_MAX,
+    Replica,
+    buffered_size,
+)
+from p2pexchange.sim.workload import peer_id_bytes, seeded_key_pair
+
+MARKETS = DEFAULT_MARKETS
+ONE = (Place(Side.BUY, OrderType.LIMIT, 100, 1),)
+TIMEOUT_MS = 10_000
+
+
+def identity(name: str):
+    key = seeded_key_pair(f"limits-{name}")
+    return key, peer_id_bytes(key)
+
+
+def chain(name: str, seqs, actions=ONE, extra_clock=None, lamport_base: int = 0):
+    """Events of one origin at `seqs`, each naming its predecessor (and `extra_clock`);
+    Lamport times consistent when the predecessors are its own chain from seq 1."""
+    key, origin = identity(name)
+    out = []
+    for seq in seqs:
+        clock = dict(extra_clock or {})
+        if seq > 1:
+            clock[origin] = seq - 1
+        out.append(sign_event(key.private_key, origin, seq, clock, lamport_base + seq,
+                              "BTC-USD", actions))
+    return out
+
+
+def invented(n: int, tag: str) -> list[bytes]:
+    """Origins nobody can sign for: peer-id-sized byte strings."""
+    return [f"{tag}-{i:08d}".encode().ljust(38, b".") for i in range(n)]
+
+
+# -- memory: the causal buffer ----------------------------------------------------------
+
+
+def test_one_origin_cannot_buffer_more_than_its_quota_and_honest_events_still_wait():
+    attack = chain("quota-attacker", range(2, 4_600))  # seq 1 withheld: never deliverable
+    sizes = [buffered_size(e) for e in attack]
+    fits = next(k for k in range(len(sizes)) if sum(sizes[:k + 1]) > BUFFER_ORIGIN_BYTES_MAX)
+    replica = Replica(MARKETS)
+    codes = [replica.admit(e).code for e in attack]
+    usage = replica.usage()
+    assert usage["buffer_events"] == fits and codes.count(None) == fits
+    assert codes.count("buffer_full") == usage["buffer_refused"] == len(attack) - fits
+    assert usage["buffer_bytes"] == sum(sizes[:fits]) <= BUFFER_ORIGIN_BYTES_MAX
+    assert usage["buffer_evicted"] == 0  # the refused were always the furthest
+    # An honest origin's out-of-order events still wait, and are delivered in order.
+    honest = chain("quota-honest", range(1, 4))
+    assert [replica.admit(e).status for e in honest[:0:-1]] == ["buffered", "buffered"]
+    assert replica.admit(honest[0]).delivered == honest
+    assert replica.usage()["buffer_events"] == fits
+
+
+def test_a_full_buffer_evicts_from_the_origin_using_the_most():
+    """At the real bounds: nine origins each at their quota overflow the whole buffer; an
+    honest out-of-order event then takes the place of the furthest event of the largest."""
+    big = tuple(Place(Side.SELL, OrderType.LIMIT, 1_000 + i, 7) for i in range(EVENT_ACTIONS_MAX))
+    per_origin = BUFFER_ORIGIN_BYTES_MAX // buffered_size(chain("full-probe", [2], big)[0])
+    attackers = [chain(f"full-attacker-{i}", range(2, per_origin + 3), big[1:]) for i in range(9)]
+    honest = chain("full-honest", [1, 2], big)  # larger than any room an eviction left
+
+    def fill() -> Replica:
+        replica = Replica(MARKETS)
+        for events in attackers:
+            for event in events:
+                replica.admit(event)
+        return replica
+
+    replica = fill()
+    usage = replica.usage()
+    assert usage["buffer_bytes"] <= BUFFER_BYTES_MAX
+    assert usage["buffer_bytes"] > BUFFER_BYTES_MAX - BUFFERED_EVENT_BYTES_MAX  # full
+    assert usage["buffer_evicted"] > 0 and usage["buffer_refused"] >= 9
+    buffer = replica._buffer
+    assert all(buffer.origin_bytes(e[0].origin) <= BUFFER_ORIGIN_BYTES_MAX for e in attackers)
+    # The largest origin (ties: the lowest origin bytes) and its furthest event.
+    largest, loser = min((-buffer.origin_bytes(e[0].origin), e[0].origin) for e in attackers)
+    largest = -largest
+    furthest = max(seq for origin, seq in buffer.waiters if origin == loser)
+    assert replica.admit(honest[1]).status == "buffered"
+    assert replica.usage()["buffer_bytes"] <= BUFFER_BYTES_MAX
+    assert replica.usage()["buffer_evicted"] == usage["buffer_evicted"] + 1
+    assert buffer.get(loser, furthest) is None and buffer.origin_bytes(loser) < largest
+    # Deterministic: the same input gives the same buffer.
+    again = fill()
+    again.admit(honest[1])
+    assert list(again._buffer.waiters) == list(buffer.waiters)
+    assert replica.admit(honest[0]).delivered == honest
+
+
+@pytest.mark.parametrize("shape", ["one_place", "places_1000_clock_256", "cancels_1000",
+                                   "clock_256", "five_and_five"])
+def test_accounting_covers_the_real_memory_of_a_buffered_event(shape):
+    actions, clock_n = {
+        "one_place": (ONE, 0),
+        "places_1000_clock_256": (tuple(Place(Side.BUY, OrderType.LIMIT, 10**12 + i, 10**12)
+                                        for i in range(EVENT_ACTIONS_MAX)), 255),
+        "cancels_1000": (tuple(Cancel(bytes([i % 256]) * 34) for i in range(EVENT_ACTIONS_MAX)),
+                         255),
+        "clock_256": (ONE, 255),
+        "five_and_five": (ONE * 5, 5),
+    }[shape]
+    count = 40 if len(actions) > 1 or clock_n > 100 else 2_000
+    extra = {o: 10**15 for o in invented(clock_n, "acct")}
+    raws = [e.raw for e in chain(f"acct-{shape}", range(2, count + 2), actions, extra)]
+    replica = Replica(MARKETS, buffer_bytes_max=2**40, buffer_origin_bytes_max=2**40)
+    replica.receive(bytearray(raws[0]))  # the first one warms up caches and claims
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for raw in raws[1:]:  # a private copy of the bytes, as the network hands them over
+            assert replica.receive(bytearray(raw)).status == "buffered"
+        gc.collect()
+        real = (tracemalloc.get_traced_memory()[0] - before) / (count - 1)
+    finally:
+        tracemalloc.stop()
+    accounted = replica.usage()["buffer_bytes"] / count
+    assert real <= accounted <= 1.5 * real, (real, accounted)
+    assert accounted <= BUFFERED_EVENT_BYTES_MAX
+
+
+# -- quadratic work: release and missing() --------------------------------------------------
+
+
+def test_a_reverse_chain_is_released_with_one_wakeup_per_event():
+    events = chain("reverse", range(1, 8_001))
+    replica = Replica(MARKETS, buffer_origin_bytes_max=BUFFER_BYTES_MAX)
+    for event in reversed(events[1:]):
+        assert replica.admit(event).status == "buffered"
+    assert replica.usage()["buffer_waiting_keys"] == 7_999  # each on its exact predecessor
+    receipt = replica.admit(events[0])
+    assert receipt.delivered == events
+    usage = replica.usage()
+    assert usage["buffer_wakeups"] == 7_999  # one per released event, none wasted
+    assert usage["buffer_events"] == usage["buffer_bytes"] == usage["buffer_waiting_keys"] == 0
+
+
+@pytest.mark.parametrize("order", ["forward", "reverse"])
+def test_an_event_waiting_on_many_origins_is_examined_at_most_once_per_cause(order):
+    causes = [chain(f"fan-{i}", [1])[0] for i in range(CLOCK_ORIGINS_MAX - 1)]
+    key, origin = identity("fan-waiter")
+    waiter = sign_event(key.private_key, origin, 1, {c.origin: 1 for c in causes}, 2, "BTC-USD",
+                        ONE)
+    replica = Replica(MARKETS)
+    assert replica.admit(waiter).status == "buffered"
+    by_origin = sorted(causes, key=lambda e: e.origin)
+    for cause in by_origin if order == "forward" else reversed(by_origin):
+        replica.admit(cause)
+    assert replica.event(waiter.id) is not None
+    assert replica.usage()["buffer_wakeups"] <= len(causes)
+    if order == "reverse":
+        assert replica.usage()["buffer_wakeups"] == 1
+
+
+def test_invented_origins_cannot_grow_claims_or_slow_missing():
+    """Clocks naming thousands of origins nobody signs for: the claims stay bounded, and
+    missing() returns a bounded number of ranges, origins we delivered from first."""
+    member = chain("claims-member", [1])[0]
+    replica = Replica(MARKETS)
+    replica.admit(member)
+    names = invented(60 * (CLOCK_ORIGINS_MAX - 1), "claims")
+    key, origin = identity("claims-attacker")
+    for i in range(60):
+        clock = {o: 5 for o in names[i * 255:(i + 1) * 255]}
+        if i == 30:
+            clock[member.origin] = 3  # a claim about an origin we know, among the lies
+            del clock[names[i * 255]]
+        event = sign_event(key.private_key, origin, i + 2, {**clock, origin: i + 1}, 10, "BTC-USD",
+                           ONE)
+        receipt = replica.admit(event)
+        assert receipt.status == "buffered"
+        assert len(receipt.missing) == MISSING_RANGES_MAX
+    assert replica.usage()["known_origins"] == KNOWN_ORIGINS_MAX
+    missing = replica.missing()
+    assert len(missing) == MISSING_RANGES_MAX
+    assert next(iter(missing)) == member.origin and missing[member.origin] == (2, 3)
+    # Heartbeats naming strangers are bounded by the same table.
+    for i in range(20):
+        clock = dict.fromkeys(invented(CLOCK_ORIGINS_MAX, f"hb-{i}"), 9)
+        assert replica.on_heartbeat(f"member-{i}".encode(), clock, 1, 0) is None
+    assert replica.usage()["known_origins"] == KNOWN_ORIGINS_MAX
+    assert next(iter(replica.missing())) == member.origin
+
+
+def test_claims_are_dropped_once_delivered():
+    events = chain("settle", range(1, 6))
+    replica = Replica(MARKETS)
+    assert replica.admit(events[4]).missing == {events[0].origin: (1, 4)}
+    assert replica.missing() == {events[0].origin: (1, 4)}
+    for event in events[:4]:
+        replica.admit(event)
+    assert replica.missing() == {} and replica.usage()["known_origins"] == 0
+
+
+# -- freeze: claims about our own history --------------------------------------------------
+
+
+def victim_with_history(name: str, n: int = 3):
+    key, origin = identity(name)
+    replica = Replica(MARKETS, origin)
+    for _ in range(n):
+        replica.create_event(key.private_key, "BTC-USD", ONE)
+    return key, origin, replica
+
+
+def test_a_lying_heartbeat_cannot_stop_a_node_from_creating_events():
+    key, victim, replica = victim_with_history("hb-victim")
+    _, liar = identity("hb-liar")
+    assert replica.on_heartbeat(liar, {victim: SEQ_MAX}, 5, now_ms=0) == "impossible_clock"
+    assert replica.on_heartbeat(liar, {victim: 4}, 5, now_ms=0) == "impossible_clock"
+    assert replica.on_heartbeat(liar, {victim: 3}, 5, now_ms=0) is None  # true: accepted
+    event, receipt = replica.create_event(key.private_key, "BTC-USD", ONE)
+    assert (event.seq, receipt.status) == (4, "delivered")
+
+
+def test_an_event_claiming_our_future_is_rejected_and_we_keep_trading():
+    key, victim, replica = victim_with_history("clock-victim")
+    lie = chain("clock-liar", [1], extra_clock={victim: SEQ_MAX})[0]
+    receipt = replica.admit(lie)
+    assert (receipt.status, receipt.code) == ("rejected", "impossible_clock")
+    assert receipt.event.origin == lie.origin  # the claimant signed it: evidence against it
+    assert replica.receive(lie.raw).code == "impossible_clock"
+    assert replica.usage()["buffer_events"] == 0 and replica.missing() == {}
+    event, _ = replica.create_event(key.private_key, "BTC-USD", ONE)
+    assert event.seq == 4
+    # Others cannot judge a claim about a third origin: an observer just lets it wait.
+    observer = Replica(MARKETS)
+    assert observer.admit(lie).status == "buffered"
+
+
+def test_nobody_but_us_can_make_us_wait_for_our_own_history():
+    key, victim, replica = victim_with_history("forge-victim")
+    forger, _ = identity("forger")
+    forged = sign_event(forger.private_key, victim, 9, {victim: 8}, 9, "BTC-USD", ONE)
+    assert replica.receive(forged.raw).code == "bad_signature"
+    assert replica.create_event(key.private_key, "BTC-USD", ONE)[0].seq == 4
+
+
+# -- members: heartbeats and safe Lamport times ----------------------------------------------
+
+
+def test_members_are_bounded_and_finality_stalls_rather_than_lie():
+    key, me, replica = victim_with_history("members", n=1)
+    members = [f"member-{i:06d}".encode() for i in range(MEMBERS_MAX - 1)]  # we are one
+    for member in members:
+        assert replica.on_heartbeat(member, {}, 5, now_ms=0) is None
+    assert replica.usage()["members"] == MEMBERS_MAX
+    assert replica.final_frontier(0, TIMEOUT_MS) == 1
+    assert replica.usage()["safe_lamports"] == len(members)
+    replica.create_event(key.private_key, "BTC-USD", ONE)  # lamport 2
+    assert replica.on_heartbeat(b"newcomer", {}, 5, now_ms=1) == "members_full"
+    assert replica.usage()["members"] == MEMBERS_MAX
+    assert replica.final_frontier(1, TIMEOUT_MS) == 1  # would be 2: a stranger might precede
+    assert replica.stats()["members_refused"] == 1
+    later = 1 + TIMEOUT_MS + 1  # every member, and the refused newcomer, fell silent
+    assert replica.on_heartbeat(b"newcomer", {}, 5, now_ms=later) is None
+    assert replica.usage()["members"] <= 2 and replica.usage()["safe_lamports"] <= 1
+    assert replica.final_frontier(later, TIMEOUT_MS) == 2
+
+
+def test_a_refused_member_does_not_rescan_the_table_each_time():
+    replica = Replica(MARKETS, members_max=3)
+    for i in range(3):
+        assert replica.on_heartbeat(f"m{i}".encode(), {}, 1, now_ms=100) is None
+    for now in range(101, 120):
+        assert replica.on_heartbeat(b"late", {}, 1, now_ms=now) == "members_full"
+    assert replica._members_full_until_ms == 100 + TIMEOUT_MS + 1
+
+
+# -- the public key cache ----------------------------------------------------------------
+
+
+def test_the_public_key_cache_is_bounded_and_drops_the_oldest_first():
+    origins = [peer_id_bytes(seeded_key_pair(f"cache-{i}")) for i in range(PUBKEY_CACHE_MAX + 5)]
+    for origin in origins:
+        public_key_of(origin)
+    assert pubkey_cache_size() == PUBKEY_CACHE_MAX
+    assert origins[0] not in events_module._pubkeys and origins[-1] in events_module._pubkeys

@@ -314,3 +314,50 @@ def test_the_public_key_cache_is_bounded_and_drops_the_oldest_first():
         public_key_of(origin)
     assert pubkey_cache_size() == PUBKEY_CACHE_MAX
     assert origins[0] not in events_module._pubkeys and origins[-1] in events_module._pubkeys
+
+
+def test_the_buffer_index_does_not_grow_with_traffic():
+    """Events buffered and released again and again (honest reordering): the eviction
+    heaps stay proportional to what is buffered now, not to what ever was."""
+    replica = Replica(MARKETS)
+    for name in ("traffic-a", "traffic-b", "traffic-c"):
+        events = chain(name, range(1, 301))
+        for event in reversed(events[1:]):
+            replica.admit(event)
+        replica.admit(events[0])
+    usage = replica.usage()
+    assert usage["buffer_events"] == 0 and usage["buffer_heap_entries"] <= 16
+    for event in chain("traffic-stay", range(2, 402)):
+        replica.admit(event)
+    assert replica.usage()["buffer_heap_entries"] <= (400 + 2 * 1 + 16) + 16
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_eviction_always_takes_the_furthest_event_of_the_largest_origin(seed):
+    """Against a model: random traffic of several origins through a small buffer."""
+    import random
+
+    rng = random.Random(seed)
+    chains = {i: chain(f"model-{i}", range(1, 40), ONE * rng.randint(1, 5)) for i in range(5)}
+    size = {(e.origin, e.seq): buffered_size(e) for c in chains.values() for e in c}
+    room = 25 * 2_200
+    replica = Replica(MARKETS, buffer_bytes_max=room, buffer_origin_bytes_max=room // 2)
+    model: set[tuple[bytes, int]] = set()
+    for _ in range(400):
+        event = rng.choice(chains[rng.randrange(5)][1:])  # seq 1 never comes: all wait
+        key = (event.origin, event.seq)
+        receipt = replica.admit(event)
+        if key not in model:
+            model.add(key)
+            for limit, among in ((room // 2, {k for k in model if k[0] == key[0]}),
+                                 (room, model)):
+                while sum(size[k] for k in among) > limit:
+                    used: dict[bytes, int] = {}
+                    for o, s in among:
+                        used[o] = used.get(o, 0) + size[(o, s)]
+                    loser = min(used, key=lambda o: (-used[o], o))
+                    furthest = max(k for k in among if k[0] == loser)
+                    model.discard(furthest)
+                    among.discard(furthest)
+            assert (receipt.status == "buffered") == (key in model)
+        assert set(replica._buffer.waiters) == model

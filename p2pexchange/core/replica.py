@@ -270,8 +270,8 @@ class _CausalBuffer:
 
     def release(self, origin: bytes, seq: int) -> list[Event]:
         """(origin, seq) was just delivered: take out and return its waiters that lack
-        nothing more, in the order they were buffered; the others now wait on their
-        next undelivered clock entry."""
+        nothing more, in the order they came to wait on it; the others now wait on
+        their next undelivered clock entry."""
         waiting = self._waiting.pop((origin, seq), None)
         if not waiting:
             return []
@@ -322,7 +322,9 @@ class _CausalBuffer:
         return self._origin_bytes.get(origin, 0)
 
     def usage(self) -> dict[str, int]:
+        heap_entries = len(self._usage) + sum(map(len, self._seqs.values()))
         return {"buffer_events": len(self.waiters), "buffer_bytes": self.bytes,
+                "buffer_heap_entries": heap_entries,
                 "buffer_origins": len(self._origin_bytes), "buffer_waiting_keys":
                 len(self._waiting), "buffer_evicted": self.evicted,
                 "buffer_refused": self.refused, "buffer_wakeups": self.wakeups}
@@ -332,8 +334,11 @@ class _CausalBuffer:
         assert new >= 0, (origin, new, size)
         if new:
             self._origin_bytes[origin] = new
-            if size > 0:  # only growth can make an origin the largest
-                heappush(self._usage, (-new, origin))
+            usage = self._usage
+            heappush(usage, (-new, origin))  # the entry of its old size is stale from now
+            if len(usage) > 2 * len(self._origin_bytes) + 16:
+                usage[:] = [(-b, o) for o, b in self._origin_bytes.items()]
+                heapify(usage)
         else:
             del self._origin_bytes[origin]
         self.bytes += size
@@ -341,9 +346,6 @@ class _CausalBuffer:
     def _largest_origin(self) -> bytes:
         """The origin using the most bytes (ties: the lowest origin bytes)."""
         usage = self._usage
-        if len(usage) > 2 * len(self._origin_bytes) + 16:
-            usage[:] = [(-b, o) for o, b in self._origin_bytes.items()]
-            heapify(usage)
         while True:
             used, origin = usage[0]
             if self._origin_bytes.get(origin) == -used:
@@ -594,8 +596,11 @@ class Replica:
 
     def on_heartbeat(self, origin: bytes, clock: Mapping[bytes, int], lamport: int,
                      now_ms: int) -> str | None:
-        """Record a member's heartbeat; returns None or a reject code. Never raises on
-        bad input."""
+        """Record a member's heartbeat. Returns None, or why it was refused: `bad_heartbeat`
+        (types, sizes), `stale_heartbeat` (older than the last one), `impossible_clock`
+        (claims more of our own history than we signed: the sender's fault),
+        `members_full` (no room: not its fault; finality stalls meanwhile) or
+        `malformed` (what the checks did not foresee). Never raises on bad input."""
         try:
             return self._on_heartbeat(origin, clock, lamport, now_ms)
         except AssertionError:

@@ -321,6 +321,24 @@ class _CausalBuffer:
     def origin_bytes(self, origin: bytes) -> int:
         return self._origin_bytes.get(origin, 0)
 
+    def check_invariants(self) -> None:
+        """For tests: the indexes agree with the waiters and the bounds hold."""
+        per_origin: dict[bytes, int] = {}
+        for (origin, seq), waiter in self.waiters.items():
+            assert (origin, seq) == (waiter.event.origin, waiter.event.seq)
+            assert self._waiting[waiter.dep][(origin, seq)] is waiter
+            o, s = waiter.dep
+            assert self._clock.get(o, 0) < s == waiter.event.clock[o], waiter.dep
+            assert all(self._clock.get(x, 0) >= waiter.event.clock[x]
+                       for x in waiter.origins[:waiter.pos])
+            assert -seq in self._seqs[origin]
+            per_origin[origin] = per_origin.get(origin, 0) + waiter.size
+        assert sum(map(len, self._waiting.values())) == len(self.waiters)
+        assert per_origin == self._origin_bytes and sum(per_origin.values()) == self.bytes
+        assert {o: sum(1 for k in self.waiters if k[0] == o) for o in per_origin} == self._counts
+        assert all(b <= self.origin_bytes_max for b in per_origin.values())
+        assert self.bytes <= self.bytes_max
+
     def usage(self) -> dict[str, int]:
         heap_entries = len(self._usage) + sum(map(len, self._seqs.values()))
         return {"buffer_events": len(self.waiters), "buffer_bytes": self.bytes,
@@ -526,6 +544,17 @@ class Replica:
                 "known_origins": len(self._claims), "known_origins_max": KNOWN_ORIGINS_MAX,
                 "members": len(self._heartbeats), "members_max": self._members_max,
                 "safe_lamports": len(self._safe_lamport)}
+
+    def check_invariants(self) -> None:
+        """For tests: the causal buffer, the claims and the members agree with the state."""
+        self._buffer.check_invariants()
+        for origin, seq in self._claims.highest.items():
+            assert seq > self._clock.get(origin, 0), (origin, seq)
+        assert len(self._claims) <= KNOWN_ORIGINS_MAX
+        assert len(self._heartbeats) <= self._members_max
+        assert set(self._safe_lamport) <= set(self._heartbeats)
+        if self.origin is not None:
+            assert self._own_history() >= self._clock.get(self.origin, 0)
 
     def missing(self) -> dict[bytes, tuple[int, int]]:
         """Seq ranges others say exist (buffered events' clocks, heartbeats) that are not

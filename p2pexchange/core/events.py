@@ -175,8 +175,8 @@ def _refuse_tag(*_: object) -> object:
     raise cbor2.CBORDecodeError("CBOR tags are not part of the protocol")
 
 
-# Every tag cbor2 decodes itself (rust/decoder.rs of cbor2 6.x; tests/test_events.py
-# checks that no tag below 70,000 escapes); any other tag goes to the tag hook.
+# Every tag cbor2 decodes itself (the switch in rust/decoder.rs of cbor2 6.x; a test in
+# tests/test_replica_hostile_input.py checks that no tag escapes); others reach the hook.
 _CBOR_BUILTIN_TAGS = (0, 1, 2, 3, 4, 5, 25, 28, 29, 30, 35, 36, 37, 52, 54, 100, 256, 258,
                       260, 261, 1004, 43000, 55799)
 _REFUSE_TAGS = dict.fromkeys(_CBOR_BUILTIN_TAGS, _refuse_tag)
@@ -187,7 +187,6 @@ def strict_loads(data: bytes) -> object:
     return cbor2.loads(data, tag_hook=_refuse_tag, semantic_decoders=_REFUSE_TAGS,
                        max_depth=CBOR_DEPTH_MAX, allow_indefinite=False,
                        allow_duplicate_keys=False, strict_hashable_types=True)
-
 
 
 def short_id(b: bytes) -> str:

@@ -40,6 +40,7 @@ SYNC_ROUNDS_MAX = 64  # request/response rounds per exchange
 SYNC_CHUNK_EVENTS = 128  # events asked for per round
 SYNC_ROUND_TIMEOUT_S = 3.0  # one answer; a peer that stalls is backed off
 SYNC_BACKOFF_MAX_S = 30.0  # longest pause before pulling again from a failing peer
+SYNC_GAP_PULL_INTERVAL_S = 1.0  # pull from a random peer this often while gaps are known
 SYNC_SERVE_STREAMS_MAX = 2  # concurrent sync streams served to one peer
 
 # -- status --------------------------------------------------------------------------

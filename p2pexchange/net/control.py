@@ -34,6 +34,11 @@ from .host import short_peer
 log = logging.getLogger("p2pexchange.node")
 
 
+# Heartbeat outcomes that are no misbehaviour: an older heartbeat overtaken by a newer
+# one, or no room among the tracked members (finality stalls meanwhile).
+NOT_THE_SENDERS_FAULT = frozenset({"stale_heartbeat", "members_full"})
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -61,7 +66,7 @@ class Control:
 
     def on_heartbeat(self, sender: ID, hb: wire.Heartbeat) -> None:
         code = self.replica.on_heartbeat(sender.to_bytes(), hb.clock, hb.lamport, now_ms())
-        if code is not None and code != "stale_heartbeat":
+        if code is not None and code not in NOT_THE_SENDERS_FAULT:
             self._reject("heartbeat", code, sender)
             return
         mine = self.replica.clock

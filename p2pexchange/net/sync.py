@@ -41,6 +41,7 @@ from ..core.params import (
     DIAL_TIMEOUT_S,
     SYNC_BACKOFF_MAX_S,
     SYNC_CHUNK_EVENTS,
+    SYNC_GAP_PULL_INTERVAL_S,
     SYNC_ROUND_TIMEOUT_S,
     SYNC_ROUNDS_MAX,
     SYNC_SERVE_STREAMS_MAX,
@@ -156,7 +157,7 @@ class Sync:
         return delivered
 
     async def run(self) -> None:
-        last_random = time.monotonic()
+        last_random = last_gap_pull = time.monotonic()
         while True:
             with trio.move_on_after(0.5):
                 await self._wakeup.wait()
@@ -166,7 +167,9 @@ class Sync:
             now = time.monotonic()
             peers = sorted((p for p in self._peers() if self._failures.get(p, (0, 0.0))[1] <= now),
                            key=str)
-            if self.replica.missing() and not targets and peers:
+            if (not targets and peers and now - last_gap_pull >= SYNC_GAP_PULL_INTERVAL_S
+                    and self.replica.missing()):
+                last_gap_pull = now
                 targets = [self._rng.choice(peers)]
             if now - last_random > ANTI_ENTROPY_INTERVAL_S and peers:
                 last_random = now

@@ -57,8 +57,10 @@ def test_the_core_imports_no_io_no_clock_no_randomness_and_nothing_above_it(path
     assert hits(imports_of(path), CORE_FORBIDDEN) == []
 
 
-@pytest.mark.parametrize("path", [*modules("net"), PACKAGE / "node.py", PACKAGE / "store.py"],
-                         ids=lambda p: p.name)
+NODE_LEVEL = [PACKAGE / name for name in ("node.py", "store.py", "feed.py", "status.py")]
+
+
+@pytest.mark.parametrize("path", [*modules("net"), *NODE_LEVEL], ids=lambda p: p.name)
 def test_the_node_and_the_network_import_nothing_that_drives_them(path):
     assert hits(imports_of(path), ("p2pexchange.client", "p2pexchange.demo",
                                    "p2pexchange.sim", "p2pexchange.__main__")) == []
@@ -84,8 +86,7 @@ def test_the_checker_sees_a_forbidden_import(tmp_path):
         "p2pexchange.net", "p2pexchange.net.wire", "time"]
 
 
-SHELL = [*modules("net"), *modules("client"), PACKAGE / "node.py", PACKAGE / "store.py",
-         PACKAGE / "demo.py"]
+SHELL = [*modules("net"), *modules("client"), *NODE_LEVEL, PACKAGE / "demo.py"]
 
 
 def test_no_shell_module_is_longer_than_it_can_be_read_in_one_sitting():

@@ -37,9 +37,10 @@ from libp2p.peer.id import ID
 from .core.book import Order, Trade
 from .core.events import Action, Event, short_id
 from .core.market import DEFAULT_MARKETS, Market
-from .core.params import PENDING_ACTIONS_MAX, STATUS_INTERVAL_S
+from .core.params import BATCH_ACTIONS_MAX, PENDING_ACTIONS_MAX, STATUS_INTERVAL_S
 from .core.replica import OwnHistoryBehind, Receipt, Replica
 from .feed import Feed
+from .looplag import LoopLag
 from .net.control import Control
 from .net.discovery import Discovery
 from .net.gossip import Batcher, Gossip
@@ -62,6 +63,7 @@ class NodeConfig:
     markets: list[str] = field(default_factory=lambda: sorted(DEFAULT_MARKETS))
     seed: int | None = None  # for the node's own random choices (sync targets)
     status_interval_s: float = STATUS_INTERVAL_S
+    batch_actions_max: int = BATCH_ACTIONS_MAX  # 1: the one-order-per-event baseline
 
 
 class Service(Protocol):
@@ -99,7 +101,8 @@ class Node:
         self.discovery = Discovery(self.host, on_found=self.sync.want)
         self.control = Control(self.gossip, self.replica, self.origin, self.rejections,
                                want_sync=self.sync.want)
-        self.batcher = Batcher(self.gossip, self._seal, self._published)
+        self.batcher = Batcher(self.gossip, self._seal, self._published, config.batch_actions_max)
+        self.loop_lag = LoopLag()  # event-loop scheduling lag, for status and metrics
         self._replay_store()
 
     # -- public interface: actions ---------------------------------------------------
@@ -164,8 +167,7 @@ class Node:
 
     def outcomes(self, event_id: bytes) -> list[tuple[bytes, str]]:
         """(order id, outcome) per action of a delivered event."""
-        event = self.replica.event(event_id)
-        if event is None:
+        if (event := self.replica.event(event_id)) is None:
             return []
         return [(event.order_id(i), o) for i, o in enumerate(self.replica.outcomes_of(event_id))]
 
@@ -222,7 +224,7 @@ class Node:
                 for service in self.services:
                     await nursery.start(service.run, self)
                 for loop in (self.discovery.run, self.sync.run, self.batcher.run,
-                             self.control.run, self._status_loop):
+                             self.control.run, self._status_loop, self.loop_lag.run):
                     nursery.start_soon(loop)
                 self.ready.set()
                 task_status.started(self)
@@ -247,9 +249,8 @@ class Node:
         self.received[("sync" if source.startswith("sync") else "gossip", receipt.status)] += 1
         if receipt.status == "rejected":
             self.rejections(f"event via {source}", receipt.code or "?", sender)
-        elif receipt.status == "buffered":
-            if sender is not None:
-                self.sync.want(sender)
+        elif receipt.status == "buffered" and sender is not None:
+            self.sync.want(sender)
         elif receipt.status == "delivered":
             self._persist(receipt)
             for event in receipt.delivered:
@@ -297,8 +298,7 @@ class Node:
     def _replay_store(self) -> None:
         count = 0
         for raw in self.store.replay():
-            receipt = self.replica.receive(raw)
-            count += receipt.status == "delivered"
+            count += self.replica.receive(raw).status == "delivered"
         if count:
             log.info("replayed %d events from the store: own seq %d, digest %s", count,
                      self.replica.clock.get(self.origin, 0), self.replica.digest_hex[:16])

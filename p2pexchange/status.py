@@ -38,6 +38,8 @@ def node_status(node: Any) -> dict:
         "trade_reports_matched": node.control.trade_reports_matched,
         "digest": node.replica.digest_hex,
         "pending_actions": node.pending_actions,
+        "loop_lag_p99_ms": node.loop_lag.p99_ms,
+        "loop_lag_max_ms": node.loop_lag.max_ms,
     }
 
 

@@ -12,6 +12,9 @@ from typing import Any
 import multiaddr
 
 from ..core.market import DEFAULT_MARKETS
+from ..core.params import BATCH_ACTIONS_MAX
+
+EVENT_ACTIONS_MAX = 1000  # core.events.EVENT_ACTIONS_MAX (imported late: it loads libp2p)
 
 DESCRIPTION = """\
 Run a p2pexchange node: a peer of a serverless exchange. It keeps its own order books,
@@ -47,6 +50,9 @@ def node_parser() -> argparse.ArgumentParser:
     p.add_argument("--status-interval", type=float, default=30.0, metavar="SECONDS",
                    help="seconds between status lines (default 30)")
     p.add_argument("--seed", type=int, default=None, help="seed for --auto-trade")
+    p.add_argument("--batch-actions-max", type=int, default=BATCH_ACTIONS_MAX, metavar="N",
+                   help=f"actions per signed event, 1..{EVENT_ACTIONS_MAX} (default "
+                        f"{BATCH_ACTIONS_MAX}; 1 is the one-order-per-event baseline)")
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"])
     return p
@@ -88,6 +94,8 @@ def parse_node_args(argv: list[str]) -> argparse.Namespace:
         p.error("--rate must be within (0, 1000]")
     if args.status_interval <= 0:
         p.error("--status-interval must be positive")
+    if not 1 <= args.batch_actions_max <= EVENT_ACTIONS_MAX:
+        p.error(f"--batch-actions-max must be within 1..{EVENT_ACTIONS_MAX}")
     if not 0 <= args.api_port <= 65535:
         p.error("--api-port must be within 0..65535")
     return args
@@ -109,7 +117,7 @@ def run_node(argv: list[str]) -> int:
         node = Node(NodeConfig(
             data_dir=args.data_dir, listen=args.listen, bootstrap=args.bootstrap,
             markets=sorted(set(args.market)) or sorted(DEFAULT_MARKETS), seed=args.seed,
-            status_interval_s=args.status_interval),
+            status_interval_s=args.status_interval, batch_actions_max=args.batch_actions_max),
             services=[s for s in (api, trader) if s is not None])
     except OSError as exc:
         print(f"error: cannot use data dir {args.data_dir!r}: {exc}", file=sys.stderr)

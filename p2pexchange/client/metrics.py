@@ -61,7 +61,9 @@ class NodeCollector(Collector):
                 ("events_buffered", "Events waiting for their causes", s["buffered"]),
                 ("trades_pending", "Trades not yet final", s["trades_pending"]),
                 ("trades_final", "Trades final here", s["trades_final"]),
-                ("actions_pending", "Own actions waiting to be signed", s["pending_actions"])):
+                ("actions_pending", "Own actions waiting to be signed", s["pending_actions"]),
+                ("loop_lag_p99_ms", "Event-loop wakeup lag, p99 of recent wakeups",
+                 s["loop_lag_p99_ms"])):
             yield GaugeMetricFamily(f"p2pexchange_{name}", doc, value=value)
 
 

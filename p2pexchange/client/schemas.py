@@ -144,6 +144,9 @@ class Status(BaseModel):
     divergences: int
     trade_reports_matched: int
     pending_actions: int
+    loop_lag_p99_ms: float = Field(description="event-loop scheduling lag, 99th percentile "
+                                   "of the recent wakeups (p2pexchange/looplag.py)")
+    loop_lag_max_ms: float
     trading: bool | None = Field(description="auto-trading on/off; null: none on this node")
 
 

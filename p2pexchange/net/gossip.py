@@ -9,7 +9,7 @@ best-effort: the sync protocol repairs what it drops.
 
 Own actions are not published one by one: `Batcher` queues them and, once per
 `BATCH_INTERVAL_S`, has the node sign each market's queue as one event (at most
-`BATCH_ACTIONS_MAX` actions), which it then publishes.
+`BATCH_ACTIONS_MAX` actions, or the node's own cap), which it then publishes.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.tools.anyio_service.context import background_trio_service
 
-from ..core.events import Action, Event, EventRejected, decode_event, short_id
+from ..core.events import EVENT_ACTIONS_MAX, Action, Event, EventRejected, decode_event, short_id
 from ..core.market import DEFAULT_MARKETS
 from ..core.params import BATCH_ACTIONS_MAX, BATCH_INTERVAL_S, PENDING_ACTIONS_MAX
 from . import wire
@@ -146,8 +146,11 @@ Seal = Callable[[str, list[Action]], Event | None]  # sign + store; None: not no
 class Batcher:
     """Own actions queued between ticks, then signed (by `seal`) and published."""
 
-    def __init__(self, gossip: Gossip, seal: Seal, published: Callable[[Event], None]) -> None:
+    def __init__(self, gossip: Gossip, seal: Seal, published: Callable[[Event], None],
+                 actions_max: int = BATCH_ACTIONS_MAX) -> None:
+        assert 1 <= actions_max <= EVENT_ACTIONS_MAX, actions_max
         self.gossip = gossip
+        self.actions_max = actions_max  # per signed event; 1 makes one event per action
         self.pending: deque[tuple[str, Action]] = deque()
         self._seal = seal
         self._published = published
@@ -165,8 +168,8 @@ class Batcher:
             by_market.setdefault(market, []).append(action)
         ids = []
         for market, actions in sorted(by_market.items()):
-            for i in range(0, len(actions), BATCH_ACTIONS_MAX):
-                chunk = actions[i:i + BATCH_ACTIONS_MAX]
+            for i in range(0, len(actions), self.actions_max):
+                chunk = actions[i:i + self.actions_max]
                 event = self._seal(market, chunk)
                 if event is None:  # cannot sign now: keep the rest, in order
                     rest = [(market, a) for a in actions[i:]]

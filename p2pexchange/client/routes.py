@@ -32,7 +32,7 @@ from .schemas import (
     order_out,
     trade_out,
 )
-from .stream import status_message
+from .stream import parse_types, status_message
 
 if TYPE_CHECKING:
     from .api import Api
@@ -177,21 +177,29 @@ async def flush(request: Request) -> Flushed:
 
 
 @router.websocket("/stream")
-async def stream(websocket: WebSocket, market: str | None = None) -> None:
-    """Live updates: trades (pending, then final), books, this node's orders, status."""
+async def stream(websocket: WebSocket, market: str | None = None,
+                 types: str | None = None) -> None:
+    """Live updates: trades (pending, then final), books, this node's orders, status;
+    `types=applied,...` picks kinds, "applied" (every applied batch) only on request."""
     api = api_of(websocket)
     if market is not None and market not in api.node.markets:
         await websocket.close(code=1008, reason=f"unknown market {market[:40]!r}")
         return
     try:
-        client = api.broadcaster.connect(market)
+        kinds = parse_types(types)
+    except ValueError as exc:
+        await websocket.close(code=1008, reason=str(exc))
+        return
+    try:
+        client = api.broadcaster.connect(market, kinds)
     except OverflowError:
         await websocket.close(code=1013, reason="too many stream clients")
         return
     try:
         await websocket.accept()
-        await websocket.send_json(status_message(api.node.status()))
-        for name in [market] if market else sorted(api.node.markets):
+        if "status" in kinds:
+            await websocket.send_json(status_message(api.node.status()))
+        for name in ([market] if market else sorted(api.node.markets)) if "book" in kinds else ():
             snapshot = book_out(api.node.markets[name], api.node.book(name, 20))
             await websocket.send_json({"type": "book", **snapshot.model_dump()})
         async with trio.open_nursery() as nursery:

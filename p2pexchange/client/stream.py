@@ -7,6 +7,12 @@ applies) and, every `TICK_S`, sends each client:
   {"type": "book", "market", "bids", "asks"}   top `BOOK_LEVELS` of each changed book
   {"type": "order", "market", "order": {...}}  one of this node's orders that changed
   {"type": "status", "peers", "digest", ...}   when the digest or the peer count moved
+and, only to clients that ask for it (`?types=applied,...`), as soon as it happens:
+  {"type": "applied", "market", "at", "events": [{"id", "origin", "seq", "lamport",
+   "actions"}]}                                a batch of events applied here (own or a
+                                               peer's); order ids are the event id + index
+`types` (comma-separated) picks the kinds a client gets, default all but "applied";
+kinds no client wants are not even built.
 A rollback can change the trades of re-applied events: the final message of an
 event carries its trades as they finally are. Each client has a bounded queue
 (`CLIENT_QUEUE_MAX`); one that falls behind is disconnected, never waited for.
@@ -16,6 +22,7 @@ Events whose trades await finality are tracked up to `PENDING_EVENTS_MAX`.
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +30,7 @@ import trio
 
 from ..core.book import Trade
 from ..core.market import DEFAULT_MARKETS
-from .schemas import book_out, order_out, trade_out
+from .schemas import book_out, order_out, peer, trade_out
 
 if TYPE_CHECKING:
     from ..node import Node
@@ -34,15 +41,31 @@ BOOK_LEVELS = 20
 CLIENT_QUEUE_MAX = 1024
 CLIENTS_MAX = 64
 PENDING_EVENTS_MAX = 10_000
+STREAM_TYPES = ("trade", "book", "order", "status", "applied")
+DEFAULT_TYPES = frozenset(STREAM_TYPES) - {"applied"}
+
+
+def parse_types(text: str | None) -> frozenset[str]:
+    """The message kinds named in `?types=a,b`; ValueError for an unknown kind."""
+    if text is None:
+        return DEFAULT_TYPES
+    types = frozenset(t.strip() for t in text.split(",") if t.strip())
+    unknown = sorted(types - set(STREAM_TYPES))
+    if unknown or not types:
+        raise ValueError(f"types must be among {','.join(STREAM_TYPES)}")
+    return types
 
 
 class StreamClient:
-    def __init__(self, market: str | None) -> None:
+    def __init__(self, market: str | None, types: frozenset[str] = DEFAULT_TYPES) -> None:
         self.market = market
+        self.types = types
         self.send, self.receive = trio.open_memory_channel(CLIENT_QUEUE_MAX)
         self.overflowed = False
 
     def offer(self, message: dict) -> None:
+        if message["type"] not in self.types:
+            return
         if self.market is not None and message.get("market", self.market) != self.market:
             return
         try:
@@ -62,16 +85,21 @@ class Broadcaster:
         self._orders: set[bytes] = set()
         self._last_status: tuple = ()
 
-    def connect(self, market: str | None) -> StreamClient:
+        self._wanted: frozenset[str] = frozenset()  # the kinds some client wants
+
+    def connect(self, market: str | None,
+                types: frozenset[str] = DEFAULT_TYPES) -> StreamClient:
         if len(self.clients) >= CLIENTS_MAX:
             raise OverflowError("too many stream clients")
-        client = StreamClient(market)
+        client = StreamClient(market, types)
         self.clients.add(client)
+        self._wanted = self._wanted | types
         return client
 
     def disconnect(self, client: StreamClient) -> None:
         self.clients.discard(client)
         client.send.close()
+        self._wanted = frozenset().union(*(c.types for c in self.clients))
 
     async def run(self, node: Node) -> None:
         applied = node.subscribe_applied()
@@ -85,21 +113,37 @@ class Broadcaster:
     def _note(self, node: Node, events: list[Any]) -> None:
         if not self.clients:
             return  # nobody listens: nothing to track
+        wanted = self._wanted
+        if "applied" in wanted:
+            self._send_applied(events)
         for event in events:
             self._books.add(event.market)
-            if event.origin == node.origin:
+            if event.origin == node.origin and "order" in wanted:
                 self._orders.update(event.order_id(i) for i in range(len(event.actions)))
+            if not wanted & {"trade", "order"}:
+                continue
             trades = node.trades_of(event.id)
             for t in trades:
-                self._send(trade_message(node, t, final=False))
+                if "trade" in wanted:
+                    self._send(trade_message(node, t, final=False))
                 for order, origin in ((t.maker_order, t.maker_origin),
                                       (t.taker_order, t.taker_origin)):
-                    if origin == node.origin:
+                    if origin == node.origin and "order" in wanted:
                         self._orders.add(order)
-            if trades:
+            if trades and "trade" in wanted:
                 self._pending[event.id] = None
         while len(self._pending) > PENDING_EVENTS_MAX:
             self._pending.popitem(last=False)
+
+    def _send_applied(self, events: list[Any]) -> None:
+        at = time.time()
+        by_market: dict[str, list[dict]] = {}
+        for e in events:
+            by_market.setdefault(e.market, []).append(
+                {"id": e.id.hex(), "origin": peer(e.origin), "seq": e.seq,
+                 "lamport": e.lamport, "actions": len(e.actions)})
+        for market, applied in sorted(by_market.items()):
+            self._send({"type": "applied", "market": market, "at": at, "events": applied})
 
     def _tick(self, node: Node) -> None:
         if not self.clients:
@@ -113,7 +157,7 @@ class Broadcaster:
                     del self._pending[event_id]
                     for t in node.trades_of(event_id):
                         self._send(trade_message(node, t, final=True))
-        for market in sorted(self._books):
+        for market in sorted(self._books) if "book" in self._wanted else ():
             if market in node.markets:
                 book = book_out(node.markets[market], node.book(market, BOOK_LEVELS))
                 self._send({"type": "book", **book.model_dump()})
@@ -129,7 +173,7 @@ class Broadcaster:
         status = (s["peers"], s["digest"], s["trades_final"], s["final_frontier"])
         if status != self._last_status:
             self._last_status = status
-            self._send(status_message(s))
+            self._send({**status_message(s), "at": time.time()})
 
     def _send(self, message: dict) -> None:
         for client in list(self.clients):

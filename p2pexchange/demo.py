@@ -18,18 +18,22 @@ import sys
 import tempfile
 import threading
 import time
+from collections import deque
 
 import httpx
 
 DRAIN_TIMEOUT_S = 60.0
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
+TAIL_LINES = 50  # last output lines a quiet node process keeps for error reports
 
 
 class NodeProcess:
-    def __init__(self, index: int, data_dir: str, args: list[str]) -> None:
+    def __init__(self, index: int, data_dir: str, args: list[str], echo: bool = True) -> None:
         self.index = index
         self.name = f"node{index}"
+        self.echo = echo  # print its output with a [nodeK] prefix; else keep the tail only
+        self.tail: deque[str] = deque(maxlen=TAIL_LINES)
         self.addr: str | None = None
         self.api_port: int | None = None
         self.ready = threading.Event()
@@ -50,7 +54,9 @@ class NodeProcess:
             elif line.startswith("client API on 127.0.0.1:"):
                 self.api_port = int(line.rsplit(":", 1)[1])
                 self.ready.set()
-            print(f"[{self.name}] {line}", flush=True)
+            self.tail.append(line)
+            if self.echo:
+                print(f"[{self.name}] {line}", flush=True)
         self.ready.set()
 
     def request(self, method: str, path: str, body: dict | None = None,

@@ -287,6 +287,22 @@ async def send_load(port: int, rate_per_node: float, duration_s: float, orders: 
             due = max(due + interval, trio.current_time() - interval)
 
 
+def delivered_via_sync(cluster: Cluster) -> list[float | None]:
+    """Per node, the fraction of peers' events it got by sync rather than gossip."""
+    out = []
+    for node in cluster.nodes:
+        text = httpx.get(f"http://127.0.0.1:{node.api_port}/metrics", timeout=10).text
+        got = {"gossip": 0.0, "sync": 0.0}
+        for line in text.splitlines():
+            if line.startswith("p2pexchange_events_received_total{") and \
+                    'result="delivered"' in line:
+                path = line.split('path="', 1)[1].split('"', 1)[0]
+                got[path] = got.get(path, 0.0) + float(line.rsplit(" ", 1)[1])
+        total = got["gossip"] + got["sync"]
+        out.append(round(got["sync"] / total, 3) if total else None)
+    return out
+
+
 # -- one run -------------------------------------------------------------------------------
 
 
@@ -417,7 +433,8 @@ def run_once(cluster: Cluster, rate: float, duration_s: float, seed: int, market
         "cpu_cores_under_load": [round(c / (fig["load_s"] + fig["drain_s"]), 2)
                                  for c in fig["cpu_s"]],
         "peak_rss_mib": [hwm_mib(n.proc.pid) for n in cluster.nodes],
-        "idle_cpu_cores": idle, "loop_lag_p99_ms": fig["loop_lag_p99_ms"]}
+        "idle_cpu_cores": idle, "loop_lag_p99_ms": fig["loop_lag_p99_ms"],
+        "delivered_via_sync": delivered_via_sync(cluster)}
 
 
 # -- invocations -----------------------------------------------------------------------------

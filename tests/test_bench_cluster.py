@@ -1,0 +1,38 @@
+"""The cluster benchmark runs end to end: 3 node processes, a low load, one JSON line."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.soak
+def test_bench_cluster_reports_a_converged_run_with_sane_figures():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_cluster.py"), "--nodes", "3",
+         "--rate", "60", "--duration", "3", "--baseline-rate", "15",
+         "--baseline-duration", "2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=150)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 1
+    run = lines[0]
+    assert run["converged"] is True and run["baseline"]["converged"] is True
+    assert run["nodes"] == 3 and run["refused_orders"] == 0 and run["failed_orders"] == 0
+    assert 0 < run["accepted_per_s"] <= run["offered_per_s"] <= 60 * 1.1
+    assert run["orders_not_applied_everywhere"] == 0
+    assert 0 < run["applied_everywhere_p50_ms"] <= run["applied_everywhere_p99_ms"]
+    assert run["final_everywhere_p99_ms"] is not None
+    assert run["applied_everywhere_p50_ms"] <= run["final_everywhere_p50_ms"]
+    assert len(run["cpu_us_per_order"]) == len(run["peak_rss_mib"]) == 3
+    assert all(c > 0 for c in run["cpu_us_per_order"])
+    assert all(20 < m < 4096 for m in run["peak_rss_mib"])
+    assert all(0 <= c < 2 for c in run["idle_cpu_cores"])
+    assert all(lag is not None and lag >= 0 for lag in run["loop_lag_p99_ms"])
+    assert run["accepted_ratio_vs_baseline"] > 0

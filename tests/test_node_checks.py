@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cbor2
 from libp2p.peer.id import ID
 
 from p2pexchange.core.events import OrderType, Place, Side
@@ -76,3 +77,17 @@ def test_wire_messages_round_trip_and_reject_garbage():
             except wire.WireError:
                 continue
             raise AssertionError(f"{decode.__name__} accepted {bad!r}")
+
+
+def test_wire_messages_must_be_canonical():
+    hb = wire.encode_heartbeat(wire.Heartbeat({}, 7, b"d" * 32, 12))
+    unsorted = cbor2.dumps({"v": 1, "n": 12, "l": 7, "d": b"d" * 32, "c": {}})
+    long_int = hb.replace(b"\x61\x6c\x07", b"\x61\x6c\x18\x07")  # "l": 7 in two bytes
+    assert wire.decode_heartbeat(hb).lamport == 7
+    for bad in (unsorted, long_int):
+        try:
+            wire.decode_heartbeat(bad)
+        except wire.WireError as exc:
+            assert exc.code == "non_canonical", exc
+        else:
+            raise AssertionError(f"accepted {bad.hex()}")

@@ -78,6 +78,8 @@ def _load(data: bytes, size_max: int, fields: frozenset[str]) -> dict:
         raise WireError("bad_schema", f"expected a map with keys {sorted(fields)}")
     if type(msg["v"]) is not int or msg["v"] != VERSION:
         raise WireError("bad_version", describe(msg["v"]))
+    if canonical(msg) != data:  # one encoding per message: sorted keys, shortest ints
+        raise WireError("non_canonical", "encoding is not canonical CBOR")
     return msg
 
 

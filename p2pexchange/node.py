@@ -94,7 +94,7 @@ class Node:
         self.feed = Feed()
         self.received: Counter[tuple[str, str]] = Counter()  # (gossip|sync, receipt status)
         self._rng = random.Random(config.seed)
-        self.host: Any = create_host(self.key_pair)
+        self.host: Any = create_host(self.key_pair, config.listen)
         self.gossip = Gossip(self.host, self.origin, self.rejections)
         self.sync = Sync(self.host, self.replica, self.receive_event, self.rejections,
                          peers=lambda: self.discovery.peers, rng=self._rng)

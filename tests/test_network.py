@@ -160,3 +160,32 @@ async def test_a_node_following_one_market_still_delivers_every_event(tmp_path):
         await first.flush()
         await net.converged(events=4)
         assert eth_only.replica.book("ETH-USD").resting_count() == 1
+
+
+def remote_ips(node) -> dict[str, set[str]]:
+    """For each connected peer: the remote IPs of our connections to it."""
+    out: dict[str, set[str]] = {}
+    for peer, conns in node.host.get_network().connections.items():
+        for conn in conns if isinstance(conns, list) else [conns]:
+            address = conn.muxed_conn.get_remote_address()
+            if address is not None:
+                out.setdefault(str(peer), set()).add(address[0])
+    return out
+
+
+async def test_nodes_on_their_own_addresses_dial_from_them(tmp_path):
+    async with network(tmp_path) as net:
+        first = await net.start("n0", listen="/ip4/127.0.0.2/tcp/0")
+        second = await net.start("n1", bootstrap=first, listen="/ip4/127.0.0.3/tcp/0")
+        third = await net.start("n2", bootstrap=first, listen="/ip4/127.0.0.4/tcp/0")
+        await net.discovered()
+        own_ip = {str(n.peer_id): n.listen_addr.split("/")[2] for n in net.nodes}
+        assert sorted(own_ip.values()) == ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+        for node in (first, second, third):
+            seen = remote_ips(node)
+            assert set(seen) == set(own_ip) - {str(node.peer_id)}
+            for peer, ips in seen.items():
+                assert ips == {own_ip[peer]}, (peer, ips)  # never 127.0.0.1
+        second.submit(BTC, limit(Side.SELL, 10_000, 1))
+        await second.flush()
+        await net.converged(events=1)

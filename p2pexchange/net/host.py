@@ -1,7 +1,8 @@
 """The libp2p host: the node's identity key, its transports, and dialing.
 
 The identity is an Ed25519 key kept in the data dir (`identity.key`, mode 0600), so a
-restarted node keeps its peer id. The host speaks TCP, upgraded by py-libp2p's
+restarted node keeps its peer id. A node listening on one specific address also dials
+from it (`BoundTCP`). The host speaks TCP, upgraded by py-libp2p's
 security transports (noise first) and the yamux stream muxer (mplex was ~15x slower
 for bulk transfers here, LIBP2P_NOTES).
 """
@@ -18,6 +19,7 @@ from libp2p.crypto.ed25519 import Ed25519PrivateKey, create_new_key_pair
 from libp2p.crypto.keys import KeyPair
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.transport.tcp.tcp import TCP
 
 IDENTITY_FILE = "identity.key"
 
@@ -39,9 +41,30 @@ def load_or_create_key(data_dir: str) -> KeyPair:
     return key_pair
 
 
-def create_host(key_pair: KeyPair) -> Any:
-    """A py-libp2p host for `key_pair`: TCP, noise, yamux."""
-    return new_host(key_pair=key_pair, muxer_preference="YAMUX")
+class BoundTCP(TCP):
+    """TCP whose outgoing connections leave from the node's own listen address.
+
+    py-libp2p dials from whatever address the kernel picks (127.0.0.1 on loopback),
+    so nodes on their own addresses (127.0.0.2, .3, …) would all look like 127.0.0.1
+    to each other and per-address firewall rules would miss their connections.
+    Binding the source address (port 0: any free port) keeps each node's traffic on
+    its own address in both directions."""
+
+    def __init__(self, source_ip: str) -> None:
+        super().__init__()
+        self.source_ip = source_ip
+
+    async def dial(self, maddr: multiaddr.Multiaddr) -> Any:
+        return await self.dial_with_source(maddr, (self.source_ip, 0))
+
+
+def create_host(key_pair: KeyPair, listen: str = "/ip4/127.0.0.1/tcp/0") -> Any:
+    """A py-libp2p host for `key_pair`: TCP, noise, yamux; dialing from the listen
+    address when that is one specific IPv4 address."""
+    addr = multiaddr.Multiaddr(listen)
+    ip = addr.value_for_protocol("ip4") if "ip4" in [p.name for p in addr.protocols()] else None
+    transports = [BoundTCP(ip)] if ip and ip != "0.0.0.0" else None
+    return new_host(key_pair=key_pair, muxer_preference="YAMUX", transports=transports)
 
 
 def peer_info(addr: str) -> PeerInfo:

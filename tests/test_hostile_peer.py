@@ -111,6 +111,7 @@ async def test_a_hostile_peer_cannot_crash_freeze_or_stall_a_node(tmp_path):
         # Honest trading goes on, through the victim too, and everyone honest agrees.
         victim.submit(BTC, Place(Side.SELL, OrderType.LIMIT, 10_000, 3))
         await victim.flush()
+        await net.converged([first, victim, honest], events=1)  # the buy comes after it
         honest.submit(BTC, Place(Side.BUY, OrderType.IOC, 10_000, 2))
         await honest.flush()
         await net.converged([first, victim, honest], events=2)

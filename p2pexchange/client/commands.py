@@ -204,7 +204,7 @@ def trades_table(trades: list[dict]) -> Table:
               box=None)
     for tr in trades:
         t.add_row(tr["market"], tr["price"], tr["quantity"], tr["taker_side"], tr["status"],
-                  tr["maker_order"][:16], tr["taker_order"][:16])
+                  short_order_id(tr["maker_order"]), short_order_id(tr["taker_order"]))
     return t
 
 
@@ -221,3 +221,9 @@ def status_table(s: dict) -> Table:
             value = ", ".join(f"{k}={v}" for k, v in value.items()) or "none"
         t.add_row(key, str(value))
     return t
+
+
+def short_order_id(order_id: str) -> str:
+    """A short handle for an order id in tables: its event id's first 12 hex digits and
+    its index in that event (orders of one event share the event id)."""
+    return f"{order_id[:12]}:{int(order_id[64:] or '0', 16)}"

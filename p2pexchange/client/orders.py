@@ -20,7 +20,7 @@ import trio
 
 from ..core.events import STP, OrderType, Place, Side
 from ..core.market import GridError, Market
-from .schemas import OrderRequest, Placed, order_out
+from .schemas import OrderRequest, Placed, fill_of, order_out
 
 if TYPE_CHECKING:
     from ..node import Node
@@ -162,8 +162,12 @@ class OwnOrders:
     def _answer(node: Node, order_id: bytes, outcome: str, coid: str | None,
                 market: Market) -> Placed:
         order = node.order(order_id)
+        # What it took on arrival: its own event's trades (an order id starts with the
+        # 32-byte id of the event that placed it).
+        fills = [fill_of(t, order_id, market) for t in node.trades_of(order_id[:32])
+                 if t.taker_order == order_id]
         return Placed(order_id=order_id.hex(), outcome=outcome, client_order_id=coid,
-                      order=order_out(order, market) if order is not None else None)
+                      order=order_out(order, market, fills) if order is not None else None)
 
     def _bound(self) -> None:
         while len(self.recent) > RECENT_ORDERS_MAX:

@@ -211,3 +211,4 @@ def book_out(market: Market, depth: dict[str, list[tuple[int, int]]]) -> Book:
                 for p, q in rows]
     return Book(market=market.name, bids=levels(depth.get("bids", [])),
                 asks=levels(depth.get("asks", [])))
+

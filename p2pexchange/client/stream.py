@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ..core.book import Trade
+from ..core.book import OPEN_STATUSES, Trade
+from ..core.events import Cancel
 from ..core.market import DEFAULT_MARKETS
 from .schemas import book_out, order_out, peer, trade_out
 
@@ -41,6 +42,7 @@ BOOK_LEVELS = 20
 CLIENT_QUEUE_MAX = 1024
 CLIENTS_MAX = 64
 PENDING_EVENTS_MAX = 10_000
+OPEN_TRACKED_MAX = 1_000  # own open orders re-checked each tick for silent changes
 STREAM_TYPES = ("trade", "book", "order", "status", "applied")
 DEFAULT_TYPES = frozenset(STREAM_TYPES) - {"applied"}
 
@@ -83,6 +85,7 @@ class Broadcaster:
         self._pending: OrderedDict[bytes, None] = OrderedDict()  # events with pending trades
         self._books: set[str] = set()
         self._orders: set[bytes] = set()
+        self._open: OrderedDict[bytes, str] = OrderedDict()  # shown open: id -> status
         self._last_status: tuple = ()
 
         self._wanted: frozenset[str] = frozenset()  # the kinds some client wants
@@ -120,6 +123,7 @@ class Broadcaster:
             self._books.add(event.market)
             if event.origin == node.origin and "order" in wanted:
                 self._orders.update(event.order_id(i) for i in range(len(event.actions)))
+                self._orders.update(a.order_id for a in event.actions if type(a) is Cancel)
             if not wanted & {"trade", "order"}:
                 continue
             trades = node.trades_of(event.id)
@@ -162,12 +166,23 @@ class Broadcaster:
                 book = book_out(node.markets[market], node.book(market, BOOK_LEVELS))
                 self._send({"type": "book", **book.model_dump()})
         self._books.clear()
+        # An open order of ours can also end without an event naming it (expired by
+        # self-trade prevention when another of ours takes): re-check those we showed open.
+        for order_id, status in list(self._open.items()):
+            order = node.order(order_id)
+            if order is None or order.status.name.lower() != status:
+                self._orders.add(order_id)
         for order_id in sorted(self._orders):
             order = node.order(order_id)
+            self._open.pop(order_id, None)
             if order is not None and order.market in node.markets:
                 out = order_out(order, node.markets[order.market])
                 self._send({"type": "order", "market": out.market,
                             "order": out.model_dump(exclude={"fills"})})
+                if order.status in OPEN_STATUSES:
+                    self._open[order_id] = order.status.name.lower()
+        while len(self._open) > OPEN_TRACKED_MAX:
+            self._open.popitem(last=False)
         self._orders.clear()
         s = node.status()
         status = (s["peers"], s["digest"], s["trades_final"], s["final_frontier"])

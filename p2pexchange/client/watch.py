@@ -19,7 +19,7 @@ from rich.panel import Panel
 from rich.table import Table
 from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
-from .commands import CommandError, add_connection_options, api_url
+from .commands import CommandError, add_connection_options, api_url, short_order_id
 
 TRADES_SHOWN = 15
 ORDERS_SHOWN = 8
@@ -71,7 +71,7 @@ class View:
         orders = Table("my order", "side", "price", "filled/qty", "status",
                        title="my orders", box=None)
         for o in reversed(self.orders.values()):
-            orders.add_row(o["order_id"][:16], o["side"], o["price"] or "market",
+            orders.add_row(short_order_id(o["order_id"]), o["side"], o["price"] or "market",
                            f"{o['filled']}/{o['quantity']}", o["status"])
         row = Table.grid(padding=(0, 4))
         row.add_row(ladder, trades, orders)

@@ -208,3 +208,39 @@ async def test_a_node_with_an_open_stream_stops_cleanly(tmp_path):
             assert json.loads(await ws.get_message())["type"] == "status"
             await net.stop(a.node)  # fails the test if it takes more than 20 s
         assert not (tmp_path / "a" / "api.json").exists()
+
+
+async def test_the_stream_reports_my_orders_that_end_without_an_event_naming_them(tmp_path):
+    """A resting order of ours expired by self-trade prevention (our own taker with
+    `expire_maker`) is named by no event, and a cancel names it only in its action."""
+    from trio_websocket import open_websocket_url
+    async with network(tmp_path) as net, api_node(net, "a") as a:
+        seen: list[dict] = []
+
+        async def listen(task_status=trio.TASK_STATUS_IGNORED) -> None:
+            async with open_websocket_url(f"ws://127.0.0.1:{a.port}/stream?types=order") as ws:
+                task_status.started()
+                while True:
+                    seen.append(json.loads(await ws.get_message()))
+
+        def last(order_id: str) -> dict | None:
+            updates = [m["order"] for m in seen if m["order"]["order_id"] == order_id]
+            return updates[-1] if updates else None
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(listen)
+            maker = (await a.call("POST", "/orders", json={**BUY, "side": "sell"})).json()
+            other = (await a.call("POST", "/orders", json={**BUY, "price": "90.00"})).json()
+            await eventually(lambda: _shown(last, maker, "resting"), "the maker shown open")
+            await eventually(lambda: _shown(last, other, "resting"), "the other shown open")
+            await a.call("POST", "/orders", json={**BUY, "type": "ioc", "stp": "expire_maker"})
+            await eventually(lambda: _shown(last, maker, "cancelled"), "the maker expired")
+            await a.call("DELETE", f"/orders/{other['order_id']}", "/orders/{order_id}")
+            await eventually(lambda: _shown(last, other, "cancelled"), "the cancel shown")
+            nursery.cancel_scope.cancel()
+        assert last(maker["order_id"])["reason"] == "stp_expired_maker"
+
+
+async def _shown(last, placed: dict, status: str) -> bool:
+    update = last(placed["order_id"])
+    return update is not None and update["status"] == status

@@ -2,7 +2,8 @@
 
 The attacker is a node built on the project's own code that skips its own validators
 and speaks the protocols directly: it publishes hostile messages on every topic
-(events, heartbeats, trade reports), opens sync streams with garbage, oversize and
+(events, among them signed ones on the wrong market's topic or of another origin;
+heartbeats; trade reports), opens sync streams with garbage, oversize and
 silent requests and too many at once, and answers the victim's sync pulls with
 garbage. The victim must stay up, attribute every rejection to the attacker, keep
 trading with its honest peers, and converge with them.
@@ -20,6 +21,7 @@ from p2pexchange.core.events import SEQ_MAX, OrderType, Place, Side, canonical, 
 from p2pexchange.net import wire
 from p2pexchange.net.gossip import CONTROL_TOPIC, TRADES_TOPIC, market_topic
 from p2pexchange.net.sync import SYNC_PROTOCOL
+from p2pexchange.sim.workload import peer_id_bytes, seeded_key_pair
 
 pytestmark = pytest.mark.network
 BTC = "BTC-USD"
@@ -39,7 +41,13 @@ def hostile_events(attacker, victim) -> list[bytes]:
     key = attacker.key_pair.private_key
     lie = sign_event(key, attacker.origin, 1, {victim.origin: SEQ_MAX}, 2, BTC,
                      [Place(Side.SELL, OrderType.LIMIT, 100, 1)])
-    return raws + [lie.raw]
+    # Validly signed but on the wrong topic, or published by someone else than its origin.
+    eth = sign_event(key, attacker.origin, 1, {}, 1, "ETH-USD",
+                     [Place(Side.SELL, OrderType.LIMIT, 100, 1)])
+    other = seeded_key_pair("someone else")
+    foreign = sign_event(other.private_key, peer_id_bytes(other), 1, {}, 1, BTC,
+                         [Place(Side.SELL, OrderType.LIMIT, 100, 1)])
+    return raws + [lie.raw, eth.raw, foreign.raw]
 
 
 def hostile_control(victim) -> tuple[list[bytes], list[bytes]]:
@@ -121,5 +129,5 @@ async def test_a_hostile_peer_cannot_crash_freeze_or_stall_a_node(tmp_path):
         peers = {peer for _, _, peer in victim.rejection_log}
         assert peers == {attacker_id}, peers
         codes = {code for _, code, _ in victim.rejection_log}
-        assert {"too_many_streams", "oversize"} <= codes, codes
+        assert {"too_many_streams", "oversize", "wrong_topic", "not_origin"} <= codes, codes
         assert victim.rejections.by_peer[attacker_id] >= 10

@@ -189,3 +189,35 @@ async def test_nodes_on_their_own_addresses_dial_from_them(tmp_path):
         second.submit(BTC, limit(Side.SELL, 10_000, 1))
         await second.flush()
         await net.converged(events=1)
+
+
+async def test_only_noise_and_yamux_are_accepted(tmp_path):
+    """A peer offering only plaintext (or only mplex) cannot connect; noise + yamux can."""
+    from libp2p import new_host
+    from libp2p.crypto.ed25519 import create_new_key_pair
+    from libp2p.custom_types import TProtocol
+    from libp2p.peer.peerinfo import info_from_p2p_addr
+    from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
+    from libp2p.stream_muxer.mplex.mplex import MPLEX_PROTOCOL_ID as MPLEX_ID
+    from libp2p.stream_muxer.mplex.mplex import Mplex
+    from multiaddr import Multiaddr
+
+    async with network(tmp_path) as net:
+        node = await net.start("n0")
+        key = create_new_key_pair()
+        stacks = {
+            "plaintext": dict(sec_opt={PLAINTEXT_PROTOCOL_ID: InsecureTransport(key)}),
+            "mplex": dict(muxer_opt={TProtocol(MPLEX_ID): Mplex}),
+            "noise+yamux": dict(muxer_preference="YAMUX"),
+        }
+        connected = {}
+        for name, options in stacks.items():
+            client = new_host(key_pair=key, **options)
+            async with client.run(listen_addrs=[Multiaddr("/ip4/127.0.0.1/tcp/0")]):
+                try:
+                    with trio.fail_after(10):
+                        await client.connect(info_from_p2p_addr(Multiaddr(node.listen_addr)))
+                except Exception:
+                    pass
+                connected[name] = node.peer_id in client.get_connected_peers()
+        assert connected == {"plaintext": False, "mplex": False, "noise+yamux": True}

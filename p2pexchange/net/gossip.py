@@ -69,26 +69,24 @@ class Gossip:
                          on_event: Callable[[ID, bytes], None],
                          on_heartbeat: Callable[[ID, wire.Heartbeat], None],
                          on_trade_report: Callable[[ID, wire.TradeReport], None]) -> None:
-        """Validate and follow every topic of the node: `markets`, control, trades.
-        Events are validated against every configured market (sync may bring any)."""
-        def decode(data: bytes) -> Event:
-            return decode_event(data, DEFAULT_MARKETS)
+        """Validate and follow every topic of the node: `markets`, control, trades."""
         for market in markets:
-            self.validate(market_topic(market), "event", decode, EventRejected)
+            self.validate(market_topic(market), "event", _event_check(market), EventRejected)
             await self.follow(nursery, market_topic(market), "event", bytes, wire.WireError,
                               on_event)
         for topic, what, decode_wire, handle in (
                 (CONTROL_TOPIC, "heartbeat", wire.decode_heartbeat, on_heartbeat),
                 (TRADES_TOPIC, "trade report", wire.decode_trade_report, on_trade_report)):
-            self.validate(topic, what, decode_wire, wire.WireError)
+            self.validate(topic, what, _data_check(decode_wire), wire.WireError)
             await self.follow(nursery, topic, what, decode_wire, wire.WireError, handle)
 
-    def validate(self, topic: str, what: str, decode: Callable[[bytes], Any],
+    def validate(self, topic: str, what: str, check: Callable[[Any], Any],
                  error: type[Exception]) -> None:
-        """A topic validator: a message that does not decode is rejected, not forwarded."""
+        """A topic validator: a message that fails `check` is rejected, not forwarded,
+        and counted against the peer that passed it to us."""
         def validator(peer: ID, msg: Any) -> bool:
             try:
-                decode(msg.data)
+                check(msg)
             except Exception as exc:
                 self._reject(what, _code(exc, error), peer)
                 return False
@@ -129,6 +127,26 @@ class Gossip:
 
     def mesh_size(self, topic: str) -> int:
         return len(self.router.mesh.get(topic, set()))
+
+
+def _data_check(decode: Callable[[bytes], Any]) -> Callable[[Any], Any]:
+    def check(msg: Any) -> Any:
+        return decode(msg.data)
+    return check
+
+
+def _event_check(market: str) -> Callable[[Any], Event]:
+    """What a market topic's validator checks beyond `decode_event` (any configured
+    market: sync may bring any): the event is of this topic's market, and the gossip
+    message was published by the event's origin (protocols/topics.md)."""
+    def check(msg: Any) -> Event:
+        event = decode_event(msg.data, DEFAULT_MARKETS)
+        if event.market != market:
+            raise EventRejected("wrong_topic", f"a {event.market} event on {market}'s topic")
+        if event.origin != msg.from_id:
+            raise EventRejected("not_origin", "published by another peer than its origin")
+        return event
+    return check
 
 
 def _code(exc: Exception, expected: type[Exception]) -> str:

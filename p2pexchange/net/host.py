@@ -1,10 +1,11 @@
 """The libp2p host: the node's identity key, its transports, and dialing.
 
+TCP, then noise (the only security protocol offered: no TLS, secio or plaintext), then
+yamux (the only muxer: mplex was ~15x slower for bulk transfers here, LIBP2P_NOTES).
+
 The identity is an Ed25519 key kept in the data dir (`identity.key`, mode 0600), so a
 restarted node keeps its peer id. A node listening on one specific address also dials
-from it (`BoundTCP`). The host speaks TCP, upgraded by py-libp2p's
-security transports (noise first) and the yamux stream muxer (mplex was ~15x slower
-for bulk transfers here, LIBP2P_NOTES).
+from it (`BoundTCP`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,14 @@ import trio
 from libp2p import new_host
 from libp2p.crypto.ed25519 import Ed25519PrivateKey, create_new_key_pair
 from libp2p.crypto.keys import KeyPair
+from libp2p.crypto.x25519 import create_new_key_pair as create_new_x25519_key_pair
+from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.transport.tcp.tcp import TCP
 
 IDENTITY_FILE = "identity.key"
@@ -59,12 +66,18 @@ class BoundTCP(TCP):
 
 
 def create_host(key_pair: KeyPair, listen: str = "/ip4/127.0.0.1/tcp/0") -> Any:
-    """A py-libp2p host for `key_pair`: TCP, noise, yamux; dialing from the listen
-    address when that is one specific IPv4 address."""
+    """A py-libp2p host for `key_pair`: TCP, noise only, yamux only; dialing from the
+    listen address when that is one specific IPv4 address."""
     addr = multiaddr.Multiaddr(listen)
     ip = addr.value_for_protocol("ip4") if "ip4" in [p.name for p in addr.protocols()] else None
     transports = [BoundTCP(ip)] if ip and ip != "0.0.0.0" else None
-    return new_host(key_pair=key_pair, muxer_preference="YAMUX", transports=transports)
+    # Only noise and only yamux are offered: py-libp2p's defaults would also accept
+    # TLS, secio and plaintext (unencrypted) peers, and mplex.
+    security = {NOISE_PROTOCOL_ID: NoiseTransport(
+        key_pair, noise_privkey=create_new_x25519_key_pair().private_key)}
+    muxers = {TProtocol(YAMUX_PROTOCOL_ID): Yamux}
+    return new_host(key_pair=key_pair, sec_opt=security, muxer_opt=muxers,
+                    transports=transports)
 
 
 def peer_info(addr: str) -> PeerInfo:

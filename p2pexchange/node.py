@@ -6,10 +6,12 @@
     sync (net/sync)          pull what we lack; serve what others lack
     control (net/control)    heartbeats, finality, trade reports
     rejections (net/rejections) every refused input, counted by code and by peer
+    intake (intake.py)       events in: inbox, batches to the replica, store, feed, logs
     replica (core/replica)   the deterministic state; store (store.py) its log on disk
 
-Every input from the network reaches the replica through `receive_event` or the
-control handlers, and whatever a peer sends ends as state or as a counted rejection
+Every event from the network reaches the replica through the intake (intake.py: one
+bounded inbox, handed over in batches) and every other input through the control
+handlers, and whatever a peer sends ends as state or as a counted rejection
 attributed to it, never as an exception in one of the node's tasks. Replica calls
 are synchronous and never awaited in the middle, so trio's task order cannot reach
 the replica's state: only the set of delivered events does. The node knows nothing
@@ -35,16 +37,17 @@ import trio
 from libp2p.peer.id import ID
 
 from .core.book import Order, Trade
-from .core.events import Action, Event, short_id
+from .core.events import Action, Event
 from .core.market import DEFAULT_MARKETS, Market
 from .core.params import BATCH_ACTIONS_MAX, PENDING_ACTIONS_MAX, STATUS_INTERVAL_S
-from .core.replica import OwnHistoryBehind, Receipt, Replica
+from .core.replica import OwnHistoryBehind, Replica
 from .feed import Feed
+from .intake import Intake
 from .looplag import LoopLag
 from .net.control import Control
 from .net.discovery import Discovery
 from .net.gossip import Batcher, Gossip
-from .net.host import create_host, load_or_create_key, short_peer
+from .net.host import create_host, load_or_create_key
 from .net.rejections import Rejections
 from .net.sync import Sync
 from .status import node_status, status_line
@@ -92,11 +95,12 @@ class Node:
         self.finished = trio.Event()
         self._subscribers: list[trio.MemorySendChannel] = []
         self.feed = Feed()
-        self.received: Counter[tuple[str, str]] = Counter()  # (gossip|sync, receipt status)
         self._rng = random.Random(config.seed)
         self.host: Any = create_host(self.key_pair, config.listen)
         self.gossip = Gossip(self.host, self.origin, self.rejections)
-        self.sync = Sync(self.host, self.replica, self.receive_event, self.rejections,
+        self.intake = Intake(self.replica, self.store, self.feed, self.rejections,
+                             want_sync=lambda peer: self.sync.want(peer))
+        self.sync = Sync(self.host, self.replica, self.intake.receive, self.rejections,
                          peers=lambda: self.discovery.peers, rng=self._rng)
         self.discovery = Discovery(self.host, on_found=self.sync.want)
         self.control = Control(self.gossip, self.replica, self.origin, self.rejections,
@@ -151,6 +155,11 @@ class Node:
     def rejection_log(self) -> deque[tuple[str, str, str]]:
         """Recent rejections: (what, code, peer id)."""
         return self.rejections.recent
+
+    @property
+    def received(self) -> Counter[tuple[str, str]]:
+        """Events received: (gossip|sync, receipt status) -> count."""
+        return self.intake.received
 
     @property
     def pending_actions(self) -> int:
@@ -217,14 +226,15 @@ class Node:
             await self.discovery.start(stack)
             self.listen_addr = str(self.host.get_addrs()[0])
             async with trio.open_nursery() as nursery:
-                await self.gossip.follow_all(nursery, self.markets, self._on_event,
+                await self.gossip.follow_all(nursery, self.markets, self.intake.offer,
                                              self.control.on_heartbeat,
                                              self.control.on_trade_report)
                 await self.discovery.bootstrap(self.config.bootstrap)
                 for service in self.services:
                     await nursery.start(service.run, self)
-                for loop in (self.discovery.run, self.sync.run, self.batcher.run,
-                             self.control.run, self._status_loop, self.loop_lag.run):
+                for loop in (self.intake.run, self.discovery.run, self.sync.run,
+                             self.batcher.run, self.control.run, self._status_loop,
+                             self.loop_lag.run):
                     nursery.start_soon(loop)
                 self.ready.set()
                 task_status.started(self)
@@ -238,38 +248,6 @@ class Node:
             await trio.sleep(self.config.status_interval_s)
             log.info(self.status_line())
 
-    # -- events in -----------------------------------------------------------------------
-
-    def _on_event(self, sender: ID, raw: bytes) -> None:
-        self.receive_event(raw, f"peer {short_peer(sender)}", sender)
-
-    def receive_event(self, raw: bytes, source: str, sender: ID | None = None) -> Receipt:
-        """Hand one event from the network to the replica, store and log what it did."""
-        receipt = self.replica.receive(raw)
-        self.received[("sync" if source.startswith("sync") else "gossip", receipt.status)] += 1
-        if receipt.status == "rejected":
-            self.rejections(f"event via {source}", receipt.code or "?", sender)
-        elif receipt.status == "buffered" and sender is not None:
-            self.sync.want(sender)
-        elif receipt.status == "delivered":
-            self._persist(receipt)
-            for event in receipt.delivered:
-                log.info("order batch %s from %s applied: %d actions, seq %d%s",
-                         short_id(event.id), short_peer(ID(event.origin)), len(event.actions),
-                         event.seq, f" (via {source})" if event is receipt.event else
-                         " (unblocked)")
-            self._log_trades(receipt.trades, receipt.rolled_back)
-        return receipt
-
-    def _log_trades(self, trades: list[Trade], rolled_back: int = 0) -> None:
-        if rolled_back:
-            log.info("re-ordered %d later events behind a late one", rolled_back)
-        for t in trades:
-            market = DEFAULT_MARKETS[t.market]
-            log.info("trade executed (pending) %s %s %s @ %s, maker %s taker %s", t.market,
-                     market.lots_to_qty(t.qty), market.base, market.ticks_to_price(t.price),
-                     short_peer(ID(t.maker_origin)), short_peer(ID(t.taker_origin)))
-
     # -- own events ------------------------------------------------------------------------
 
     def _seal(self, market: str, actions: list[Action]) -> Event | None:
@@ -280,13 +258,13 @@ class Node:
         except OwnHistoryBehind as exc:
             log.warning("not trading yet: %s", exc)
             return None
-        self._persist(receipt)  # stored before it is published
+        self.intake.persist(receipt.delivered, 0)  # stored before it is published
         self.feed.sealed(event, self.replica.outcomes_of(event.id))
         return event
 
     def _published(self, event: Event) -> None:
         # Our own event sorts after everything we hold: it never rolls anything back.
-        self._log_trades(self.replica.trades_of(event.id))
+        self.intake.log_trades(self.replica.trades_of(event.id))
         for send in self._subscribers:
             try:
                 send.send_nowait(event)
@@ -302,9 +280,4 @@ class Node:
         if count:
             log.info("replayed %d events from the store: own seq %d, digest %s", count,
                      self.replica.clock.get(self.origin, 0), self.replica.digest_hex[:16])
-
-    def _persist(self, receipt: Receipt) -> None:
-        self.store.add([(e.origin, e.seq, e.id, e.raw) for e in receipt.delivered],
-                       self.replica.digest)
-        self.feed.applied(receipt.delivered, receipt.rolled_back)
 

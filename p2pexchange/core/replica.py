@@ -459,6 +459,8 @@ class Replica:
         self._own_signed = 0  # highest seq seen signed by our own key (our history's end)
         self._applied: list[_Applied] = []
         self._keys: list[OrderKey] = []
+        # Delivered but not yet applied, while `receive_many` runs: (event, its receipt).
+        self._deferred: list[tuple[Event, Receipt]] | None = None
         self._index: dict[bytes, _Applied] = {}  # event id -> applied entry
         self._heartbeats: dict[bytes, _Heartbeat] = {}  # the members, at most members_max
         self._members_max = members_max
@@ -586,6 +588,19 @@ class Replica:
         except EventRejected as rejected:
             return self._reject(rejected.code, rejected.detail)
         return self.admit(event)
+
+    def receive_many(self, raws: Sequence[bytes]) -> list[Receipt]:
+        """Admit several events from the wire (a receipt each), then apply everything
+        they made deliverable in one pass: a batch that arrived out of order costs one
+        rollback, down to its earliest event, instead of one per event. The resulting
+        state is the same as receiving them one by one. Never raises on bad input."""
+        assert self._deferred is None, "receive_many is not reentrant"
+        self._deferred = []
+        try:
+            return [self.receive(raw) for raw in raws]
+        finally:
+            deferred, self._deferred = self._deferred, None
+            self._apply_delivered(deferred)
 
     def create_event(self, private_key: PrivateKey, market: str,
                      actions: Sequence[Action]) -> tuple[Event, Receipt]:
@@ -788,9 +803,11 @@ class Replica:
     # -- internals: delivery -----------------------------------------------------
 
     def _deliver_chain(self, first: Event, receipt: Receipt) -> Receipt | None:
-        """Deliver `first` and every buffered event that becomes ready."""
+        """Deliver `first` and every buffered event that becomes ready, then apply them
+        together (or leave them to `receive_many`, which applies its whole batch)."""
         ready = [first]
         rejected = None
+        start = len(receipt.delivered)
         while ready:
             event = ready.pop()
             expected = 1 + max((self._events[o][s - 1].lamport for o, s in event.clock.items()),
@@ -801,6 +818,11 @@ class Replica:
                 continue
             self._deliver(event, receipt)
             ready.extend(reversed(self._buffer.release(event.origin, event.seq)))
+        delivered = [(event, receipt) for event in receipt.delivered[start:]]
+        if self._deferred is not None:
+            self._deferred.extend(delivered)
+        else:
+            self._apply_delivered(delivered)
         return rejected
 
     def _deliver(self, event: Event, receipt: Receipt) -> None:
@@ -819,17 +841,30 @@ class Replica:
             # hold of it until it heartbeats or stays silent past the liveness timeout.
             self._heartbeats[origin] = _Heartbeat(0, 0, self._now_ms)
         receipt.delivered.append(event)
-        key = event.key
-        keys = self._keys
-        position = bisect_left(keys, key)
-        undone = self._undo_to(position)
+
+    def _apply_delivered(self, delivered: list[tuple[Event, Receipt]]) -> None:
+        """Apply newly delivered events in the total order: undo once, down to the
+        earliest of them, then apply them merged with what was undone. Each event's
+        trades go to the receipt it was delivered under; the rollback to the receipt
+        of the earliest."""
+        if not delivered:
+            return
+        delivered.sort(key=lambda item: item[0].key)
+        undone = self._undo_to(bisect_left(self._keys, delivered[0][0].key))
         if undone:
             self._stats["rollbacks"] += 1
             self._stats["events_reapplied"] += len(undone)
-            receipt.rolled_back += len(undone)
-        receipt.trades.extend(self._apply(event))
-        for entry in reversed(undone):
-            self._apply(entry.event)
+            delivered[0][1].rolled_back += len(undone)
+        redo = [entry.event for entry in reversed(undone)]  # ascending keys
+        i = j = 0
+        while i < len(delivered) or j < len(redo):
+            if j == len(redo) or (i < len(delivered) and delivered[i][0].key < redo[j].key):
+                event, receipt = delivered[i]
+                receipt.trades.extend(self._apply(event))
+                i += 1
+            else:
+                self._apply(redo[j])
+                j += 1
 
     def _undo_to(self, position: int) -> list[_Applied]:
         """Undo applied events from the end down to `position`; newest first."""

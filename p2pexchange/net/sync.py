@@ -56,7 +56,8 @@ log = logging.getLogger("p2pexchange.node")
 
 SYNC_PROTOCOL = TProtocol("/p2pexchange/sync/1.0.0")
 
-Receive = Callable[[bytes, str, ID], Receipt]  # (raw event, where from for logs, sender)
+# One answer's events as a batch: [(raw event, where from for logs, sender)] -> receipts
+Receive = Callable[[list[tuple[bytes, str, ID]]], list[Receipt]]
 
 
 class SyncFailed(Exception):
@@ -145,8 +146,8 @@ class Sync:
                         events, more = wire.decode_sync_response(data)
                     except wire.WireError as exc:
                         raise SyncFailed(exc.code) from None
-                    for raw in events:
-                        delivered += len(self._receive(raw, source, peer).delivered)
+                    receipts = self._receive([(raw, source, peer) for raw in events])
+                    delivered += sum(len(r.delivered) for r in receipts)
                     if not more or not events:
                         break
         finally:

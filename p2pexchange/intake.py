@@ -1,0 +1,106 @@
+"""Events in: from gossip and sync to the replica, in batches, and what follows.
+
+Gossip readers only queue what arrives (`offer`) into one bounded inbox; one task
+(`run`) takes whatever has queued up, at most `INBOX_BATCH_MAX` events, and hands it to
+the replica at once (`Replica.receive_many`), so events that arrived out of order cost
+one rollback per batch, not one each. A full inbox drops the newest message and counts
+it (gossip is best-effort; sync brings it back). Sync hands each answer over as one
+batch too. For every input the outcome is then carried out: a rejection counted against
+the peer that sent it, a sync with the sender of an event that had to wait, and what was
+delivered stored (with the digest after the batch), announced to subscribers and logged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+import trio
+from libp2p.peer.id import ID
+
+from .core.book import Trade
+from .core.events import short_id
+from .core.market import DEFAULT_MARKETS
+from .core.replica import Receipt, Replica
+from .feed import Feed
+from .net.host import short_peer
+from .net.rejections import Rejections
+from .store import EventStore
+
+log = logging.getLogger("p2pexchange.node")
+
+INBOX_MAX = 4096  # gossiped events waiting for the replica
+INBOX_BATCH_MAX = 256  # events handed to the replica at once
+
+Arrival = tuple[bytes, str, ID | None]  # (raw event, where from for logs, sender)
+
+
+class Intake:
+    def __init__(self, replica: Replica, store: EventStore, feed: Feed,
+                 rejections: Rejections, want_sync: Callable[[ID], None]) -> None:
+        self.replica = replica
+        self.store = store
+        self.feed = feed
+        self.rejections = rejections
+        self.received: Counter[tuple[str, str]] = Counter()  # (gossip|sync, receipt status)
+        self._want_sync = want_sync
+        self._send, self._inbox = trio.open_memory_channel[Arrival](INBOX_MAX)
+
+    def offer(self, sender: ID, raw: bytes) -> None:
+        """Queue one gossiped event; never waits."""
+        try:
+            self._send.send_nowait((raw, f"peer {short_peer(sender)}", sender))
+        except trio.WouldBlock:
+            self.received[("gossip", "dropped")] += 1
+
+    async def run(self) -> None:
+        async for first in self._inbox:
+            batch = [first]
+            while len(batch) < INBOX_BATCH_MAX:
+                try:
+                    batch.append(self._inbox.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            self.receive(batch)
+            await trio.sleep(0)  # let the network tasks run between batches
+
+    def receive(self, arrivals: Sequence[Arrival]) -> list[Receipt]:
+        """Hand events to the replica as one batch; carry out each outcome."""
+        receipts = self.replica.receive_many([raw for raw, _, _ in arrivals])
+        delivered = []
+        rolled_back = 0
+        for (_, source, sender), receipt in zip(arrivals, receipts, strict=True):
+            self.received[("sync" if source.startswith("sync") else "gossip",
+                           receipt.status)] += 1
+            if receipt.status == "rejected":
+                self.rejections(f"event via {source}", receipt.code or "?", sender)
+            elif receipt.status == "buffered" and sender is not None:
+                self._want_sync(sender)
+            delivered += receipt.delivered
+            rolled_back += receipt.rolled_back
+            for event in receipt.delivered:
+                log.info("order batch %s from %s applied: %d actions, seq %d%s",
+                         short_id(event.id), short_peer(ID(event.origin)), len(event.actions),
+                         event.seq, f" (via {source})" if event is receipt.event else
+                         " (unblocked)")
+        if delivered:
+            self.persist(delivered, rolled_back)
+            self.log_trades([t for r in receipts for t in r.trades], rolled_back)
+        return receipts
+
+    def persist(self, delivered: list, rolled_back: int) -> None:
+        """Store delivered events (with the digest after them) and announce them."""
+        self.store.add([(e.origin, e.seq, e.id, e.raw) for e in delivered],
+                       self.replica.digest)
+        self.feed.applied(delivered, rolled_back)
+
+    @staticmethod
+    def log_trades(trades: list[Trade], rolled_back: int = 0) -> None:
+        if rolled_back:
+            log.info("re-ordered %d later events behind late ones", rolled_back)
+        for t in trades:
+            market = DEFAULT_MARKETS[t.market]
+            log.info("trade executed (pending) %s %s %s @ %s, maker %s taker %s", t.market,
+                     market.lots_to_qty(t.qty), market.base, market.ticks_to_price(t.price),
+                     short_peer(ID(t.maker_origin)), short_peer(ID(t.taker_origin)))

@@ -20,7 +20,7 @@ import trio
 from libp2p.peer.id import ID
 
 from .core.book import Trade
-from .core.events import short_id
+from .core.events import Event, short_id
 from .core.market import DEFAULT_MARKETS
 from .core.replica import Receipt, Replica
 from .feed import Feed
@@ -33,7 +33,9 @@ log = logging.getLogger("p2pexchange.node")
 INBOX_MAX = 4096  # gossiped events waiting for the replica
 INBOX_BATCH_MAX = 256  # events handed to the replica at once
 
-Arrival = tuple[bytes, str, ID | None]  # (raw event, where from for logs, sender)
+# (raw event, or the event gossip's validator already decoded and verified; where from,
+# for logs; sender)
+Arrival = tuple[bytes | Event, str, ID | None]
 
 
 class Intake:
@@ -47,7 +49,7 @@ class Intake:
         self._want_sync = want_sync
         self._send, self._inbox = trio.open_memory_channel[Arrival](INBOX_MAX)
 
-    def offer(self, sender: ID, raw: bytes) -> None:
+    def offer(self, sender: ID, raw: bytes | Event) -> None:
         """Queue one gossiped event; never waits."""
         try:
             self._send.send_nowait((raw, f"peer {short_peer(sender)}", sender))

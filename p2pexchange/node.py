@@ -97,7 +97,7 @@ class Node:
         self.feed = Feed()
         self._rng = random.Random(config.seed)
         self.host: Any = create_host(self.key_pair, config.listen)
-        self.gossip = Gossip(self.host, self.origin, self.rejections)
+        self.gossip = Gossip(self.host, self.origin, self.rejections, self.replica.precheck)
         self.intake = Intake(self.replica, self.store, self.feed, self.rejections,
                              want_sync=lambda peer: self.sync.want(peer))
         self.sync = Sync(self.host, self.replica, self.intake.receive, self.rejections,

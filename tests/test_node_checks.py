@@ -91,3 +91,39 @@ def test_wire_messages_must_be_canonical():
             assert exc.code == "non_canonical", exc
         else:
             raise AssertionError(f"accepted {bad.hex()}")
+
+
+def test_a_market_topic_validator_checks_topic_origin_and_state_and_verifies_once():
+    from types import SimpleNamespace
+
+    from p2pexchange.core.events import EventRejected, sign_event
+    from p2pexchange.net.gossip import Gossip
+    from p2pexchange.net.host import create_host
+
+    key = seeded_key_pair("validator")
+    origin = ID.from_pubkey(key.public_key).to_bytes()
+    event = sign_event(key.private_key, origin, 1, {}, 1, "BTC-USD",
+                       [Place(Side.SELL, OrderType.LIMIT, 100, 1)])
+    verdict: dict[str, str | None] = {"code": None}
+    rejected = []
+    gossip = Gossip(create_host(key), b"me", lambda *args: rejected.append(args),
+                    precheck=lambda e: verdict["code"])
+    check = gossip._event_check("BTC-USD")
+    assert check(SimpleNamespace(data=event.raw, from_id=origin)) == event
+    assert gossip._verified(event.raw) == event  # the reader gets the verified event ...
+    assert gossip._verified(event.raw) == event.raw  # ... once
+    for msg, code in ((SimpleNamespace(data=event.raw, from_id=b"someone"), "not_origin"),
+                      (SimpleNamespace(data=event.raw, from_id=origin), "equivocation")):
+        verdict["code"] = "equivocation"
+        try:
+            check(msg)
+        except EventRejected as exc:
+            assert exc.code == code
+        else:
+            raise AssertionError(code)
+    try:
+        gossip._event_check("ETH-USD")(SimpleNamespace(data=event.raw, from_id=origin))
+    except EventRejected as exc:
+        assert exc.code == "wrong_topic"
+    else:
+        raise AssertionError("wrong_topic")

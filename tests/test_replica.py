@@ -199,6 +199,30 @@ def test_equivocation_is_rejected_and_changes_nothing():
     assert replica.stats()["rejected"] == {"equivocation": 1}
 
 
+def test_precheck_tells_what_admit_would_refuse_without_changing_anything():
+    (ka, a), (kb, b) = two_origins()
+    place = [Place(Side.SELL, OrderType.LIMIT, 100, 1)]
+    one = sign_event(ka.private_key, a, 1, {}, 1, "BTC-USD", place)
+    forked = sign_event(ka.private_key, a, 1, {}, 1, "BTC-USD",
+                        [Place(Side.SELL, OrderType.LIMIT, 101, 1)])
+    wrong_lamport = sign_event(kb.private_key, b, 1, {a: 1}, 5, "BTC-USD", place)
+    waiting = sign_event(kb.private_key, b, 1, {a: 2}, 7, "BTC-USD", place)  # lacks a's 2
+    honest = sign_event(kb.private_key, b, 1, {a: 1}, 2, "BTC-USD", place)
+    replica = Replica(MARKETS, origin=b"\x00\x24me")
+    lie = sign_event(ka.private_key, a, 2, {a: 1, b"\x00\x24me": 9}, 2, "BTC-USD", place)
+    replica.receive(one.raw)
+    before = (fingerprint(replica), replica.stats())
+    verdicts = {name: replica.precheck(event) for name, event in (
+        ("duplicate", one), ("forked", forked), ("wrong_lamport", wrong_lamport),
+        ("waiting", waiting), ("honest", honest), ("lie", lie))}
+    assert verdicts == {"duplicate": None, "forked": "equivocation",
+                        "wrong_lamport": "bad_lamport", "waiting": None, "honest": None,
+                        "lie": "impossible_clock"}
+    assert (fingerprint(replica), replica.stats()) == before
+    for name, event in (("forked", forked), ("wrong_lamport", wrong_lamport), ("lie", lie)):
+        assert replica.admit(event).code == verdicts[name]  # the same verdict as admit's
+
+
 def test_lamport_inconsistent_with_clock_is_rejected():
     (ka, a), (kb, b) = two_origins()
     first = sign_event(ka.private_key, a, 1, {}, 1, "BTC-USD",

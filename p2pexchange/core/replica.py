@@ -589,15 +589,17 @@ class Replica:
             return self._reject(rejected.code, rejected.detail)
         return self.admit(event)
 
-    def receive_many(self, raws: Sequence[bytes]) -> list[Receipt]:
-        """Admit several events from the wire (a receipt each), then apply everything
-        they made deliverable in one pass: a batch that arrived out of order costs one
-        rollback, down to its earliest event, instead of one per event. The resulting
-        state is the same as receiving them one by one. Never raises on bad input."""
+    def receive_many(self, items: Sequence[bytes | Event]) -> list[Receipt]:
+        """Admit several events, raw from the wire or already decoded and verified (a
+        receipt each), then apply everything they made deliverable in one pass: a batch
+        that arrived out of order costs one rollback, down to its earliest event,
+        instead of one per event. The resulting state is the same as receiving them one
+        by one. Never raises on bad input."""
         assert self._deferred is None, "receive_many is not reentrant"
         self._deferred = []
         try:
-            return [self.receive(raw) for raw in raws]
+            return [self.admit(item) if type(item) is Event else self.receive(item)
+                    for item in items]
         finally:
             deferred, self._deferred = self._deferred, None
             self._apply_delivered(deferred)
@@ -637,6 +639,25 @@ class Replica:
         if rejected is not None and not receipt.delivered:
             return rejected
         return receipt
+
+    def precheck(self, event: Event) -> str | None:
+        """What the current state already says against a decoded `event`, without
+        changing anything, so that gossip can refuse it before forwarding it: the code
+        `admit` would give (`equivocation`, `impossible_clock`, or `bad_lamport` once
+        all its causes are here), or None (a duplicate is not wrong)."""
+        previous = self._delivered_or_buffered(event.origin, event.seq)
+        if previous is not None:
+            return None if previous.id == event.id else "equivocation"
+        me = self.origin
+        if me is not None and event.origin != me and event.clock.get(me, 0) > self._own_history():
+            return "impossible_clock"
+        clock = self._clock
+        if all(clock.get(o, 0) >= s for o, s in event.clock.items()):
+            expected = 1 + max((self._events[o][s - 1].lamport for o, s in event.clock.items()),
+                               default=0)
+            if event.lamport != expected:
+                return "bad_lamport"
+        return None
 
     def on_heartbeat(self, origin: bytes, clock: Mapping[bytes, int], lamport: int,
                      now_ms: int) -> str | None:

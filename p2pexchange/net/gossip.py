@@ -15,7 +15,7 @@ Own actions are not published one by one: `Batcher` queues them and, once per
 from __future__ import annotations
 
 import logging
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from contextlib import AsyncExitStack
 from typing import Any
@@ -36,6 +36,7 @@ from .host import short_peer
 log = logging.getLogger("p2pexchange.node")
 
 TOPIC_PREFIX = "p2pexchange/v1"
+DECODED_KEPT_MAX = 4096  # validated events waiting for their topic reader
 CONTROL_TOPIC = f"{TOPIC_PREFIX}/control"
 TRADES_TOPIC = f"{TOPIC_PREFIX}/trades"
 
@@ -49,8 +50,11 @@ def market_topic(market: str) -> str:
 class Gossip:
     """Gossipsub on the node's host: topics, validators, readers and publishing."""
 
-    def __init__(self, host: Any, origin: bytes, reject: Reject) -> None:
+    def __init__(self, host: Any, origin: bytes, reject: Reject,
+                 precheck: Callable[[Event], str | None] = lambda event: None) -> None:
         self.origin = origin
+        self.precheck = precheck
+        self._decoded: OrderedDict[bytes, Event] = OrderedDict()  # validated, for the reader
         self.router = GossipSub(
             protocols=[GOSSIPSUB_PROTOCOL_ID], degree=8, degree_low=4, degree_high=64,
             heartbeat_interval=1, heartbeat_initial_delay=0.1, prune_back_off=5,
@@ -71,14 +75,42 @@ class Gossip:
                          on_trade_report: Callable[[ID, wire.TradeReport], None]) -> None:
         """Validate and follow every topic of the node: `markets`, control, trades."""
         for market in markets:
-            self.validate(market_topic(market), "event", _event_check(market), EventRejected)
-            await self.follow(nursery, market_topic(market), "event", bytes, wire.WireError,
-                              on_event)
+            self.validate(market_topic(market), "event", self._event_check(market),
+                          EventRejected)
+            await self.follow(nursery, market_topic(market), "event", self._verified,
+                              wire.WireError, on_event)
         for topic, what, decode_wire, handle in (
                 (CONTROL_TOPIC, "heartbeat", wire.decode_heartbeat, on_heartbeat),
                 (TRADES_TOPIC, "trade report", wire.decode_trade_report, on_trade_report)):
             self.validate(topic, what, _data_check(decode_wire), wire.WireError)
             await self.follow(nursery, topic, what, decode_wire, wire.WireError, handle)
+
+    def _event_check(self, market: str) -> Callable[[Any], Event]:
+        """What a market topic's validator checks: `decode_event` (any configured market:
+        sync may bring any); the event is of this topic's market; the gossip message was
+        published by the event's origin (protocols/topics.md); and nothing the replica
+        already holds speaks against it (`precheck`: equivocation, impossible clock,
+        wrong Lamport time), so such events are not forwarded either. The decoded,
+        verified event is kept for the reader, so it is decoded and verified once."""
+        def check(msg: Any) -> Event:
+            event = decode_event(msg.data, DEFAULT_MARKETS)
+            if event.market != market:
+                raise EventRejected("wrong_topic", f"a {event.market} event on {market}'s "
+                                    "topic")
+            if event.origin != msg.from_id:
+                raise EventRejected("not_origin", "published by another peer than its origin")
+            code = self.precheck(event)
+            if code is not None:
+                raise EventRejected(code, "refused before forwarding")
+            self._decoded[msg.data] = event
+            while len(self._decoded) > DECODED_KEPT_MAX:
+                self._decoded.popitem(last=False)
+            return event
+        return check
+
+    def _verified(self, data: bytes) -> Event | bytes:
+        """The event the validator decoded from `data`, or `data` itself if it is gone."""
+        return self._decoded.pop(data, None) or data
 
     def validate(self, topic: str, what: str, check: Callable[[Any], Any],
                  error: type[Exception]) -> None:
@@ -132,20 +164,6 @@ class Gossip:
 def _data_check(decode: Callable[[bytes], Any]) -> Callable[[Any], Any]:
     def check(msg: Any) -> Any:
         return decode(msg.data)
-    return check
-
-
-def _event_check(market: str) -> Callable[[Any], Event]:
-    """What a market topic's validator checks beyond `decode_event` (any configured
-    market: sync may bring any): the event is of this topic's market, and the gossip
-    message was published by the event's origin (protocols/topics.md)."""
-    def check(msg: Any) -> Event:
-        event = decode_event(msg.data, DEFAULT_MARKETS)
-        if event.market != market:
-            raise EventRejected("wrong_topic", f"a {event.market} event on {market}'s topic")
-        if event.origin != msg.from_id:
-            raise EventRejected("not_origin", "published by another peer than its origin")
-        return event
     return check
 
 

@@ -52,7 +52,7 @@ class Intake:
     def offer(self, sender: ID, raw: bytes | Event) -> None:
         """Queue one gossiped event; never waits."""
         try:
-            self._send.send_nowait((raw, f"peer {short_peer(sender)}", sender))
+            self._send.send_nowait((raw, "peer", sender))
         except trio.WouldBlock:
             self.received[("gossip", "dropped")] += 1
 
@@ -75,13 +75,15 @@ class Intake:
         for (_, source, sender), receipt in zip(arrivals, receipts, strict=True):
             self.received[("sync" if source.startswith("sync") else "gossip",
                            receipt.status)] += 1
+            if source == "peer" and sender is not None:
+                source = f"peer {short_peer(sender)}"
             if receipt.status == "rejected":
                 self.rejections(f"event via {source}", receipt.code or "?", sender)
             elif receipt.status == "buffered" and sender is not None:
                 self._want_sync(sender)
             delivered += receipt.delivered
             rolled_back += receipt.rolled_back
-            for event in receipt.delivered:
+            for event in receipt.delivered if log.isEnabledFor(logging.INFO) else ():
                 log.info("order batch %s from %s applied: %d actions, seq %d%s",
                          short_id(event.id), short_peer(ID(event.origin)), len(event.actions),
                          event.seq, f" (via {source})" if event is receipt.event else
@@ -99,6 +101,8 @@ class Intake:
 
     @staticmethod
     def log_trades(trades: list[Trade], rolled_back: int = 0) -> None:
+        if not log.isEnabledFor(logging.INFO):
+            return  # the arguments below cost more than the lines
         if rolled_back:
             log.info("re-ordered %d later events behind late ones", rolled_back)
         for t in trades:

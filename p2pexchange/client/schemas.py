@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from libp2p.peer.id import ID
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..core.book import Order, Trade
 from ..core.market import Market
+from ..net.host import peer_name
 
 BATCH_ORDERS_MAX = 1000
 CLIENT_ORDER_ID_CHARS_MAX = 64
@@ -175,7 +175,7 @@ class Error(BaseModel):
 
 
 def peer(origin: bytes) -> str:
-    return str(ID(origin))
+    return peer_name(origin)
 
 
 def order_out(order: Order, market: Market, fills: list[Fill] | None = None) -> OrderOut:

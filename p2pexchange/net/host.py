@@ -10,6 +10,7 @@ from it (`BoundTCP`).
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -29,6 +30,7 @@ from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.transport.tcp.tcp import TCP
 
 IDENTITY_FILE = "identity.key"
+PEER_NAMES_MAX = 4096
 
 
 def load_or_create_key(data_dir: str) -> KeyPair:
@@ -92,7 +94,14 @@ async def dial(host: Any, info: PeerInfo, timeout_s: float) -> bool:
     return info.peer_id in host.get_connected_peers()
 
 
+@functools.lru_cache(maxsize=PEER_NAMES_MAX)
+def peer_name(peer_id: bytes) -> str:
+    """The base58 text of a peer id's bytes, cached: logs, rejections and the API name
+    the same few peers over and over, and base58 costs ~10 µs each time."""
+    return str(ID(peer_id))
+
+
 def short_peer(peer: ID) -> str:
     """A short handle for a peer id in logs: its last 8 characters."""
-    return str(peer)[-8:]
+    return peer_name(peer.to_bytes())[-8:]
 

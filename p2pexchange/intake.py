@@ -49,6 +49,11 @@ class Intake:
         self._want_sync = want_sync
         self._send, self._inbox = trio.open_memory_channel[Arrival](INBOX_MAX)
 
+    @property
+    def backlog(self) -> int:
+        """Gossiped events queued for the replica."""
+        return self._inbox.statistics().current_buffer_used
+
     def offer(self, sender: ID, raw: bytes | Event) -> None:
         """Queue one gossiped event; never waits."""
         try:

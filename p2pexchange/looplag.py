@@ -35,6 +35,11 @@ class LoopLag:
         return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
 
     @property
+    def last_ms(self) -> float:
+        """The latest overshoot: how far behind the loop is now (backpressure)."""
+        return self.samples_ms[-1] if self.samples_ms else 0.0
+
+    @property
     def p99_ms(self) -> float:
         return self.quantile_ms(0.99)
 

@@ -39,7 +39,14 @@ from libp2p.peer.id import ID
 from .core.book import Order, Trade
 from .core.events import Action, Event
 from .core.market import DEFAULT_MARKETS, Market
-from .core.params import BATCH_ACTIONS_MAX, PENDING_ACTIONS_MAX, STATUS_INTERVAL_S
+from .core.params import (
+    BATCH_ACTIONS_MAX,
+    INBOX_BUSY_EVENTS,
+    LOOP_LAG_BUSY_MS,
+    PEERS_BEHIND_BUSY_S,
+    PENDING_ACTIONS_MAX,
+    STATUS_INTERVAL_S,
+)
 from .core.replica import OwnHistoryBehind, Replica
 from .feed import Feed
 from .intake import Intake
@@ -122,10 +129,26 @@ class Node:
         return await self.batcher.flush()
 
     async def submit_many(self, actions: Sequence[tuple[str, Action]]) -> list[tuple[bytes, str]]:
-        """Queue `actions` (all or none: ValueError, OverflowError when full), wait for the
-        batch tick to sign them; (order id, outcome after local matching) per action."""
+        """Queue `actions` (all or none: ValueError, OverflowError when full or `busy`),
+        wait for the batch tick to sign them; (order id, outcome after local matching)
+        per action."""
+        reason = self.busy()
+        if reason is not None:
+            raise OverflowError(reason)
         room = PENDING_ACTIONS_MAX - self.pending_actions
         return await self.feed.submit(actions, self.markets, room, self.batcher.submit)
+
+    def busy(self) -> str | None:
+        """Why new orders should wait, or None. Backpressure: a node that cannot keep up
+        with what the network sends it takes no new orders rather than build a backlog."""
+        if self.intake.backlog > INBOX_BUSY_EVENTS:
+            return f"{self.intake.backlog} events waiting to be applied"
+        if self.loop_lag.last_ms > LOOP_LAG_BUSY_MS:
+            return f"event loop {self.loop_lag.last_ms:.0f} ms behind"
+        behind_s = self.control.peers_behind_s()
+        if behind_s > PEERS_BEHIND_BUSY_S:
+            return f"peers are {behind_s:.1f} s behind our events"
+        return None
 
     def subscribe_applied(self) -> trio.MemoryReceiveChannel:
         """A channel of `feed.Applied`: every batch of events this node applies."""
@@ -260,6 +283,7 @@ class Node:
             return None
         self.intake.persist(receipt.delivered, 0)  # stored before it is published
         self.feed.sealed(event, self.replica.outcomes_of(event.id))
+        self.control.sealed(event.seq)
         return event
 
     def _published(self, event: Event) -> None:

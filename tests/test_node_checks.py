@@ -127,3 +127,46 @@ def test_a_market_topic_validator_checks_topic_origin_and_state_and_verifies_onc
         assert exc.code == "wrong_topic"
     else:
         raise AssertionError("wrong_topic")
+
+
+async def test_a_node_that_lags_behind_refuses_new_orders(tmp_path):
+    """Backpressure: with more than one batch of events waiting to be applied (or a
+    late event loop), `submit_many` refuses (the API answers 503 node_busy)."""
+    from p2pexchange.core.params import INBOX_BUSY_EVENTS
+
+    node = Node(NodeConfig(data_dir=str(tmp_path / "n")))
+    order = [("BTC-USD", Place(Side.BUY, OrderType.LIMIT, 100, 1))]
+    assert node.busy() is None
+    stranger = ID.from_pubkey(seeded_key_pair("stranger").public_key)
+    for _ in range(INBOX_BUSY_EVENTS + 1):
+        node.intake.offer(stranger, b"an event nobody has applied yet")
+    assert "waiting to be applied" in node.busy()
+    try:
+        await node.submit_many(order)
+    except OverflowError as exc:
+        assert "waiting to be applied" in str(exc)
+    else:
+        raise AssertionError("accepted an order while lagging")
+    assert node.pending_actions == 0  # nothing was queued
+    node.loop_lag.samples_ms.append(1_000.0)
+    while node.intake.backlog:
+        node.intake._inbox.receive_nowait()
+    assert "behind" in node.busy()
+
+
+def test_a_node_whose_peers_lag_behind_its_events_refuses_new_orders(tmp_path):
+    """Backpressure from the network: a live peer's last heartbeat lacks an event this
+    node signed more than `PEERS_BEHIND_BUSY_S` ago."""
+    import time
+
+    from p2pexchange.core.params import PEERS_BEHIND_BUSY_S
+
+    node = Node(NodeConfig(data_dir=str(tmp_path / "n")))
+    peer = ID.from_pubkey(seeded_key_pair("peer").public_key)
+    node.replica.create_event(node.key_pair.private_key, "BTC-USD",
+                              [Place(Side.SELL, OrderType.LIMIT, 100, 1)])
+    node.control._sealed_at.append((1, time.monotonic() - PEERS_BEHIND_BUSY_S - 5))
+    node.control.on_heartbeat(peer, wire.Heartbeat({}, 0, b"d" * 32, 0))  # has none of ours
+    assert "behind our events" in node.busy()
+    node.control.on_heartbeat(peer, wire.Heartbeat({node.origin: 1}, 1, b"d" * 32, 1))
+    assert node.busy() is None  # it caught up

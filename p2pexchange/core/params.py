@@ -13,6 +13,10 @@ from __future__ import annotations
 BATCH_INTERVAL_S = 0.15  # own actions are signed and published as one event per tick
 BATCH_ACTIONS_MAX = 500  # actions per signed event (the wire allows EVENT_ACTIONS_MAX)
 PENDING_ACTIONS_MAX = 10_000  # submitted, not yet signed; beyond this submit refuses
+# Backpressure: the API refuses new orders (503 node_busy) while the node lags behind.
+INBOX_BUSY_EVENTS = 256  # more events than one batch waiting to be applied
+LOOP_LAG_BUSY_MS = 250  # the event loop woke a timer this late last time
+PEERS_BEHIND_BUSY_S = 1.5  # a live peer still lacks an event of ours signed this long ago
 
 # -- heartbeats and finality ---------------------------------------------------------
 HEARTBEAT_INTERVAL_MS = 1_000

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import time
+from bisect import bisect_left
+from collections import deque
 from collections.abc import Callable
 
 import trio
@@ -33,6 +35,10 @@ from .host import short_peer
 
 log = logging.getLogger("p2pexchange.node")
 
+
+PEER_VIEWS_MAX = 1024  # peers whose view of our history is kept (the latest heard)
+PEER_VIEW_FRESH_S = 5.0  # a view older than this is a silent peer's: not waited for
+SEALED_TIMES_MAX = 10_000  # own events whose signing time is kept
 
 # Heartbeat outcomes that are no misbehaviour: an older heartbeat overtaken by a newer
 # one, or no room among the tracked members (finality stalls meanwhile).
@@ -58,6 +64,9 @@ class Control:
         self.trade_reports: dict[tuple[bytes, bytes], tuple[ID, wire.TradeReport]] = {}
         self._reports_by_peer: dict[bytes, int] = {}
         self._reported: set[bytes] = set()  # own taker events whose trades we reported
+        # peer -> (the highest seq of ours its last heartbeat said it had, when received)
+        self._views_of_mine: dict[bytes, tuple[int, float]] = {}
+        self._sealed_at: deque[tuple[int, float]] = deque(maxlen=SEALED_TIMES_MAX)
         self._final_logged = 0
         self._reject = reject
         self._want_sync = want_sync
@@ -72,6 +81,28 @@ class Control:
         mine = self.replica.clock
         if any(s > mine.get(o, 0) for o, s in hb.clock.items()):
             self._want_sync(sender)
+        views = self._views_of_mine
+        views.pop(sender.to_bytes(), None)  # most recent last
+        views[sender.to_bytes()] = (hb.clock.get(self.origin, 0), time.monotonic())
+        while len(views) > PEER_VIEWS_MAX:
+            del views[next(iter(views))]
+
+    def sealed(self, seq: int) -> None:
+        """Note when we signed our event `seq` (for `peers_behind_s`)."""
+        self._sealed_at.append((seq, time.monotonic()))
+
+    def peers_behind_s(self) -> float:
+        """How long ago we signed the oldest of our events that some peer heard from in
+        the last `PEER_VIEW_FRESH_S` had not delivered by its last heartbeat: how far
+        the network lags behind what this node publishes (backpressure; 0 if none)."""
+        now = time.monotonic()
+        views = [seq for seq, at in self._views_of_mine.values() if now - at < PEER_VIEW_FRESH_S]
+        if not views or not self._sealed_at:
+            return 0.0
+        oldest_unseen = min(views) + 1
+        sealed = self._sealed_at
+        i = bisect_left(sealed, (oldest_unseen, 0.0))
+        return now - sealed[i][1] if i < len(sealed) else 0.0
 
     def on_trade_report(self, sender: ID, report: wire.TradeReport) -> None:
         """Keep a report until its event is final. Only the taker event's origin reports

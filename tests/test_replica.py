@@ -152,6 +152,25 @@ def test_concurrent_crossing_orders_pick_one_winner_everywhere():
     assert first.order(loser.order_id(0)).reason == "ioc_remainder"
 
 
+def test_at_equal_lamport_a_makers_cancel_beats_a_concurrent_taker_on_every_node():
+    """Fair order: a cancels-only event sorts before a concurrent event with places, so
+    a maker racing a taker is protected whatever the origins' bytes and arrival order."""
+    (ka, a), (kb, b) = two_origins()
+    for maker_key, maker, taker_key, taker in ((ka, a, kb, b), (kb, b, ka, a)):
+        rest = sign_event(maker_key.private_key, maker, 1, {}, 1, "BTC-USD",
+                          [Place(Side.SELL, OrderType.LIMIT, 100, 5)])
+        pull = sign_event(maker_key.private_key, maker, 2, {maker: 1}, 2, "BTC-USD",
+                          [Cancel(rest.order_id(0))])
+        take = sign_event(taker_key.private_key, taker, 1, {maker: 1}, 2, "BTC-USD",
+                          [Place(Side.BUY, OrderType.IOC, 100, 5)])
+        assert pull.lamport == take.lamport  # concurrent: neither saw the other
+        replicas = [feed(order) for order in ([rest.raw, pull.raw, take.raw],
+                                              [rest.raw, take.raw, pull.raw])]
+        assert fingerprint(replicas[0]) == fingerprint(replicas[1])
+        assert replicas[0].trades() == []  # the cancel came first, for either origin order
+        assert replicas[0].outcomes_of(pull.id) == ["cancelled"]
+
+
 def test_late_event_rolls_back_only_what_sorts_after_it():
     (ka, a), (kb, b) = two_origins()
     ra = Replica(MARKETS, a)

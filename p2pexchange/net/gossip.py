@@ -27,7 +27,15 @@ from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.tools.anyio_service.context import background_trio_service
 
-from ..core.events import EVENT_ACTIONS_MAX, Action, Event, EventRejected, decode_event, short_id
+from ..core.events import (
+    EVENT_ACTIONS_MAX,
+    Action,
+    Cancel,
+    Event,
+    EventRejected,
+    decode_event,
+    short_id,
+)
 from ..core.market import DEFAULT_MARKETS
 from ..core.params import BATCH_ACTIONS_MAX, BATCH_INTERVAL_S, PENDING_ACTIONS_MAX
 from . import wire
@@ -202,24 +210,28 @@ class Batcher:
         while self.pending:
             market, action = self.pending.popleft()
             by_market.setdefault(market, []).append(action)
-        ids = []
+        # Cancels go in events of their own, signed first: a cancels-only event sorts
+        # before concurrent places (Event.key). A cancel never names an order of the
+        # same tick (order ids exist once signed), so moving it first changes nothing else.
+        chunks: list[tuple[str, list[Action]]] = []
         for market, actions in sorted(by_market.items()):
-            for i in range(0, len(actions), self.actions_max):
-                chunk = actions[i:i + self.actions_max]
-                event = self._seal(market, chunk)
-                if event is None:  # cannot sign now: keep the rest, in order
-                    rest = [(market, a) for a in actions[i:]]
-                    rest += [(m, a) for m, acts in sorted(by_market.items()) if m > market
-                             for a in acts]
-                    self.pending.extendleft(reversed(rest))
-                    return ids
-                topic = market_topic(market)
-                await self.gossip.publish(topic, event.raw)
-                log.info("order batch %s distributed: %d actions, seq %d, to %d peers",
-                         short_id(event.id), len(chunk), event.seq,
-                         self.gossip.mesh_size(topic))
-                self._published(event)
-                ids.append(event.id)
+            cancels = [a for a in actions if a.__class__ is Cancel]
+            places = [a for a in actions if a.__class__ is not Cancel]
+            for group in (cancels, places):
+                for i in range(0, len(group), self.actions_max):
+                    chunks.append((market, group[i:i + self.actions_max]))
+        ids = []
+        for k, (market, chunk) in enumerate(chunks):
+            event = self._seal(market, chunk)
+            if event is None:  # cannot sign now: keep the rest, in order
+                self.pending.extendleft(reversed([(m, a) for m, c in chunks[k:] for a in c]))
+                return ids
+            topic = market_topic(market)
+            await self.gossip.publish(topic, event.raw)
+            log.info("order batch %s distributed: %d actions, seq %d, to %d peers",
+                     short_id(event.id), len(chunk), event.seq, self.gossip.mesh_size(topic))
+            self._published(event)
+            ids.append(event.id)
         return ids
 
     async def run(self) -> None:

@@ -19,9 +19,9 @@ from collections.abc import Callable, Sequence
 import trio
 from libp2p.peer.id import ID
 
-from .core.book import Trade
 from .core.events import Event, short_id
 from .core.market import DEFAULT_MARKETS
+from .core.orders import Trade
 from .core.replica import Receipt, Replica
 from .feed import Feed
 from .net.host import short_peer

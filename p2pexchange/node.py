@@ -36,9 +36,9 @@ import multiaddr
 import trio
 from libp2p.peer.id import ID
 
-from .core.book import Order, Trade
 from .core.events import Action, Event
 from .core.market import DEFAULT_MARKETS, Market
+from .core.orders import Order, Trade
 from .core.params import (
     BATCH_ACTIONS_MAX,
     INBOX_BUSY_EVENTS,

@@ -30,9 +30,10 @@ from collections import deque
 
 from sortedcontainers import SortedDict
 
-from p2pexchange.core.book import OPEN_STATUSES, OrderBook
+from p2pexchange.core.book import OrderBook
 from p2pexchange.core.events import OrderType, Place, Side
 from p2pexchange.core.market import DEFAULT_MARKETS
+from p2pexchange.core.orders import OPEN_STATUSES
 from p2pexchange.core.replica import Replica
 from p2pexchange.runtime import tune_gc
 from p2pexchange.sim.workload import OrderFlow, peer_id_bytes, seeded_key_pair

@@ -13,9 +13,11 @@ import pytest
 from test_book_properties import undo_kinds
 
 from p2pexchange.core import book as engine
-from p2pexchange.core.book import (
+from p2pexchange.core.book import EVENT_FILLS_MAX, FillBudget, OrderBook
+from p2pexchange.core.events import STP, OrderType, Place, Side
+from p2pexchange.core.market import DEFAULT_MARKETS
+from p2pexchange.core.orders import (
     CANCELLED,
-    EVENT_FILLS_MAX,
     FILLED,
     OPEN_STATUSES,
     PARTIALLY_FILLED,
@@ -25,11 +27,7 @@ from p2pexchange.core.book import (
     REASON_STP_MAKER,
     REJECTED,
     RESTING,
-    FillBudget,
-    OrderBook,
 )
-from p2pexchange.core.events import STP, OrderType, Place, Side
-from p2pexchange.core.market import DEFAULT_MARKETS
 from p2pexchange.core.replica import Replica
 from p2pexchange.sim.workload import peer_id_bytes, seeded_key_pair
 

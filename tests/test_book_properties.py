@@ -16,7 +16,9 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from p2pexchange.core import book as book_module
-from p2pexchange.core.book import (
+from p2pexchange.core.book import FillBudget, OrderBook
+from p2pexchange.core.events import STP, OrderType, Place, Side
+from p2pexchange.core.orders import (
     CANCEL_NOT_OPEN,
     CANCEL_NOT_OWNER,
     CANCEL_UNKNOWN,
@@ -36,10 +38,7 @@ from p2pexchange.core.book import (
     REASON_STP_TAKER,
     REJECTED,
     RESTING,
-    FillBudget,
-    OrderBook,
 )
-from p2pexchange.core.events import STP, OrderType, Place, Side
 
 ORIGINS = [b"alice", b"bob", b"carol"]
 EVENT = bytes(32)

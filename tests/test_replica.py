@@ -10,14 +10,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from p2pexchange.core.book import OrderBook
+from p2pexchange.core.buffer import buffered_size
 from p2pexchange.core.events import Cancel, OrderType, Place, Side, sign_event
 from p2pexchange.core.market import DEFAULT_MARKETS
-from p2pexchange.core.replica import (
-    GENESIS_DIGEST,
-    OwnHistoryBehind,
-    Replica,
-    buffered_size,
-)
+from p2pexchange.core.replica import GENESIS_DIGEST, OwnHistoryBehind, Replica
 from p2pexchange.sim.workload import peer_id_bytes, seeded_key_pair, simulate_history
 
 MARKETS = DEFAULT_MARKETS

@@ -14,6 +14,7 @@ import tracemalloc
 import pytest
 
 from p2pexchange.core import events as events_module
+from p2pexchange.core.buffer import BUFFERED_EVENT_BYTES_MAX, KNOWN_ORIGINS_MAX, buffered_size
 from p2pexchange.core.events import (
     CLOCK_ORIGINS_MAX,
     EVENT_ACTIONS_MAX,
@@ -29,13 +30,7 @@ from p2pexchange.core.events import (
 )
 from p2pexchange.core.market import DEFAULT_MARKETS
 from p2pexchange.core.params import BUFFER_BYTES_MAX, BUFFER_ORIGIN_BYTES_MAX, MEMBERS_MAX
-from p2pexchange.core.replica import (
-    BUFFERED_EVENT_BYTES_MAX,
-    KNOWN_ORIGINS_MAX,
-    MISSING_RANGES_MAX,
-    Replica,
-    buffered_size,
-)
+from p2pexchange.core.replica import MISSING_RANGES_MAX, Replica
 from p2pexchange.sim.workload import peer_id_bytes, seeded_key_pair
 
 MARKETS = DEFAULT_MARKETS

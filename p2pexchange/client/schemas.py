@@ -9,8 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..core.book import Order, Trade
 from ..core.market import Market
+from ..core.orders import Order, Trade
 from ..net.host import peer_name
 
 BATCH_ORDERS_MAX = 1000

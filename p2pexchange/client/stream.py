@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ..core.book import OPEN_STATUSES, Trade
 from ..core.events import Cancel
 from ..core.market import DEFAULT_MARKETS
+from ..core.orders import OPEN_STATUSES, Trade
 from .schemas import book_out, order_out, peer, trade_out
 
 if TYPE_CHECKING:

@@ -1,18 +1,18 @@
 """The matching engine: one price-time priority order book per market.
 
-Theory of operation: a book holds two trees of price levels (`SortedDict`), keyed
-so that the best level comes first: asks by price, bids by minus price. A level
-is a `Level`: the sentinel of a circular doubly linked list of its resting orders
-in time priority, which also keeps the level's totals (live orders, remaining
-lots, remaining lots per origin). A taker walks the opposite tree from its first
-key while that key is within its limit key (its price for a buy, minus its price
-for a sell, unbounded for a market order). "Time" in price-time priority is the
-position in the replica's total order: the book itself never reads a clock, it
-only sees actions in the order the replica applies them. A level holds only live
-orders, and the last order to leave takes its level out of the tree: an order is
-unlinked in O(1) wherever it stands. (Lazy deletion from a deque would leave
-cancelled entries for later takers to skip, and a taker re-applied after each
-rollback would skip them again: its cost would follow the level's history, not
+Theory of operation (the data it works on is in orders.py): a book holds two trees
+of price levels (`SortedDict`), keyed so that the best level comes first: asks by
+price, bids by minus price. A level is a `Level`: the sentinel of a circular doubly
+linked list of its resting orders in time priority, which also keeps the level's
+totals (live orders, remaining lots, remaining lots per origin). A taker walks the
+opposite tree from its first key while that key is within its limit key (its price
+for a buy, minus its price for a sell, unbounded for a market order). "Time" in
+price-time priority is the position in the replica's total order: the book itself
+never reads a clock, it only sees actions in the order the replica applies them. A
+level holds only live orders, and the last order to leave takes its level out of the
+tree: an order is unlinked in O(1) wherever it stands. (Lazy deletion from a deque
+would leave cancelled entries for later takers to skip, and a taker re-applied after
+each rollback would skip them again: its cost would follow the level's history, not
 the event.)
 
 Every mutation appends an undo record to `self.log` (a flat list, see
@@ -71,13 +71,36 @@ Complexity (L = levels in a tree, F = EVENT_FILLS_MAX, A = actions in an event):
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from enum import IntEnum
-from typing import NamedTuple
-
 from sortedcontainers import SortedDict
 
 from .events import STP, OrderType, Place, Side
+from .orders import (
+    CANCEL_NOT_OPEN,
+    CANCEL_NOT_OWNER,
+    CANCEL_UNKNOWN,
+    CANCELLED,
+    FILLED,
+    MAY_BECOME_CANCELLED,
+    MAY_BECOME_FILLED,
+    MAY_BECOME_PARTIALLY_FILLED,
+    OPEN_STATUSES,
+    PARTIALLY_FILLED,
+    REASON_CANCELLED,
+    REASON_DUPLICATE_ID,
+    REASON_FOK_TOO_DEEP,
+    REASON_FOK_UNFILLABLE,
+    REASON_IOC_REMAINDER,
+    REASON_MATCH_BUDGET,
+    REASON_NO_LIQUIDITY,
+    REASON_POST_ONLY,
+    REASON_STP_MAKER,
+    REASON_STP_TAKER,
+    REJECTED,
+    RESTING,
+    Level,
+    Order,
+    Trade,
+)
 
 # A protocol constant like EVENT_ACTIONS_MAX: every replica must use the same value.
 EVENT_FILLS_MAX = 5_000  # makers an event's takers may meet in all (fills + STP expiries)
@@ -92,100 +115,6 @@ _EXPIRE_TAKER, _EXPIRE_MAKER = STP.EXPIRE_TAKER, STP.EXPIRE_MAKER
 _NO_LIMIT = 1 << 62  # beyond any price key: a market order walks the whole book
 
 
-class OrderStatus(IntEnum):
-    RESTING = 0
-    PARTIALLY_FILLED = 1  # resting, with some of it filled
-    FILLED = 2
-    CANCELLED = 3  # by its origin, or the unfilled rest of IOC/FOK/market/STP/budget
-    REJECTED = 4
-
-
-RESTING, PARTIALLY_FILLED, FILLED, CANCELLED, REJECTED = (
-    OrderStatus.RESTING, OrderStatus.PARTIALLY_FILLED, OrderStatus.FILLED,
-    OrderStatus.CANCELLED, OrderStatus.REJECTED)
-OPEN_STATUSES = frozenset((RESTING, PARTIALLY_FILLED))
-
-# The legal status transitions of an order already in the book. A new order may take
-# any status on its first step. Checked on every maker transition.
-LEGAL_TRANSITIONS = frozenset({
-    (RESTING, PARTIALLY_FILLED), (RESTING, FILLED), (RESTING, CANCELLED),
-    (PARTIALLY_FILLED, PARTIALLY_FILLED), (PARTIALLY_FILLED, FILLED),
-    (PARTIALLY_FILLED, CANCELLED),
-})
-# The same table by target status, for the makers' checks on the hot path.
-_LEGAL_FROM = {to: frozenset(f for f, t in LEGAL_TRANSITIONS if t is to) for to in OrderStatus}
-_TO_FILLED, _TO_PARTIALLY_FILLED, _TO_CANCELLED = (
-    _LEGAL_FROM[FILLED], _LEGAL_FROM[PARTIALLY_FILLED], _LEGAL_FROM[CANCELLED])
-
-# Reasons recorded with cancelled or rejected orders and cancel actions.
-REASON_CANCELLED = "cancelled_by_origin"
-REASON_IOC_REMAINDER = "ioc_remainder"
-REASON_FOK_UNFILLABLE = "fok_unfillable"
-REASON_FOK_TOO_DEEP = "fok_too_deep"
-REASON_MATCH_BUDGET = "match_budget"
-REASON_NO_LIQUIDITY = "market_no_liquidity"
-REASON_POST_ONLY = "post_only_would_take"
-REASON_STP_TAKER = "stp_expired_taker"
-REASON_STP_MAKER = "stp_expired_maker"
-REASON_DUPLICATE_ID = "duplicate_order_id"
-CANCEL_UNKNOWN = "unknown_order"
-CANCEL_NOT_OWNER = "not_owner"
-CANCEL_NOT_OPEN = "not_open"
-
-
-class Order:
-    """One order's state. `remaining` is always qty - filled; it rests only while open.
-
-    `prev`/`next` link it into its level while it rests (see `Level`); once it leaves,
-    they keep pointing where it was, which is what its undo record relies on.
-    """
-
-    __slots__ = ("order_id", "origin", "side", "type", "price", "qty", "filled", "remaining",
-                 "status", "reason", "stp", "market", "prev", "next")
-
-    def __init__(self, order_id: bytes, origin: bytes, market: str, side: Side,
-                 otype: OrderType, price: int, qty: int, stp: STP) -> None:
-        self.order_id = order_id
-        self.origin = origin
-        self.market = market
-        self.side = side
-        self.type = otype
-        self.price = price
-        self.qty = qty
-        self.filled = 0
-        self.remaining = qty
-        self.status = RESTING
-        self.reason = ""
-        self.stp = stp
-
-    def as_dict(self) -> dict:
-        return {"order_id": self.order_id.hex(), "origin": self.origin.hex(),
-                "market": self.market, "side": self.side.name.lower(),
-                "type": self.type.name.lower(), "price": self.price, "qty": self.qty,
-                "filled": self.filled, "status": self.status.name.lower(),
-                "reason": self.reason}
-
-    def __repr__(self) -> str:
-        return (f"Order({self.order_id.hex()[:12]}, {self.side.name} {self.type.name} "
-                f"{self.qty}@{self.price}, filled={self.filled}, {self.status.name})")
-
-
-class Level:
-    """One price level: the sentinel of a circular list of its resting orders, oldest
-    first (`next` is the head, `prev` the tail), and its totals over them: `live`
-    orders, `total` remaining lots, and remaining lots per origin (`lots_of`, without
-    zero entries). Never empty while it is in a tree. `OrderBook.place` builds one
-    around the order that opens it."""
-
-    __slots__ = ("prev", "next", "live", "total", "lots_of")
-
-    def __iter__(self) -> Iterator[Order]:
-        node = self.next
-        while node is not self:
-            yield node
-            node = node.next
-
-
 class FillBudget:
     """The makers an event's takers may still meet; one per event, shared by its places."""
 
@@ -194,24 +123,6 @@ class FillBudget:
     def __init__(self, left: int = EVENT_FILLS_MAX) -> None:
         assert left >= 0
         self.left = left
-
-
-class Trade(NamedTuple):
-    market: str
-    event_id: bytes  # the taker's event
-    maker_order: bytes
-    taker_order: bytes
-    maker_origin: bytes
-    taker_origin: bytes
-    price: int  # ticks: always the maker's price
-    qty: int  # lots
-    taker_side: Side
-
-    def as_dict(self) -> dict:
-        return {"market": self.market, "event_id": self.event_id.hex(),
-                "maker_order": self.maker_order.hex(), "taker_order": self.taker_order.hex(),
-                "maker_origin": self.maker_origin.hex(), "taker_origin": self.taker_origin.hex(),
-                "price": self.price, "qty": self.qty, "taker_side": self.taker_side.name.lower()}
 
 
 _new_trade = tuple.__new__  # builds a Trade without the named tuple's Python-level __new__
@@ -529,7 +440,7 @@ class OrderBook:
                         fills_left -= 1
                         log.extend((level, maker, maker.filled, _U_UNLINK))
                         _unlink(level, maker)
-                        assert maker.status in _TO_CANCELLED, maker
+                        assert maker.status in MAY_BECOME_CANCELLED, maker
                         maker.status = CANCELLED
                         maker.reason = REASON_STP_MAKER
                         if nxt is level:
@@ -555,7 +466,7 @@ class OrderBook:
                     level.next = nxt
                     nxt.prev = level
                     log.extend((level, maker, maker.filled, _U_UNLINK))
-                    assert maker.status in _TO_FILLED, maker
+                    assert maker.status in MAY_BECOME_FILLED, maker
                     maker.status = FILLED
                     maker.filled += lots
                     maker.remaining = 0
@@ -577,7 +488,7 @@ class OrderBook:
                                                      taker_id, maker_origin, origin,
                                                      maker.price, need, side)))
                     log.extend((level, maker, need, _U_FILL))
-                    assert maker.status in _TO_PARTIALLY_FILLED, maker
+                    assert maker.status in MAY_BECOME_PARTIALLY_FILLED, maker
                     maker.status = PARTIALLY_FILLED
                     maker.filled += need
                     maker.remaining = lots - need

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from ..core.book import Trade
 from ..core.events import (
     CLOCK_ORIGINS_MAX,
     EVENT_BYTES_MAX,
@@ -30,6 +29,7 @@ from ..core.events import (
     describe_error,
     strict_loads,
 )
+from ..core.orders import Trade
 
 VERSION = 1
 HEARTBEAT_BYTES_MAX = 32 * 1024

@@ -77,22 +77,22 @@ class Intake:
         receipts = self.replica.receive_many([raw for raw, _, _ in arrivals])
         delivered = []
         rolled_back = 0
+        logging_info = log.isEnabledFor(logging.INFO)
         for (_, source, sender), receipt in zip(arrivals, receipts, strict=True):
             self.received[("sync" if source.startswith("sync") else "gossip",
                            receipt.status)] += 1
-            if source == "peer" and sender is not None:
-                source = f"peer {short_peer(sender)}"
             if receipt.status == "rejected":
-                self.rejections(f"event via {source}", receipt.code or "?", sender)
+                self.rejections(f"event via {_where(source, sender)}", receipt.code or "?",
+                                sender)
             elif receipt.status == "buffered" and sender is not None:
                 self._want_sync(sender)
             delivered += receipt.delivered
             rolled_back += receipt.rolled_back
-            for event in receipt.delivered if log.isEnabledFor(logging.INFO) else ():
+            for event in receipt.delivered if logging_info else ():
                 log.info("order batch %s from %s applied: %d actions, seq %d%s",
                          short_id(event.id), short_peer(ID(event.origin)), len(event.actions),
-                         event.seq, f" (via {source})" if event is receipt.event else
-                         " (unblocked)")
+                         event.seq, f" (via {_where(source, sender)})"
+                         if event is receipt.event else " (unblocked)")
         if delivered:
             self.persist(delivered, rolled_back)
             self.log_trades([t for r in receipts for t in r.trades], rolled_back)
@@ -115,3 +115,9 @@ class Intake:
             log.info("trade executed (pending) %s %s %s @ %s, maker %s taker %s", t.market,
                      market.lots_to_qty(t.qty), market.base, market.ticks_to_price(t.price),
                      short_peer(ID(t.maker_origin)), short_peer(ID(t.taker_origin)))
+
+
+def _where(source: str, sender: ID | None) -> str:
+    """Where an event came from, for logs: gossip arrivals name their sender only when
+    a line is actually written."""
+    return f"peer {short_peer(sender)}" if source == "peer" and sender is not None else source

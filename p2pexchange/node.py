@@ -18,7 +18,7 @@ the replica's state: only the set of delivered events does. The node knows nothi
 of what drives it: the API, auto-trading or a test are `services` handed to it
 (each started in its nursery once the node is up) or callers of its public
 interface: `submit`, `submit_many` (answers with order ids once signed), `flush`, the
-queries, `status`, `subscribe` (own events), `subscribe_applied` (feed.py).
+queries, `status`, `subscribe_applied` (feed.py).
 """
 
 from __future__ import annotations
@@ -62,7 +62,6 @@ from .store import EventStore
 
 log = logging.getLogger("p2pexchange.node")
 
-SUBSCRIBER_BUFFER_MAX = 1024
 
 
 @dataclass
@@ -100,7 +99,6 @@ class Node:
         self.ready = trio.Event()
         self.stopping = trio.Event()
         self.finished = trio.Event()
-        self._subscribers: list[trio.MemorySendChannel] = []
         self.feed = Feed()
         self._rng = random.Random(config.seed)
         self.host: Any = create_host(self.key_pair, config.listen)
@@ -153,13 +151,6 @@ class Node:
     def subscribe_applied(self) -> trio.MemoryReceiveChannel:
         """A channel of `feed.Applied`: every batch of events this node applies."""
         return self.feed.subscribe()
-
-    def subscribe(self) -> trio.MemoryReceiveChannel:
-        """A channel of the events this node signs, in seq order. A subscriber that
-        falls `SUBSCRIBER_BUFFER_MAX` behind misses events rather than slow the node."""
-        send, receive = trio.open_memory_channel(SUBSCRIBER_BUFFER_MAX)
-        self._subscribers.append(send)
-        return receive
 
     def stop(self) -> None:
         self.stopping.set()
@@ -237,8 +228,6 @@ class Node:
                 raise rest from None
         finally:
             self.store.close()
-            for send in self._subscribers:
-                send.close()
             self.feed.close()
             self.finished.set()
 
@@ -289,11 +278,6 @@ class Node:
     def _published(self, event: Event) -> None:
         # Our own event sorts after everything we hold: it never rolls anything back.
         self.intake.log_trades(self.replica.trades_of(event.id))
-        for send in self._subscribers:
-            try:
-                send.send_nowait(event)
-            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                pass  # a slow or departed subscriber misses it; the node never waits
 
     # -- persistence -------------------------------------------------------------------------
 

@@ -2,9 +2,10 @@
 
 Orders follow `sim.workload.OrderFlow` around a mid that drifts (one flow per market,
 arrival times exponential at `rate` per second). Cancels name real orders: the
-trader learns its order ids from the events the node signs (`Node.subscribe`),
-keeping the newest `OPEN_ORDERS_MAX` per market. It pauses while the node has more
-than `PENDING_MAX` actions waiting to be signed, and whenever `enabled` is off.
+trader learns its order ids from its node's own events among those applied
+(`Node.subscribe_applied`), keeping the newest `OPEN_ORDERS_MAX` per market. It
+pauses while the node has more than `PENDING_MAX` actions waiting to be signed, and
+whenever `enabled` is off.
 """
 
 from __future__ import annotations
@@ -39,26 +40,28 @@ class AutoTrader:
         flows = {m: OrderFlow(random.Random(self._rng.random()),
                               mid=MID_TICKS.get(m, MID_TICKS_DEFAULT), spread=20, mix=MIX)
                  for m in node.markets}
-        own_events = node.subscribe()
+        applied = node.subscribe_applied()
         task_status.started()
         while True:
             await trio.sleep(self._rng.expovariate(self.rate))
-            self._learn(own_events, flows)
+            self._learn(applied, node.origin, flows)
             if not self.enabled or node.pending_actions > PENDING_MAX:
                 continue
             market = self._rng.choice(sorted(node.markets))
             node.submit(market, flows[market].next_action())
 
     @staticmethod
-    def _learn(own_events: trio.MemoryReceiveChannel, flows: dict[str, OrderFlow]) -> None:
+    def _learn(applied: trio.MemoryReceiveChannel, origin: bytes,
+               flows: dict[str, OrderFlow]) -> None:
         """Order ids exist once a batch is signed: learn them from our new events."""
         while True:
             try:
-                event = own_events.receive_nowait()
+                batch = applied.receive_nowait()
             except (trio.WouldBlock, trio.EndOfChannel):
                 return
-            flow = flows.get(event.market)
-            if flow is not None:
-                flow.placed([event.order_id(i) for i, a in enumerate(event.actions)
-                             if isinstance(a, Place)])
-                del flow.open_orders[:-OPEN_ORDERS_MAX]  # bounded: old ones are mostly done
+            for event in batch.events:
+                flow = flows.get(event.market) if event.origin == origin else None
+                if flow is not None:
+                    flow.placed([event.order_id(i) for i, a in enumerate(event.actions)
+                                 if isinstance(a, Place)])
+                    del flow.open_orders[:-OPEN_ORDERS_MAX]  # bounded: old ones mostly done

@@ -305,6 +305,8 @@ class OrderBook:
             tree, key = self.asks, order.price
         level = tree[key]
         self.log.extend((level, order, order.filled, _U_UNLINK))
+        # `_unlink`, inlined with `origin` already in hand: a cancel touches only the
+        # order and its two neighbours (tests/test_book_bounds.py counts the accesses).
         prev, nxt = order.prev, order.next
         prev.next = nxt
         nxt.prev = prev

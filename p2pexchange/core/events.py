@@ -50,22 +50,25 @@ from libp2p.peer.id import ID
 
 from .market import MARKET_NAME_BYTES_MAX, PRICE_TICKS_MAX, QTY_LOTS_MAX
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 EVENT_BYTES_MAX = 64 * 1024
 EVENT_ACTIONS_MAX = 1000
-CLOCK_ORIGINS_MAX = 256
+CLOCK_ORIGINS_MAX = 128  # also the most members a network can have (core/finality.py)
 ORIGIN_BYTES_MAX = 64
 SEQ_MAX = 2**63 - 1
 SIGNATURE_BYTES_MAX = 128
-SIGNATURE_DOMAIN = b"p2pexchange/event/v1\x00"
+SIGNATURE_DOMAIN = b"p2pexchange/event/v2\x00"
+EVENT_ID_BYTES = 32  # SHA-256 of the encoded event
 ORDER_ID_BYTES = 34  # 32-byte event id + 2-byte big-endian index
 PUBKEY_CACHE_MAX = 4096  # peer id -> extracted public key; oldest dropped first
-CBOR_DEPTH_MAX = 4  # an event nests map -> actions -> action: depth 3
+CBOR_DEPTH_MAX = 4  # an event nests map -> actions -> action (or map -> clock -> entry): depth 3
 DESCRIBE_CHARS_MAX = 40  # how much of an untrusted value an error message shows
 
 assert EVENT_ACTIONS_MAX < 2**16, "an order id holds the action index in two bytes"
-# A cancel encodes in 38 bytes, a place in at most 23; a clock entry in at most 50.
-assert EVENT_ACTIONS_MAX * 40 + CLOCK_ORIGINS_MAX * 50 + 256 < EVENT_BYTES_MAX
+# A cancel encodes in 38 bytes, a place in at most 23, a join in at most 68; a clock
+# entry (peer id, [seq, event id]) in at most 2 + 64 + 1 + 9 + 2 + 32 = 110.
+assert EVENT_ACTIONS_MAX * 40 + CLOCK_ORIGINS_MAX * 110 + 256 < EVENT_BYTES_MAX
+MEMBERSHIP_MARKET = ""  # the market field of an event that carries no market actions
 
 
 class Side(IntEnum):
@@ -91,6 +94,7 @@ class STP(IntEnum):
 
 ACTION_PLACE = 0
 ACTION_CANCEL = 1
+ACTION_JOIN = 2
 
 
 class Place(NamedTuple):
@@ -105,14 +109,21 @@ class Cancel(NamedTuple):
     order_id: bytes
 
 
-Action = Place | Cancel
+class Join(NamedTuple):
+    """Admit `member` (a peer id) to the network's membership (core/finality.py)."""
+
+    member: bytes
+
+
+Action = Place | Cancel | Join
 
 
 @dataclass(frozen=True, slots=True)
 class Event:
     origin: bytes
     seq: int
-    clock: Mapping[bytes, int]
+    clock: Mapping[bytes, int]  # origin -> highest seq delivered when this was created
+    heads: Mapping[bytes, bytes] = field(repr=False)  # origin -> id of that event
     lamport: int
     market: str
     actions: tuple[Action, ...]
@@ -212,40 +223,54 @@ def _action_to_wire(action: Action) -> list:
     if isinstance(action, Place):
         return [ACTION_PLACE, int(action.side), int(action.type), action.price, action.qty,
                 int(action.stp)]
+    if isinstance(action, Join):
+        return [ACTION_JOIN, action.member]
     return [ACTION_CANCEL, action.order_id]
 
 
-def _body(origin: bytes, seq: int, clock: Mapping[bytes, int], lamport: int, market: str,
-          actions: tuple[Action, ...]) -> dict:
+def _body(origin: bytes, seq: int, clock: Mapping[bytes, tuple[int, bytes]], lamport: int,
+          market: str, actions: tuple[Action, ...]) -> dict:
     return {
         "v": PROTOCOL_VERSION,
         "o": origin,
         "s": seq,
-        "c": {o: s for o, s in clock.items() if s > 0},
+        "c": {o: [s, i] for o, (s, i) in clock.items()},
         "l": lamport,
         "m": market,
         "a": [_action_to_wire(a) for a in actions],
     }
 
 
+def _actions_fit_market(market: str, actions: tuple[Action, ...]) -> bool:
+    """Market actions (place, cancel) need a market and at least one action; an event
+    with the membership market "" carries only joins, or nothing (an acknowledgement)."""
+    if market == MEMBERSHIP_MARKET:
+        return all(a.__class__ is Join for a in actions)
+    return bool(actions) and all(a.__class__ is not Join for a in actions)
+
+
 def canonical(obj: object) -> bytes:
     return cbor2.dumps(obj, canonical=True)
 
 
-def sign_event(private_key: PrivateKey, origin: bytes, seq: int, clock: Mapping[bytes, int],
-               lamport: int, market: str, actions: tuple[Action, ...] | list[Action]) -> Event:
-    """Build and sign an event. Programmer errors (bad arguments) are asserts."""
+def sign_event(private_key: PrivateKey, origin: bytes, seq: int,
+               clock: Mapping[bytes, tuple[int, bytes]], lamport: int, market: str,
+               actions: tuple[Action, ...] | list[Action]) -> Event:
+    """Build and sign an event. `clock` maps each origin to (seq, event id) of the
+    latest of its events delivered. Programmer errors (bad arguments) are asserts."""
     actions = tuple(actions)
-    assert 1 <= len(actions) <= EVENT_ACTIONS_MAX, len(actions)
-    assert clock.get(origin, 0) == seq - 1, "an origin's clock names its own previous seq"
+    assert len(actions) <= EVENT_ACTIONS_MAX, len(actions)
+    assert _actions_fit_market(market, actions), (market, actions)
+    assert clock.get(origin, (0, b""))[0] == seq - 1, "the clock names the origin's previous seq"
+    assert all(s > 0 and len(i) == EVENT_ID_BYTES for s, i in clock.values()), clock
     body = _body(origin, seq, clock, lamport, market, actions)
     signature = private_key.sign(SIGNATURE_DOMAIN + canonical(body))
     body["g"] = signature
     raw = canonical(body)
     assert len(raw) <= EVENT_BYTES_MAX, len(raw)
-    clean_clock = dict(sorted(body["c"].items()))
-    return Event(origin, seq, clean_clock, lamport, market, actions, signature,
-                 hashlib.sha256(raw).digest(), raw)
+    entries = sorted(clock.items())
+    return Event(origin, seq, {o: s for o, (s, _) in entries}, {o: i for o, (_, i) in entries},
+                 lamport, market, actions, signature, hashlib.sha256(raw).digest(), raw)
 
 
 # ---------------------------------------------------------------------------
@@ -312,6 +337,13 @@ def _decode_action(wire: object, index: int) -> Action:
         _uint(qty, "qty", 1, QTY_LOTS_MAX)
         _uint(stp, "stp", 0, len(STP) - 1)
         return Place(_SIDES[side], _TYPES[otype], price, qty, _STPS[stp])
+    if kind == ACTION_JOIN:
+        if len(wire) != 2:
+            raise EventRejected("bad_action", f"join {index} needs 2 fields, has {len(wire)}")
+        member = wire[1]
+        if type(member) is not bytes or not 0 < len(member) <= ORIGIN_BYTES_MAX:
+            raise EventRejected("bad_action", f"join {index}: member must be peer id bytes")
+        return Join(member)
     if kind == ACTION_CANCEL:
         if len(wire) != 2:
             raise EventRejected("bad_action", f"cancel {index} needs 2 fields, has {len(wire)}")
@@ -366,21 +398,31 @@ def _decode_event(raw: bytes, markets: Mapping[str, object]) -> Event:
     market = msg["m"]
     if type(market) is not str or len(market.encode()) > MARKET_NAME_BYTES_MAX:
         raise EventRejected("bad_type", "market must be a short text string")
-    if market not in markets:
+    if market != MEMBERSHIP_MARKET and market not in markets:
         raise EventRejected("unknown_market", describe(market))
     clock = msg["c"]
     if type(clock) is not dict or len(clock) > CLOCK_ORIGINS_MAX:
         raise EventRejected("bad_clock", f"clock must be a map of at most {CLOCK_ORIGINS_MAX}")
-    for o, s in clock.items():
+    seqs: dict[bytes, int] = {}
+    heads: dict[bytes, bytes] = {}
+    for o, entry in clock.items():
         if type(o) is not bytes or not 0 < len(o) <= ORIGIN_BYTES_MAX:
             raise EventRejected("bad_clock", "clock keys must be peer id bytes")
-        _uint(s, "clock entry", 1, SEQ_MAX)
-    if clock.get(origin, 0) != seq - 1:
-        raise EventRejected("bad_clock", f"clock[origin]={clock.get(origin, 0)} but seq={seq}")
+        if type(entry) is not list or len(entry) != 2:
+            raise EventRejected("bad_clock", "a clock entry is [seq, event id]")
+        seqs[o] = _uint(entry[0], "clock entry", 1, SEQ_MAX)
+        if type(entry[1]) is not bytes or len(entry[1]) != EVENT_ID_BYTES:
+            raise EventRejected("bad_clock", f"a clock entry's event id is {EVENT_ID_BYTES} bytes")
+        heads[o] = entry[1]
+    if seqs.get(origin, 0) != seq - 1:
+        raise EventRejected("bad_clock", f"clock[origin]={seqs.get(origin, 0)} but seq={seq}")
     wire_actions = msg["a"]
-    if type(wire_actions) is not list or not 1 <= len(wire_actions) <= EVENT_ACTIONS_MAX:
-        raise EventRejected("bad_actions", f"actions must be 1..{EVENT_ACTIONS_MAX} items")
+    if type(wire_actions) is not list or len(wire_actions) > EVENT_ACTIONS_MAX:
+        raise EventRejected("bad_actions", f"actions must be at most {EVENT_ACTIONS_MAX} items")
     actions = tuple(_decode_action(a, i) for i, a in enumerate(wire_actions))
+    if not _actions_fit_market(market, actions):
+        raise EventRejected("bad_actions", "place and cancel need a market and at least one "
+                            "action; the membership market \"\" carries only joins")
     signature = msg["g"]
     if type(signature) is not bytes or len(signature) > SIGNATURE_BYTES_MAX:
         raise EventRejected("bad_signature", "signature must be bytes")
@@ -395,5 +437,6 @@ def _decode_event(raw: bytes, markets: Mapping[str, object]) -> Event:
         ok = False
     if not ok:
         raise EventRejected("bad_signature", "signature does not verify for origin")
-    return Event(origin, seq, dict(sorted(clock.items())), lamport, market, actions, signature,
-                 hashlib.sha256(raw).digest(), raw)
+    order = sorted(seqs)
+    return Event(origin, seq, {o: seqs[o] for o in order}, {o: heads[o] for o in order},
+                 lamport, market, actions, signature, hashlib.sha256(raw).digest(), raw)

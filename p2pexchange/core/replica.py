@@ -97,22 +97,26 @@ from .buffer import KNOWN_ORIGINS_MAX, CausalBuffer, Claims
 from .clock import OrderKey, VectorClock
 from .events import (
     CLOCK_ORIGINS_MAX,
+    MEMBERSHIP_MARKET,
     ORIGIN_BYTES_MAX,
     SEQ_MAX,
     Action,
     Cancel,
     Event,
     EventRejected,
+    Join,
     Place,
     decode_event,
     short_id,
     sign_event,
 )
+from .finality import Membership, covers
 from .market import Market
 from .orders import Order, Trade
-from .params import BUFFER_BYTES_MAX, BUFFER_ORIGIN_BYTES_MAX, LIVENESS_TIMEOUT_MS, MEMBERS_MAX
+from .params import BUFFER_BYTES_MAX, BUFFER_ORIGIN_BYTES_MAX
 
 MISSING_RANGES_MAX = 64  # ranges one missing() call or one receipt reports
+EQUIVOCATIONS_MAX = 256  # proofs of equivocation kept (the first ones)
 GENESIS_DIGEST = hashlib.sha256(b"p2pexchange/digest/v1").digest()
 
 assert MISSING_RANGES_MAX <= KNOWN_ORIGINS_MAX
@@ -141,7 +145,7 @@ class _Applied:
 
     __slots__ = ("book", "digest", "event", "key", "mark", "outcomes", "trades")
 
-    def __init__(self, key: OrderKey, event: Event, book: OrderBook) -> None:
+    def __init__(self, key: OrderKey, event: Event, book: OrderBook | None) -> None:
         self.key = key
         self.event = event
         self.book = book
@@ -153,29 +157,29 @@ class _Applied:
 
 @dataclass(frozen=True)
 class Finality:
-    frontier: int  # events with lamport <= frontier are final
+    frontier: OrderKey | None  # events whose key is at most this are final
     final_events: int
     pending_events: int
     final_trades: int
     pending_trades: int
+    waiting_for: list[bytes]  # members whose next event would move finality
 
-
-@dataclass
-class _Heartbeat:
-    seq: int  # the member's own seq it claims to have (its clock's own entry)
-    lamport: int
-    at_ms: int
+    @property
+    def frontier_lamport(self) -> int | None:
+        return None if self.frontier is None else self.frontier[0]
 
 
 class Replica:
     """Deterministic replicated state for a set of markets; see the module docstring."""
 
     def __init__(self, markets: Mapping[str, Market], origin: bytes | None = None, *,
+                 genesis: Iterable[bytes] | None = None,
                  buffer_bytes_max: int = BUFFER_BYTES_MAX,
-                 buffer_origin_bytes_max: int = BUFFER_ORIGIN_BYTES_MAX,
-                 members_max: int = MEMBERS_MAX) -> None:
-        assert members_max > 0
+                 buffer_origin_bytes_max: int = BUFFER_ORIGIN_BYTES_MAX) -> None:
         self.markets = dict(markets)
+        # Without a genesis the replica admits every origin and reports nothing final:
+        # for replaying and comparing histories (verify, benchmarks, tests of order).
+        self.membership = Membership(genesis) if genesis is not None else None
         self.origin = origin
         self.books = {name: OrderBook(name) for name in sorted(self.markets)}
         self._clock: dict[bytes, int] = {}
@@ -190,17 +194,13 @@ class Replica:
         # Delivered but not yet applied, while `receive_many` runs: (event, its receipt).
         self._deferred: list[tuple[Event, Receipt]] | None = None
         self._index: dict[bytes, _Applied] = {}  # event id -> applied entry
-        self._heartbeats: dict[bytes, _Heartbeat] = {}  # the members, at most members_max
-        self._members_max = members_max
-        self._members_full_until_ms = 0  # no member can be dropped as silent before then
-        self._members_overflow_ms: int | None = None  # when a live newcomer found no room
-        self._liveness_timeout_ms = LIVENESS_TIMEOUT_MS  # the largest used, at least this
-        self._now_ms = 0  # the latest time the shell has told us about
-        self._safe_lamport: dict[bytes, int] = {}  # member -> its future events sort above
-        self._final_seen = 0  # highest frontier ever reported
+        self._final_seen: OrderKey | None = None  # highest frontier ever reported
+        self._final_at = (-1, None)  # (events delivered, frontier) of the last computation
         self._trade_count = 0
         self._stats = {"events_delivered": 0, "rollbacks": 0, "events_reapplied": 0,
-                       "duplicates": 0, "late_after_final": 0, "members_refused": 0}
+                       "duplicates": 0, "late_after_final": 0}
+        # Evidence against origins: (origin, seq) -> the two signed versions (raw bytes).
+        self.equivocations: dict[tuple[bytes, int], tuple[bytes, bytes]] = {}
         self._rejected: dict[str, int] = {}
 
     # -- queries -----------------------------------------------------------------
@@ -272,8 +272,8 @@ class Replica:
                 "buffer_bytes_max": self._buffer.bytes_max,
                 "buffer_origin_bytes_max": self._buffer.origin_bytes_max,
                 "known_origins": len(self._claims), "known_origins_max": KNOWN_ORIGINS_MAX,
-                "members": len(self._heartbeats), "members_max": self._members_max,
-                "safe_lamports": len(self._safe_lamport)}
+                "members": len(self.members()), "members_max": CLOCK_ORIGINS_MAX,
+                "equivocations": len(self.equivocations)}
 
     def check_invariants(self) -> None:
         """For tests: the causal buffer, the claims and the members agree with the state."""
@@ -281,8 +281,7 @@ class Replica:
         for origin, seq in self._claims.highest.items():
             assert seq > self._clock.get(origin, 0), (origin, seq)
         assert len(self._claims) <= KNOWN_ORIGINS_MAX
-        assert len(self._heartbeats) <= self._members_max
-        assert set(self._safe_lamport) <= set(self._heartbeats)
+        assert len(self.equivocations) <= EQUIVOCATIONS_MAX
         if self.origin is not None:
             assert self._own_history() >= self._clock.get(self.origin, 0)
 
@@ -334,16 +333,19 @@ class Replica:
 
     def create_event(self, private_key: PrivateKey, market: str,
                      actions: Sequence[Action]) -> tuple[Event, Receipt]:
-        """Sign a new event of this replica's origin and deliver it locally."""
+        """Sign a new event of this replica's origin and deliver it locally: market
+        actions, or (market "") joins, or nothing at all (an acknowledgement)."""
         assert self.origin is not None, "a replica without an origin cannot create events"
-        assert market in self.markets, market
+        assert market in self.markets or market == MEMBERSHIP_MARKET, market
         seq = self._clock.get(self.origin, 0) + 1
         if self._own_signed >= seq:
             # An event signed by our key has a seq we lack (the store lost it): a new
             # event now would reuse a seq, which every peer would reject as equivocation.
             raise OwnHistoryBehind(f"we signed seq {self._own_signed} but hold {seq - 1}: "
                                    f"sync before creating events")
-        event = sign_event(private_key, self.origin, seq, self._clock, self._lamport + 1,
+        events = self._events
+        clock = {o: (s, events[o][s - 1].id) for o, s in self._clock.items()}
+        event = sign_event(private_key, self.origin, seq, clock, self._lamport + 1,
                            market, tuple(actions))
         receipt = self.admit(event)
         assert receipt.status == "delivered", receipt
@@ -381,70 +383,83 @@ class Replica:
             return "impossible_clock"
         clock = self._clock
         if all(clock.get(o, 0) >= s for o, s in event.clock.items()):
-            expected = 1 + max((self._events[o][s - 1].lamport for o, s in event.clock.items()),
-                               default=0)
-            if event.lamport != expected:
-                return "bad_lamport"
+            verdict = self._delivery_verdict(event)
+            if verdict is not None:
+                return verdict[0]
         return None
 
-    def on_heartbeat(self, origin: bytes, clock: Mapping[bytes, int], lamport: int,
-                     now_ms: int) -> str | None:
-        """Record a member's heartbeat. Returns None, or why it was refused: `bad_heartbeat`
-        (types, sizes), `stale_heartbeat` (older than the last one), `impossible_clock`
-        (claims more of our own history than we signed: the sender's fault),
-        `members_full` (no room: not its fault; finality stalls meanwhile) or
-        `malformed` (what the checks did not foresee). Never raises on bad input."""
+    def on_heartbeat(self, origin: bytes, clock: Mapping[bytes, int]) -> str | None:
+        """Note what a peer's heartbeat says exists (a hint for sync; finality never
+        reads heartbeats). Returns None, or why it was refused: `bad_heartbeat` (types,
+        sizes), `impossible_clock` (claims more of our own history than we signed: the
+        sender's fault) or `malformed` (what the checks did not foresee). Never raises
+        on bad input."""
         try:
-            return self._on_heartbeat(origin, clock, lamport, now_ms)
+            return self._on_heartbeat(origin, clock)
         except AssertionError:
             raise
         except Exception:  # input the checks did not foresee: refused all the same
             return "malformed"
 
-    # -- finality ----------------------------------------------------------------
+    # -- membership and finality (core/finality.py) -------------------------------------
 
-    def final_frontier(self, now_ms: int, liveness_timeout_ms: int) -> int:
-        """Events with Lamport time <= the returned value can no longer be preceded."""
-        self._now_ms = max(self._now_ms, now_ms)
-        # Members silent for longer than the largest timeout ever used may be dropped.
-        self._liveness_timeout_ms = max(self._liveness_timeout_ms, liveness_timeout_ms)
-        overflow = self._members_overflow_ms
-        if overflow is not None and now_ms - overflow <= liveness_timeout_ms:
-            return self._final_seen  # a live member we could not track might precede
-        frontier = self._lamport
-        for member, hb in self._heartbeats.items():
-            if member == self.origin or now_ms - hb.at_ms > liveness_timeout_ms:
-                continue
-            self._promote(member, hb)
-            have = self._events.get(member)
-            bound = max(have[-1].lamport if have else 0, self._safe_lamport.get(member, 0))
-            frontier = min(frontier, bound)
-        self._final_seen = max(self._final_seen, frontier)
-        return frontier
+    def members(self) -> list[bytes]:
+        return list(self.membership.members) if self.membership is not None else []
 
-    def finality(self, now_ms: int, liveness_timeout_ms: int) -> Finality:
-        """Final versus pending events and trades; walks only the pending tail."""
-        frontier = self.final_frontier(now_ms, liveness_timeout_ms)
+    def is_member(self, peer: bytes) -> bool:
+        return self.membership is not None and self.membership.is_member(peer)
+
+    def final_key(self) -> OrderKey | None:
+        """Events whose key is at most the returned one are final; None: nothing is."""
+        if self.membership is None:
+            return None
+        delivered = self._stats["events_delivered"]
+        if self._final_at[0] != delivered:
+            self._final_at = (delivered, self.membership.frontier(self._events))
+            self._final_seen = self._final_at[1]
+        return self._final_at[1]
+
+    def finality(self) -> Finality:
+        """Final versus pending events and trades, and whom finality waits for; walks
+        only the pending tail."""
+        frontier = self.final_key()
         pending_events = pending_trades = 0
+        first_pending = None
         for entry in reversed(self._applied):
-            if entry.key[0] <= frontier:
+            if frontier is not None and entry.key <= frontier:
                 break
             pending_events += 1
             pending_trades += len(entry.trades)
+            if entry.event.actions:
+                first_pending = entry.event
+        waiting = (self.membership.waiting_for(self._events, first_pending)
+                   if self.membership is not None else [])
         return Finality(frontier, len(self._applied) - pending_events, pending_events,
-                        self._trade_count - pending_trades, pending_trades)
+                        self._trade_count - pending_trades, pending_trades, waiting)
 
-    def _promote(self, member: bytes, hb: _Heartbeat) -> None:
-        """Once we hold every event of `member` that its heartbeat counted, all its other
-        events were created later and carry a Lamport time above the heartbeat's."""
-        if (self._clock.get(member, 0) >= hb.seq
-                and hb.lamport > self._safe_lamport.get(member, 0)):
-            self._safe_lamport[member] = hb.lamport
-
-    def is_final(self, event_id: bytes, now_ms: int, liveness_timeout_ms: int) -> bool:
+    def is_final(self, event_id: bytes) -> bool:
         event = self._by_id.get(event_id)
-        return event is not None and event.lamport <= self.final_frontier(
-            now_ms, liveness_timeout_ms)
+        frontier = self.final_key()
+        return event is not None and frontier is not None and event.key <= frontier
+
+    def wants_ack(self) -> bool:
+        """Whether this member should sign an acknowledgement (an empty event): it has
+        delivered events its latest event does not cover while an event with actions
+        is not final yet. Quiet once everything with actions is final."""
+        me = self.origin
+        if me is None or not self.is_member(me):
+            return False
+        own = self._events.get(me)
+        head = own[-1] if own else None
+        if head is not None and all(covers(head, o, s) for o, s in self._clock.items()):
+            return False
+        frontier = self.final_key()
+        for entry in reversed(self._applied):
+            if frontier is not None and entry.key <= frontier:
+                return False
+            if entry.event.actions:
+                return True
+        return False
 
     # -- internals: admission ------------------------------------------------------
 
@@ -462,6 +477,8 @@ class Replica:
             if previous.id == event.id:
                 self._stats["duplicates"] += 1
                 return Receipt("duplicate", event=event)
+            if len(self.equivocations) < EQUIVOCATIONS_MAX:
+                self.equivocations.setdefault((origin, seq), (previous.raw, event.raw))
             return self._reject("equivocation", f"seq {seq} of {short_id(origin)} seen "
                                 f"with other content", event)
         me = self.origin
@@ -500,12 +517,9 @@ class Replica:
                     break
         return Receipt("buffered", event=event, missing=missing)
 
-    def _on_heartbeat(self, origin: bytes, clock: Mapping[bytes, int], lamport: int,
-                      now_ms: int) -> str | None:
+    def _on_heartbeat(self, origin: bytes, clock: Mapping[bytes, int]) -> str | None:
         if (type(origin) is not bytes or not 0 < len(origin) <= ORIGIN_BYTES_MAX
-                or type(lamport) is not int or not 0 <= lamport <= SEQ_MAX
-                or not isinstance(clock, Mapping) or len(clock) > CLOCK_ORIGINS_MAX
-                or type(now_ms) is not int):
+                or not isinstance(clock, Mapping) or len(clock) > CLOCK_ORIGINS_MAX):
             return "bad_heartbeat"
         clean: dict[bytes, int] = {}
         for o, s in clock.items():
@@ -515,39 +529,9 @@ class Replica:
             clean[o] = s
         if self.origin is not None and clean.get(self.origin, 0) > self._own_history():
             return "impossible_clock"
-        self._now_ms = max(self._now_ms, now_ms)
-        old = self._heartbeats.get(origin)
-        if old is not None and old.lamport > lamport:
-            return "stale_heartbeat"
-        if old is not None:
-            self._promote(origin, old)
-        elif not self._room_for_member(now_ms):
-            return "members_full"
-        self._heartbeats[origin] = _Heartbeat(clean.get(origin, 0), lamport, now_ms)
         for o, s in sorted(clean.items()):
             self._claims.note(o, s)
         return None
-
-    def _room_for_member(self, now_ms: int) -> bool:
-        """Whether one more member fits; members silent past the liveness timeout make
-        room (they hold nothing back). If none can, finality stalls while that lasts."""
-        members = self._heartbeats
-        if len(members) < self._members_max:
-            return True
-        timeout_ms = self._liveness_timeout_ms
-        if now_ms >= self._members_full_until_ms:
-            silent = sorted(m for m, hb in members.items() if now_ms - hb.at_ms > timeout_ms)
-            for member in silent:
-                del members[member]
-                self._safe_lamport.pop(member, None)
-            if members:
-                self._members_full_until_ms = min(hb.at_ms for hb in members.values()) \
-                    + timeout_ms + 1
-        if len(members) < self._members_max:
-            return True
-        self._members_overflow_ms = now_ms
-        self._stats["members_refused"] += 1
-        return False
 
     # -- internals: delivery -----------------------------------------------------
 
@@ -559,11 +543,9 @@ class Replica:
         start = len(receipt.delivered)
         while ready:
             event = ready.pop()
-            expected = 1 + max((self._events[o][s - 1].lamport for o, s in event.clock.items()),
-                               default=0)
-            if event.lamport != expected:
-                rejected = self._reject("bad_lamport", f"lamport {event.lamport} but its clock "
-                                        f"implies {expected}", event)
+            verdict = self._delivery_verdict(event)
+            if verdict is not None:
+                rejected = self._reject(*verdict, event)
                 continue
             self._deliver(event, receipt)
             ready.extend(reversed(self._buffer.release(event.origin, event.seq)))
@@ -574,6 +556,35 @@ class Replica:
             self._apply_delivered(delivered)
         return rejected
 
+    def _delivery_verdict(self, event: Event) -> tuple[str, str] | None:
+        """Why an event whose causes are all delivered may not be delivered, or None:
+        a cause it names by id is another version than the one delivered here (`fork`:
+        someone equivocated), its Lamport time is not 1 + the largest among its causes
+        (`bad_lamport`), its clock is behind its origin's previous event's
+        (`clock_regression`), or its origin was admitted by no join in its causal past
+        (`not_member`). Each is judged from the event's causal past alone."""
+        events = self._events
+        heads = event.heads
+        top = 0
+        for o, s in event.clock.items():
+            cause = events[o][s - 1]
+            if cause.id != heads[o]:
+                return "fork", (f"names seq {s} of {short_id(o)} as {short_id(heads[o])}; "
+                                f"delivered here: {short_id(cause.id)}")
+            if cause.lamport > top:
+                top = cause.lamport
+        if event.lamport != top + 1:
+            return "bad_lamport", f"lamport {event.lamport} but its clock implies {top + 1}"
+        if event.seq > 1:
+            clock = event.clock
+            for o, s in events[event.origin][event.seq - 2].clock.items():
+                if clock.get(o, 0) < s:
+                    return "clock_regression", (f"names seq {clock.get(o, 0)} of {short_id(o)}"
+                                                f"; its previous event named {s}")
+        if self.membership is not None and self.membership.admissible(event) is not None:
+            return "not_member", f"{short_id(event.origin)} was admitted by no join it saw"
+        return None
+
     def _deliver(self, event: Event, receipt: Receipt) -> None:
         origin = event.origin
         self._events.setdefault(origin, []).append(event)
@@ -583,12 +594,10 @@ class Replica:
         self._by_id[event.id] = event
         self._lamport = max(self._lamport, event.lamport)
         self._stats["events_delivered"] += 1
-        if event.lamport <= self._final_seen:
-            self._stats["late_after_final"] += 1
-        if origin not in self._heartbeats and self._room_for_member(self._now_ms):
-            # A member first heard of through its events holds finality back at what we
-            # hold of it until it heartbeats or stays silent past the liveness timeout.
-            self._heartbeats[origin] = _Heartbeat(0, 0, self._now_ms)
+        if self._final_seen is not None and event.key <= self._final_seen:
+            self._stats["late_after_final"] += 1  # the rule says this cannot happen
+        if self.membership is not None:
+            self.membership.on_delivered(event)
         receipt.delivered.append(event)
 
     def _apply_delivered(self, delivered: list[tuple[Event, Receipt]]) -> None:
@@ -623,12 +632,15 @@ class Replica:
             entry = applied.pop()
             self._keys.pop()
             del self._index[entry.event.id]
-            entry.book.rollback(entry.mark)
+            if entry.book is not None:
+                entry.book.rollback(entry.mark)
             self._trade_count -= len(entry.trades)
             undone.append(entry)
         return undone
 
     def _apply(self, event: Event) -> list[Trade]:
+        if event.market == MEMBERSHIP_MARKET:
+            return self._apply_membership(event)
         book = self.books[event.market]
         entry = _Applied(event.key, event, book)
         entry.mark = mark = book.mark()
@@ -648,9 +660,25 @@ class Replica:
         trades = book.trades[mark[1]:]
         entry.trades = trades
         self._trade_count += len(trades)
+        self._append(entry)
+        return trades
+
+    def _apply_membership(self, event: Event) -> list[Trade]:
+        """Joins and acknowledgements touch no book; joins take effect at delivery
+        (core/finality.py) and are recorded here in the applied order and digest."""
+        entry = _Applied(event.key, event, None)
+        seen = set()
+        for action in event.actions:
+            assert isinstance(action, Join)
+            entry.outcomes.append("joined" if action.member not in seen else "duplicate")
+            seen.add(action.member)
+        self._append(entry)
+        return []
+
+    def _append(self, entry: _Applied) -> None:
         h = hashlib.sha256(self.digest)
-        h.update(event_id)
-        for t in trades:
+        h.update(entry.event.id)
+        for t in entry.trades:
             h.update(t.maker_order)
             h.update(t.taker_order)
             h.update(t.price.to_bytes(8, "big"))
@@ -658,14 +686,13 @@ class Replica:
         entry.digest = h.digest()
         self._applied.append(entry)
         self._keys.append(entry.key)
-        self._index[event_id] = entry
-        return trades
+        self._index[entry.event.id] = entry
 
 
 def replay(markets: Mapping[str, Market], raws: Iterable[bytes],
-           origin: bytes | None = None) -> Replica:
+           origin: bytes | None = None, genesis: Iterable[bytes] | None = None) -> Replica:
     """A replica fed `raws` in the given order (rejections are counted, not raised)."""
-    replica = Replica(markets, origin)
+    replica = Replica(markets, origin, genesis=genesis)
     for raw in raws:
         replica.receive(raw)
     return replica

@@ -1,0 +1,136 @@
+"""Membership and the commit rule: what is final, and whom finality waits for.
+
+Theory of operation (the rule and its safety argument: protocols/finality.md).
+
+Membership is explicit. A network starts from its genesis, a set of peer ids fixed
+when it is founded. A member admits a newcomer with a `Join` action in one of its
+events; the newcomer's first event must have that join in its causal past (its
+clock covers the joining event), so every event of a member sorts after the event
+that admitted it. An event of anyone else is refused (`not_member`). Admission is
+judged from the event's causal past alone, so every replica judges it the same.
+
+Acknowledgement is implicit. Every event's clock names, for each origin, the latest
+event its author had delivered, by seq *and id*, so a clock entry pins the whole
+history behind it (each event names its own predecessor by id). A member that has
+delivered events with actions it has not covered yet signs an empty event (no
+actions, membership market "") on its next tick: its acknowledgement.
+
+The rule. With `head(m)` the latest event of member m delivered here, and
+`covers(h, e)` meaning that e is h or in h's causal past:
+- round one: `w(p)` is the highest event of p covered by every member's head;
+- round two: an event e is *committed* once every `w(p)` covers it.
+Everything that sorts at or before the highest committed event is final. No timeout,
+no clock and no count of peers enters the rule; the frontier only moves forward.
+
+Why it never lies, in short: every later event of member m extends m's chain past
+head(m), so its Lamport time, and hence its sort key, is above everything head(m)
+covers; a newcomer's events sort after its join, which sorts after its sponsor's
+head. So nothing that can still be delivered here sorts before a committed event.
+Round two makes every member's head pin the same version of every `w(p)`: a member
+that signs two versions of one seq (equivocation) can make honest members deliver
+different histories only while neither version is committed anywhere. What it does
+not give: progress while any member is silent, partitioned away or dishonest. A
+stalled frontier is visible (`waiting_for` names the members it waits for); the
+removal of a member that never returns is not part of this rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+from .clock import OrderKey
+from .events import Event, Join
+
+
+def covers(head: Event, origin: bytes, seq: int) -> bool:
+    """Whether (origin, seq) is `head` or in its causal past."""
+    if head.origin == origin:
+        return head.seq >= seq
+    return head.clock.get(origin, 0) >= seq
+
+
+def _covered_seq(head: Event | None, origin: bytes) -> int:
+    if head is None:
+        return 0
+    if head.origin == origin:
+        return head.seq
+    return head.clock.get(origin, 0)
+
+
+class Membership:
+    """Who may originate events, and the commit rule over their latest events."""
+
+    def __init__(self, genesis: Iterable[bytes]) -> None:
+        self.genesis = frozenset(genesis)
+        assert self.genesis, "a network has at least one founding member"
+        self.members: dict[bytes, None] = dict.fromkeys(sorted(self.genesis))
+        self._joins: dict[bytes, list[tuple[bytes, int]]] = {}  # member -> (sponsor, seq)
+        self._frontier: OrderKey | None = None  # highest committed key; only grows
+
+    # -- admission -------------------------------------------------------------------
+
+    def admissible(self, event: Event) -> str | None:
+        """None, or why `event` may not be delivered (its causes are all delivered)."""
+        origin = event.origin
+        if origin in self.genesis or event.seq > 1:
+            return None  # a later event extends a chain whose first event was admitted
+        for sponsor, seq in self._joins.get(origin, ()):
+            if event.clock.get(sponsor, 0) >= seq:
+                return None
+        return "not_member"
+
+    def on_delivered(self, event: Event) -> None:
+        """Record the joins of a newly delivered event."""
+        if event.actions and event.actions[0].__class__ is Join:
+            for action in event.actions:
+                member = action.member  # type: ignore[union-attr]
+                self.members.setdefault(member, None)
+                self._joins.setdefault(member, []).append((event.origin, event.seq))
+
+    def is_member(self, peer: bytes) -> bool:
+        return peer in self.members
+
+    # -- the commit rule -------------------------------------------------------------
+
+    def frontier(self, events: Mapping[bytes, Sequence[Event]]) -> OrderKey | None:
+        """The key of the highest committed event (everything up to it is final), or
+        None while nothing is. `events` holds each origin's delivered events by seq."""
+        heads = {}
+        for member in self.members:
+            chain = events.get(member)
+            if not chain:
+                return self._frontier  # a member that never spoke covers nothing
+            heads[member] = chain[-1]
+        # Round one: for each member p, the highest seq of p every member's head covers.
+        witnesses = []
+        for p in heads:
+            w = min(_covered_seq(h, p) for h in heads.values())
+            if w == 0:
+                return self._frontier
+            witnesses.append(events[p][w - 1])
+        # Round two: per origin, the highest seq every witness covers.
+        best = self._frontier
+        for origin in heads:
+            c = min(_covered_seq(w, origin) for w in witnesses)
+            if c > 0:
+                key = events[origin][c - 1].key
+                if best is None or key > best:
+                    best = key
+        self._frontier = best
+        return best
+
+    def waiting_for(self, events: Mapping[bytes, Sequence[Event]],
+                    pending: Event | None) -> list[bytes]:
+        """The members whose next event would move finality past `pending` (the first
+        event not final): those whose head does not cover it, or else those whose head
+        does not cover every member's acknowledgement of it."""
+        if pending is None:
+            return []
+        heads = {m: (events.get(m) or [None])[-1] for m in self.members}
+        first = [m for m, h in heads.items()
+                 if h is None or not covers(h, pending.origin, pending.seq)]
+        if first:
+            return first
+        acks = [h for h in heads.values() if h is not None]
+        return [m for m, h in heads.items()
+                if h is None or not all(covers(h, a.origin, a.seq) for a in acks)]

@@ -74,6 +74,9 @@ class Intake:
 
     def receive(self, arrivals: Sequence[Arrival]) -> list[Receipt]:
         """Hand events to the replica as one batch; carry out each outcome."""
+        if self.replica.membership is None:  # no genesis yet (admission.py): not judged
+            self.received[("any", "before_genesis")] += len(arrivals)
+            return []
         receipts = self.replica.receive_many([raw for raw, _, _ in arrivals])
         delivered = []
         rolled_back = 0
@@ -89,6 +92,8 @@ class Intake:
             delivered += receipt.delivered
             rolled_back += receipt.rolled_back
             for event in receipt.delivered if logging_info else ():
+                if not event.actions:
+                    continue  # an acknowledgement: nothing to tell
                 log.info("order batch %s from %s applied: %d actions, seq %d%s",
                          short_id(event.id), short_peer(ID(event.origin)), len(event.actions),
                          event.seq, f" (via {_where(source, sender)})"

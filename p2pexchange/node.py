@@ -5,6 +5,7 @@
     gossip (net/gossip)      topics, validators, readers; batching of own actions
     sync (net/sync)          pull what we lack; serve what others lack
     control (net/control)    heartbeats, finality, trade reports
+    admission (admission.py) genesis, joining, admitting newcomers, when to trade
     rejections (net/rejections) every refused input, counted by code and by peer
     intake (intake.py)       events in: inbox, batches to the replica, store, feed, logs
     replica (core/replica)   the deterministic state; store (store.py) its log on disk
@@ -36,6 +37,7 @@ import multiaddr
 import trio
 from libp2p.peer.id import ID
 
+from .admission import Admission
 from .core.events import Action, Event
 from .core.market import DEFAULT_MARKETS, Market
 from .core.orders import Order, Trade
@@ -108,9 +110,14 @@ class Node:
         self.sync = Sync(self.host, self.replica, self.intake.receive, self.rejections,
                          peers=lambda: self.discovery.peers, rng=self._rng)
         self.discovery = Discovery(self.host, on_found=self.sync.want)
+        self.admission = Admission(self.replica, self.store, self.origin, self.gossip,
+                                   self.rejections, founder=not config.bootstrap,
+                                   peers=lambda: self.discovery.peers,
+                                   syncs_completed=lambda: self.sync.completed)
         self.control = Control(self.gossip, self.replica, self.origin, self.rejections,
-                               want_sync=self.sync.want)
-        self.batcher = Batcher(self.gossip, self._seal, self._published, config.batch_actions_max)
+                               want_sync=self.sync.want, on_genesis=self.admission.on_genesis)
+        self.batcher = Batcher(self.gossip, self._seal, self._published, config.batch_actions_max,
+                               self.admission.membership_actions)
         self.loop_lag = LoopLag()  # event-loop scheduling lag, for status and metrics
         self._replay_store()
 
@@ -139,6 +146,8 @@ class Node:
     def busy(self) -> str | None:
         """Why new orders should wait, or None. Backpressure: a node that cannot keep up
         with what the network sends it takes no new orders rather than build a backlog."""
+        if (joining := self.admission.busy()) is not None:
+            return joining
         if self.intake.backlog > INBOX_BUSY_EVENTS:
             return f"{self.intake.backlog} events waiting to be applied"
         if self.loop_lag.last_ms > LOOP_LAG_BUSY_MS:
@@ -196,9 +205,7 @@ class Node:
 
     def is_final(self, event_ids: Sequence[bytes]) -> list[bool]:
         """Per event id: is it final here (its trades can no longer change)?"""
-        frontier = getattr(self.control.finality(), "frontier", -1)  # None: nothing final
-        return [(e := self.replica.event(i)) is not None and e.lamport <= frontier
-                for i in event_ids]
+        return [self.replica.is_final(i) for i in event_ids]
 
     def trades_of(self, event_id: bytes) -> list[Trade]:
         return self.replica.trades_of(event_id)
@@ -240,13 +247,14 @@ class Node:
             async with trio.open_nursery() as nursery:
                 await self.gossip.follow_all(nursery, self.markets, self.intake.offer,
                                              self.control.on_heartbeat,
+                                             self.admission.on_join_request,
                                              self.control.on_trade_report)
                 await self.discovery.bootstrap(self.config.bootstrap)
                 for service in self.services:
                     await nursery.start(service.run, self)
                 for loop in (self.intake.run, self.discovery.run, self.sync.run,
                              self.batcher.run, self.control.run, self._status_loop,
-                             self.loop_lag.run):
+                             self.loop_lag.run, self.admission.run):
                     nursery.start_soon(loop)
                 self.ready.set()
                 task_status.started(self)
@@ -264,6 +272,8 @@ class Node:
 
     def _seal(self, market: str, actions: list[Action]) -> Event | None:
         """Sign `actions` as our next event and store it before it is published."""
+        if not self.replica.is_member(self.origin):
+            return None  # admission.py: a non-member's event would be refused everywhere
         try:
             event, receipt = self.replica.create_event(self.key_pair.private_key, market,
                                                        actions)

@@ -1,7 +1,8 @@
 """The node's status: one dict for the API, the demo and the periodic log line.
 
-`members` is provisional: the origins this replica has delivered events from, until
-membership is explicit (ARCHITECTURE.md, finality).
+`members` is the network's membership as this node knows it (core/finality.py),
+`membership` this node's own state in it (admission.py), `waiting_for` the members
+whose next event would move finality (empty when nothing waits).
 """
 
 from __future__ import annotations
@@ -15,14 +16,17 @@ def node_status(node: Any) -> dict:
     """The node's status as its drivers and logs show it (`Node.status`)."""
     stats = node.replica.stats()
     finality = node.control.finality()
-    # Nothing is reported final before the node has listened for one liveness timeout.
-    trades_final = finality.final_trades if finality is not None else 0
+    trades_final = finality.final_trades
     return {
         "peer_id": str(node.peer_id),
         "addr": node.listen_addr,
         "addrs": [str(a) for a in node.host.get_addrs()] if node.ready.is_set() else [],
-        "members": sorted(str(ID(o)) for o in node.replica.clock),  # provisional
-        "final_frontier": finality.frontier if finality is not None else None,
+        "membership": node.admission.state,
+        "members": sorted(str(ID(o)) for o in node.replica.members()),
+        "waiting_for": sorted(str(ID(o)) for o in finality.waiting_for),
+        "final_frontier": finality.frontier_lamport,
+        "events_final": finality.final_events,
+        "equivocations": len(node.replica.equivocations),
         "peers": len(node.peers),
         "events": stats["events_delivered"],
         "buffered": stats["events_buffered"],
@@ -47,4 +51,13 @@ def status_line(s: dict) -> str:
     resting = " ".join(f"{m}={n}" for m, n in s["resting"].items())
     return (f"status: peers={s['peers']} events={s['events']} resting[{resting}] "
             f"trades final={s['trades_final']} pending={s['trades_pending']} "
-            f"digest={s['digest'][:16]}")
+            f"{_waiting(s)}digest={s['digest'][:16]}")
+
+
+def _waiting(s: dict) -> str:
+    """Whom finality waits for, when anything waits: the members, shortened."""
+    if s["membership"] != "member":
+        return f"({s['membership']}) "
+    if not s["waiting_for"] or not s["trades_pending"]:
+        return ""
+    return "finality waits for " + ",".join(p[-6:] for p in s["waiting_for"]) + " "

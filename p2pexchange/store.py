@@ -6,6 +6,9 @@ a fresh replica in the order it delivered the events (no buffering needed), and
 continues its own seq without reuse. WAL mode; one table WITHOUT ROWID whose
 primary key makes a second event for the same (origin, seq) impossible.
 
+The table `genesis` holds the network's founding members (core/finality.py), fixed
+when the node founded the network or first learned it from a peer.
+
 With each batch the node also records its state digest after that batch, keyed by
 the delivery position of the batch's last event (table `digests`, added by
 `CREATE TABLE IF NOT EXISTS`: older stores simply have none before the upgrade).
@@ -32,6 +35,9 @@ CREATE TABLE IF NOT EXISTS digests (
     delivered INTEGER PRIMARY KEY,
     digest BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS genesis (
+    member BLOB PRIMARY KEY
+) WITHOUT ROWID;
 """
 
 
@@ -79,6 +85,19 @@ class EventStore:
         if known.fetchone() is None:
             return []
         return list(self.db.execute("SELECT delivered, digest FROM digests ORDER BY delivered"))
+
+    def genesis(self) -> list[bytes]:
+        """The network's founding members, as adopted once; [] if not known yet."""
+        known = self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'genesis'")
+        if known.fetchone() is None:
+            return []
+        return [m for (m,) in self.db.execute("SELECT member FROM genesis ORDER BY member")]
+
+    def set_genesis(self, members: list[bytes]) -> None:
+        assert members and not self.genesis(), "the genesis is adopted once"
+        with self.db:
+            self.db.executemany("INSERT INTO genesis (member) VALUES (?)",
+                                [(m,) for m in members])
 
     def count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM events").fetchone()[0]

@@ -4,13 +4,14 @@ Theory of operation: a vector clock maps an origin (peer id bytes) to the
 highest seq of that origin delivered so far; absent means 0. Event `e`
 causally precedes `f` when `f`'s clock covers `(e.origin, e.seq)`. Causal
 order is partial, so replicas also need one total order that they compute
-alone: `(lamport, places, origin, seq)` (`places` 0 for a cancels-only event, so
-concurrent cancels come before concurrent places). Because an event's Lamport time is one more
-than the largest Lamport time among the events its clock names, the total
-order extends the causal one: a cause always sorts before its effects.
+alone: `(lamport, rank, origin, seq)` (`rank` 0 for a cancels-only event, 1 with
+places, 2 for a membership event: concurrent cancels come before concurrent
+places). Because an event's Lamport time is one more than the largest Lamport
+time among the events its clock names, the total order extends the causal one:
+a cause always sorts before its effects.
 """
 
 from __future__ import annotations
 
 VectorClock = dict[bytes, int]
-OrderKey = tuple[int, int, bytes, int]  # (lamport, places, origin, seq): see Event.key
+OrderKey = tuple[int, int, bytes, int]  # (lamport, rank, origin, seq): see Event.key

@@ -130,21 +130,24 @@ class Event:
     signature: bytes
     id: bytes = field(repr=False)
     raw: bytes = field(repr=False)
-    # The total-order sort key: (lamport, places, origin, seq), where `places` is 0 for
-    # an event without place actions (cancels only) and 1 otherwise. At equal Lamport
-    # time (concurrent events) cancels therefore take effect before places: a maker
-    # pulling its order wins against a taker racing for it, the same way on every node.
-    # Lamport time first keeps the order an extension of causality. Computed once:
-    # sorting, bisecting and merging by it are the replica's and sync's hot paths.
+    # The total-order sort key: (lamport, rank, origin, seq), where `rank` is 0 for a
+    # market event without place actions (cancels only), 1 for one with places and 2
+    # for a membership event (joins, acknowledgements). At equal Lamport time
+    # (concurrent events) cancels therefore take effect before places: a maker pulling
+    # its order wins against a taker racing for it, the same way on every node; and a
+    # late acknowledgement, which changes no book, never makes concurrent market events
+    # re-apply. Lamport time first keeps the order an extension of causality. Computed
+    # once: sorting, bisecting and merging by it are the replica's and sync's hot paths.
     key: tuple[int, int, bytes, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        places = 0
-        for action in self.actions:
-            if action.__class__ is Place:
-                places = 1
-                break
-        object.__setattr__(self, "key", (self.lamport, places, self.origin, self.seq))
+        rank = 2 if self.market == MEMBERSHIP_MARKET else 0
+        if not rank:
+            for action in self.actions:
+                if action.__class__ is Place:
+                    rank = 1
+                    break
+        object.__setattr__(self, "key", (self.lamport, rank, self.origin, self.seq))
 
     def order_id(self, index: int) -> bytes:
         return order_id(self.id, index)

@@ -7,22 +7,26 @@ same events end in the same state whatever the arrival order.
 
 1. Admission. `decode_event` checks everything stateless (schema, signature,
    ...). The replica then rejects a seq already seen with other content
-   (equivocation), ignores exact duplicates, and rejects an event whose clock
-   claims more of this replica's own history than its origin ever signed
-   (`impossible_clock`, see 6).
+   (equivocation; the two signed versions are kept as proof in `equivocations`),
+   ignores exact duplicates, and rejects an event whose clock claims more of this
+   replica's own history than its origin ever signed (`impossible_clock`, see 6).
 2. Causal delivery. An event is delivered once the replica has delivered
    everything its vector clock names (which includes its origin's previous
    seq). Until then it waits in the causal buffer (buffer.py), registered on
    the exact (origin, seq) it still lacks; delivering that one wakes only its waiters,
    and each waiter resumes scanning its clock where it stopped (a clock only
    grows), so releasing n buffered events costs O(n + their clock entries),
-   whatever order they arrived in. On delivery its Lamport time must be 1 +
-   the largest Lamport time among the events its clock names; otherwise it is
-   rejected (`bad_lamport`).
+   whatever order they arrived in. On delivery, judged from its causal past
+   alone: every cause it names must be the version delivered here, by id (else
+   `fork`: someone equivocated); its Lamport time must be 1 + the largest among
+   its causes (`bad_lamport`); its clock may not fall behind its origin's previous
+   event's (`clock_regression`: an origin cannot take back what it acknowledged);
+   and with a genesis, its origin must be a member (`not_member`, core/finality.py).
 3. Total order. Delivered events are applied in order of `Event.key`:
-   `(lamport, places, origin, seq)`, where `places` puts cancels-only events
-   before concurrent places. This order extends causality, so a cancel always
-   comes after the place it names. An event that sorts before already-applied events makes
+   `(lamport, rank, origin, seq)`, where `rank` puts cancels-only events
+   before concurrent places, and membership events last. This order extends
+   causality, so a cancel always comes after the place it names. An event that
+   sorts before already-applied events makes
    the replica undo those (the books keep undo records), apply it, and
    re-apply them: the cost is the engine's per-event bound times the number
    of events undone (plus the event itself), never the size of the book or of
@@ -30,19 +34,14 @@ same events end in the same state whatever the arrival order.
 4. Digest. Each applied event extends a running SHA-256 over the event id and
    the trades it produced; two replicas with the same delivered set have the
    same digest.
-5. Finality. Heartbeats carry a member's vector clock and Lamport time. Every
-   future event of member m has a Lamport time above the one m announced,
-   and per-origin FIFO tells whether we already hold m's earlier events; so an
-   event is final once, for every live member (heard from within the liveness
-   timeout) and for ourselves, no event that could still arrive sorts before
-   it. A member silent for longer than the timeout stops holding finality
-   back; if its late events then sort before final ones they are still
-   applied (convergence wins) and counted in `stats()["late_after_final"]`.
-   Members are those heard from, by heartbeat or by event: a node nobody has
-   heard of yet cannot hold finality back, so the shell reports nothing as
-   final before it has listened for one liveness timeout. At most
-   `MEMBERS_MAX` members are tracked; silent ones make room, and while a live
-   newcomer finds no room finality does not advance (it stalls, never lies).
+5. Finality. core/finality.py: explicit membership (a genesis, then joins) and
+   a commit rule over the members' latest delivered events, with no timeout and
+   no clock: what it reports final never changes, and a silent member stalls it
+   visibly (`Finality.waiting_for`). `wants_ack` tells the shell when to sign an
+   empty event (an acknowledgement) so the rule can progress. Without a genesis
+   (replaying tools, tests of order) every origin is admitted and nothing is final.
+   Heartbeats are hints for sync only (`on_heartbeat`): nothing they say can
+   make anything final.
 6. Own history. The replica's own seq is what its own history says: its
    store, replayed into it. Claims about it by others (a clock entry in
    someone's event, a heartbeat) never stop it from creating events; a claim
@@ -75,7 +74,7 @@ than one that stops). Everything that grows with peers' input is bounded:
   `MISSING_RANGES_MAX` ranges, origins we have delivered from first, in O(that)
   time. It is a hint for sync, never an input to safety: a lie only makes the
   shell pull more.
-- members (`_heartbeats`, `_safe_lamport`): at most `MEMBERS_MAX`, see 5.
+- proofs of equivocation: at most `EQUIVOCATIONS_MAX`.
 Business outcomes (a rejected cancel, a post-only that would take) are recorded
 identically on every replica. The delivered history itself (events, books) is
 the state and grows with what the network trades.
@@ -402,6 +401,12 @@ class Replica:
             return "malformed"
 
     # -- membership and finality (core/finality.py) -------------------------------------
+
+    def adopt_genesis(self, genesis: Iterable[bytes]) -> None:
+        """Fix the network's founding members, once, before any event is delivered (a
+        newcomer learns them from its peers before it takes any event in)."""
+        assert self.membership is None and not self._stats["events_delivered"]
+        self.membership = Membership(genesis)
 
     def members(self) -> list[bytes]:
         return list(self.membership.members) if self.membership is not None else []

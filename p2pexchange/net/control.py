@@ -1,9 +1,11 @@
 """Control messages: heartbeats, finality, and trade reports with the divergence alarm.
 
 Every `HEARTBEAT_INTERVAL_MS` the node publishes its vector clock, Lamport time,
-digest and event count on the control topic (protocols/heartbeat.md). A peer's
-heartbeat feeds the replica's finality rule, and one that shows the peer ahead asks
-sync to pull from it. After each heartbeat the node acts on what became final: it
+digest, event count and the network's genesis on the control topic
+(protocols/heartbeat.md). A peer's heartbeat is a hint only: one that shows the peer
+ahead asks sync to pull from it, and a newcomer learns the genesis from it
+(admission.py). Finality is the replica's, from delivered events alone
+(core/finality.py). After each heartbeat the node acts on what became final: it
 reports the trades of its own final taker events on the trades topic
 (protocols/trade_report.md) and compares the reports of others with what it computed
 itself; a mismatch is logged as `DIVERGENCE`.
@@ -23,7 +25,6 @@ from libp2p.peer.id import ID
 from ..core.events import short_id
 from ..core.params import (
     HEARTBEAT_INTERVAL_MS,
-    LIVENESS_TIMEOUT_MS,
     OWN_TRADE_REPORTS_SCAN,
     TRADE_REPORTS_PEER_MAX,
     TRADE_REPORTS_PENDING_MAX,
@@ -40,24 +41,15 @@ PEER_VIEWS_MAX = 1024  # peers whose view of our history is kept (the latest hea
 PEER_VIEW_FRESH_S = 5.0  # a view older than this is a silent peer's: not waited for
 SEALED_TIMES_MAX = 10_000  # own events whose signing time is kept
 
-# Heartbeat outcomes that are no misbehaviour: an older heartbeat overtaken by a newer
-# one, or no room among the tracked members (finality stalls meanwhile).
-NOT_THE_SENDERS_FAULT = frozenset({"stale_heartbeat", "members_full"})
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 class Control:
     """Heartbeats out and in, finality as the node reports it, trade reports."""
 
     def __init__(self, gossip: Gossip, replica: Replica, origin: bytes, reject: Reject,
-                 want_sync: Callable[[ID], None]) -> None:
+                 want_sync: Callable[[ID], None],
+                 on_genesis: Callable[[ID, tuple[bytes, ...]], None]) -> None:
         self.gossip = gossip
         self.replica = replica
         self.origin = origin
-        self.started_ms = now_ms()
         self.divergences = 0
         self.trade_reports_matched = 0
         # (reporter, event id) -> the report, until the event is final here
@@ -70,12 +62,14 @@ class Control:
         self._final_logged = 0
         self._reject = reject
         self._want_sync = want_sync
+        self._on_genesis = on_genesis
 
     # -- in ------------------------------------------------------------------------
 
     def on_heartbeat(self, sender: ID, hb: wire.Heartbeat) -> None:
-        code = self.replica.on_heartbeat(sender.to_bytes(), hb.clock, hb.lamport, now_ms())
-        if code is not None and code not in NOT_THE_SENDERS_FAULT:
+        self._on_genesis(sender, hb.genesis)
+        code = self.replica.on_heartbeat(sender.to_bytes(), hb.clock)
+        if code is not None:
             self._reject("heartbeat", code, sender)
             return
         mine = self.replica.clock
@@ -122,12 +116,12 @@ class Control:
         self._reports_by_peer[key[0]] = waiting + 1
         self.trade_reports[key] = (sender, report)
 
-    def check_trade_reports(self, frontier: int) -> None:
+    def check_trade_reports(self) -> None:
         """Compare peers' reports for events now final with our own trades."""
         for key, (sender, report) in list(self.trade_reports.items()):
             event_id = report.event_id
             event = self.replica.event(event_id)
-            if event is None or event.lamport > frontier:
+            if event is None or not self.replica.is_final(event_id):
                 continue
             del self.trade_reports[key]
             self._reports_by_peer[key[0]] -= 1
@@ -146,13 +140,9 @@ class Control:
 
     # -- finality --------------------------------------------------------------------
 
-    def finality(self) -> Finality | None:
-        """What is final now; None until the node has listened for one liveness timeout
-        (a member nobody has heard of yet cannot hold finality back)."""
-        now = now_ms()
-        if now - self.started_ms < LIVENESS_TIMEOUT_MS:
-            return None
-        return self.replica.finality(now, LIVENESS_TIMEOUT_MS)
+    def finality(self) -> Finality:
+        """What is final now, and whom finality waits for (core/finality.py)."""
+        return self.replica.finality()
 
     # -- out -------------------------------------------------------------------------
 
@@ -167,22 +157,21 @@ class Control:
     async def heartbeat(self) -> None:
         """Publish our clock and digest; then act on what has become final."""
         replica = self.replica
+        genesis = replica.membership.genesis if replica.membership is not None else ()
         hb = wire.Heartbeat(replica.clock, replica.lamport, replica.digest,
-                            replica.stats()["events_delivered"])
+                            replica.stats()["events_delivered"], tuple(sorted(genesis)))
         await self.gossip.publish(CONTROL_TOPIC, wire.encode_heartbeat(hb))
         finality = self.finality()
-        if finality is None:
-            return
-        self.check_trade_reports(finality.frontier)
-        await self._report_own_trades(finality.frontier)
+        self.check_trade_reports()
+        await self._report_own_trades()
         if finality.final_trades > self._final_logged:
             log.info("trades final: %d (+%d), pending: %d", finality.final_trades,
                      finality.final_trades - self._final_logged, finality.pending_trades)
             self._final_logged = finality.final_trades
 
-    async def _report_own_trades(self, frontier: int) -> None:
+    async def _report_own_trades(self) -> None:
         for event in self.replica.events_of(self.origin)[-OWN_TRADE_REPORTS_SCAN:]:
-            if event.lamport > frontier or event.id in self._reported:
+            if event.id in self._reported or not self.replica.is_final(event.id):
                 continue
             self._reported.add(event.id)
             trades = self.replica.trades_of(event.id)

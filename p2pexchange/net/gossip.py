@@ -1,7 +1,8 @@
 """Gossip: the pubsub topics, their validators and readers, and batching of own actions.
 
-Topics (protocols/topics.md): one per market for events, one control topic for
-heartbeats, one for trade reports. A topic validator decodes every message before
+Topics (protocols/topics.md): one per market for events, one for membership events
+(joins and acknowledgements, market ""), one control topic for heartbeats, one for
+join requests, one for trade reports. A topic validator decodes every message before
 gossipsub forwards it, so garbage travels one hop at most; the reader then hands the
 decoded value to the node. Gossipsub is tuned as LIBP2P_NOTES advises (1 s heartbeat,
 no built-in rate limit, `degree_high` above any small network's size) and is still
@@ -29,6 +30,7 @@ from libp2p.tools.anyio_service.context import background_trio_service
 
 from ..core.events import (
     EVENT_ACTIONS_MAX,
+    MEMBERSHIP_MARKET,
     Action,
     Cancel,
     Event,
@@ -43,15 +45,20 @@ from .host import short_peer
 
 log = logging.getLogger("p2pexchange.node")
 
-TOPIC_PREFIX = "p2pexchange/v1"
+TOPIC_PREFIX = "p2pexchange/v2"
 DECODED_KEPT_MAX = 4096  # validated events waiting for their topic reader
 CONTROL_TOPIC = f"{TOPIC_PREFIX}/control"
+JOIN_TOPIC = f"{TOPIC_PREFIX}/join"
 TRADES_TOPIC = f"{TOPIC_PREFIX}/trades"
+MEMBERSHIP_TOPIC = f"{TOPIC_PREFIX}/membership"
 
 Reject = Callable[[str, str, ID | None], None]  # (what, code, peer)
 
 
 def market_topic(market: str) -> str:
+    """The topic of a market's events; membership events (market "") have their own."""
+    if market == MEMBERSHIP_MARKET:
+        return MEMBERSHIP_TOPIC
     return f"{TOPIC_PREFIX}/market/{market}"
 
 
@@ -80,15 +87,18 @@ class Gossip:
     async def follow_all(self, nursery: trio.Nursery, markets: Iterable[str],
                          on_event: Callable[[ID, bytes], None],
                          on_heartbeat: Callable[[ID, wire.Heartbeat], None],
+                         on_join_request: Callable[[ID, bytes], None],
                          on_trade_report: Callable[[ID, wire.TradeReport], None]) -> None:
-        """Validate and follow every topic of the node: `markets`, control, trades."""
-        for market in markets:
+        """Validate and follow every topic of the node: `markets`, membership, control,
+        join requests, trades."""
+        for market in [*markets, MEMBERSHIP_MARKET]:
             self.validate(market_topic(market), "event", self._event_check(market),
                           EventRejected)
             await self.follow(nursery, market_topic(market), "event", self._verified,
                               wire.WireError, on_event)
         for topic, what, decode_wire, handle in (
                 (CONTROL_TOPIC, "heartbeat", wire.decode_heartbeat, on_heartbeat),
+                (JOIN_TOPIC, "join request", wire.decode_join_request, on_join_request),
                 (TRADES_TOPIC, "trade report", wire.decode_trade_report, on_trade_report)):
             self.validate(topic, what, _data_check(decode_wire), wire.WireError)
             await self.follow(nursery, topic, what, decode_wire, wire.WireError, handle)
@@ -191,9 +201,14 @@ class Batcher:
     """Own actions queued between ticks, then signed (by `seal`) and published."""
 
     def __init__(self, gossip: Gossip, seal: Seal, published: Callable[[Event], None],
-                 actions_max: int = BATCH_ACTIONS_MAX) -> None:
+                 actions_max: int = BATCH_ACTIONS_MAX,
+                 membership: Callable[[bool], list[Action] | None] = lambda signed: None,
+                 ) -> None:
         assert 1 <= actions_max <= EVENT_ACTIONS_MAX, actions_max
         self.gossip = gossip
+        # After each tick's flush: the membership event to sign now (joins, or [] for an
+        # acknowledgement), or None; told whether the tick signed any event already.
+        self._membership = membership
         self.actions_max = actions_max  # per signed event; 1 makes one event per action
         self.pending: deque[tuple[str, Action]] = deque()
         self._seal = seal
@@ -226,19 +241,32 @@ class Batcher:
             if event is None:  # cannot sign now: keep the rest, in order
                 self.pending.extendleft(reversed([(m, a) for m, c in chunks[k:] for a in c]))
                 return ids
-            topic = market_topic(market)
-            await self.gossip.publish(topic, event.raw)
-            log.info("order batch %s distributed: %d actions, seq %d, to %d peers",
-                     short_id(event.id), len(chunk), event.seq, self.gossip.mesh_size(topic))
-            self._published(event)
+            await self._publish(event, len(chunk))
             ids.append(event.id)
         return ids
+
+    async def _publish(self, event: Event, actions: int) -> None:
+        topic = market_topic(event.market)
+        await self.gossip.publish(topic, event.raw)
+        if event.actions:
+            log.info("%s %s distributed: %d actions, seq %d, to %d peers",
+                     "order batch" if event.market else "membership event", short_id(event.id),
+                     actions, event.seq, self.gossip.mesh_size(topic))
+        self._published(event)
+
+    async def tick(self) -> None:
+        """Sign and publish what is queued, then the membership event due, if any."""
+        signed = bool(await self.flush()) if self.pending else False
+        actions = self._membership(signed)
+        if actions is not None:
+            event = self._seal(MEMBERSHIP_MARKET, actions)
+            if event is not None:
+                await self._publish(event, len(actions))
 
     async def run(self) -> None:
         while True:
             await trio.sleep(BATCH_INTERVAL_S)
-            if self.pending:
-                try:
-                    await self.flush()
-                except Exception:  # publishing failed: the event is stored, sync spreads it
-                    log.exception("publishing a batch failed")
+            try:
+                await self.tick()
+            except Exception:  # publishing failed: the event is stored, sync spreads it
+                log.exception("publishing a batch failed")

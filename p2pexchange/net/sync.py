@@ -83,6 +83,7 @@ class Sync:
         self._wakeup = trio.Event()
         self._serving: dict[ID, int] = {}  # peer -> streams being served now
         self._failures: dict[ID, tuple[int, float]] = {}  # peer -> (in a row, retry at)
+        self.completed = 0  # exchanges that ended with the peer having nothing more
         host.set_stream_handler(SYNC_PROTOCOL, self.serve)
 
     def want(self, peer: ID) -> None:
@@ -149,6 +150,7 @@ class Sync:
                     receipts = self._receive([(raw, source, peer) for raw in events])
                     delivered += sum(len(r.delivered) for r in receipts)
                     if not more or not events:
+                        self.completed += 1
                         break
         finally:
             with trio.move_on_after(1):
@@ -163,6 +165,8 @@ class Sync:
             with trio.move_on_after(0.5):
                 await self._wakeup.wait()
             self._wakeup = trio.Event()
+            if self.replica.membership is None:
+                continue  # no genesis yet: no event can be judged (admission.py)
             targets = list(self._wanted)
             self._wanted.clear()
             now = time.monotonic()

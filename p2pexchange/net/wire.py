@@ -31,8 +31,9 @@ from ..core.events import (
 )
 from ..core.orders import Trade
 
-VERSION = 1
+VERSION = 2
 HEARTBEAT_BYTES_MAX = 32 * 1024
+JOIN_REQUEST_BYTES_MAX = 256
 TRADE_REPORT_BYTES_MAX = 4 * 1024
 SYNC_REQUEST_BYTES_MAX = 32 * 1024
 SYNC_EVENTS_MAX = 256  # per response
@@ -100,26 +101,50 @@ def _clock(value: object) -> dict[bytes, int]:
     return value
 
 
+def _peer_id(value: object, name: str) -> bytes:
+    if type(value) is not bytes or not 0 < len(value) <= ORIGIN_BYTES_MAX:
+        raise WireError("bad_type", f"{name} must be peer id bytes")
+    return value
+
+
 @dataclass(frozen=True)
 class Heartbeat:
     clock: dict[bytes, int]
     lamport: int
     digest: bytes
     events: int
+    genesis: tuple[bytes, ...] = ()  # the network's founding members; () if not known yet
 
 
 def encode_heartbeat(hb: Heartbeat) -> bytes:
     return canonical({"v": VERSION, "c": hb.clock, "l": hb.lamport, "d": hb.digest,
-                      "n": hb.events})
+                      "n": hb.events, "g": sorted(hb.genesis)})
 
 
 @_guarded
 def decode_heartbeat(data: bytes) -> Heartbeat:
-    msg = _load(data, HEARTBEAT_BYTES_MAX, frozenset("vcldn"))
+    msg = _load(data, HEARTBEAT_BYTES_MAX, frozenset("vcldng"))
     if type(msg["d"]) is not bytes or len(msg["d"]) != 32:
         raise WireError("bad_type", "digest must be 32 bytes")
+    genesis = msg["g"]
+    if type(genesis) is not list or len(genesis) > CLOCK_ORIGINS_MAX:
+        raise WireError("bad_schema", f"g must be a list of at most {CLOCK_ORIGINS_MAX} peer ids")
+    members = tuple(_peer_id(m, "a genesis member") for m in genesis)
+    if list(members) != sorted(set(members)):
+        raise WireError("bad_schema", "genesis members must be sorted and distinct")
     return Heartbeat(_clock(msg["c"]), _uint(msg["l"], "lamport"), msg["d"],
-                     _uint(msg["n"], "events"))
+                     _uint(msg["n"], "events"), members)
+
+
+def encode_join_request(sponsor: bytes) -> bytes:
+    """A newcomer asks the member `sponsor` to admit it (the sender, by pubsub signature)."""
+    return canonical({"v": VERSION, "s": sponsor})
+
+
+@_guarded
+def decode_join_request(data: bytes) -> bytes:
+    msg = _load(data, JOIN_REQUEST_BYTES_MAX, frozenset("vs"))
+    return _peer_id(msg["s"], "sponsor")
 
 
 def trades_hash(trades: list[Trade]) -> bytes:

@@ -1,0 +1,148 @@
+"""Admission: the network's genesis, joining it, admitting others, and when to trade.
+
+Finality needs explicit membership (core/finality.py, protocols/finality.md). A node
+is in one of four states, shown as `membership` in its status:
+- `learning`: it knows no genesis yet (a newcomer before its first heartbeat from a
+  peer). It takes no event in; the first heartbeat that names a genesis fixes it,
+  for good (stored in the data dir: trust on first use, as for an SSH host key).
+  A node started without `--bootstrap` on an empty data dir founds a network instead:
+  its genesis is itself.
+- `joining`: it knows the genesis and is no member. Once a sync with a peer has
+  completed and it lacks nothing it knows of, it asks one connected member to admit
+  it (a join request on the join topic), another one every `JOIN_RETRY_S`, until a
+  join of it is delivered. It neither trades nor publishes meanwhile.
+- `catching_up`: a member that has not completed a sync since it started (a
+  restarted member): it acknowledges, but takes no orders, for at most
+  `CATCH_UP_TIMEOUT_S` (a founder alone has nobody to sync with).
+- `member`: it trades, acknowledges (`Replica.wants_ack`) and admits newcomers.
+
+A member admits whoever asks it, up to `MEMBERS_MAX` members (an open network; the
+limits of that choice are in protocols/finality.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import trio
+from libp2p.peer.id import ID
+
+from .core.events import Action, Join
+from .core.params import CATCH_UP_TIMEOUT_S, JOIN_RETRY_S, MEMBERS_MAX
+from .core.replica import Replica
+from .net import wire
+from .net.gossip import JOIN_TOPIC, Gossip
+from .net.host import short_peer
+from .net.rejections import Rejections
+from .store import EventStore
+
+log = logging.getLogger("p2pexchange.node")
+
+
+class Admission:
+    def __init__(self, replica: Replica, store: EventStore, origin: bytes, gossip: Gossip,
+                 rejections: Rejections, founder: bool,
+                 peers: Callable[[], set[ID]], syncs_completed: Callable[[], int]) -> None:
+        self.replica = replica
+        self.store = store
+        self.origin = origin
+        self.gossip = gossip
+        self._reject = rejections
+        self._peers = peers
+        self._syncs_completed = syncs_completed
+        self._started = time.monotonic()
+        self._asked_at = -JOIN_RETRY_S
+        self._asked = 0
+        self._due: dict[bytes, None] = {}  # newcomers to admit in our next event
+        self._admitted_at: dict[bytes, float] = {}  # newcomer -> when we signed its join
+        genesis = store.genesis()
+        if not genesis and founder:
+            genesis = [origin]
+            store.set_genesis(genesis)
+            log.info("founded a new network: genesis member %s", short_peer(ID(origin)))
+        if genesis:
+            replica.adopt_genesis(genesis)
+
+    @property
+    def state(self) -> str:
+        replica = self.replica
+        if replica.membership is None:
+            return "learning"
+        if not replica.is_member(self.origin):
+            return "joining"
+        if (self._syncs_completed() == 0 and self.replica.members() != [self.origin]
+                and time.monotonic() - self._started < CATCH_UP_TIMEOUT_S):
+            return "catching_up"
+        return "member"
+
+    def busy(self) -> str | None:
+        """Why this node takes no orders yet, or None."""
+        return {"learning": "waiting to learn the network's genesis from a peer",
+                "joining": "joining the network (not a member yet)",
+                "catching_up": "catching up with the network after a restart",
+                }.get(self.state)
+
+    # -- in --------------------------------------------------------------------------
+
+    def on_genesis(self, sender: ID, genesis: tuple[bytes, ...]) -> None:
+        """A peer's heartbeat names its genesis: adopt it if we know none yet."""
+        if self.replica.membership is not None or not genesis:
+            return
+        self.store.set_genesis(list(genesis))
+        self.replica.adopt_genesis(genesis)
+        log.info("joined network of genesis %s (learned from %s)",
+                 ", ".join(short_peer(ID(m)) for m in genesis), short_peer(sender))
+
+    def on_join_request(self, sender: ID, sponsor: bytes) -> None:
+        """A newcomer asks a member to admit it; the member it names does."""
+        newcomer = sender.to_bytes()
+        if sponsor != self.origin or self.state != "member" or self.replica.is_member(newcomer):
+            return  # for another member, or nothing to do
+        if len(self.replica.members()) + len(self._due) >= MEMBERS_MAX:
+            self._reject("join request", "members_full", sender)
+            return
+        if time.monotonic() - self._admitted_at.get(newcomer, -JOIN_RETRY_S) < JOIN_RETRY_S:
+            return  # our join of it is on its way
+        self._due[newcomer] = None
+
+    # -- out -------------------------------------------------------------------------
+
+    def membership_actions(self, signed: bool) -> list[Action] | None:
+        """The Batcher's hook after each tick: joins to sign, [] for an acknowledgement
+        (when this tick signed nothing else), or None."""
+        if self.replica.membership is None or not self.replica.is_member(self.origin):
+            return None
+        joins = [Join(m) for m in self._due if not self.replica.is_member(m)]
+        self._due.clear()
+        if joins:
+            now = time.monotonic()
+            for join in joins:
+                self._admitted_at[join.member] = now
+                log.info("admitting %s to the network", short_peer(ID(join.member)))
+            return joins  # type: ignore[return-value]
+        return [] if not signed and self.replica.wants_ack() else None
+
+    async def run(self) -> None:
+        while True:
+            await trio.sleep(0.5)
+            try:
+                await self.tick()
+            except Exception:  # a failed publish: ask again later
+                log.exception("asking for admission failed")
+
+    async def tick(self) -> None:
+        """While joining: ask a connected member to admit us, now and then."""
+        if (self.state != "joining" or self._syncs_completed() == 0 or self.replica.missing()
+                or time.monotonic() - self._asked_at < JOIN_RETRY_S):
+            return
+        members = sorted((p for p in self._peers() if self.replica.is_member(p.to_bytes())),
+                         key=str)
+        if not members:
+            return
+        sponsor = members[self._asked % len(members)]
+        self._asked += 1
+        self._asked_at = time.monotonic()
+        log.info("asking %s to admit us to the network", short_peer(sponsor))
+        await self.gossip.publish(JOIN_TOPIC, wire.encode_join_request(sponsor.to_bytes()))

@@ -3,6 +3,10 @@
 Run only when the wire format changes on purpose (and bump PROTOCOL_VERSION):
 tests/test_vectors.py checks the committed bytes, so an accidental change to
 the encoding fails the tests instead of silently forking the network.
+
+The vectors form one history, in order: each clock entry names an earlier
+vector's event by seq ("clock") and by id ("clock_ids"), so the whole file can
+also be replayed into a replica whose genesis is the two founders a and b.
 """
 
 from __future__ import annotations
@@ -10,10 +14,22 @@ from __future__ import annotations
 import json
 import pathlib
 
-from p2pexchange.core.events import STP, Cancel, OrderType, Place, Side, sign_event
+from p2pexchange.core.events import (
+    MEMBERSHIP_MARKET,
+    PROTOCOL_VERSION,
+    STP,
+    Cancel,
+    Event,
+    Join,
+    OrderType,
+    Place,
+    Side,
+    sign_event,
+)
 from p2pexchange.sim.workload import peer_id_bytes, seeded_key_pair
 
 OUT = pathlib.Path(__file__).resolve().parent.parent / "protocols" / "vectors" / "events.json"
+SEEDS = ("vector-a", "vector-b", "vector-c")  # a and b found the network; b admits c
 
 
 def action_json(action) -> dict:
@@ -21,44 +37,71 @@ def action_json(action) -> dict:
         return {"place": {"side": action.side.name.lower(), "type": action.type.name.lower(),
                           "price": action.price, "qty": action.qty,
                           "stp": action.stp.name.lower()}}
+    if isinstance(action, Join):
+        return {"join": {"member": action.member.hex()}}
     return {"cancel": {"order_id": action.order_id.hex()}}
 
 
 def main() -> None:
-    a_key, b_key = seeded_key_pair("vector-a"), seeded_key_pair("vector-b")
-    a, b = peer_id_bytes(a_key), peer_id_bytes(b_key)
-    first = sign_event(a_key.private_key, a, 1, {}, 1, "BTC-USD",
-                       [Place(Side.SELL, OrderType.LIMIT, 6_500_000, 25)])
+    keys = {seed: seeded_key_pair(seed) for seed in SEEDS}
+    a, b, c = (peer_id_bytes(keys[seed]) for seed in SEEDS)
+    by_name: dict[str, Event] = {}
+
+    def named(*names: str) -> dict[bytes, tuple[int, bytes]]:
+        """The clock naming these earlier vectors' events (seq and id)."""
+        return {by_name[n].origin: (by_name[n].seq, by_name[n].id) for n in names}
+
+    # (name, key seed, seq, clock, lamport, market, actions), in history order.
     cases = [
-        ("single_limit_sell", a_key, "vector-a", a, 1, {}, 1, "BTC-USD",
-         [Place(Side.SELL, OrderType.LIMIT, 6_500_000, 25)]),
-        ("batch_every_order_type", b_key, "vector-b", b, 1, {a: 1}, 2, "BTC-USD",
-         [Place(Side.BUY, OrderType.LIMIT, 6_499_999, 3, STP.EXPIRE_MAKER),
-          Place(Side.BUY, OrderType.IOC, 6_500_000, 10),
-          Place(Side.BUY, OrderType.FOK, 6_500_000, 1, STP.EXPIRE_BOTH),
-          Place(Side.SELL, OrderType.POST_ONLY, 6_600_000, 2**40),
-          Place(Side.SELL, OrderType.MARKET, 0, 1)]),
-        ("cancel_after_place", a_key, "vector-a", a, 2, {a: 1, b: 1}, 3, "BTC-USD",
-         [Cancel(first.order_id(0))]),
-        ("eth_market", b_key, "vector-b", b, 2, {a: 2, b: 1}, 4, "ETH-USD",
-         [Place(Side.BUY, OrderType.LIMIT, 350_000, 1000)]),
+        ("single_limit_sell", "vector-a", 1, lambda: {}, 1, "BTC-USD",
+         lambda: [Place(Side.SELL, OrderType.LIMIT, 6_500_000, 25)]),
+        ("batch_every_order_type", "vector-b", 1, lambda: named("single_limit_sell"), 2,
+         "BTC-USD",
+         lambda: [Place(Side.BUY, OrderType.LIMIT, 6_499_999, 3, STP.EXPIRE_MAKER),
+                  Place(Side.BUY, OrderType.IOC, 6_500_000, 10),
+                  Place(Side.BUY, OrderType.FOK, 6_500_000, 1, STP.EXPIRE_BOTH),
+                  Place(Side.SELL, OrderType.POST_ONLY, 6_600_000, 2**40),
+                  Place(Side.SELL, OrderType.MARKET, 0, 1)]),
+        ("cancel_after_place", "vector-a", 2,
+         lambda: named("single_limit_sell", "batch_every_order_type"), 3, "BTC-USD",
+         lambda: [Cancel(by_name["single_limit_sell"].order_id(0))]),
+        ("eth_market", "vector-b", 2,
+         lambda: named("cancel_after_place", "batch_every_order_type"), 4, "ETH-USD",
+         lambda: [Place(Side.BUY, OrderType.LIMIT, 350_000, 1000)]),
+        # An acknowledgement: the membership market "", no actions, only the clock.
+        ("acknowledgement", "vector-a", 3, lambda: named("cancel_after_place", "eth_market"),
+         5, MEMBERSHIP_MARKET, lambda: []),
+        ("join", "vector-b", 3, lambda: named("acknowledgement", "eth_market"), 6,
+         MEMBERSHIP_MARKET, lambda: [Join(c)]),
+        # The newcomer's first event: its clock names the join that admitted it, by id.
+        ("clock_entry_with_id", "vector-c", 1, lambda: named("acknowledgement", "join"), 7,
+         "BTC-USD",
+         lambda: [Place(Side.BUY, OrderType.IOC, 6_600_000, 1)]),
     ]
     vectors = []
-    for name, key, seed, origin, seq, clock, lamport, market, actions in cases:
+    for name, seed, seq, make_clock, lamport, market, make_actions in cases:
+        key = keys[seed]
+        origin = peer_id_bytes(key)
+        clock = dict(sorted(make_clock().items()))
+        actions = make_actions()
         event = sign_event(key.private_key, origin, seq, clock, lamport, market, actions)
+        by_name[name] = event
         vectors.append({
             "name": name,
             "key_seed": seed,
             "origin": origin.hex(),
             "seq": seq,
-            "clock": {o.hex(): s for o, s in sorted(clock.items())},
+            "clock": {o.hex(): s for o, (s, _) in clock.items()},
+            "clock_ids": {o.hex(): i.hex() for o, (_, i) in clock.items()},
             "lamport": lamport,
             "market": market,
             "actions": [action_json(x) for x in actions],
             "cbor_hex": event.raw.hex(),
             "event_id": event.id.hex(),
         })
-    OUT.write_text(json.dumps({"version": 1, "events": vectors}, indent=2) + "\n")
+    assert {a, b, c} == {bytes.fromhex(v["origin"]) for v in vectors}
+    OUT.write_text(json.dumps({"version": PROTOCOL_VERSION, "genesis": sorted([a.hex(), b.hex()]),
+                               "events": vectors}, indent=2) + "\n")
     print(f"wrote {len(vectors)} vectors to {OUT}")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import pathlib
 
 import cbor2
@@ -12,8 +13,11 @@ from hypothesis import strategies as st
 from p2pexchange.core.events import (
     EVENT_ACTIONS_MAX,
     EVENT_BYTES_MAX,
+    MEMBERSHIP_MARKET,
+    PROTOCOL_VERSION,
     Cancel,
     EventRejected,
+    Join,
     OrderType,
     Place,
     Side,
@@ -27,6 +31,9 @@ from p2pexchange.sim.workload import peer_id_bytes, seeded_key_pair
 KEY = seeded_key_pair("events-test")
 ORIGIN = peer_id_bytes(KEY)
 OTHER = peer_id_bytes(seeded_key_pair("events-test-other"))
+# Clock entries name events by id; these tests only decode, so any 32 bytes will do.
+ID_A = hashlib.sha256(b"event a").digest()
+ID_B = hashlib.sha256(b"event b").digest()
 CRASHERS = pathlib.Path(__file__).parent / "crashers"
 
 
@@ -54,13 +61,38 @@ def rejected_code(raw) -> str:
 
 
 def test_event_round_trips_byte_for_byte():
-    event = make(seq=3, clock={ORIGIN: 2, OTHER: 7}, lamport=9,
+    event = make(seq=3, clock={ORIGIN: (2, ID_A), OTHER: (7, ID_B)}, lamport=9,
                  actions=(Place(Side.SELL, OrderType.FOK, 12345, 2), Cancel(b"\x01" * 34)))
     decoded = decode_event(event.raw, DEFAULT_MARKETS)
     assert decoded == event
     assert decoded.id == event.id and decoded.raw == event.raw
     assert canonical(cbor2.loads(event.raw)) == event.raw
     assert decoded.order_id(1) == event.id + b"\x00\x01"
+    # A clock entry is [seq, id] on the wire; the event splits it into clock and heads.
+    assert wire(event)["c"] == {ORIGIN: [2, ID_A], OTHER: [7, ID_B]}
+    assert decoded.clock == {ORIGIN: 2, OTHER: 7} and decoded.heads == {ORIGIN: ID_A, OTHER: ID_B}
+    assert list(decoded.clock) == list(decoded.heads) == sorted([ORIGIN, OTHER])
+
+
+def test_an_acknowledgement_round_trips():
+    """An empty event on the membership market: no actions, only a clock."""
+    ack = make(seq=2, clock={ORIGIN: (1, ID_A), OTHER: (4, ID_B)}, lamport=5,
+               market=MEMBERSHIP_MARKET, actions=())
+    msg = wire(ack)
+    assert msg["m"] == "" and msg["a"] == [] and msg["v"] == PROTOCOL_VERSION
+    decoded = decode_event(ack.raw, DEFAULT_MARKETS)
+    assert decoded == ack and decoded.raw == ack.raw and decoded.id == ack.id
+    assert decoded.actions == () and decoded.heads == {ORIGIN: ID_A, OTHER: ID_B}
+    assert decoded.key == ack.key and decoded.key[0] == 5
+
+
+def test_a_join_round_trips():
+    event = make(clock={OTHER: (3, ID_B)}, lamport=4, market=MEMBERSHIP_MARKET,
+                 actions=(Join(OTHER), Join(b"\x00\x24" + b"\x07" * 36)))
+    assert wire(event)["a"] == [[2, OTHER], [2, b"\x00\x24" + b"\x07" * 36]]
+    decoded = decode_event(event.raw, DEFAULT_MARKETS)
+    assert decoded == event and decoded.raw == event.raw
+    assert decoded.actions == (Join(OTHER), Join(b"\x00\x24" + b"\x07" * 36))
 
 
 def test_signing_is_deterministic_so_ids_agree_everywhere():
@@ -80,16 +112,30 @@ def test_garbage_is_rejected_with_a_reason(raw, code):
 
 
 @pytest.mark.parametrize("field, value, code", [
-    ("v", 2, "bad_version"),
+    ("v", 1, "bad_version"),  # the format before clock entries named ids
+    ("v", PROTOCOL_VERSION + 1, "bad_version"),
     ("s", 0, "out_of_range"),
     ("s", 1.0, "bad_type"),
     ("l", -1, "out_of_range"),
     ("m", "DOGE-USD", "unknown_market"),
     ("m", 7, "bad_type"),
-    ("c", {ORIGIN: 5}, "bad_clock"),
+    ("m", MEMBERSHIP_MARKET, "bad_actions"),  # a place on the membership market
+    ("c", {ORIGIN: [5, ID_A]}, "bad_clock"),
     ("c", [1], "bad_clock"),
-    ("c", {OTHER: 0}, "out_of_range"),
-    ("a", [], "bad_actions"),
+    ("c", {OTHER: [0, ID_A]}, "out_of_range"),
+    ("c", {OTHER: [3.0, ID_A]}, "bad_type"),
+    ("c", {OTHER: 3}, "bad_clock"),  # the v1 form: a seq without its id
+    ("c", {OTHER: [3]}, "bad_clock"),
+    ("c", {OTHER: [3, ID_A, 1]}, "bad_clock"),
+    ("c", {OTHER: {"s": 3, "i": ID_A}}, "bad_clock"),
+    ("c", {OTHER: [3, ID_A[:31]]}, "bad_clock"),
+    ("c", {OTHER: [3, ID_A + b"\x00"]}, "bad_clock"),
+    ("c", {OTHER: [3, ID_A.hex()[:32]]}, "bad_clock"),
+    ("c", {OTHER: [3, b""]}, "bad_clock"),
+    ("c", {b"": [3, ID_A]}, "bad_clock"),
+    ("a", [], "bad_actions"),  # a market event needs at least one action
+    ("a", [[2, OTHER]], "bad_actions"),  # a join belongs on the membership market
+    ("a", [[0, 0, 0, 100, 5, 0], [2, OTHER]], "bad_actions"),
     ("a", [[0, 0, 0, 100.5, 5, 0]], "bad_type"),
     ("a", [[0, 0, 0, 100, 0, 0]], "out_of_range"),
     ("a", [[0, 2, 0, 100, 5, 0]], "out_of_range"),
@@ -97,6 +143,12 @@ def test_garbage_is_rejected_with_a_reason(raw, code):
     ("a", [[0, 0, 0, 100, 5]], "bad_action"),
     ("a", [[1, b"short"]], "bad_action"),
     ("a", [[9]], "bad_action"),
+    ("a", [[2]], "bad_action"),
+    ("a", [[2, OTHER, 0]], "bad_action"),
+    ("a", [[2, b""]], "bad_action"),
+    ("a", [[2, b"\x01" * 65]], "bad_action"),
+    ("a", [[2, "peer"]], "bad_action"),
+    ("a", [[2, 7]], "bad_action"),
     ("a", [[True, 0, 0, 100, 5, 0]], "bad_action"),
     ("a", [[0, 0, 0, 100, 5, 0]] * (EVENT_ACTIONS_MAX + 1), "bad_actions"),
     ("o", "text", "bad_origin"),
@@ -109,6 +161,42 @@ def test_wrong_fields_are_rejected_even_when_signed(field, value, code):
     if len(raw) > EVENT_BYTES_MAX:
         code = "oversize"
     assert rejected_code(raw) == code
+
+
+@pytest.mark.parametrize("actions, code", [
+    ([], None),  # an acknowledgement
+    ([[2, OTHER]], None),
+    ([[2, OTHER], [2, ORIGIN]], None),
+    ([[0, 0, 0, 100, 5, 0]], "bad_actions"),
+    ([[1, b"\x01" * 34]], "bad_actions"),
+    ([[2, OTHER], [1, b"\x01" * 34]], "bad_actions"),
+    ([[2]], "bad_action"),
+    ([[2, OTHER, OTHER]], "bad_action"),
+    ([[2, b""]], "bad_action"),
+    ([[2, b"\x01" * 65]], "bad_action"),
+    ([[2, [OTHER]]], "bad_action"),
+    ([[2, OTHER], [2, None]], "bad_action"),
+])
+def test_the_membership_market_carries_only_joins_or_nothing(actions, code):
+    msg = wire(make(market=MEMBERSHIP_MARKET, actions=()))
+    msg["a"] = actions
+    raw = resign(msg)
+    if code is None:
+        assert decode_event(raw, DEFAULT_MARKETS).actions == tuple(Join(a[1]) for a in actions)
+    else:
+        assert rejected_code(raw) == code
+
+
+def test_the_encoder_refuses_what_the_decoder_refuses():
+    """Programmer errors: the same rules hold for what we sign ourselves."""
+    for market, actions in (("BTC-USD", ()), ("BTC-USD", (Join(OTHER),)),
+                            (MEMBERSHIP_MARKET, (Place(Side.BUY, OrderType.LIMIT, 1, 1),))):
+        with pytest.raises(AssertionError):
+            make(market=market, actions=actions)
+    with pytest.raises(AssertionError):
+        make(clock={OTHER: (3, ID_A[:31])})
+    with pytest.raises(AssertionError):
+        make(seq=2, clock={OTHER: (3, ID_A)})  # the clock must name our own seq 1
 
 
 def test_missing_and_extra_fields_are_rejected():
@@ -159,7 +247,7 @@ def test_a_bignum_anywhere_is_rejected_with_a_code(field):
     huge = 10**4400
     msg = wire(make())
     if field == "c":
-        msg["c"] = {OTHER: huge}
+        msg["c"] = {OTHER: [huge, ID_A]}
     elif field == "a":
         msg["a"] = [[0, 0, 0, 100, huge, 0]]
     elif field == "kind":
@@ -196,7 +284,7 @@ def test_random_cbor_structures_are_rejected_not_crashed(value):
 @settings(max_examples=200, deadline=None)
 @given(st.data())
 def test_mutated_valid_events_are_rejected_or_identical(data):
-    raw = bytearray(make(seq=2, clock={ORIGIN: 1, OTHER: 3}, lamport=4).raw)
+    raw = bytearray(make(seq=2, clock={ORIGIN: (1, ID_A), OTHER: (3, ID_B)}, lamport=4).raw)
     for _ in range(data.draw(st.integers(1, 4))):
         i = data.draw(st.integers(0, len(raw) - 1))
         raw[i] = data.draw(st.integers(0, 255))

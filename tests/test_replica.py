@@ -11,12 +11,26 @@ from hypothesis import strategies as st
 
 from p2pexchange.core.book import OrderBook
 from p2pexchange.core.buffer import buffered_size
-from p2pexchange.core.events import Cancel, OrderType, Place, Side, sign_event
+from p2pexchange.core.events import (
+    MEMBERSHIP_MARKET,
+    Cancel,
+    Join,
+    OrderType,
+    Place,
+    Side,
+    sign_event,
+)
 from p2pexchange.core.market import DEFAULT_MARKETS
 from p2pexchange.core.replica import GENESIS_DIGEST, OwnHistoryBehind, Replica
 from p2pexchange.sim.workload import peer_id_bytes, seeded_key_pair, simulate_history
 
 MARKETS = DEFAULT_MARKETS
+NO_SUCH_EVENT = bytes(32)  # the id a hostile clock entry gives an event nobody signed
+
+
+def clock_of(*events) -> dict:
+    """The clock naming these events (seq and id), as sign_event takes it."""
+    return {e.origin: (e.seq, e.id) for e in events}
 
 
 def fingerprint(replica: Replica) -> tuple:
@@ -134,9 +148,9 @@ def test_concurrent_crossing_orders_pick_one_winner_everywhere():
     maker = sign_event(kc.private_key, c, 1, {}, 1, "BTC-USD",
                        [Place(Side.SELL, OrderType.LIMIT, 100, 5)])
     # a and b both saw the maker and both try to take all of it, concurrently.
-    take_a = sign_event(ka.private_key, a, 1, {c: 1}, 2, "BTC-USD",
+    take_a = sign_event(ka.private_key, a, 1, clock_of(maker), 2, "BTC-USD",
                         [Place(Side.BUY, OrderType.IOC, 100, 5)])
-    take_b = sign_event(kb.private_key, b, 1, {c: 1}, 2, "BTC-USD",
+    take_b = sign_event(kb.private_key, b, 1, clock_of(maker), 2, "BTC-USD",
                         [Place(Side.BUY, OrderType.IOC, 100, 5)])
     first = feed([maker.raw, take_a.raw, take_b.raw])
     second = feed([take_b.raw, maker.raw, take_a.raw])
@@ -155,9 +169,9 @@ def test_at_equal_lamport_a_makers_cancel_beats_a_concurrent_taker_on_every_node
     for maker_key, maker, taker_key, taker in ((ka, a, kb, b), (kb, b, ka, a)):
         rest = sign_event(maker_key.private_key, maker, 1, {}, 1, "BTC-USD",
                           [Place(Side.SELL, OrderType.LIMIT, 100, 5)])
-        pull = sign_event(maker_key.private_key, maker, 2, {maker: 1}, 2, "BTC-USD",
+        pull = sign_event(maker_key.private_key, maker, 2, clock_of(rest), 2, "BTC-USD",
                           [Cancel(rest.order_id(0))])
-        take = sign_event(taker_key.private_key, taker, 1, {maker: 1}, 2, "BTC-USD",
+        take = sign_event(taker_key.private_key, taker, 1, clock_of(rest), 2, "BTC-USD",
                           [Place(Side.BUY, OrderType.IOC, 100, 5)])
         assert pull.lamport == take.lamport  # concurrent: neither saw the other
         replicas = [feed(order) for order in ([rest.raw, pull.raw, take.raw],
@@ -180,7 +194,7 @@ def test_late_event_rolls_back_only_what_sorts_after_it():
     assert receipt.rolled_back == 50  # everything with lamport > 1 is undone and re-applied
     assert fingerprint(observer) == fingerprint(feed([late.raw] + [e.raw for e in own]))
     # A late event in the middle undoes only the later half.
-    mid = sign_event(kb.private_key, b, 2, {b: 1, a: 25}, 26, "BTC-USD",
+    mid = sign_event(kb.private_key, b, 2, clock_of(late, own[24]), 26, "BTC-USD",
                      [Place(Side.BUY, OrderType.LIMIT, 90, 1)])
     assert observer.receive(mid.raw).rolled_back == 25
 
@@ -220,21 +234,26 @@ def test_precheck_tells_what_admit_would_refuse_without_changing_anything():
     one = sign_event(ka.private_key, a, 1, {}, 1, "BTC-USD", place)
     forked = sign_event(ka.private_key, a, 1, {}, 1, "BTC-USD",
                         [Place(Side.SELL, OrderType.LIMIT, 101, 1)])
-    wrong_lamport = sign_event(kb.private_key, b, 1, {a: 1}, 5, "BTC-USD", place)
-    waiting = sign_event(kb.private_key, b, 1, {a: 2}, 7, "BTC-USD", place)  # lacks a's 2
-    honest = sign_event(kb.private_key, b, 1, {a: 1}, 2, "BTC-USD", place)
+    wrong_lamport = sign_event(kb.private_key, b, 1, clock_of(one), 5, "BTC-USD", place)
+    # lacks a's seq 2 (which nobody signed: any id will do while it waits)
+    waiting = sign_event(kb.private_key, b, 1, {a: (2, NO_SUCH_EVENT)}, 7, "BTC-USD", place)
+    honest = sign_event(kb.private_key, b, 1, clock_of(one), 2, "BTC-USD", place)
+    # b saw the other version of a's seq 1: its clock names it by the other id.
+    on_fork = sign_event(kb.private_key, b, 1, clock_of(forked), 2, "BTC-USD", place)
     replica = Replica(MARKETS, origin=b"\x00\x24me")
-    lie = sign_event(ka.private_key, a, 2, {a: 1, b"\x00\x24me": 9}, 2, "BTC-USD", place)
+    lie = sign_event(ka.private_key, a, 2, {**clock_of(one), b"\x00\x24me": (9, NO_SUCH_EVENT)},
+                     2, "BTC-USD", place)
     replica.receive(one.raw)
     before = (fingerprint(replica), replica.stats())
     verdicts = {name: replica.precheck(event) for name, event in (
         ("duplicate", one), ("forked", forked), ("wrong_lamport", wrong_lamport),
-        ("waiting", waiting), ("honest", honest), ("lie", lie))}
+        ("waiting", waiting), ("honest", honest), ("lie", lie), ("on_fork", on_fork))}
     assert verdicts == {"duplicate": None, "forked": "equivocation",
                         "wrong_lamport": "bad_lamport", "waiting": None, "honest": None,
-                        "lie": "impossible_clock"}
+                        "lie": "impossible_clock", "on_fork": "fork"}
     assert (fingerprint(replica), replica.stats()) == before
-    for name, event in (("forked", forked), ("wrong_lamport", wrong_lamport), ("lie", lie)):
+    for name, event in (("forked", forked), ("wrong_lamport", wrong_lamport), ("lie", lie),
+                        ("on_fork", on_fork)):
         assert replica.admit(event).code == verdicts[name]  # the same verdict as admit's
 
 
@@ -242,7 +261,7 @@ def test_lamport_inconsistent_with_clock_is_rejected():
     (ka, a), (kb, b) = two_origins()
     first = sign_event(ka.private_key, a, 1, {}, 1, "BTC-USD",
                        [Place(Side.SELL, OrderType.LIMIT, 100, 1)])
-    cheat = sign_event(kb.private_key, b, 1, {a: 1}, 1, "BTC-USD",  # should be 2
+    cheat = sign_event(kb.private_key, b, 1, clock_of(first), 1, "BTC-USD",  # should be 2
                        [Place(Side.BUY, OrderType.LIMIT, 100, 1)])
     replica = feed([first.raw])
     before = fingerprint(replica)
@@ -264,7 +283,8 @@ def test_cancel_only_by_origin_is_a_recorded_business_outcome():
     (ka, a), (kb, b) = two_origins()
     place = sign_event(ka.private_key, a, 1, {}, 1, "BTC-USD",
                        [Place(Side.SELL, OrderType.LIMIT, 100, 1)])
-    steal = sign_event(kb.private_key, b, 1, {a: 1}, 2, "BTC-USD", [Cancel(place.order_id(0))])
+    steal = sign_event(kb.private_key, b, 1, clock_of(place), 2, "BTC-USD",
+                       [Cancel(place.order_id(0))])
     replica = feed([place.raw, steal.raw])
     assert replica.outcomes_of(steal.id) == ["not_owner"]
     assert replica.order(place.order_id(0)).status.name == "RESTING"
@@ -284,49 +304,174 @@ def test_sync_hands_over_exactly_what_the_other_lacks():
     assert fingerprint(partial) == fingerprint(full)
 
 
-def test_finality_waits_for_every_live_member():
+def test_finality_waits_for_every_member_to_cover_every_members_acknowledgement():
+    """The two-round rule (core/finality.py): e1 is final once every member's latest event
+    covers it (round one) and every member's latest event covers those (round two). No
+    heartbeat, no clock and no timeout enters the rule."""
     (ka, a), (kb, b) = two_origins()
-    ra = Replica(MARKETS, a)
+    ra, rb = Replica(MARKETS, a, genesis=[a, b]), Replica(MARKETS, b, genesis=[a, b])
     e1, _ = ra.create_event(ka.private_key, "BTC-USD", [Place(Side.SELL, OrderType.LIMIT, 100, 1)])
-    timeout_ms = 5_000
-    # b is live and announced nothing beyond lamport 0: e1 might still be preceded.
-    assert ra.on_heartbeat(b, {}, 0, now_ms=1_000) is None
-    assert not ra.is_final(e1.id, 1_000, timeout_ms)
-    # b has seen e1 (lamport 1): its future events sort after e1.
-    ra.on_heartbeat(b, {a: 1}, 1, now_ms=2_000)
-    assert ra.is_final(e1.id, 2_000, timeout_ms)
-    # b claims an event of its own that we lack: it may sort before e2 (it was created
-    # after b's last usable heartbeat, so after e1): e1 stays final, e2 is held back.
+    # b has said nothing: e1 might still be preceded by an event of b's.
+    assert not ra.is_final(e1.id) and ra.final_key() is None
+    assert ra.finality().waiting_for == [b]
+    assert not ra.wants_ack()  # our latest event covers everything we delivered
+    # A heartbeat is a sync hint, never evidence for finality.
+    assert ra.on_heartbeat(b, {a: 1}) is None
+    assert not ra.is_final(e1.id)
+    # b delivers e1 and acknowledges it (an empty event on the membership market).
+    assert rb.receive(e1.raw).status == "delivered"
+    assert rb.wants_ack()
+    ack_b, _ = rb.create_event(kb.private_key, MEMBERSHIP_MARKET, [])
+    assert ack_b.actions == () and ack_b.clock == {a: 1}
+    assert ra.receive(ack_b.raw).status == "delivered"
+    # Round one holds (every member's head covers e1), round two does not yet: a's head
+    # does not cover b's acknowledgement.
+    assert not ra.is_final(e1.id) and ra.finality().waiting_for == [a]
+    assert ra.wants_ack()
+    ack_a, _ = ra.create_event(ka.private_key, MEMBERSHIP_MARKET, [])
+    assert ra.is_final(e1.id) and ra.final_key() == e1.key
+    assert not ra.wants_ack()  # everything with actions is final: quiet
+    report = ra.finality()
+    assert (report.frontier, report.final_events, report.pending_events) == (e1.key, 1, 2)
+    assert report.waiting_for == []
+    assert rb.receive(ack_a.raw).status == "delivered" and rb.is_final(e1.id)
+    # A new event is pending until b covers it; b's claims (heartbeat) only feed sync.
     e2, _ = ra.create_event(ka.private_key, "BTC-USD", [Place(Side.SELL, OrderType.LIMIT, 101, 1)])
-    ra.on_heartbeat(b, {a: 2, b: 1}, 3, now_ms=3_000)
-    assert ra.final_frontier(3_000, timeout_ms) == 1
-    assert not ra.is_final(e2.id, 3_000, timeout_ms)
-    assert ra.missing() == {b: (1, 1)}
-    report = ra.finality(3_000, timeout_ms)
-    assert (report.final_events, report.pending_events) == (1, 1)
-    # Once b is silent for longer than the timeout it no longer holds finality back.
-    assert ra.is_final(e2.id, 3_000 + timeout_ms + 1, timeout_ms)
-    assert ra.finality(3_000 + timeout_ms + 1, timeout_ms).pending_events == 0
+    assert ra.on_heartbeat(b, {a: 3, b: 2}) is None
+    assert ra.missing() == {b: (2, 2)}
+    assert not ra.is_final(e2.id) and ra.final_key() == e1.key
+    report = ra.finality()
+    assert (report.final_events, report.pending_events) == (1, 3)
+    assert report.waiting_for == [b]
 
 
-def test_late_event_after_finality_is_still_applied_and_counted():
+def test_a_silent_member_stalls_finality_forever_rather_than_let_it_lie():
+    """No liveness timeout: a member that never speaks holds finality back for ever, and
+    `waiting_for` names it."""
+    (ka, a), (_, b) = two_origins()
+    ra = Replica(MARKETS, a, genesis=[a, b])
+    events = [ra.create_event(ka.private_key, "BTC-USD",
+                              [Place(Side.SELL, OrderType.LIMIT, 100 + i, 1)])[0]
+              for i in range(20)]
+    assert ra.final_key() is None and not any(ra.is_final(e.id) for e in events)
+    report = ra.finality()
+    assert (report.final_events, report.pending_events, report.waiting_for) == (0, 20, [b])
+    alone = Replica(MARKETS, a, genesis=[a])  # a network of one: its own event is final
+    e1, _ = alone.create_event(ka.private_key, "BTC-USD", [Place(Side.SELL, OrderType.LIMIT, 1, 1)])
+    assert alone.is_final(e1.id) and alone.finality().pending_events == 0
+
+
+def test_nothing_that_sorts_before_a_final_event_can_still_be_delivered():
+    """What the old liveness timeout let happen (a late event sorting before final ones)
+    cannot: a member's concurrent event is delivered before anything of its that covers
+    ours, and a stranger's is refused. Late events are still applied in the total order."""
+    (ka, a), (kb, b) = two_origins()
+    kc = seeded_key_pair("c")
+    c = peer_id_bytes(kc)
+    ra, rb = Replica(MARKETS, a, genesis=[a, b]), Replica(MARKETS, b, genesis=[a, b])
+    e1, _ = ra.create_event(ka.private_key, "BTC-USD", [Place(Side.SELL, OrderType.LIMIT, 100, 1)])
+    concurrent, _ = rb.create_event(kb.private_key, "BTC-USD",
+                                    [Place(Side.BUY, OrderType.LIMIT, 100, 1)])
+    assert concurrent.key < e1.key  # same Lamport time, and it sorts first
+    rb.receive(e1.raw)
+    ack_b, _ = rb.create_event(kb.private_key, MEMBERSHIP_MARKET, [])
+    assert ra.receive(ack_b.raw).status == "buffered"  # its cause `concurrent` is missing
+    ra.create_event(ka.private_key, MEMBERSHIP_MARKET, [])
+    assert not ra.is_final(e1.id)  # b's head here covers nothing of e1 yet
+    receipt = ra.receive(concurrent.raw)
+    assert receipt.delivered == [concurrent, ack_b] and receipt.rolled_back >= 1
+    ra.create_event(ka.private_key, MEMBERSHIP_MARKET, [])
+    assert ra.is_final(e1.id) and ra.is_final(concurrent.id)
+    stranger = sign_event(kc.private_key, c, 1, {}, 1, "BTC-USD",
+                          [Place(Side.BUY, OrderType.LIMIT, 100, 1)])
+    assert stranger.key < e1.key
+    before = fingerprint(ra)
+    assert ra.receive(stranger.raw).code == "not_member"
+    assert fingerprint(ra) == before
+    assert ra.stats()["late_after_final"] == 0
+    assert fingerprint(ra)[0] == feed([concurrent.raw, e1.raw, ack_b.raw]
+                                      + [e.raw for e in ra.events_of(a)[1:]]).digest
+
+
+def test_without_a_genesis_every_origin_is_admitted_and_nothing_is_final():
     (ka, a), (kb, b) = two_origins()
     ra = Replica(MARKETS, a)
     e1, _ = ra.create_event(ka.private_key, "BTC-USD", [Place(Side.SELL, OrderType.LIMIT, 100, 1)])
-    assert ra.final_frontier(now_ms=0, liveness_timeout_ms=1) == 1  # nobody else is live
-    late = sign_event(kb.private_key, b, 1, {}, 1, "BTC-USD",
-                      [Place(Side.BUY, OrderType.LIMIT, 100, 1)])
-    assert ra.receive(late.raw).status == "delivered"
-    assert ra.stats()["late_after_final"] == 1
-    assert fingerprint(ra)[0] == feed([late.raw, e1.raw]).digest
+    other = sign_event(kb.private_key, b, 1, clock_of(e1), 2, "BTC-USD",
+                       [Place(Side.BUY, OrderType.LIMIT, 90, 1)])
+    assert ra.receive(other.raw).status == "delivered"
+    assert ra.final_key() is None and not ra.is_final(e1.id) and not ra.wants_ack()
+    assert ra.members() == [] and not ra.is_member(a)
+    assert ra.finality().pending_events == 2
 
 
-def test_bad_heartbeats_are_refused():
+def test_a_newcomer_is_admitted_only_by_a_join_in_its_causal_past():
+    (ka, a), (kb, b) = two_origins()
+    ra = Replica(MARKETS, a, genesis=[a])
+    place = [Place(Side.BUY, OrderType.LIMIT, 90, 1)]
+    early = sign_event(kb.private_key, b, 1, {}, 1, "BTC-USD", place)
+    assert ra.precheck(early) == "not_member" and ra.receive(early.raw).code == "not_member"
+    assert not ra.is_member(b)
+    join, _ = ra.create_event(ka.private_key, MEMBERSHIP_MARKET, [Join(b)])
+    assert ra.is_member(b) and ra.members() == [a, b]
+    assert ra.outcomes_of(join.id) == ["joined"]
+    # Its seq-1 event must cover the join: one that does not is still refused.
+    blind = sign_event(kb.private_key, b, 1, {}, 1, "BTC-USD",
+                       [Place(Side.BUY, OrderType.LIMIT, 91, 1)])
+    assert ra.receive(blind.raw).code == "not_member"
+    first = sign_event(kb.private_key, b, 1, clock_of(join), 2, "BTC-USD", place)
+    observer = Replica(MARKETS, genesis=[a])
+    assert observer.receive(first.raw).status == "buffered"  # waits for the join
+    assert observer.receive(join.raw).delivered == [join, first]
+    assert ra.receive(first.raw).status == "delivered"
+    assert observer.digest == ra.digest
+
+
+def test_an_event_on_a_forked_history_or_with_a_regressing_clock_is_rejected():
+    """`fork`: a clock entry names a seq by another id than the event delivered here (its
+    author saw the other version of an equivocation). `clock_regression`: an origin's
+    event claims less of someone's history than its previous event did."""
+    (ka, a), (kb, b) = two_origins()
+    a1 = sign_event(ka.private_key, a, 1, {}, 1, "BTC-USD",
+                    [Place(Side.SELL, OrderType.LIMIT, 1, 1)])
+    a1_other = sign_event(ka.private_key, a, 1, {}, 1, "BTC-USD",
+                          [Place(Side.SELL, OrderType.LIMIT, 2, 1)])
+    b1 = sign_event(kb.private_key, b, 1, clock_of(a1_other), 2, "BTC-USD",
+                    [Place(Side.BUY, OrderType.LIMIT, 1, 1)])
+    replica = feed([a1.raw])
+    before = fingerprint(replica)
+    receipt = replica.receive(b1.raw)
+    assert (receipt.status, receipt.code) == ("rejected", "fork")
+    # Buffered first, refused when its causes arrive: the same verdict.
+    later = Replica(MARKETS)
+    assert later.receive(b1.raw).status == "buffered"
+    assert later.receive(a1.raw).status == "delivered"
+    assert later.stats()["rejected"] == {"fork": 1} and later.event(b1.id) is None
+    assert fingerprint(replica) == before == fingerprint(later)
+    b1 = sign_event(kb.private_key, b, 1, clock_of(a1), 2, "BTC-USD",
+                    [Place(Side.BUY, OrderType.LIMIT, 1, 1)])
+    b2 = sign_event(kb.private_key, b, 2, clock_of(b1), 3, "BTC-USD",  # forgets a's seq 1
+                    [Place(Side.BUY, OrderType.LIMIT, 2, 1)])
+    replica = feed([a1.raw, b1.raw])
+    before = fingerprint(replica)
+    receipt = replica.receive(b2.raw)
+    assert (receipt.status, receipt.code) == ("rejected", "clock_regression")
+    assert fingerprint(replica) == before
+
+
+def test_heartbeats_are_sync_hints_and_bad_ones_are_refused():
     replica = Replica(MARKETS)
-    assert replica.on_heartbeat(b"x", {b"y": 1.5}, 1, 0) == "bad_heartbeat"
-    assert replica.on_heartbeat(b"x", {}, "1", 0) == "bad_heartbeat"
-    assert replica.on_heartbeat(b"x", {}, 5, 0) is None
-    assert replica.on_heartbeat(b"x", {}, 4, 1) == "stale_heartbeat"
+    assert replica.on_heartbeat(b"x", {b"y": 1.5}) == "bad_heartbeat"
+    assert replica.on_heartbeat(b"x", {b"y": -1}) == "bad_heartbeat"
+    assert replica.on_heartbeat(b"x", "1") == "bad_heartbeat"  # type: ignore[arg-type]
+    assert replica.on_heartbeat("x", {}) == "bad_heartbeat"  # type: ignore[arg-type]
+    assert replica.missing() == {}  # a refused heartbeat leaves nothing behind
+    assert replica.on_heartbeat(b"x", {b"y": 5}) is None
+    assert replica.missing() == {b"y": (1, 5)}
+    # Heartbeats carry no Lamport time any more, so none is stale: an older one is
+    # accepted and the claim it makes never lowers what we know exists.
+    assert replica.on_heartbeat(b"x", {b"y": 4}) is None
+    assert replica.missing() == {b"y": (1, 5)}
 
 
 def test_buffer_is_bounded_in_bytes_and_keeps_the_events_nearest_delivery():
@@ -396,7 +541,7 @@ def test_a_node_that_lost_its_history_refuses_to_reuse_a_seq():
     old = [ra.create_event(ka.private_key, "BTC-USD",
                            [Place(Side.BUY, OrderType.LIMIT, 10, 1)])[0] for _ in range(2)]
     amnesiac = Replica(MARKETS, a)  # same key, its store lost (an old backup restored)
-    assert amnesiac.on_heartbeat(b, {a: 2}, 2, now_ms=0) == "impossible_clock"
+    assert amnesiac.on_heartbeat(b, {a: 2}) == "impossible_clock"
     assert amnesiac.receive(old[1].raw).status == "buffered"  # our own seq 2 comes back
     with pytest.raises(OwnHistoryBehind):
         amnesiac.create_event(ka.private_key, "BTC-USD", [Place(Side.BUY, OrderType.LIMIT, 10, 1)])

@@ -10,6 +10,13 @@ import trio
 from p2pexchange.node import Node, NodeConfig
 
 CONVERGE_TIMEOUT_S = 45.0
+JOIN_TIMEOUT_S = 30.0
+
+
+def market_events(node: Node) -> int:
+    """Delivered events that carry market actions (not joins or acknowledgements)."""
+    replica = node.replica
+    return sum(1 for i in replica.applied_ids() if replica.event(i).market)
 
 
 class Network:
@@ -19,7 +26,8 @@ class Network:
         self.nodes: list[Node] = []
 
     async def start(self, name: str, bootstrap: Node | None = None, services=(),
-                    **options) -> Node:
+                    member: bool = True, **options) -> Node:
+        """Start a node; with `member`, wait until it is a member that trades."""
         config = NodeConfig(data_dir=str(self.root / name),
                             bootstrap=[bootstrap.listen_addr] if bootstrap else [],
                             status_interval_s=3600, **options)
@@ -27,7 +35,20 @@ class Network:
         with trio.fail_after(20):
             await self.nursery.start(node.run)
         self.nodes.append(node)
+        if member:
+            await self.member(node)
         return node
+
+    @staticmethod
+    async def member(node: Node, timeout_s: float = JOIN_TIMEOUT_S) -> None:
+        """Wait until `node` is a member that takes orders (admission.py)."""
+        try:
+            with trio.fail_after(timeout_s):
+                while node.admission.state != "member":
+                    await trio.sleep(0.1)
+        except trio.TooSlowError:
+            raise AssertionError(f"{node.peer_id} still {node.admission.state} after "
+                                 f"{timeout_s}s") from None
 
     async def stop(self, node: Node) -> None:
         node.stop()
@@ -37,18 +58,19 @@ class Network:
 
     async def converged(self, nodes: list[Node] | None = None, events: int | None = None,
                         timeout_s: float = CONVERGE_TIMEOUT_S) -> str:
-        """Wait until the nodes hold the same digest (and `events` events); fail loudly."""
+        """Wait until the nodes hold the same digest (and `events` events with market
+        actions: joins and acknowledgements are not counted); fail loudly."""
         nodes = nodes or self.nodes
         try:
             with trio.fail_after(timeout_s):
                 while True:
                     digests = {n.replica.digest for n in nodes}
-                    counts = {n.replica.stats()["events_delivered"] for n in nodes}
+                    counts = {market_events(n) for n in nodes}
                     if len(digests) == 1 and (events is None or counts == {events}):
                         return digests.pop().hex()
                     await trio.sleep(0.2)
         except trio.TooSlowError:
-            detail = [(str(n.peer_id)[-8:], n.replica.stats()["events_delivered"],
+            detail = [(str(n.peer_id)[-8:], market_events(n),
                        n.replica.digest_hex[:12]) for n in nodes]
             raise AssertionError(f"no convergence within {timeout_s}s: {detail}") from None
 

@@ -3,17 +3,47 @@
 from __future__ import annotations
 
 import cbor2
+from libp2p.crypto.keys import KeyPair
 from libp2p.peer.id import ID
 
 from p2pexchange.core.events import OrderType, Place, Side
+from p2pexchange.core.market import DEFAULT_MARKETS
 from p2pexchange.core.params import TRADE_REPORTS_PEER_MAX
+from p2pexchange.core.replica import Replica
 from p2pexchange.net import wire
 from p2pexchange.node import Node, NodeConfig
-from p2pexchange.sim.workload import seeded_key_pair
+from p2pexchange.sim.workload import peer_id_bytes, seeded_key_pair
+from p2pexchange.store import EventStore
+
+
+def two_member_node(tmp_path) -> tuple[Node, Replica, KeyPair]:
+    """A node whose network has a second member (a bare replica here) that has not
+    acknowledged anything yet: nothing of the node's is final until it does."""
+    key = seeded_key_pair("node")
+    other_key = seeded_key_pair("other")
+    node_id, other_id = peer_id_bytes(key), peer_id_bytes(other_key)
+    data_dir = tmp_path / "n"
+    data_dir.mkdir()
+    (data_dir / "identity.key").write_bytes(key.private_key.to_bytes())
+    EventStore(str(data_dir / "events.sqlite3")).set_genesis(sorted([node_id, other_id]))
+    node = Node(NodeConfig(data_dir=str(data_dir)))
+    assert node.origin == node_id
+    other = Replica(DEFAULT_MARKETS, other_id, genesis=[node_id, other_id])
+    return node, other, other_key
+
+
+def acknowledge(node: Node, other: Replica, other_key: KeyPair) -> None:
+    """Two rounds of acknowledgements between the node and the other member."""
+    for _ in range(2):
+        for raw in node.replica.events_for(other.clock, 10_000):
+            other.receive(raw)
+        other_ack, _ = other.create_event(other_key.private_key, "", [])
+        node.replica.receive(other_ack.raw)
+        node.replica.create_event(node.key_pair.private_key, "", [])
 
 
 def test_a_trade_report_that_disagrees_raises_a_divergence_alarm(tmp_path, caplog):
-    node = Node(NodeConfig(data_dir=str(tmp_path / "n")))
+    node, other, other_key = two_member_node(tmp_path)
     key = node.key_pair.private_key
     node.replica.create_event(key, "BTC-USD", [Place(Side.SELL, OrderType.LIMIT, 100, 3)])
     taker, receipt = node.replica.create_event(
@@ -23,13 +53,17 @@ def test_a_trade_report_that_disagrees_raises_a_divergence_alarm(tmp_path, caplo
     honest = wire.TradeReport(taker.id, 0, wire.trades_hash([]))
     lying = wire.TradeReport(taker.id, 1, b"\x01" * 32)
     node.control.on_trade_report(node.peer_id, honest)
-    node.control.check_trade_reports(frontier=taker.lamport)
+    node.control.on_trade_report(node.peer_id, lying)  # a second report on the same event
+    node.control.check_trade_reports()  # not final yet: both kept, nothing compared
+    assert not node.replica.is_final(taker.id)
+    assert node.control.divergences == 0 and len(node.control.trade_reports) == 1
+    acknowledge(node, other, other_key)
+    assert node.replica.is_final(taker.id)
+    node.control.check_trade_reports()
     assert node.control.divergences == 0 and not node.control.trade_reports
     assert node.control.trade_reports_matched == 1
-    node.control.on_trade_report(node.peer_id, lying)
-    node.control.check_trade_reports(frontier=taker.lamport - 1)  # not final yet: kept
-    assert node.control.divergences == 0 and node.control.trade_reports
-    node.control.check_trade_reports(frontier=taker.lamport)
+    node.control.on_trade_report(node.peer_id, lying)  # on an event already final
+    node.control.check_trade_reports()
     assert node.control.divergences == 1
     assert "DIVERGENCE" in caplog.text
 
@@ -50,7 +84,7 @@ def test_trade_reports_come_only_from_the_taker_origin_and_are_bounded_per_peer(
                                                                 b"\x02" * 32))
     assert len(node.control.trade_reports) == TRADE_REPORTS_PEER_MAX
     assert node.rejections.by_code["too_many_reports"] == 5
-    node.control.check_trade_reports(frontier=10**9)
+    node.control.check_trade_reports()
     assert node.control.divergences == 0
 
 
@@ -62,8 +96,18 @@ def test_identity_survives_a_restart(tmp_path):
 
 
 def test_wire_messages_round_trip_and_reject_garbage():
-    hb = wire.Heartbeat({b"\x00\x24" + b"a" * 36: 3}, 7, b"d" * 32, 12)
+    hb = wire.Heartbeat({b"\x00\x24" + b"a" * 36: 3}, 7, b"d" * 32, 12, (b"g1", b"g2"))
     assert wire.decode_heartbeat(wire.encode_heartbeat(hb)) == hb
+    assert wire.decode_join_request(wire.encode_join_request(b"sponsor")) == b"sponsor"
+    for bad_genesis in ([b"g2", b"g1"], [b"g1", b"g1"], [1], b"g"):
+        bad = wire.canonical({"v": wire.VERSION, "c": {}, "l": 1, "d": b"d" * 32, "n": 1,
+                              "g": bad_genesis})
+        try:
+            wire.decode_heartbeat(bad)
+        except wire.WireError as exc:
+            assert exc.code in ("bad_schema", "bad_type"), exc
+        else:
+            raise AssertionError(f"accepted the genesis {bad_genesis!r}")
     report = wire.TradeReport(b"e" * 32, 2, b"h" * 32)
     assert wire.decode_trade_report(wire.encode_trade_report(report)) == report
     assert wire.decode_sync_request(wire.encode_sync_request({}, 10_000)) == ({}, 256)
@@ -81,7 +125,8 @@ def test_wire_messages_round_trip_and_reject_garbage():
 
 def test_wire_messages_must_be_canonical():
     hb = wire.encode_heartbeat(wire.Heartbeat({}, 7, b"d" * 32, 12))
-    unsorted = cbor2.dumps({"v": 1, "n": 12, "l": 7, "d": b"d" * 32, "c": {}})
+    unsorted = cbor2.dumps({"v": wire.VERSION, "n": 12, "l": 7, "g": [], "d": b"d" * 32,
+                            "c": {}})
     long_int = hb.replace(b"\x61\x6c\x07", b"\x61\x6c\x18\x07")  # "l": 7 in two bytes
     assert wire.decode_heartbeat(hb).lamport == 7
     for bad in (unsorted, long_int):

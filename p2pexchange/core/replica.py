@@ -448,23 +448,51 @@ class Replica:
         return event is not None and frontier is not None and event.key <= frontier
 
     def wants_ack(self) -> bool:
-        """Whether this member should sign an acknowledgement (an empty event): it has
-        delivered events its latest event does not cover while an event with actions
-        is not final yet. Quiet once everything with actions is final."""
+        """Whether this member should sign an acknowledgement (an empty event) now: its
+        latest event does not yet cover an event with actions that is not final, or
+        does not cover some member's first acknowledgement of the earliest or the latest
+        such event (the rule's second round). Each pending event asks at most two rounds of every
+        member, so a stalled frontier (a silent member) does not make members
+        acknowledge each other's acknowledgements for ever."""
         me = self.origin
         if me is None or not self.is_member(me):
             return False
         own = self._events.get(me)
         head = own[-1] if own else None
-        if head is not None and all(covers(head, o, s) for o, s in self._clock.items()):
-            return False
         frontier = self.final_key()
+        earliest = latest = None
         for entry in reversed(self._applied):
             if frontier is not None and entry.key <= frontier:
-                return False
-            if entry.event.actions:
-                return True
+                break
+            event = entry.event
+            if event.actions:
+                if head is None or not covers(head, event.origin, event.seq):
+                    return True
+                earliest = event
+                latest = latest or event
+        if earliest is None or head is None:
+            return False
+        for member in self.membership.members:  # type: ignore[union-attr]
+            for pending in (earliest, latest):
+                first = self._first_covering(member, pending)
+                if first is not None and not covers(head, member, first):
+                    return True
         return False
+
+    def _first_covering(self, member: bytes, event: Event) -> int | None:
+        """The seq of `member`'s first delivered event that covers `event`, or None."""
+        chain = self._events.get(member, [])
+        if member == event.origin:
+            return event.seq if len(chain) >= event.seq else None
+        origin, seq = event.origin, event.seq
+        lo, hi = 0, len(chain)  # clocks only grow along a chain: binary search
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if chain[mid].clock.get(origin, 0) >= seq:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo + 1 if lo < len(chain) else None
 
     # -- internals: admission ------------------------------------------------------
 

@@ -1,20 +1,40 @@
-"""A seeded simulation of many replicas under faults (in the spirit of TigerBeetle's VOPR).
+"""A seeded simulation of the members of one network under faults (in the spirit of
+TigerBeetle's VOPR): nothing any honest replica reports final ever changes.
 
-Safety phase: replicas create events and gossip them over a simulated network that
-loses, duplicates, delays and reorders messages, and partitions the nodes for a
-while; heartbeats are lossy too, and replicas pull what they lack from random peers
-with the sync primitives (`clock`, `events_for`). Liveness phase: the network heals,
-nobody trades, and replicas sync until they agree, within a budget of rounds.
-Throughout, anything a replica ever reported as final must never change (checked
-as it runs). Everything is a function of the seed; no real time passes.
+Theory of operation. `run_simulation(seed)` draws everything from `random.Random(seed)`
+(no time, no global randomness, sorted iteration wherever a set could decide), so a
+failing seed replays exactly; the exception names the seed and the step.
+- Members: 4 or 5 from a genesis; on some seeds a newcomer, which syncs from the
+  start and is admitted mid-run by a `Join` of an honest member (its first event then
+  covers the join, as `create_event` guarantees).
+- Each tick (one batch interval) every node that is up and a member either signs
+  its batch of random actions (workload.OrderFlow), or, when it has none and
+  `wants_ack()`, one empty event on the membership market: exactly what the node
+  does. Gossip goes over network.py (loss, duplication, delay, reordering); nodes
+  pull from random reachable peers with `events_for(their clock)` and note each
+  other's clocks as heartbeat hints (`on_heartbeat`), pulling more often while
+  `missing()` says something is.
+- Faults (faults.py): a partition, a pause, a kill with restart from the node's store
+  (its delivered events, its own included, replayed in a random order), a load burst,
+  and on some seeds one dishonest member (adversary.py): backdating, a clock
+  regression, or an equivocation to two halves that each build on their version.
+- Checks after every step (checks.py): each honest replica's final prefix (ids and
+  trades up to its final key) only grows, and all of them are prefixes of one
+  history. Then healing: no faults, no dishonest sends, no trading; nodes sync and
+  acknowledge until all digests agree and nothing with actions is pending, within
+  `HEAL_ROUNDS_MAX` rounds (`LivenessFailure` otherwise). After an equivocation the
+  network may stay split for good: that is reported (`SimResult.stalled`), not failed.
 
-Parameters come from `core/params.py`, as the node reads them; overridden here:
-- `LIVENESS_TIMEOUT_MS` is 60 s instead of the node's 10 s, longer than any partition
-  this simulation creates, because the current finality rule lets a silent member stop
-  holding finality back: with the node's value this check would fail (issue
-  "Finality that never lies" replaces the rule and removes this override).
-- Heartbeats go out every tick (`TICK_MS`), not every `HEARTBEAT_INTERVAL_MS`, so a
-  short run exercises many of them; each is lost with the message loss rate.
+Parameters from `core/params.py`, as the node reads them: `BATCH_ACTIONS_MAX` bounds
+a burst's batch, and the replicas keep their production buffer bounds. Overridden,
+none of which any safety decision reads (the finality rule reads no parameter):
+- a tick stands for `BATCH_INTERVAL_S`, and everything periodic happens per tick with
+  a probability instead of on its own interval (`ANTI_ENTROPY_INTERVAL_S`,
+  `SYNC_GAP_PULL_INTERVAL_S`, `HEARTBEAT_INTERVAL_MS`): a short run exercises many;
+- a sync answer holds `SYNC_CHUNK` events, not `SYNC_CHUNK_EVENTS`, so gaps take
+  several pulls;
+- a restarted node trades right after one pull instead of waiting for a sync answer
+  up to `CATCH_UP_TIMEOUT_S`, and a newcomer is admitted once, without `JOIN_RETRY_S`.
 """
 
 from __future__ import annotations
@@ -23,129 +43,267 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..core.events import Place
+from ..core.events import MEMBERSHIP_MARKET, Event, Join
 from ..core.market import DEFAULT_MARKETS
-from ..core.replica import Replica
-from .workload import OrderFlow, peer_id_bytes, seeded_key_pair
+from ..core.params import BATCH_ACTIONS_MAX
+from .adversary import backdated_clock, regressed_clock, sign_with_clock
+from .checks import FinalityViolation, Ledger, LivenessFailure
+from .faults import Schedule, draw_schedule
+from .network import Network
+from .node import SimNode
 
-TICK_MS = 100  # simulated time per step; one heartbeat round per step
-LIVENESS_TIMEOUT_MS = 60_000  # overrides params.LIVENESS_TIMEOUT_MS: see the docstring
-SYNC_CHUNK = 16  # smaller than params.SYNC_CHUNK_EVENTS, so gaps take several pulls
-HEAL_ROUNDS_MAX = 200
+__all__ = ["FinalityViolation", "LivenessFailure", "SimResult", "Simulation",
+           "run_simulation"]
 
+TICKS = 60  # trading ticks per seed in the test; healing follows
+TRADE_P = 0.3  # a member has actions to sign in a tick
+ACTIONS_MAX = 4
+BURST_ACTIONS_MAX = min(16, BATCH_ACTIONS_MAX)
+PULL_P = 0.25  # a node pulls from a random peer in a tick (more often with gaps)
+GAP_PULL_P = 0.6
+HINT_P = 0.3  # a node's clock reaches a random peer as a heartbeat hint
+SYNC_CHUNK = 16  # events per sync answer (params.SYNC_CHUNK_EVENTS: 128)
+HEAL_ROUNDS_MAX = 60
+MARKETS = sorted(DEFAULT_MARKETS)
 
-class FinalityViolation(AssertionError):
-    """Something a replica had reported as final changed afterwards."""
-
-
-class SimNode:
-    def __init__(self, seed: int, index: int, rng: random.Random) -> None:
-        self.key = seeded_key_pair(f"sim-{seed}-{index}")
-        self.origin = peer_id_bytes(self.key)
-        self.replica = Replica(DEFAULT_MARKETS, self.origin)
-        self.flow = OrderFlow(random.Random(rng.random()))
-        self.final_prefix: list[bytes] = []  # applied ids once reported final
-
-    def record_finality(self, now_ms: int) -> None:
-        frontier = self.replica.final_frontier(now_ms, LIVENESS_TIMEOUT_MS)
-        final = [e.id for e in (self.replica.event(i) for i in self.replica.applied_ids())
-                 if e.lamport <= frontier]
-        if final[:len(self.final_prefix)] != self.final_prefix:
-            raise FinalityViolation(f"{self.origin.hex()[-8:]}: a final event moved")
-        self.final_prefix = final
+OnEvent = Callable[[int, SimNode, Event, object], None]
 
 
 @dataclass
 class SimResult:
     seed: int
+    schedule: Schedule
     nodes: list[SimNode]
-    events: int
+    events: int = 0  # events with actions created
     messages_sent: int = 0
     messages_lost: int = 0
     heal_rounds: int = 0
-    partition: tuple[int, int] = (0, 0)
+    stalled: bool = False  # after an equivocation, finality or convergence did not resume
+    final_events: int = 0  # length of the longest final history
+    rejected: dict[str, int] = field(default_factory=dict)  # over honest replicas
     log: list[str] = field(default_factory=list)
 
     @property
+    def live_nodes(self) -> list[SimNode]:
+        return [n for n in self.nodes if n.index != self.schedule.persona]
+
+    @property
     def converged(self) -> bool:
-        return len({n.replica.digest for n in self.nodes}) == 1
+        return len({n.replica.digest for n in self.live_nodes}) == 1
+
+    @property
+    def partition(self) -> tuple[int, int]:
+        window = self.schedule.partition
+        return (window.start, window.end) if window else (0, 0)
 
 
-def run_simulation(seed: int, nodes_n: int = 4, ticks: int = 150, loss: float = 0.3,
-                   on_event: Callable[[int, SimNode, object, object], None] | None = None
+class Simulation:
+    def __init__(self, seed: int, members_n: int | None = None, ticks: int = TICKS,
+                 loss: float = 0.2, on_event: OnEvent | None = None,
+                 verbose: bool = False, kinds: tuple[str, ...] | None = None) -> None:
+        self.rng = rng = random.Random(seed)
+        members_n = members_n or rng.choice((4, 5))
+        self.schedule = s = draw_schedule(rng, members_n, ticks, kinds)
+        self.known: dict[bytes, Event] = {}  # every event signed in this run, by raw bytes
+        self.nodes = [SimNode(seed, i, members_n, random.Random(rng.random()),
+                              honest=i != s.dishonest, known=self.known)
+                      for i in range(members_n + (s.newcomer is not None))]
+        self.net = Network(rng, loss)
+        self.ledger = Ledger()
+        self.result = SimResult(seed, s, self.nodes, log=s.describe() if verbose else [])
+        self.on_event = on_event
+        self.verbose = verbose
+        self.joined = False
+        self.step = -1
+
+    def run(self) -> SimResult:
+        try:
+            for tick in range(self.schedule.ticks):
+                self.step = tick
+                self._tick(tick)
+            self._heal()
+        except AssertionError as exc:
+            raise type(exc)(f"seed {self.result.seed}, step {self.step}: {exc}") from exc
+        r = self.result
+        r.messages_sent, r.messages_lost = self.net.sent, self.net.lost
+        r.final_events = len(self.ledger.ids)
+        for node in self.nodes:
+            if node.honest:
+                for code, n in node.replica.stats()["rejected"].items():
+                    r.rejected[code] = r.rejected.get(code, 0) + n
+        return r
+
+    # -- one tick ------------------------------------------------------------------
+
+    def _tick(self, tick: int) -> None:
+        self._faults(tick)
+        self._deliver(tick)
+        up = [n for n in self.nodes if self.schedule.up(n.index, tick)]
+        for node in up:
+            p = GAP_PULL_P if node.replica.missing() else PULL_P
+            if self.rng.random() < p:
+                self._pull(node, tick)
+        for node in up:
+            self._act(node, tick)
+        for node in up:
+            if self.rng.random() < HINT_P:
+                peer = self._peer(node, tick)
+                if peer is not None:
+                    peer.replica.on_heartbeat(node.origin, node.replica.clock)
+        self._check()
+        if self.verbose:
+            self._note(tick, "final " + " ".join(f"{len(n.view.ids)}" for n in self.nodes))
+
+    def _faults(self, tick: int) -> None:
+        s = self.schedule
+        if s.kill is not None and tick == s.kill.end:
+            node = self.nodes[s.killed]
+            node.restart(self.rng)
+            self._note(tick, f"node {node.index} restarted from {len(node.store())} events")
+            self._pull(node, tick)
+        if s.persona is not None and s.attack is not None and tick == s.attack.start:
+            twin = self.nodes[s.dishonest].twin(s.persona, random.Random(self.rng.random()))
+            self.nodes.append(twin)
+            self._note(tick, f"node {s.dishonest} splits into two personas")
+
+    def _deliver(self, tick: int) -> None:
+        s = self.schedule
+        for dest, items in self.net.due(tick):
+            if dest >= len(self.nodes):
+                continue
+            events = [e for src, e in items if s.reachable(src, dest, tick)]
+            self.net.lost += len(items) - len(events)
+            if events:
+                self.nodes[dest].replica.receive_many(events)
+
+    def _peer(self, node: SimNode, tick: int) -> SimNode | None:
+        peer = self.rng.randrange(len(self.nodes))
+        if peer == node.index or not self.schedule.reachable(node.index, peer, tick):
+            return None
+        return self.nodes[peer]
+
+    def _pull(self, node: SimNode, tick: int) -> None:
+        peer = self._peer(node, tick)
+        if peer is not None:
+            raws = peer.replica.events_for(node.replica.clock, SYNC_CHUNK)
+            if raws:
+                node.replica.receive_many([self._decoded(raw) for raw in raws])
+
+    def _decoded(self, raw: bytes) -> Event:
+        """The event every sync answer names: every event in a run was signed here."""
+        return self.known[raw]
+
+    # -- what a node does in a tick -------------------------------------------------
+
+    def _act(self, node: SimNode, tick: int) -> None:
+        s = self.schedule
+        if node.index == s.sponsor and s.newcomer is not None and not self.joined \
+                and tick >= s.join_tick:
+            self.joined = True
+            newcomer = self.nodes[s.newcomer]
+            self._publish(node, node.create(MEMBERSHIP_MARKET, [Join(newcomer.origin)]), tick)
+            self._note(tick, f"node {node.index} admits node {newcomer.index}")
+        elif not node.replica.is_member(node.origin):
+            return  # a newcomer before its admission only syncs
+        elif not node.honest and tick in s.attack:
+            self._misbehave(node, tick)
+        elif self.rng.random() < (1.0 if s.burst and tick in s.burst else TRADE_P):
+            self._trade(node, tick)
+        elif node.replica.wants_ack():
+            self._publish(node, node.create(MEMBERSHIP_MARKET, []), tick)
+
+    def _actions(self, node: SimNode, tick: int) -> list:
+        burst = self.schedule.burst is not None and tick in self.schedule.burst
+        n = self.rng.randint(ACTIONS_MAX, BURST_ACTIONS_MAX) if burst else \
+            self.rng.randint(1, ACTIONS_MAX)
+        return [node.flow.next_action() for _ in range(n)]
+
+    def _trade(self, node: SimNode, tick: int) -> None:
+        event = node.create(self.rng.choice(MARKETS), self._actions(node, tick))
+        if event is None:
+            return
+        self.result.events += 1
+        if self.on_event is not None:
+            self.on_event(tick, node, event, node.last_receipt)
+        self._publish(node, event, tick)
+
+    def _misbehave(self, node: SimNode, tick: int) -> None:
+        s, rng = self.schedule, self.rng
+        first = tick == s.attack.start
+        clock = None
+        if s.kind == "regression" and first:
+            clock = regressed_clock(node.replica, rng)
+        elif s.kind == "backdate" or (s.kind == "equivocation" and rng.random() < 0.5):
+            clock = backdated_clock(node.replica)
+        if clock is None:
+            if first or rng.random() < TRADE_P:  # two versions of one seq differ
+                self._trade(node, tick)
+            elif node.replica.wants_ack():
+                self._publish(node, node.create(MEMBERSHIP_MARKET, []), tick)
+            return
+        event = sign_with_clock(node.replica, node.key.private_key, clock,
+                                rng.choice(MARKETS), self._actions(node, tick))
+        node.remember(event)
+        if s.kind != "regression":
+            node.deliver_own(event)
+        self._note(tick, f"node {node.index} signs {s.kind} seq {event.seq} "
+                         f"lamport {event.lamport} (its replica is at {node.replica.lamport})")
+        self._publish(node, event, tick)
+
+    def _publish(self, node: SimNode, event: Event | None, tick: int) -> None:
+        s = self.schedule
+        if event is None:
+            return
+        dests = [n.index for n in self.nodes
+                 if n.index != node.index and s.reachable(node.index, n.index, tick)]
+        self.net.send(node.index, dests, event, tick, lossless=tick >= s.ticks)
+
+    # -- checks and healing ----------------------------------------------------------
+
+    def _check(self) -> None:
+        for node in self.nodes:
+            if node.honest:
+                new = node.view.observe(node.replica)
+                if new:
+                    self.ledger.agree(node.view, node.replica, new)
+
+    def _heal(self) -> None:
+        s = self.schedule
+        nodes = self.result.live_nodes
+        for round_ in range(HEAL_ROUNDS_MAX):
+            tick = self.step = s.ticks + round_
+            self._deliver(tick)
+            for node in nodes:
+                self._pull(node, tick)
+            for node in nodes:
+                if node.replica.wants_ack():
+                    self._publish(node, node.create(MEMBERSHIP_MARKET, []), tick)
+            self._check()
+            if self._settled(nodes):
+                self.result.heal_rounds = round_ + 1
+                return
+        self.result.heal_rounds = HEAL_ROUNDS_MAX
+        self.result.stalled = True
+        if s.kind != "equivocation":
+            waiting = {n.index: len(n.replica.finality().waiting_for) for n in nodes}
+            raise LivenessFailure(f"not settled after {HEAL_ROUNDS_MAX} rounds: digests "
+                                  f"{sorted({n.replica.digest_hex[:8] for n in nodes})}, "
+                                  f"members waited for per node {waiting}")
+
+    def _settled(self, nodes: list[SimNode]) -> bool:
+        if not self.net.idle() or len({n.replica.digest for n in nodes}) != 1:
+            return False
+        return not any(n.replica.wants_ack() or n.pending_actions() for n in nodes)
+
+    def _note(self, tick: int, line: str) -> None:
+        if self.verbose:
+            self.result.log.append(f"t={tick:4d} {line}")
+
+
+def run_simulation(seed: int, nodes_n: int | None = None, ticks: int = TICKS,
+                   loss: float = 0.2, on_event: OnEvent | None = None,
+                   verbose: bool = False, kinds: tuple[str, ...] | None = None
                    ) -> SimResult:
-    rng = random.Random(seed)
-    nodes = [SimNode(seed, i, rng) for i in range(nodes_n)]
-    result = SimResult(seed, nodes, ticks)
-    in_flight: list[tuple[int, int, bytes]] = []  # (due tick, destination, raw)
-    partition_at = rng.randrange(ticks // 4, ticks // 2)
-    partition_end = partition_at + rng.randrange(2, max(3, ticks // 3))
-    result.partition = (partition_at, partition_end)
-    group = {i: rng.random() < 0.5 for i in range(nodes_n)}
-
-    def reachable(a: int, b: int, tick: int) -> bool:
-        return not (partition_at <= tick < partition_end and group[a] != group[b])
-
-    def sync(a: int, b: int) -> None:
-        for raw in nodes[b].replica.events_for(nodes[a].replica.clock, SYNC_CHUNK):
-            nodes[a].replica.receive(raw)
-
-    def heartbeats(a: int, tick: int, now_ms: int, loss_now: float) -> None:
-        for b in range(nodes_n):
-            if a != b and reachable(a, b, tick) and rng.random() >= loss_now:
-                src = nodes[b].replica
-                nodes[a].replica.on_heartbeat(nodes[b].origin, src.clock, src.lamport, now_ms)
-
-    # Warm-up: members hear of each other before anyone trades, as a node listens
-    # for one liveness timeout before it reports anything final.
-    for a in range(nodes_n):
-        heartbeats(a, -1, 0, 0.0)
-    for tick in range(ticks):
-        now_ms = tick * TICK_MS
-        # Trading: one node batches a few actions into one event and gossips it.
-        node_index = rng.randrange(nodes_n)
-        node = nodes[node_index]
-        actions = [node.flow.next_action() for _ in range(rng.randint(1, 6))]
-        event, receipt = node.replica.create_event(
-            node.key.private_key, rng.choice(sorted(DEFAULT_MARKETS)), actions)
-        node.flow.placed([event.order_id(i) for i, a in enumerate(actions)
-                          if isinstance(a, Place)])
-        if on_event is not None:
-            on_event(tick, node, event, receipt)
-        for dest in range(nodes_n):
-            if dest == node_index:
-                continue
-            result.messages_sent += 1
-            if rng.random() < loss:
-                result.messages_lost += 1
-                continue
-            for _ in range(1 + (rng.random() < 0.1)):  # sometimes duplicated
-                in_flight.append((tick + rng.randint(0, 5), dest, event.raw))
-        # Deliver what is due, in random order, unless partitioned away.
-        rng.shuffle(in_flight)
-        due = [m for m in in_flight if m[0] <= tick]
-        in_flight = [m for m in in_flight if m[0] > tick]
-        for _, dest, raw in due:
-            if reachable(dest, node_index, tick) or rng.random() < 0.5:
-                nodes[dest].replica.receive(raw)
-        # Lossy heartbeats and occasional pulls from a random reachable peer.
-        for a in range(nodes_n):
-            heartbeats(a, tick, now_ms, loss)
-            if rng.random() < 0.2:
-                b = rng.randrange(nodes_n)
-                if b != a and reachable(a, b, tick):
-                    sync(a, b)
-            nodes[a].record_finality(now_ms)
-    # Liveness: heal, stop trading, and sync until everyone agrees, within a budget.
-    settled = False
-    for round_ in range(HEAL_ROUNDS_MAX):
-        now_ms = (ticks + round_) * TICK_MS
-        result.heal_rounds = round_ + 1
-        for a in range(nodes_n):
-            sync(a, rng.randrange(nodes_n))
-            heartbeats(a, ticks, now_ms, 0.0)
-            nodes[a].record_finality(now_ms)
-        if settled:
-            break  # one more round of heartbeats has gone out since everyone agreed
-        settled = result.converged and not any(n.replica.missing() for n in nodes)
-    return result
+    """One seeded run; raises FinalityViolation (or LivenessFailure) naming the seed.
+    `kinds` forces a dishonest member of one of those kinds (faults.DISHONEST_KINDS)."""
+    return Simulation(seed, nodes_n, ticks, loss, on_event, verbose, kinds).run()

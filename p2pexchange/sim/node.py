@@ -1,0 +1,110 @@
+"""One simulated node: its key, its replica, its order flow and what it reported final.
+
+Theory of operation. A node's store is what its replica delivered (its own events
+included), which is what the node's SQLite store holds; a restart builds a new
+`Replica` from it, fed in a random order, and the node continues its seq chain from
+there. A twin is the second persona of an equivocating member: the same key, a
+replica rebuilt from the same store, then its own choices. Every event signed in a
+run is remembered by its raw bytes (`known`), so a sync answer (raw bytes) is handed
+to the replica as the decoded event the node's validator would have produced.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from ..core.events import Action, Event, Place
+from ..core.market import DEFAULT_MARKETS
+from ..core.replica import OwnHistoryBehind, Receipt, Replica
+from .checks import FinalView
+from .workload import OrderFlow, peer_id_bytes, seeded_key_pair
+
+
+class SimNode:
+    def __init__(self, seed: int, index: int, members_n: int, rng: random.Random,
+                 honest: bool = True, known: dict[bytes, Event] | None = None) -> None:
+        self.seed = seed
+        self.index = index
+        self.key = seeded_key_pair(f"sim-{seed}-{index}")
+        self.origin = peer_id_bytes(self.key)
+        self.genesis = [peer_id_bytes(seeded_key_pair(f"sim-{seed}-{i}"))
+                        for i in range(members_n)]
+        self.replica = Replica(DEFAULT_MARKETS, self.origin, genesis=self.genesis)
+        self.flow = OrderFlow(rng)
+        self.honest = honest
+        self.view = FinalView(f"node {index}")
+        self.known = known if known is not None else {}
+        self.last_receipt: Receipt | None = None
+
+    @property
+    def final_prefix(self) -> list[bytes]:
+        return self.view.ids
+
+    def create(self, market: str, actions: Sequence[Action]) -> Event | None:
+        """Sign and deliver an event; None for an equivocator's persona that has seen
+        its other persona's later events (`OwnHistoryBehind`: it cannot sign any more)."""
+        try:
+            event, self.last_receipt = self.replica.create_event(self.key.private_key,
+                                                                 market, actions)
+        except OwnHistoryBehind:
+            if self.honest:
+                raise
+            return None
+        self.remember(event)
+        return event
+
+    def remember(self, event: Event) -> None:
+        """Note an event this node signed: the sim's decoder, and the flow's orders."""
+        self.known[event.raw] = event
+        self.flow.placed([event.order_id(i) for i, a in enumerate(event.actions)
+                          if isinstance(a, Place)])
+
+    def deliver_own(self, event: Event) -> None:
+        receipt = self.replica.admit(event)
+        assert receipt.status == "delivered", (receipt.status, receipt.code, receipt.detail)
+
+    def store(self) -> list[Event]:
+        replica = self.replica
+        return [e for origin in sorted(replica.clock) for e in replica.events_of(origin)]
+
+    def _rebuilt(self, rng: random.Random) -> Replica:
+        # Own events first (each group in a random order): a peer's event that names
+        # our seq k before our own seq k is replayed is refused as `impossible_clock`
+        # (see the report of issue 10); the node replays in delivery order.
+        events = self.store()
+        own = [e for e in events if e.origin == self.origin]
+        others = [e for e in events if e.origin != self.origin]
+        rng.shuffle(own)
+        rng.shuffle(others)
+        events = own + others
+        replica = Replica(DEFAULT_MARKETS, self.origin, genesis=self.genesis)
+        replica.receive_many(events)
+        assert replica.digest == self.replica.digest, "a replay from the store differs"
+        return replica
+
+    def restart(self, rng: random.Random) -> None:
+        self.replica = self._rebuilt(rng)
+        self.view.restarted = True
+
+    def twin(self, index: int, rng: random.Random) -> SimNode:
+        """The second persona of this node: same key, same store, its own choices."""
+        twin = SimNode.__new__(SimNode)
+        twin.__dict__.update(self.__dict__)
+        twin.index = index
+        twin.replica = self._rebuilt(rng)
+        twin.flow = OrderFlow(rng)
+        twin.view = FinalView(f"node {self.index}'")
+        return twin
+
+    def pending_actions(self) -> bool:
+        """Whether an applied event with actions is not final yet."""
+        replica = self.replica
+        frontier = replica.final_key()
+        for event_id in reversed(replica.applied_ids()):
+            event = replica.event(event_id)
+            if frontier is not None and event.key <= frontier:
+                return False
+            if event.actions:
+                return True
+        return False

@@ -6,18 +6,21 @@ Three attacks from the "no message can crash, freeze or exhaust a node" audit
 1. release: one origin's chain of 8,000 events arrives in reverse; the time of the
    receive of seq 1, which delivers all 8,000, and that time minus the time the same
    8,000 (decoded) take to deliver in order: the cost of the release itself.
-2. missing: clocks of 784 buffered events (16 keys) name 200,000 invented origins; the
-   time of one more buffered receive naming 255 more, and of one `missing()` call.
+2. missing: clocks of buffered events (16 keys) name 200,000 invented origins, as many
+   per event as a clock holds (255 in events v1, 127 in v2); the time of one more
+   buffered receive naming as many more, and of one `missing()` call.
 3. memory: the peak RSS of a process whose replica is fed 40 max-size events (1,000
-   cancels, 256 clock entries) from each of 16 throw-away keys, then 100,000 one-action
+   cancels, a full clock) from each of 16 throw-away keys, then 100,000 one-action
    events of one more such key, none of which can become deliverable (seq 1 withheld).
 
-The inputs are signed once, here, into files; each measurement then runs in a fresh
-subprocess whose PYTHONPATH points at the code under test: this working tree (after),
-and a `git worktree` of the reference commit (before; created if missing). Prints one
-JSON line with both figures and before/after ratios.
+The inputs are signed into files by each tree's own code (a subprocess whose
+PYTHONPATH names it), in that tree's event format (v1 clock entries are seqs, v2
+entries [seq, id]); each measurement then runs in a fresh subprocess against the
+code under test: this working tree (after), and a `git worktree` of the reference
+commit (before; created if missing). Prints one JSON line with both figures and
+before/after ratios. `--scale 0.05` shrinks every count (a quick check that it runs).
 
-    .venv/bin/python scripts/bench_replica_attacks.py [--before 8c00d78]
+    .venv/bin/python scripts/bench_replica_attacks.py [--before 8c00d78] [--scale 1]
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ TARGET_TIME_S = 0.050
 TARGET_RSS_MIB = 200
 
 
-# -- inputs (signed by this tree's code; the wire format is the same in both) -------------
+# -- inputs (signed by the code of the tree they are for, in its event format) ------------
 
 
 def write_raws(path: pathlib.Path, raws: Iterator[bytes]) -> int:
@@ -69,49 +72,87 @@ def invented(count: int, tag: str) -> list[bytes]:
     return [f"{tag}-{i:08d}".encode().ljust(38, b".") for i in range(count)]
 
 
-def make_inputs(folder: pathlib.Path) -> dict[str, int]:
-    sys.path.insert(0, str(ROOT))
-    from p2pexchange.core.events import Cancel, OrderType, Place, Side, sign_event
+def make_inputs(folder: pathlib.Path, scale: float) -> dict[str, int]:
+    """Sign the inputs with the code on sys.path (run in a child whose PYTHONPATH names
+    the tree), in that tree's event format."""
+    from p2pexchange.core import events as ev
     from p2pexchange.sim.workload import peer_id_bytes, seeded_key_pair
 
-    one = [Place(Side.BUY, OrderType.LIMIT, 100, 1)]
+    one = [ev.Place(ev.Side.BUY, ev.OrderType.LIMIT, 100, 1)]
+    ids = getattr(ev, "PROTOCOL_VERSION", 1) >= 2  # v2: a clock entry is (seq, event id)
+    per_event = ev.CLOCK_ORIGINS_MAX - 1  # invented origins, besides the origin's own entry
+    no_such_event = bytes(32)
+    withheld: dict[bytes, bytes] = {}  # origin -> id of its seq 1, which is never sent
+
+    def sized(count: int) -> int:
+        return max(2, int(count * scale))
 
     def key(name: str):
         pair = seeded_key_pair(f"bench-attacks-{name}")
         return pair.private_key, peer_id_bytes(pair)
 
+    def entry(seq: int, event_id: bytes = no_such_event):
+        return (seq, event_id) if ids else seq
+
+    def sign(private, origin: bytes, seq: int, clock: dict, lamport: int, actions,
+             previous=None):
+        """An event naming its own previous seq: `previous` (an event), or seq 1 withheld."""
+        clock = dict(clock)
+        if seq > 1:
+            if previous is None and origin not in withheld:
+                withheld[origin] = sign(private, origin, 1, {}, 1, one).id
+            clock[origin] = entry(seq - 1, previous.id if previous else withheld[origin])
+        return ev.sign_event(private, origin, seq, clock, lamport, "BTC-USD", actions)
+
     def release() -> Iterator[bytes]:
         private, origin = key("release")
-        events = [sign_event(private, origin, seq, {origin: seq - 1} if seq > 1 else {}, seq,
-                             "BTC-USD", one).raw for seq in range(1, RELEASE_EVENTS + 1)]
-        yield from reversed(events)  # seq 8000 first, seq 1 last
+        events = [sign(private, origin, 1, {}, 1, one)]
+        for seq in range(2, sized(RELEASE_EVENTS) + 1):
+            events.append(sign(private, origin, seq, {}, seq, one, events[-1]))
+        yield from reversed([e.raw for e in events])  # the last seq first, seq 1 last
 
     def missing() -> Iterator[bytes]:
-        per_event = 255
-        events = (INVENTED_ORIGINS + per_event - 1) // per_event + 1  # the last is timed
-        names = invented(events * per_event, "invented")
-        for i in range(events):
+        count = (sized(INVENTED_ORIGINS) + per_event - 1) // per_event + 1  # the last is timed
+        names = invented(count * per_event, "invented")
+        last: dict[bytes, object] = {}
+        for i in range(count):
             private, origin = key(f"invented-{i % INVENTED_KEYS}")
             seq = i // INVENTED_KEYS + 2  # seq 1 withheld: nothing is ever delivered
-            clock = dict.fromkeys(names[i * per_event:(i + 1) * per_event], 5)
-            clock[origin] = seq - 1
-            yield sign_event(private, origin, seq, clock, 10, "BTC-USD", one).raw
+            clock = {o: entry(5) for o in names[i * per_event:(i + 1) * per_event]}
+            event = sign(private, origin, seq, clock, 10, one, last.get(origin))
+            last[origin] = event
+            yield event.raw
 
     def memory() -> Iterator[bytes]:
-        cancels = [Cancel(bytes([i % 256]) * 34) for i in range(1000)]
-        clock = dict.fromkeys(invented(255, "max-size"), 10**15)
+        cancels = [ev.Cancel(bytes([i % 256]) * 34) for i in range(1000)]
+        clock = {o: entry(10**15) for o in invented(per_event, "max-size")}
         for k in range(MAX_SIZE_KEYS):  # first, so the reference's count bound admits them
             private, origin = key(f"max-size-{k}")
+            previous = None
             for seq in range(2, MAX_SIZE_EVENTS_PER_KEY + 2):
-                yield sign_event(private, origin, seq, {**clock, origin: seq - 1}, 10**15 + 1,
-                                 "BTC-USD", cancels).raw
+                previous = sign(private, origin, seq, clock, 10**15 + 1, cancels, previous)
+                yield previous.raw
         private, origin = key("memory")
-        for seq in range(2, MEMORY_EVENTS + 2):
-            yield sign_event(private, origin, seq, {origin: seq - 1}, seq, "BTC-USD", one).raw
+        previous = None
+        for seq in range(2, sized(MEMORY_EVENTS) + 2):
+            previous = sign(private, origin, seq, {}, seq, one, previous)
+            yield previous.raw
 
     return {name: write_raws(folder / f"{name}.bin", make())
             for name, make in (("release", release), ("missing", missing),
                                ("memory", memory))}
+
+
+def make_inputs_in(tree: pathlib.Path, folder: pathlib.Path, scale: float) -> dict[str, int]:
+    folder.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    out = subprocess.run([sys.executable, __file__, "--make", str(folder), "--scale", str(scale)],
+                         env=env, capture_output=True, text=True, cwd=tree)
+    if out.returncode != 0:
+        raise SystemExit(f"signing the inputs with {tree} failed:\n{out.stderr[-2000:]}")
+    counts = json.loads(out.stdout.strip().splitlines()[-1])
+    assert counts.pop("tree") == str(tree), (out.stdout, tree)
+    return counts
 
 
 # -- measurements (run in a child process, against whichever tree PYTHONPATH names) -------
@@ -226,8 +267,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", default="8c00d78", help="reference commit")
     parser.add_argument("--worktree", default="/tmp/p2px-before", type=pathlib.Path)
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="multiply the event counts (0.05: a quick check)")
     parser.add_argument("--child", nargs=2, metavar=("MODE", "INPUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--make", type=pathlib.Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.make:
+        from p2pexchange.core import events  # signed by the tree PYTHONPATH names
+        counts = make_inputs(args.make, args.scale)
+        print(json.dumps({**counts,
+                          "tree": str(pathlib.Path(events.__file__).resolve().parents[2])}))
+        return
     if args.child:
         from p2pexchange.core import replica  # p2pexchange is a namespace package
         mode, path = args.child
@@ -237,10 +287,11 @@ def main() -> None:
         return
     before_tree = reference_tree(args.before, args.worktree)
     with tempfile.TemporaryDirectory(prefix="p2px-attacks-") as tmp:
-        folder = pathlib.Path(tmp)
-        counts = make_inputs(folder)
-        runs = {mode: {"before": run_child(mode, before_tree, folder),
-                       "after": run_child(mode, ROOT, folder)} for mode in CHILDREN}
+        folders = {"before": pathlib.Path(tmp) / "before", "after": pathlib.Path(tmp) / "after"}
+        trees = {"before": before_tree, "after": ROOT}
+        counts = {k: make_inputs_in(trees[k], folders[k], args.scale) for k in trees}
+        runs = {mode: {k: run_child(mode, trees[k], folders[k]) for k in trees}
+                for mode in CHILDREN}
     release, missing, memory = runs["release"], runs["missing"], runs["memory"]
     report = {
         "before_commit": args.before,

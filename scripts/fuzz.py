@@ -5,8 +5,8 @@
 
 Every input goes to `decode_event`, to each `wire.decode_*` (what decodes is fed on
 to `Replica.on_heartbeat`, `events_for` or `receive`, as the shell does) and to
-`Replica.receive`; now and then `on_heartbeat`, `events_for`, `final_frontier` and
-`finality` are also called with hostile Python values. Anything other than an
+`Replica.receive`; now and then `on_heartbeat`, `events_for`, `is_final`, `is_member`
+and `finality` are also called with hostile Python values. Anything other than an
 acceptance or a rejection with a known code is a crash, and so is a rejection by a
 decoder's last net (`malformed`: an exception no explicit check foresaw). The run
 prints the inputs tried, the outcomes of each target by code, and each distinct
@@ -197,14 +197,15 @@ class Run:
         clock = fz.pick(ch, ({fz.pick(ch, (*fz.KEYS, fz.OBSERVER)): value(ch)},
                              {fz.hostile_key(ch) if fz.chance(ch, 50) else fz.fake_peer(1): 1},
                              value(ch)))
+        key = fz.hostile_key(ch)  # hashable, as an event id or a peer id would be
         calls = [
-            ("Replica.on_heartbeat", lambda: replica.on_heartbeat(
-                origin, clock, fz.huge_int(ch), fz.huge_int(ch))),
+            ("Replica.on_heartbeat", lambda: replica.on_heartbeat(origin, clock)),
             ("Replica.events_for", lambda: replica.events_for(
                 clock if isinstance(clock, dict) else {}, fz.huge_int(ch))),
-            ("Replica.final_frontier", lambda: replica.final_frontier(
-                fz.huge_int(ch), fz.huge_int(ch))),
-            ("Replica.finality", lambda: replica.finality(fz.huge_int(ch), fz.huge_int(ch))),
+            ("Replica.is_final", lambda: replica.is_final(key)),
+            ("Replica.is_member", lambda: replica.is_member(key)),
+            ("Replica.finality", replica.finality),
+            ("Replica.wants_ack", replica.wants_ack),
             ("Replica.missing", replica.missing),
         ]
         shown = fz.safe_repr((origin, clock), 2000).encode()

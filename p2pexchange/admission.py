@@ -53,6 +53,7 @@ class Admission:
         self._peers = peers
         self._syncs_completed = syncs_completed
         self._started = time.monotonic()
+        self._restarted = store.count() > 0  # history to catch up on since it stopped
         self._asked_at = -JOIN_RETRY_S
         self._asked = 0
         self._due: dict[bytes, None] = {}  # newcomers to admit in our next event
@@ -72,7 +73,8 @@ class Admission:
             return "learning"
         if not replica.is_member(self.origin):
             return "joining"
-        if (self._syncs_completed() == 0 and self.replica.members() != [self.origin]
+        if (self._restarted and self._syncs_completed() == 0
+                and self.replica.members() != [self.origin]
                 and time.monotonic() - self._started < CATCH_UP_TIMEOUT_S):
             return "catching_up"
         return "member"

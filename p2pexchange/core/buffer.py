@@ -26,12 +26,13 @@ from .params import BUFFER_BYTES_MAX, BUFFER_ORIGIN_BYTES_MAX
 
 KNOWN_ORIGINS_MAX = 4096  # origins with an unresolved claim, for missing()
 # What a buffered event holds beyond its raw bytes: the decoded event, its buffer
-# entries, its waiter. Fitted to tracemalloc measurements (about 1,310 + 160 per place
-# + 150 per clock entry) with a margin; tests/test_replica_limits.py checks that the
-# estimate covers the real size of small, large and clock-heavy events.
-BUFFERED_EVENT_OVERHEAD_BYTES = 1_536
+# entries, its waiter. Fitted to tracemalloc measurements (events v2: about 1,560 +
+# 160 per place + 240 per clock entry, which names its event by id) with a margin;
+# tests/test_replica_limits.py checks that the estimate covers the real size of
+# small, large and clock-heavy events.
+BUFFERED_EVENT_OVERHEAD_BYTES = 1_792
 BUFFERED_ACTION_OVERHEAD_BYTES = 176
-BUFFERED_CLOCK_ENTRY_OVERHEAD_BYTES = 160
+BUFFERED_CLOCK_ENTRY_OVERHEAD_BYTES = 256
 BUFFERED_EVENT_BYTES_MAX = (EVENT_BYTES_MAX + BUFFERED_EVENT_OVERHEAD_BYTES
                             + EVENT_ACTIONS_MAX * BUFFERED_ACTION_OVERHEAD_BYTES
                             + CLOCK_ORIGINS_MAX * BUFFERED_CLOCK_ENTRY_OVERHEAD_BYTES)

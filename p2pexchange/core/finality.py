@@ -19,8 +19,10 @@ The rule. With `head(m)` the latest event of member m delivered here, and
 `covers(h, e)` meaning that e is h or in h's causal past:
 - round one: `w(p)` is the highest event of p covered by every member's head;
 - round two: an event e is *committed* once every `w(p)` covers it.
-Everything that sorts at or before the highest committed event is final. No timeout,
-no clock and no count of peers enters the rule; the frontier only moves forward.
+Everything that sorts at or before the highest committed event is final. A member
+admitted by a join counts only for what sorts after its join (all its events sort
+after it). No timeout, no clock and no count of peers enters the rule; it is a
+function of the delivered events, and the frontier only moves forward.
 
 Why it never lies, in short: every later event of member m extends m's chain past
 head(m), so its Lamport time, and hence its sort key, is above everything head(m)
@@ -65,7 +67,7 @@ class Membership:
         assert self.genesis, "a network has at least one founding member"
         self.members: dict[bytes, None] = dict.fromkeys(sorted(self.genesis))
         self._joins: dict[bytes, list[tuple[bytes, int]]] = {}  # member -> (sponsor, seq)
-        self._frontier: OrderKey | None = None  # highest committed key; only grows
+        self._joined_at: dict[bytes, OrderKey] = {}  # member -> key of its earliest join
 
     # -- admission -------------------------------------------------------------------
 
@@ -84,8 +86,12 @@ class Membership:
         if event.actions and event.actions[0].__class__ is Join:
             for action in event.actions:
                 member = action.member  # type: ignore[union-attr]
+                if member in self.genesis:
+                    continue
                 self.members.setdefault(member, None)
                 self._joins.setdefault(member, []).append((event.origin, event.seq))
+                if member not in self._joined_at or event.key < self._joined_at[member]:
+                    self._joined_at[member] = event.key
 
     def is_member(self, peer: bytes) -> bool:
         return peer in self.members
@@ -94,29 +100,23 @@ class Membership:
 
     def frontier(self, events: Mapping[bytes, Sequence[Event]]) -> OrderKey | None:
         """The key of the highest committed event (everything up to it is final), or
-        None while nothing is. `events` holds each origin's delivered events by seq."""
-        heads = {}
-        for member in self.members:
-            chain = events.get(member)
-            if not chain:
-                return self._frontier  # a member that never spoke covers nothing
-            heads[member] = chain[-1]
-        # Round one: for each member p, the highest seq of p every member's head covers.
-        witnesses = []
-        for p in heads:
-            w = min(_covered_seq(h, p) for h in heads.values())
-            if w == 0:
-                return self._frontier
-            witnesses.append(events[p][w - 1])
-        # Round two: per origin, the highest seq every witness covers.
-        best = self._frontier
-        for origin in heads:
-            c = min(_covered_seq(w, origin) for w in witnesses)
-            if c > 0:
-                key = events[origin][c - 1].key
-                if best is None or key > best:
-                    best = key
-        self._frontier = best
+        None while nothing is. `events` holds each origin's delivered events by seq.
+
+        A member admitted by a join needs to acknowledge only what sorts after its
+        earliest join: all its events sort after that join. So the rule runs once per
+        prefix of the members in order of admission, each time bounded by the next
+        member's join; the frontier is the highest result. It depends on the
+        delivered events alone, so a replica rebuilt from them reports the same."""
+        joined = sorted(self._joined_at, key=self._joined_at.__getitem__)
+        required = sorted(self.genesis)
+        best = None
+        for k in range(len(joined) + 1):
+            bound = self._joined_at[joined[k]] if k < len(joined) else None
+            found = _committed(required, events, bound)
+            if found is not None and (best is None or found > best):
+                best = found
+            if k < len(joined):
+                required.append(joined[k])
         return best
 
     def waiting_for(self, events: Mapping[bytes, Sequence[Event]],
@@ -134,3 +134,39 @@ class Membership:
         acks = [h for h in heads.values() if h is not None]
         return [m for m, h in heads.items()
                 if h is None or not all(covers(h, a.origin, a.seq) for a in acks)]
+
+
+def _committed(members: Sequence[bytes], events: Mapping[bytes, Sequence[Event]],
+               bound: OrderKey | None) -> OrderKey | None:
+    """The two-round rule over `members`: the key of the highest event committed by
+    them and sorting at or before `bound` (None: no bound), or None."""
+    heads = []
+    for member in members:
+        chain = events.get(member)
+        if not chain:
+            return None  # a member that never spoke covers nothing
+        heads.append(chain[-1])
+    # Round one: for each member p, the highest seq of p every member's head covers.
+    witnesses = []
+    for p in members:
+        w = min(_covered_seq(h, p) for h in heads)
+        if w == 0:
+            return None
+        witnesses.append(events[p][w - 1])
+    # Round two: per origin, the highest seq every witness covers (within the bound).
+    best = None
+    for origin in members:
+        c = min(_covered_seq(w, origin) for w in witnesses)
+        chain = events[origin]
+        if bound is not None:  # keys grow along a chain: the last one within the bound
+            lo, hi = 0, c
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if chain[mid].key <= bound:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            c = lo
+        if c > 0 and (best is None or chain[c - 1].key > best):
+            best = chain[c - 1].key
+    return best

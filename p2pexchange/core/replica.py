@@ -197,7 +197,7 @@ class Replica:
         self._final_at = (-1, None)  # (events delivered, frontier) of the last computation
         self._trade_count = 0
         self._stats = {"events_delivered": 0, "rollbacks": 0, "events_reapplied": 0,
-                       "duplicates": 0, "late_after_final": 0}
+                       "duplicates": 0, "late_after_final": 0, "frontier_regressions": 0}
         # Evidence against origins: (origin, seq) -> the two signed versions (raw bytes).
         self.equivocations: dict[tuple[bytes, int], tuple[bytes, bytes]] = {}
         self._rejected: dict[str, int] = {}
@@ -420,8 +420,15 @@ class Replica:
             return None
         delivered = self._stats["events_delivered"]
         if self._final_at[0] != delivered:
-            self._final_at = (delivered, self.membership.frontier(self._events))
-            self._final_seen = self._final_at[1]
+            frontier = self.membership.frontier(self._events)
+            seen = self._final_seen
+            if seen is not None and (frontier is None or frontier < seen):
+                # The rule is monotone in the delivered set (protocols/finality.md); a
+                # tripwire for tests and the status, and what was final stays final.
+                self._stats["frontier_regressions"] += 1
+                frontier = seen
+            self._final_at = (delivered, frontier)
+            self._final_seen = frontier
         return self._final_at[1]
 
     def finality(self) -> Finality:

@@ -1,8 +1,8 @@
 """Cluster benchmark (issue 11): N node processes on 127.0.0.1 under a fixed offered load.
 
 Starts --nodes node processes (node0 the bootstrap, the others bootstrapping from it, as
-the demo does; no auto-trading), waits until every node sees every other and reports a
-finality frontier, measures idle CPU, then offers --rate orders/s in total, spread
+the demo does; no auto-trading), waits until every node sees every other and is a member
+of the network, measures idle CPU, then offers --rate orders/s in total, spread
 evenly over the nodes, for --duration seconds through POST /orders/batch (one call per
 node every ~0.1 s; limit orders around a drifting mid from sim.workload.OrderFlow, some
 crossing, plus IOC, post-only and market orders). A 503 counts as refused and makes
@@ -14,8 +14,9 @@ Latency: the bench subscribes to every node's `WS /stream?types=applied,status`.
 event id + index, so the ids POST /orders/batch returns tell which event carries each
 order. place->applied-everywhere = the last node's "applied" time minus the time the
 batch call was sent; place->final-everywhere uses the status messages' final frontier
-(an event is final on a node once the frontier reaches its Lamport time), for every
-order, traded or not. Percentiles are over orders.
+(an event counts as final on a node once the frontier's Lamport time is above its own:
+conservative, since the frontier is a full sort key), for every order, traded or not.
+Percentiles are over orders.
 
 The same invocation runs the one-order-per-event baseline (nodes started with
 --batch-actions-max 1) at --baseline-rate on a fresh cluster and reports the ratio of
@@ -50,7 +51,7 @@ from p2pexchange.demo import STOP_TIMEOUT_S, NodeProcess
 from p2pexchange.sim.workload import OrderFlow
 
 START_TIMEOUT_S = 60.0  # processes up and every node seeing every other
-FINALITY_READY_TIMEOUT_S = 30.0  # nodes report no frontier for their first 10 s
+FINALITY_READY_TIMEOUT_S = 30.0  # newcomers learn the genesis, sync, and are admitted
 IDLE_S = 3.0  # idle CPU is measured over this window before the load
 DRAIN_TIMEOUT_S = 60.0
 FINAL_WAIT_S = 20.0  # after the drain, for the last events to become final everywhere
@@ -99,7 +100,7 @@ class Cluster:
 
     def start(self) -> float:
         """Start node0, then the others from its multiaddr; wait until each sees all
-        others and reports a finality frontier. Returns seconds to full discovery."""
+        others and is a member. Returns seconds to full discovery."""
         t0 = time.monotonic()
         first = self._spawn(0, [])
         self._wait_ready(first)
@@ -110,8 +111,8 @@ class Cluster:
             self._wait_ready(node)
         discovered = self._wait_until(lambda s: s["peers"] >= self.size - 1, START_TIMEOUT_S,
                                       "every node seeing every other") - t0
-        self._wait_until(lambda s: s["final_frontier"] is not None, FINALITY_READY_TIMEOUT_S,
-                         "a finality frontier on every node")
+        self._wait_until(lambda s: s["membership"] == "member", FINALITY_READY_TIMEOUT_S,
+                         "every node a member of the network (admission.py)")
         return discovered
 
     def _spawn(self, i: int, args: list[str]) -> NodeProcess:
@@ -343,7 +344,9 @@ def latencies(seen: Observed) -> dict:
                 continue
             applied_s.append((max(ats) - sent, count))
             lamport = seen.lamport[event_id]
-            finals = [times[i] if (i := bisect.bisect_left(values, lamport)) < len(times)
+            # Final once the frontier's Lamport time is above the event's: conservative
+            # (an event at the frontier's own Lamport time may be final already).
+            finals = [times[i] if (i := bisect.bisect_right(values, lamport)) < len(times)
                       else None for times, values in fronts]
             if None not in finals:
                 final_s.append((max(finals) - sent, count))
@@ -382,7 +385,7 @@ async def wait_final(seen: Observed) -> None:
     """Until every node's frontier covers the last event applied, at most FINAL_WAIT_S."""
     last = max(seen.lamport.values(), default=0)
     with trio.move_on_after(FINAL_WAIT_S):
-        while not all(f and f[-1][1] >= last for f in seen.frontiers):
+        while not all(f and f[-1][1] > last for f in seen.frontiers):
             await trio.sleep(0.2)
 
 

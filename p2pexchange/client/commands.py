@@ -210,11 +210,14 @@ def trades_table(trades: list[dict]) -> Table:
 
 def status_table(s: dict) -> Table:
     t = Table("", "", box=None, show_header=False)
-    for key in ("peer_id", "multiaddrs", "peers", "members", "digest", "final_frontier",
-                "events", "trades", "trades_final", "trades_pending", "rejected", "trading"):
+    for key in ("peer_id", "multiaddrs", "peers", "membership", "members", "waiting_for",
+                "digest", "final_frontier", "events", "trades", "trades_final",
+                "trades_pending", "rejected", "trading"):
         value = s.get(key)
         if key == "members":
-            value = f"{len(value)} (provisional: origins heard from)"
+            value = f"{len(value)}"
+        elif key == "waiting_for":
+            value = ", ".join(value) or "nobody"
         elif isinstance(value, list):
             value = ", ".join(value)
         elif isinstance(value, dict):

@@ -56,8 +56,10 @@ class NodeCollector(Collector):
                                   value=s["divergences"])
         for name, doc, value in (
                 ("peers", "Connected peers", s["peers"]),
-                ("members", "Origins this node holds events of (provisional)",
+                ("members", "Members of the network as this node knows them",
                  len(s["members"])),
+                ("finality_waiting_for", "Members whose next event would move finality",
+                 len(s["waiting_for"])),
                 ("events_buffered", "Events waiting for their causes", s["buffered"]),
                 ("trades_pending", "Trades not yet final", s["trades_pending"]),
                 ("trades_final", "Trades final here", s["trades_final"]),

@@ -126,11 +126,19 @@ class Status(BaseModel):
     addr: str
     multiaddrs: list[str]
     peers: int
-    members: list[str] = Field(description="provisional: origins this node has events of")
+    membership: Literal["learning", "joining", "catching_up", "member"] = Field(
+        description="this node's state in the network: learning its genesis, joining "
+        "(not admitted yet), catching_up after a restart, or member (it trades)")
+    members: list[str] = Field(description="the network's members as this node knows them")
+    waiting_for: list[str] = Field(description="members whose next event would move "
+                                   "finality; empty when nothing waits")
     digest: str
-    final_frontier: int | None = Field(description="events with a Lamport time up to this "
-                                       "are final; null before the node has listened long "
-                                       "enough to know")
+    final_frontier: int | None = Field(description="the Lamport time of the last final "
+                                       "event (every event with a lower Lamport time is "
+                                       "final); null while nothing is")
+    events_final: int = Field(description="events final here, in the applied order")
+    equivocations: int = Field(description="origins caught signing two versions of a seq "
+                               "(proofs kept)")
     events: int
     buffered: int
     own_seq: int

@@ -185,7 +185,8 @@ class Broadcaster:
             self._open.popitem(last=False)
         self._orders.clear()
         s = node.status()
-        status = (s["peers"], s["digest"], s["trades_final"], s["final_frontier"])
+        status = (s["peers"], s["digest"], s["trades_final"], s["final_frontier"],
+                  s["membership"], tuple(s["waiting_for"]))
         if status != self._last_status:
             self._last_status = status
             self._send({**status_message(s), "at": time.time()})
@@ -204,4 +205,5 @@ def status_message(s: dict) -> dict:
     return {"type": "status", "peer_id": s["peer_id"], "peers": s["peers"],
             "members": len(s["members"]), "digest": s["digest"], "events": s["events"],
             "trades_final": s["trades_final"], "trades_pending": s["trades_pending"],
-            "final_frontier": s["final_frontier"]}
+            "final_frontier": s["final_frontier"], "membership": s["membership"],
+            "waiting_for": s["waiting_for"]}

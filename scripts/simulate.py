@@ -46,8 +46,6 @@ def sweep(start: int, seeds: int, ticks: int, kinds: tuple[str, ...] | None) -> 
             return 1
         counts[result.schedule.kind or "honest"] += 1
         counts["stalled (equivocation)"] += result.stalled
-        counts["final key lower after a restart"] += any(
-            n.view.behind_after_restart for n in result.nodes)
     elapsed = time.perf_counter() - began
     print(f"{seeds} seeds from {start} in {elapsed:.1f} s ({1000 * elapsed / seeds:.0f} ms "
           f"per seed): {dict(sorted(counts.items()))}")

@@ -36,11 +36,6 @@ class FinalView:
         self.ids: list[bytes] = []
         self.trades: list[Trade] = []
         self.frontier: OrderKey | None = None
-        # After a restart the rebuilt replica may report a lower final key than the
-        # record for a while (the rule's frontier depends on the order in which members
-        # joined, see the report of issue 10); the record itself must still hold.
-        self.restarted = False
-        self.behind_after_restart = 0  # steps it reported less than the record
 
     def observe(self, replica: Replica) -> int:
         """Check `replica` against the record, extend the record; returns how many
@@ -53,12 +48,13 @@ class FinalView:
         if replica.trades()[:len(self.trades)] != self.trades:
             raise FinalityViolation(f"{self.name}: a trade of a final event changed")
         frontier = replica.final_key()
+        # Also across a restart: the frontier is a function of the delivered events, and
+        # a replica counts any regression of the rule it had to hide (a tripwire).
         if self.frontier is not None and (frontier is None or frontier < self.frontier):
-            if not self.restarted:
-                raise FinalityViolation(f"{self.name}: final key went back from "
-                                        f"{self.frontier} to {frontier}")
-            self.behind_after_restart += 1
-            return 0
+            raise FinalityViolation(f"{self.name}: final key went back from "
+                                    f"{self.frontier} to {frontier}")
+        if replica.stats()["frontier_regressions"]:
+            raise FinalityViolation(f"{self.name}: the rule's frontier went back")
         if frontier is None:
             return 0
         self.frontier = frontier

@@ -88,7 +88,6 @@ class SimNode:
 
     def restart(self, rng: random.Random) -> None:
         self.replica = self._rebuilt(rng)
-        self.view.restarted = True
 
     def twin(self, index: int, rng: random.Random) -> SimNode:
         """The second persona of this node: same key, same store, its own choices."""

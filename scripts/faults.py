@@ -465,8 +465,9 @@ class OrderPlacer:
                     self.acked.append(Placed(i, sent, reply.json()["order_id"]))
                 elif reply.status_code == 503:
                     self.refused += 1
-                    why = f"node{i}: {reply.json().get('error', {}).get('message', '?')}"
-                    why = why.split(" events waiting")[0].split(" ms behind")[0]
+                    message = reply.json().get("error", {}).get("message", "?")
+                    why = "".join("N" if c.isdigit() else c for c in message)
+                    why = why.replace("N.N", "N").replace("NN", "N")
                     self.refused_why[why] = self.refused_why.get(why, 0) + 1
                 else:
                     self.failed += 1
@@ -649,9 +650,28 @@ class Scenario:
             self.converged = True
         except TimeoutError as exc:
             self.failures.append(str(exc))
+            self.result["drain_stuck"] = self.stuck()
         self.result["drain_s"] = round(time.monotonic() - t0, 1)
         time.sleep(3 * POLL_S)  # the recorder sees the last finals
         self.recorder.stop()
+
+    def stuck(self) -> list[dict]:
+        """What each node still waits for when the drain times out."""
+        out = []
+        for node in self.nodes:
+            try:
+                s = node.get("/status")
+            except (httpx.HTTPError, ValueError) as exc:
+                out.append({"node": node.name, "error": str(exc)})
+                continue
+            names = {n.peer_id: n.name for n in self.nodes}
+            out.append({"node": node.name, "membership": s["membership"],
+                        "digest": s["digest"][:16], "events": s["events"],
+                        "events_final": s["events_final"], "own_seq": s["own_seq"],
+                        "trades_pending": s["trades_pending"], "buffered": s["buffered"],
+                        "pending_actions": s["pending_actions"],
+                        "waiting_for": [names.get(p, p) for p in s["waiting_for"]]})
+        return out
 
     # -- the verdict
 

@@ -484,6 +484,7 @@ class Settings:
     rate: float
     order_interval_s: float
     keep: str | None
+    drain_timeout_s: float = DRAIN_TIMEOUT_S
 
 
 class Scenario:
@@ -646,7 +647,7 @@ class Scenario:
             self.wait_until(lambda ss: len({s["digest"] for s in ss}) == 1
                             and all(s["buffered"] == 0 and s["trades_pending"] == 0
                                     and s["pending_actions"] == 0 for s in ss),
-                            DRAIN_TIMEOUT_S, "every digest equal and no trade pending")
+                            self.s.drain_timeout_s, "every digest equal and no trade pending")
             self.converged = True
         except TimeoutError as exc:
             self.failures.append(str(exc))
@@ -767,13 +768,18 @@ class Scenario:
         r["finality_stall_s"] = stall
         r["fault_s"] = round(self.t_heal - self.t_fault, 1)
         if self.faulty is not None:
+            # Under load `waiting_for` names most members most of the time: the share of
+            # the fault during which it named the faulty node, against the warm-up's.
             peer = self.nodes[self.faulty].peer_id
-            waited = 0.0
-            for i in healthy:
-                xs = [x for x in rec.samples[i] if self.t_fault <= x.at <= fault_end]
-                waited = max(waited, sum(b.at - a.at for a, b in zip(xs, xs[1:], strict=False)
-                                         if peer in a.waiting_for))
-            r["faulty_node_in_waiting_for_s"] = round(waited, 1)
+            for key, (t0, t1) in (("before_fault", (self.t_warm, self.t_fault)),
+                                  ("during_fault", (self.t_fault, self.t_heal))):
+                share = 0.0
+                for i in healthy:
+                    xs = [x for x in rec.samples[i] if t0 <= x.at <= t1]
+                    named = sum(b.at - a.at for a, b in zip(xs, xs[1:], strict=False)
+                                if peer in a.waiting_for)
+                    share = max(share, named / max(t1 - t0, 1e-9))
+                r[f"faulty_node_in_waiting_for_share_{key}"] = round(share, 2)
         reached = []
         for i in range(NODES):
             at = [x.at for x in rec.samples[i]

@@ -1,0 +1,270 @@
+"""Interop (issue 14): a js-libp2p 2.x peer (tests/interop/peer.mjs) joins a network of
+Python nodes and agrees with them on every byte and on the digest.
+
+The JS peer knows the network only from protocols/: it decodes, verifies and
+re-encodes (cborg) every event, heartbeat, join request and sync message it receives,
+keeps its own replica (replica.mjs) and computes books and digest with its own
+reference state machine (reference.mjs). Its steps are JSON lines on stdout.
+
+What is checked, from both sides:
+- transport: the JS peer dials the first Python node over TCP + noise + yamux and
+  identifies it; the Python node sees yamux on that connection;
+- discovery: the JS peer learns the other Python nodes from Kademlia FIND_NODE answers
+  (`/ipfs/kad/1.0.0`), not only the bootstrap node, and dials them;
+- sync, both directions: the JS peer pulls the history from Python nodes; a late
+  Python node, bootstrapped from the JS peer alone, pulls from it (its `Sync.pull` is
+  wrapped to record what it delivered from whom);
+- admission: the JS peer learns the genesis from a heartbeat, asks a member to admit
+  it, and its first event covers the join;
+- a place and its cancel signed by the JS peer are applied by every Python node;
+- every event the JS peer delivered is verified, and it ends with the same delivered
+  set and the same digest as every Python node.
+
+Runs `npm ci` in tests/interop when node_modules is missing or older than
+package-lock.json (bounded); skips only when `node` or `npm` is not on PATH.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import time
+
+import pytest
+import trio
+from harness import market_events, network
+from libp2p.peer.id import ID
+
+from p2pexchange.core.events import STP, OrderType, Place, Side
+from p2pexchange.core.orders import CANCELLED
+from p2pexchange.node import Node, NodeConfig
+
+pytestmark = pytest.mark.interop
+
+INTEROP_DIR = pathlib.Path(__file__).parent / "interop"
+NPM_CI_TIMEOUT_S = 300
+STAMP = INTEROP_DIR / "node_modules" / ".p2pexchange-lock.sha256"
+PEER_TIMEOUT_S = 60
+JS_PRICE_TICKS = 1000  # the JS peer's resting buy, below every ask of the history
+
+
+def _lock_hash() -> str:
+    return hashlib.sha256((INTEROP_DIR / "package-lock.json").read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def js_peer_ready() -> pathlib.Path:
+    """node and npm on PATH (else skip), and node_modules installed from the lock file."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        pytest.skip("interop test needs Node.js >= 20 and npm on PATH "
+                    f"(node: {node or 'missing'}, npm: {npm or 'missing'})")
+    if not STAMP.exists() or STAMP.read_text() != _lock_hash():
+        started = time.monotonic()
+        result = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=INTEROP_DIR,
+                                capture_output=True, text=True, timeout=NPM_CI_TIMEOUT_S)
+        assert result.returncode == 0, f"npm ci failed:\n{result.stdout}\n{result.stderr}"
+        STAMP.write_text(_lock_hash())
+        print(f"npm ci in {time.monotonic() - started:.1f}s")
+    return INTEROP_DIR
+
+
+class JsPeer:
+    """The JS peer's process and the JSON lines it printed."""
+
+    def __init__(self, process: trio.Process) -> None:
+        self.process = process
+        self.lines: list[dict] = []
+        self.stderr = bytearray()
+        self.changed = trio.Event()
+
+    async def read_stdout(self) -> None:
+        buffer = b""
+        async for chunk in self.process.stdout:
+            buffer += chunk
+            *complete, buffer = buffer.split(b"\n")
+            for line in complete:
+                self.lines.append(json.loads(line))
+            self.changed.set()
+            self.changed = trio.Event()
+
+    async def read_stderr(self) -> None:
+        async for chunk in self.process.stderr:
+            self.stderr += chunk
+
+    def last(self, kind: str) -> dict | None:
+        return next((line for line in reversed(self.lines) if line["type"] == kind), None)
+
+    async def wait_for(self, kind: str, timeout_s: float) -> dict:
+        with trio.move_on_after(timeout_s):
+            while (line := self.last(kind)) is None:
+                if self.process.returncode is not None:
+                    break
+                await self.changed.wait()
+            if line is not None:
+                return line
+        raise AssertionError(f"the JS peer printed no {kind!r} line; its output:\n"
+                             + "\n".join(json.dumps(line)[:300] for line in self.lines)
+                             + "\nstderr:\n" + self.stderr.decode(errors="replace")[-4000:])
+
+
+async def _history(nodes: list[Node]) -> None:
+    """Orders of every type on both markets, some crossing, before the JS peer joins."""
+    a, b, c = nodes
+    a.submit("BTC-USD", Place(Side.SELL, OrderType.LIMIT, 1010, 5, STP.EXPIRE_TAKER))
+    a.submit("BTC-USD", Place(Side.SELL, OrderType.LIMIT, 1020, 4, STP.EXPIRE_TAKER))
+    a.submit("ETH-USD", Place(Side.SELL, OrderType.LIMIT, 2000, 10, STP.EXPIRE_TAKER))
+    await a.flush()
+    await trio.sleep(0.5)
+    b.submit("BTC-USD", Place(Side.BUY, OrderType.LIMIT, 1010, 2, STP.EXPIRE_TAKER))
+    b.submit("BTC-USD", Place(Side.BUY, OrderType.POST_ONLY, 1015, 1, STP.EXPIRE_TAKER))
+    b.submit("ETH-USD", Place(Side.BUY, OrderType.IOC, 2000, 3, STP.EXPIRE_TAKER))
+    c.submit("BTC-USD", Place(Side.BUY, OrderType.FOK, 1020, 9, STP.EXPIRE_TAKER))
+    c.submit("BTC-USD", Place(Side.BUY, OrderType.MARKET, 0, 1, STP.EXPIRE_TAKER))
+    c.submit("ETH-USD", Place(Side.BUY, OrderType.LIMIT, 990, 7, STP.EXPIRE_TAKER))
+    await b.flush()
+    await c.flush()
+    await trio.sleep(0.5)
+    a.submit("BTC-USD", Place(Side.BUY, OrderType.LIMIT, 1020, 2, STP.EXPIRE_MAKER))
+    await a.flush()
+
+
+async def test_js_libp2p_peer_joins_trades_and_agrees_on_the_digest(
+        js_peer_ready: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    started = time.monotonic()
+    timings: dict[str, float] = {}
+    async with network(tmp_path) as net:
+        n0 = await net.start("n0")
+        n1 = await net.start("n1", bootstrap=n0)
+        n2 = await net.start("n2", bootstrap=n0)
+        await net.discovered()
+        await _history([n0, n1, n2])
+        await net.converged(events=7)
+        timings["python network ready"] = time.monotonic() - started
+
+        process = await trio.lowlevel.open_process(
+            ["node", "peer.mjs", "--bootstrap", n0.listen_addr, "--market", "BTC-USD",
+             "--side", "0", "--price", str(JS_PRICE_TICKS), "--qty", "3",
+             "--timeout-ms", str(PEER_TIMEOUT_S * 1000)],
+            cwd=js_peer_ready, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE)
+        js = JsPeer(process)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(js.read_stdout)
+                nursery.start_soon(js.read_stderr)
+                await _check(net, js, [n0, n1, n2], tmp_path, timings, started)
+                nursery.cancel_scope.cancel()
+        finally:
+            if process.returncode is None:
+                process.terminate()
+                with trio.move_on_after(5):
+                    await process.wait()
+                if process.returncode is None:
+                    process.kill()
+    print("timings (s since start):", {k: round(v, 1) for k, v in timings.items()})
+
+
+async def _check(net, js: JsPeer, nodes: list[Node], tmp_path: pathlib.Path,
+                 timings: dict[str, float], started: float) -> None:
+    n0, n1, n2 = nodes
+    listening = await js.wait_for("listening", 20)
+    js_id = ID.from_base58(listening["peer"])
+    timings["js listening"] = time.monotonic() - started
+
+    # 1. Transport: noise + yamux, seen from both ends.
+    connected = await js.wait_for("connected", 15)
+    assert connected["peer"] == str(n0.peer_id)
+    assert (connected["encryption"], connected["multiplexer"]) == ("/noise", "/yamux/1.0.0")
+    identified = await js.wait_for("identified", 15)
+    assert "/p2pexchange/sync/1.0.0" in identified["protocols"]
+    assert "/meshsub/1.0.0" in identified["protocols"] or any(
+        p.startswith("/meshsub/") for p in identified["protocols"])
+
+    # 2. Discovery: the other Python nodes named by DHT answers, then dialed.
+    dht = await js.wait_for("dht", 20)
+    timings["js dht"] = time.monotonic() - started
+    for other in (n1, n2):
+        found = dht["found"].get(str(other.peer_id))
+        assert found is not None, f"the DHT did not name {other.peer_id}: {dht}"
+        assert found.get("connected") == {"encryption": "/noise", "multiplexer": "/yamux/1.0.0"}, found
+
+    # 3. Genesis, history by sync, admission.
+    genesis = await js.wait_for("genesis", 15)
+    assert genesis["members"] == [str(n0.peer_id)]
+    pulled = await js.wait_for("pulled", 15)
+    assert pulled["delivered"] > 0, pulled
+    admitted = await js.wait_for("admitted", 30)
+    timings["js admitted"] = time.monotonic() - started
+
+    # 4. A place and its cancel, applied by every Python node.
+    placed = await js.wait_for("placed", 15)
+    assert placed["seq"] == 1 and placed["covers_join"], placed
+    cancelled = await js.wait_for("cancelled", 15)
+    place_id, cancel_id = bytes.fromhex(placed["event"]), bytes.fromhex(cancelled["event"])
+    order_id = bytes.fromhex(placed["order"])
+    with trio.fail_after(20):
+        while not all(n.replica.event(cancel_id) for n in nodes):
+            await trio.sleep(0.1)
+    timings["python nodes applied the cancel"] = time.monotonic() - started
+    for n in nodes:
+        assert n.replica.is_member(js_id.to_bytes())
+        assert n.replica.outcomes_of(place_id) == ["resting"], n.replica.outcomes_of(place_id)
+        assert n.replica.outcomes_of(cancel_id) == ["cancelled"]
+        order = n.order(order_id)
+        assert order is not None and order.status == CANCELLED and order.origin == js_id.to_bytes()
+        assert n.replica.event(bytes.fromhex(admitted["join_event"])) is not None
+    js_conns = [c for peer, c in n0.host.get_network().connections.items() if peer == js_id]
+    assert js_conns, "the bootstrap node has no connection to the JS peer"
+
+    # 5. The JS peer serves sync: a late Python node bootstrapped from it alone.
+    pulls: list[tuple[str, int]] = []
+    late = Node(NodeConfig(data_dir=str(tmp_path / "late"),
+                           bootstrap=[f"{listening['addrs'][0]}"], status_interval_s=3600))
+    pull = late.sync.pull
+
+    async def recording_pull(peer: ID) -> int:
+        delivered = await pull(peer)
+        pulls.append((str(peer), delivered))
+        return delivered
+    late.sync.pull = recording_pull  # type: ignore[method-assign]
+    with trio.fail_after(20):
+        await net.nursery.start(late.run)
+    net.nodes.append(late)
+    with trio.fail_after(20):
+        while not any(peer == str(js_id) and delivered > 0 for peer, delivered in pulls):
+            await trio.sleep(0.1)
+    timings["late python node synced from js"] = time.monotonic() - started
+    await net.member(late)
+
+    # 6. Every event verified; the same delivered set and digest everywhere.
+    everyone = [*nodes, late]
+    digest = ""
+    with trio.move_on_after(30):
+        while True:
+            status = js.last("status")
+            ids = {n.replica.digest_hex for n in everyone}
+            if status and len(ids) == 1 and status["digest"] in ids:
+                digest = status["digest"]
+                break
+            await js.changed.wait()
+    status = js.last("status")
+    python_ids = set(n0.replica.applied_ids())
+    assert digest, ("no common digest: JS "
+                    f"{status and status['digest'][:16]} ({status and status['delivered']} events),"
+                    f" Python {[(n.replica.digest_hex[:16], len(n.replica.applied_ids())) for n in everyone]};"
+                    f" JS lacks {len(python_ids - {bytes.fromhex(i) for i in status['ids']})},"
+                    f" JS extra {len({bytes.fromhex(i) for i in status['ids']} - python_ids)}")
+    timings["same digest"] = time.monotonic() - started
+    assert {bytes.fromhex(i) for i in status["ids"]} == python_ids
+    stats = status["stats"]
+    assert stats["rejected"] == {} and status["replica_rejected"] == {}, status
+    assert stats["events_verified"] >= len(python_ids) - 2  # all but its own two
+    assert stats["heartbeats_verified"] > 0
+    served = stats["sync_served"].get(str(late.peer_id))
+    assert served and served["events"] > 0, stats["sync_served"]
+    assert market_events(n0) == 9

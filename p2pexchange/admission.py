@@ -3,14 +3,17 @@
 Finality needs explicit membership (core/finality.py, protocols/finality.md). A node
 is in one of four states, shown as `membership` in its status:
 - `learning`: it knows no genesis yet (a newcomer before its first heartbeat from a
-  peer). It takes no event in; the first heartbeat that names a genesis fixes it,
-  for good (stored in the data dir: trust on first use, as for an SSH host key).
+  bootstrap peer). It takes no event in; the first heartbeat of a peer named by
+  `--bootstrap` that names a genesis fixes it, for good (stored in the data dir:
+  trust on first use, as for an SSH host key).
   A node started without `--bootstrap` on an empty data dir founds a network instead:
   its genesis is itself.
 - `joining`: it knows the genesis and is no member. Once a sync with a peer has
-  completed and it lacks nothing it knows of, it asks one connected member to admit
+  completed, it asks one connected member to admit
   it (a join request on the join topic), another one every `JOIN_RETRY_S`, until a
-  join of it is delivered. It neither trades nor publishes meanwhile.
+  join of it is delivered. It neither trades nor publishes meanwhile. (A sync that
+  completed is enough: what it still lacks comes with the join, and a lying heartbeat
+  could otherwise keep it from ever asking.)
 - `catching_up`: a member that has not completed a sync since it started (a
   restarted member): it acknowledges, but takes no orders, for at most
   `CATCH_UP_TIMEOUT_S` (a founder alone has nobody to sync with).
@@ -43,7 +46,7 @@ log = logging.getLogger("p2pexchange.node")
 
 class Admission:
     def __init__(self, replica: Replica, store: EventStore, origin: bytes, gossip: Gossip,
-                 rejections: Rejections, founder: bool,
+                 rejections: Rejections, bootstrap: set[bytes],
                  peers: Callable[[], set[ID]], syncs_completed: Callable[[], int]) -> None:
         self.replica = replica
         self.store = store
@@ -52,6 +55,8 @@ class Admission:
         self._reject = rejections
         self._peers = peers
         self._syncs_completed = syncs_completed
+        self._bootstrap = bootstrap  # the peers whose word on the genesis we take
+        self._other_networks: set[bytes] = set()  # peers seen with another genesis (logged)
         self._started = time.monotonic()
         self._restarted = store.count() > 0  # history to catch up on since it stopped
         self._asked_at = -JOIN_RETRY_S
@@ -59,7 +64,7 @@ class Admission:
         self._due: dict[bytes, None] = {}  # newcomers to admit in our next event
         self._admitted_at: dict[bytes, float] = {}  # newcomer -> when we signed its join
         genesis = store.genesis()
-        if not genesis and founder:
+        if not genesis and not bootstrap:
             genesis = [origin]
             store.set_genesis(genesis)
             log.info("founded a new network: genesis member %s", short_peer(ID(origin)))
@@ -89,8 +94,21 @@ class Admission:
     # -- in --------------------------------------------------------------------------
 
     def on_genesis(self, sender: ID, genesis: tuple[bytes, ...]) -> None:
-        """A peer's heartbeat names its genesis: adopt it if we know none yet."""
-        if self.replica.membership is not None or not genesis:
+        """A peer's heartbeat names its genesis: adopt it if we know none yet and the
+        peer is one we bootstrapped from; note a peer of another network."""
+        if not genesis:
+            return
+        membership = self.replica.membership
+        if membership is not None:
+            if (membership.genesis != frozenset(genesis)
+                    and sender.to_bytes() not in self._other_networks
+                    and len(self._other_networks) < 1024):
+                self._other_networks.add(sender.to_bytes())
+                log.warning("peer %s belongs to another network (genesis %s): its events "
+                            "are refused here", short_peer(sender),
+                            ", ".join(short_peer(ID(m)) for m in genesis))
+            return
+        if sender.to_bytes() not in self._bootstrap:
             return
         self.store.set_genesis(list(genesis))
         self.replica.adopt_genesis(genesis)
@@ -136,7 +154,7 @@ class Admission:
 
     async def tick(self) -> None:
         """While joining: ask a connected member to admit us, now and then."""
-        if (self.state != "joining" or self._syncs_completed() == 0 or self.replica.missing()
+        if (self.state != "joining" or self._syncs_completed() == 0
                 or time.monotonic() - self._asked_at < JOIN_RETRY_S):
             return
         members = sorted((p for p in self._peers() if self.replica.is_member(p.to_bytes())),

@@ -54,7 +54,7 @@ from .feed import Feed
 from .intake import Intake
 from .looplag import LoopLag
 from .net.control import Control
-from .net.discovery import Discovery
+from .net.discovery import Discovery, bootstrap_peers
 from .net.gossip import Batcher, Gossip
 from .net.host import create_host, load_or_create_key
 from .net.rejections import Rejections
@@ -111,7 +111,7 @@ class Node:
                          peers=lambda: self.discovery.peers, rng=self._rng)
         self.discovery = Discovery(self.host, on_found=self.sync.want)
         self.admission = Admission(self.replica, self.store, self.origin, self.gossip,
-                                   self.rejections, founder=not config.bootstrap,
+                                   self.rejections, bootstrap_peers(config.bootstrap),
                                    peers=lambda: self.discovery.peers,
                                    syncs_completed=lambda: self.sync.completed)
         self.control = Control(self.gossip, self.replica, self.origin, self.rejections,

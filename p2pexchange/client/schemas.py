@@ -137,8 +137,8 @@ class Status(BaseModel):
                                        "event (every event with a lower Lamport time is "
                                        "final); null while nothing is")
     events_final: int = Field(description="events final here, in the applied order")
-    equivocations: int = Field(description="origins caught signing two versions of a seq "
-                               "(proofs kept)")
+    equivocations: int = Field(description="proofs of equivocation kept: (origin, seq) "
+                               "pairs seen signed in two versions (at most 256)")
     events: int
     buffered: int
     own_seq: int

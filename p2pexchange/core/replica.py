@@ -84,7 +84,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
@@ -142,7 +142,7 @@ class Receipt:
 class _Applied:
     """One event in the applied sequence, with what is needed to undo it."""
 
-    __slots__ = ("book", "digest", "event", "key", "mark", "outcomes", "trades")
+    __slots__ = ("book", "digest", "event", "key", "mark", "outcomes", "trades", "trades_upto")
 
     def __init__(self, key: OrderKey, event: Event, book: OrderBook | None) -> None:
         self.key = key
@@ -151,6 +151,7 @@ class _Applied:
         self.mark: tuple[int, int] = (0, 0)
         self.digest = b""
         self.trades: list[Trade] = []
+        self.trades_upto = 0  # trades of the applied sequence up to and including this
         self.outcomes: list[str] = []  # per action: order status name or cancel result
 
 
@@ -432,22 +433,32 @@ class Replica:
         return self._final_at[1]
 
     def finality(self) -> Finality:
-        """Final versus pending events and trades, and whom finality waits for; walks
-        only the pending tail."""
-        frontier = self.final_key()
-        pending_events = pending_trades = 0
-        first_pending = None
-        for entry in reversed(self._applied):
-            if frontier is not None and entry.key <= frontier:
-                break
-            pending_events += 1
-            pending_trades += len(entry.trades)
-            if entry.event.actions:
-                first_pending = entry.event
+        """Final versus pending events and trades, and whom finality waits for. Costs
+        O(log n) plus the acknowledgements between the frontier and the first pending
+        event with actions, however long finality has stalled."""
+        final = self._final_count()
+        applied = self._applied
+        final_trades = applied[final - 1].trades_upto if final else 0
+        first_pending = self._pending_with_actions(final)
         waiting = (self.membership.waiting_for(self._events, first_pending)
                    if self.membership is not None else [])
-        return Finality(frontier, len(self._applied) - pending_events, pending_events,
-                        self._trade_count - pending_trades, pending_trades, waiting)
+        return Finality(self.final_key(), final, len(applied) - final, final_trades,
+                        self._trade_count - final_trades, waiting)
+
+    def _final_count(self) -> int:
+        """How many applied events are final (they are the first ones)."""
+        frontier = self.final_key()
+        return 0 if frontier is None else bisect_right(self._keys, frontier)
+
+    def _pending_with_actions(self, start: int, backwards: bool = False) -> Event | None:
+        """The first (or last) applied event with actions from position `start` on."""
+        applied = self._applied
+        positions = range(len(applied) - 1, start - 1, -1) if backwards else \
+            range(start, len(applied))
+        for i in positions:
+            if applied[i].event.actions:
+                return applied[i].event
+        return None
 
     def is_final(self, event_id: bytes) -> bool:
         event = self._by_id.get(event_id)
@@ -467,21 +478,22 @@ class Replica:
         own = self._events.get(me)
         head = own[-1] if own else None
         frontier = self.final_key()
-        earliest = latest = None
-        for entry in reversed(self._applied):
-            if frontier is not None and entry.key <= frontier:
-                break
-            event = entry.event
-            if event.actions:
-                if head is None or not covers(head, event.origin, event.seq):
+        events = self._events
+        # Round one: delivered since our head (what it does not cover), a pending
+        # event with actions. Costs what arrived since our last event, not the history.
+        for o, s in self._clock.items():
+            covered = 0 if head is None else head.seq if o == me else head.clock.get(o, 0)
+            for event in events[o][covered:s]:
+                if event.actions and (frontier is None or event.key > frontier):
                     return True
-                earliest = event
-                latest = latest or event
+        final = self._final_count()
+        earliest = self._pending_with_actions(final)
         if earliest is None or head is None:
             return False
+        latest = self._pending_with_actions(final, backwards=True)
         for member in self.membership.members:  # type: ignore[union-attr]
             for pending in (earliest, latest):
-                first = self._first_covering(member, pending)
+                first = self._first_covering(member, pending)  # type: ignore[arg-type]
                 if first is not None and not covers(head, member, first):
                     return True
         return False
@@ -716,6 +728,8 @@ class Replica:
         return []
 
     def _append(self, entry: _Applied) -> None:
+        applied = self._applied
+        entry.trades_upto = (applied[-1].trades_upto if applied else 0) + len(entry.trades)
         h = hashlib.sha256(self.digest)
         h.update(entry.event.id)
         for t in entry.trades:

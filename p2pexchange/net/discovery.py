@@ -105,3 +105,15 @@ class Discovery:
         for peer in sorted(self.peers - connected, key=str):
             log.info("peer lost: %s (%d connected)", short_peer(peer), len(connected))
         self.peers = connected
+
+
+def bootstrap_peers(addrs: list[str]) -> set[bytes]:
+    """The peer ids named by bootstrap multiaddrs (`/p2p/...`); unparsable ones are
+    skipped here (dialing them reports the error)."""
+    peers = set()
+    for addr in addrs:
+        try:
+            peers.add(peer_info(addr).peer_id.to_bytes())
+        except Exception:  # bad input is refused where the address is dialed
+            continue
+    return peers

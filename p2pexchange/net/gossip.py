@@ -107,8 +107,9 @@ class Gossip:
         """What a market topic's validator checks: `decode_event` (any configured market:
         sync may bring any); the event is of this topic's market; the gossip message was
         published by the event's origin (protocols/topics.md); and nothing the replica
-        already holds speaks against it (`precheck`: equivocation, impossible clock,
-        wrong Lamport time), so such events are not forwarded either. The decoded,
+        already holds speaks against it (`Replica.precheck`: equivocation, impossible
+        clock, and once its causes are here fork, wrong Lamport time, clock regression,
+        not a member), so such events are not forwarded either. The decoded,
         verified event is kept for the reader, so it is decoded and verified once."""
         def check(msg: Any) -> Event:
             event = decode_event(msg.data, DEFAULT_MARKETS)

@@ -89,6 +89,8 @@ class Intake:
                                 sender)
             elif receipt.status == "buffered" and sender is not None:
                 self._want_sync(sender)
+            for event, code in receipt.dropped:  # waited here, then failed: its signer's
+                self.rejections("buffered event", code, ID(event.origin))
             delivered += receipt.delivered
             rolled_back += receipt.rolled_back
             for event in receipt.delivered if logging_info else ():

@@ -550,3 +550,20 @@ def test_a_node_that_lost_its_history_refuses_to_reuse_a_seq():
     nxt, _ = amnesiac.create_event(ka.private_key, "BTC-USD",
                                    [Place(Side.BUY, OrderType.LIMIT, 10, 1)])
     assert nxt.seq == 3
+
+
+def test_a_buffered_event_that_fails_at_delivery_is_named_in_the_releasing_receipt():
+    """An event that waited for its cause and then fails a delivery check (here a wrong
+    Lamport time) is reported with its code in the receipt of the input that released
+    it, so the shell can hold its signer to account; the releasing event is delivered."""
+    ka, kb = seeded_key_pair("drop-a"), seeded_key_pair("drop-b")
+    a, b = peer_id_bytes(ka), peer_id_bytes(kb)
+    place = [Place(Side.SELL, OrderType.LIMIT, 100, 1)]
+    cause = sign_event(ka.private_key, a, 1, {}, 1, "BTC-USD", place)
+    waiter = sign_event(kb.private_key, b, 1, clock_of(cause), 7, "BTC-USD", place)  # not 2
+    replica = Replica(MARKETS)
+    assert replica.receive(waiter.raw).status == "buffered"
+    receipt = replica.receive(cause.raw)
+    assert receipt.status == "delivered" and receipt.delivered == [cause]
+    assert [(e.id, code) for e, code in receipt.dropped] == [(waiter.id, "bad_lamport")]
+    assert replica.stats()["rejected"] == {"bad_lamport": 1}

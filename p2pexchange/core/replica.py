@@ -137,6 +137,9 @@ class Receipt:
     trades: list[Trade] = field(default_factory=list)
     # For a buffered event: the seq ranges it still waits for (at most MISSING_RANGES_MAX).
     missing: dict[bytes, tuple[int, int]] = field(default_factory=dict)
+    # Buffered events this input released that then failed a check at delivery, with
+    # the code: their origin signed them, so the shell holds it to account.
+    dropped: list[tuple[Event, str]] = field(default_factory=list)
 
 
 class _Applied:
@@ -598,6 +601,8 @@ class Replica:
             verdict = self._delivery_verdict(event)
             if verdict is not None:
                 rejected = self._reject(*verdict, event)
+                if event is not first:
+                    receipt.dropped.append((event, verdict[0]))
                 continue
             self._deliver(event, receipt)
             ready.extend(reversed(self._buffer.release(event.origin, event.seq)))

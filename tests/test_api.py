@@ -9,6 +9,7 @@ import pytest
 import trio
 from api_client import api_node, eventually
 from harness import network
+from libp2p.peer.id import ID
 from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.network
@@ -245,3 +246,27 @@ async def test_the_stream_reports_my_orders_that_end_without_an_event_naming_the
 async def _shown(last, placed: dict, status: str) -> bool:
     update = last(placed["order_id"])
     return update is not None and update["status"] == status
+
+
+async def test_misbehaviour_lists_each_proof_of_equivocation_with_both_signed_events(tmp_path):
+    """Two events one origin signed with the same seq: GET /misbehaviour shows both,
+    and each verifies with the origin's key (anyone can check the proof)."""
+    from p2pexchange.core.events import OrderType, Place, Side, decode_event, sign_event
+    from p2pexchange.core.market import DEFAULT_MARKETS
+    from p2pexchange.sim.workload import peer_id_bytes, seeded_key_pair
+    async with network(tmp_path) as net, api_node(net, "a") as a:
+        assert (await a.call("GET", "/misbehaviour")).json() == {"equivocations": []}
+        liar = seeded_key_pair("liar")
+        origin = peer_id_bytes(liar)
+        absent = (1, bytes(32))  # a cause nobody has: both versions wait in the buffer
+        one, two = (sign_event(liar.private_key, origin, 1, {b"x" * 38: absent}, 2, "BTC-USD",
+                               [Place(Side.SELL, OrderType.LIMIT, price, 1)])
+                    for price in (100, 101))
+        assert a.node.replica.receive(one.raw).status == "buffered"
+        assert a.node.replica.receive(two.raw).code == "equivocation"
+        (proof,) = (await a.call("GET", "/misbehaviour")).json()["equivocations"]
+        assert proof["seq"] == 1 and proof["origin"] == str(ID(origin))
+        first, second = (decode_event(bytes.fromhex(proof[k]), DEFAULT_MARKETS)
+                         for k in ("first", "second"))
+        assert (first.id, second.id) == (one.id, two.id)
+        assert (await a.call("GET", "/status")).json()["equivocations"] == 1

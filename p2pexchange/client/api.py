@@ -10,6 +10,7 @@ Routes (the OpenAPI document is served at /openapi.json, the docs at /docs):
   GET    /orders?status=    this node's orders with their fills (open, or all)
   GET    /book/{market}     depth ladder; GET /trades?market=&limit= (pending/final)
   GET    /status, /metrics  node status; Prometheus text (client/metrics.py)
+  GET    /misbehaviour     proofs of equivocation this node holds (two signed events)
   POST   /trading, /flush   auto-trading on/off; sign and publish queued actions now
   WS     /stream?market=    live updates (client/stream.py)
 Errors are `{"error": {"field", "reason", "message"}}` with a fitting status code;

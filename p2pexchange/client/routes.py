@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import trio
 from fastapi import APIRouter, Query, Request, Response, WebSocket, WebSocketDisconnect
+from libp2p.peer.id import ID
 
 from ..core.events import ORDER_ID_BYTES
 from ..core.market import DEFAULT_MARKETS
@@ -18,8 +19,10 @@ from .schemas import (
     Book,
     Cancelled,
     CancelledAll,
+    Equivocation,
     Error,
     Flushed,
+    Misbehaviour,
     OrderRequest,
     Orders,
     Placed,
@@ -147,6 +150,17 @@ async def status(request: Request) -> Status:
     trading = api.trader.enabled if api.trader is not None else None
     return Status(**{k: v for k, v in s.items() if k in Status.model_fields},
                   multiaddrs=s["addrs"], trading=trading)
+
+
+@router.get("/misbehaviour", response_model=Misbehaviour, responses=ERRORS)
+async def misbehaviour(request: Request) -> Misbehaviour:
+    """Proofs of equivocation this node holds: two events signed by one origin with the
+    same seq and different content (protocols/finality.md). Anyone can check them with
+    the origin's public key; the origin is not excluded (yet): finality stalls instead."""
+    node = api_of(request).node
+    return Misbehaviour(equivocations=[
+        Equivocation(origin=str(ID(origin)), seq=seq, first=first.hex(), second=second.hex())
+        for (origin, seq), (first, second) in sorted(node.replica.equivocations.items())])
 
 
 @router.get("/metrics", response_class=Response,

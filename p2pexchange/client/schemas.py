@@ -220,3 +220,13 @@ def book_out(market: Market, depth: dict[str, list[tuple[int, int]]]) -> Book:
     return Book(market=market.name, bids=levels(depth.get("bids", [])),
                 asks=levels(depth.get("asks", [])))
 
+
+class Equivocation(BaseModel):
+    origin: str = Field(description="the peer id that signed both events")
+    seq: int
+    first: str = Field(description="the version delivered here, raw event in hex")
+    second: str = Field(description="the other version, raw event in hex")
+
+
+class Misbehaviour(BaseModel):
+    equivocations: list[Equivocation]

@@ -268,3 +268,18 @@ async def _check(net, js: JsPeer, nodes: list[Node], tmp_path: pathlib.Path,
     served = stats["sync_served"].get(str(late.peer_id))
     assert served and served["events"] > 0, stats["sync_served"]
     assert market_events(n0) == 9
+    # The JS reference's own view of the JS orders and of the history's trades.
+    assert status["outcomes"] == {placed["event"]: ["resting"], cancelled["event"]: ["cancelled"]}
+    assert status["trades"] == len(n0.replica.trades()) > 0
+    assert status["books"]["BTC-USD"] == {
+        side: [list(level) for level in levels] for side, levels in n0.book("BTC-USD", 100).items()}
+
+
+def test_js_reference_replays_the_conformance_vectors(js_peer_ready: pathlib.Path) -> None:
+    """reference.mjs, replica.mjs and codec.mjs, written from protocols/ alone, agree with
+    every step of protocols/vectors/conformance (receipts, digests, books, orders)."""
+    result = subprocess.run(["node", "conformance.mjs"], cwd=js_peer_ready, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    summary = json.loads(result.stdout)
+    assert summary["files"] >= 20 and summary["mismatches"] == [], summary

@@ -252,7 +252,8 @@ class Node:
                 await self.discovery.bootstrap(self.config.bootstrap)
                 for service in self.services:
                     await nursery.start(service.run, self)
-                for loop in (self.intake.run, self.discovery.run, self.sync.run,
+                for loop in (self.intake.run, self.discovery.run, self.discovery.keepalive,
+                             self.sync.run,
                              self.batcher.run, self.control.run, self._status_loop,
                              self.loop_lag.run, self.admission.run):
                     nursery.start_soon(loop)

@@ -3,25 +3,42 @@
 The DHT runs in server mode. py-libp2p needs help (LIBP2P_NOTES): an outbound peer
 is not added to the routing table by itself (`add_peer` after each dial), and the
 table refreshes only every 600 s unless asked (`refresh_routing_table` here every
-`DHT_REFRESH_INTERVAL_S`). Every peer in the routing table is dialed; the set of
-connected peers is what the other protocols work with, and each change is logged
+`DHT_REFRESH_INTERVAL_S`). Every peer in the routing table is dialed, all at once
+(an unreachable one costs `DIAL_TIMEOUT_S` without holding up the others); the set
+of connected peers is what the other protocols work with, and each change is logged
 and reported to the node (`on_found`), which then syncs with the newcomer.
+
+Keepalive: a connection whose peer vanished without a TCP reset (a partition, a
+paused process) looks open for ever, and writes to it block once the peer stops
+reading. Every `KEEPALIVE_INTERVAL_S` each connected peer is pinged (`/ipfs/ping/
+1.0.0`); after `KEEPALIVE_FAILURES_MAX` unanswered pings in a row the connection is
+dropped, which ends what was blocked on it, and the dial loop reconnects as soon
+as the peer answers again (within about `DISCOVERY_INTERVAL_S` of a heal).
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
 import trio
+from libp2p.host.ping import ID as PING_PROTOCOL
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 from libp2p.peer.id import ID
 from libp2p.tools.anyio_service.context import background_trio_service
 
-from ..core.params import DHT_REFRESH_INTERVAL_S, DIAL_TIMEOUT_S, DISCOVERY_INTERVAL_S
+from ..core.params import (
+    DHT_REFRESH_INTERVAL_S,
+    DIAL_TIMEOUT_S,
+    DISCOVERY_INTERVAL_S,
+    KEEPALIVE_FAILURES_MAX,
+    KEEPALIVE_INTERVAL_S,
+    KEEPALIVE_TIMEOUT_S,
+)
 from .host import dial, peer_info, short_peer
 
 log = logging.getLogger("p2pexchange.node")
@@ -35,6 +52,7 @@ class Discovery:
         self.dht = KadDHT(host, DHTMode.SERVER)
         self.peers: set[ID] = set()
         self._on_found = on_found
+        self._unanswered: dict[ID, int] = {}  # peer -> pings in a row without an answer
 
     async def start(self, stack: AsyncExitStack) -> None:
         """Start the DHT as a service that `stack` stops."""
@@ -89,13 +107,60 @@ class Discovery:
     async def _dial_table(self) -> None:
         connected = set(self.host.get_connected_peers())
         me = self.host.get_id()
-        for peer in self.dht.routing_table.get_peer_ids():
-            if peer == me or peer in connected or not self.host.get_peerstore().addrs(peer):
-                continue
+        async with trio.open_nursery() as nursery:
+            for peer in self.dht.routing_table.get_peer_ids():
+                if (peer == me or peer in connected
+                        or not self.host.get_peerstore().addrs(peer)):
+                    continue
+                nursery.start_soon(self._dial, peer)
+
+    async def _dial(self, peer: ID) -> None:
+        try:
+            await dial(self.host, self.host.get_peerstore().peer_info(peer), DIAL_TIMEOUT_S)
+        except Exception as exc:  # py-libp2p raises several dial errors
+            log.debug("dial %s failed: %s", short_peer(peer), exc)
+
+    async def keepalive(self) -> None:
+        """Ping every connected peer now and then; drop those that stopped answering."""
+        while True:
+            await trio.sleep(KEEPALIVE_INTERVAL_S)
+            async with trio.open_nursery() as nursery:
+                for peer in self.host.get_connected_peers():
+                    nursery.start_soon(self._ping, peer)
+            for peer in [p for p, n in self._unanswered.items() if n >= KEEPALIVE_FAILURES_MAX]:
+                del self._unanswered[peer]
+                log.info("peer %s stopped answering pings: dropping the connection",
+                         short_peer(peer))
+                with trio.move_on_after(DIAL_TIMEOUT_S):
+                    try:
+                        await self.host.disconnect(peer)
+                    except Exception as exc:  # already gone
+                        log.debug("disconnect %s: %s", short_peer(peer), exc)
+
+    async def _ping(self, peer: ID) -> None:
+        payload = secrets.token_bytes(32)
+        answered = False
+        with trio.move_on_after(KEEPALIVE_TIMEOUT_S):
             try:
-                await dial(self.host, self.host.get_peerstore().peer_info(peer), DIAL_TIMEOUT_S)
-            except Exception as exc:
-                log.debug("dial %s failed: %s", short_peer(peer), exc)
+                stream = await self.host.new_stream(peer, [PING_PROTOCOL])
+                try:
+                    await stream.write(payload)
+                    got = b""
+                    while len(got) < len(payload):
+                        chunk = await stream.read(len(payload) - len(got))
+                        if not chunk:
+                            break
+                        got += chunk
+                    answered = got == payload
+                finally:
+                    with trio.move_on_after(1):
+                        await stream.close()
+            except Exception as exc:  # no stream, a reset: unanswered
+                log.debug("ping %s failed: %s", short_peer(peer), exc)
+        if answered:
+            self._unanswered.pop(peer, None)
+        else:
+            self._unanswered[peer] = self._unanswered.get(peer, 0) + 1
 
     def _note_changes(self) -> None:
         connected = set(self.host.get_connected_peers())

@@ -39,7 +39,12 @@ from ..core.events import (
     short_id,
 )
 from ..core.market import DEFAULT_MARKETS
-from ..core.params import BATCH_ACTIONS_MAX, BATCH_INTERVAL_S, PENDING_ACTIONS_MAX
+from ..core.params import (
+    BATCH_ACTIONS_MAX,
+    BATCH_INTERVAL_S,
+    PENDING_ACTIONS_MAX,
+    PUBLISH_TIMEOUT_S,
+)
 from . import wire
 from .host import short_peer
 
@@ -174,7 +179,14 @@ class Gossip:
                 self._reject(what, "handler_failed", sender)
 
     async def publish(self, topic: str, data: bytes) -> None:
-        await self.pubsub.publish(topic, data)
+        """Publish; a publish stuck on a peer that stopped reading ends after
+        `PUBLISH_TIMEOUT_S` (gossip is best-effort: sync brings what did not go out),
+        and keepalive (discovery.py) drops that peer's connection."""
+        with trio.move_on_after(PUBLISH_TIMEOUT_S) as scope:
+            await self.pubsub.publish(topic, data)
+        if scope.cancelled_caught:
+            log.warning("publishing on %s took over %.0f s: left to sync", topic,
+                        PUBLISH_TIMEOUT_S)
 
     def mesh_size(self, topic: str) -> int:
         return len(self.router.mesh.get(topic, set()))

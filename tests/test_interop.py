@@ -28,19 +28,25 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pathlib
+import random
 import shutil
 import subprocess
 import time
 
+import multiaddr
 import pytest
 import trio
 from harness import market_events, network
+from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.peer.id import ID
 
 from p2pexchange.core.events import STP, OrderType, Place, Side
+from p2pexchange.core.market import DEFAULT_MARKETS
 from p2pexchange.core.orders import CANCELLED
+from p2pexchange.core.replica import Replica
+from p2pexchange.net.host import create_host, dial, peer_info
+from p2pexchange.net.sync import Sync
 from p2pexchange.node import Node, NodeConfig
 
 pytestmark = pytest.mark.interop
@@ -191,7 +197,8 @@ async def _check(net, js: JsPeer, nodes: list[Node], tmp_path: pathlib.Path,
     for other in (n1, n2):
         found = dht["found"].get(str(other.peer_id))
         assert found is not None, f"the DHT did not name {other.peer_id}: {dht}"
-        assert found.get("connected") == {"encryption": "/noise", "multiplexer": "/yamux/1.0.0"}, found
+        noise_yamux = {"encryption": "/noise", "multiplexer": "/yamux/1.0.0"}
+        assert found.get("connected") == noise_yamux, found
 
     # 3. Genesis, history by sync, admission.
     genesis = await js.wait_for("genesis", 15)
@@ -221,25 +228,38 @@ async def _check(net, js: JsPeer, nodes: list[Node], tmp_path: pathlib.Path,
     js_conns = [c for peer, c in n0.host.get_network().connections.items() if peer == js_id]
     assert js_conns, "the bootstrap node has no connection to the JS peer"
 
-    # 5. The JS peer serves sync: a late Python node bootstrapped from it alone.
-    pulls: list[tuple[str, int]] = []
+    # 5. The JS peer serves sync. (a) The Python sync client (net/sync.py), on a fresh
+    # host and an empty replica, pulls the whole history from the JS peer alone and
+    # reaches the Python nodes' digest. (b) A late Python node bootstrapped from the JS
+    # peer alone (DHT and gossip through it) pulls from it without error and is admitted.
+    # Which peer the late node pulls its history from first is up to its sync loop, so
+    # (b) does not require that the events came from the JS peer: (a) shows that.
+    pulled_from_js = await _pull_everything_from(js_id, listening["addrs"][0], n0)
+    timings["python sync client pulled everything from js"] = time.monotonic() - started
+    pulls: list[tuple[str, int | str]] = []
     late = Node(NodeConfig(data_dir=str(tmp_path / "late"),
-                           bootstrap=[f"{listening['addrs'][0]}"], status_interval_s=3600))
+                           bootstrap=[listening["addrs"][0]], status_interval_s=3600))
     pull = late.sync.pull
 
     async def recording_pull(peer: ID) -> int:
-        delivered = await pull(peer)
+        try:
+            delivered = await pull(peer)
+        except BaseException as exc:
+            pulls.append((str(peer), repr(exc)))
+            raise
         pulls.append((str(peer), delivered))
         return delivered
     late.sync.pull = recording_pull  # type: ignore[method-assign]
     with trio.fail_after(20):
         await net.nursery.start(late.run)
     net.nodes.append(late)
-    with trio.fail_after(20):
-        while not any(peer == str(js_id) and delivered > 0 for peer, delivered in pulls):
-            await trio.sleep(0.1)
-    timings["late python node synced from js"] = time.monotonic() - started
     await net.member(late)
+    with trio.move_on_after(10):
+        while not any(peer == str(js_id) and isinstance(n, int) for peer, n in pulls):
+            await trio.sleep(0.1)
+    assert any(peer == str(js_id) and isinstance(n, int) for peer, n in pulls), (
+        f"the late node's pulls (JS is {js_id}): {pulls}")
+    timings["late python node admitted, pulled from js"] = time.monotonic() - started
 
     # 6. Every event verified; the same delivered set and digest everywhere.
     everyone = [*nodes, late]
@@ -254,9 +274,10 @@ async def _check(net, js: JsPeer, nodes: list[Node], tmp_path: pathlib.Path,
             await js.changed.wait()
     status = js.last("status")
     python_ids = set(n0.replica.applied_ids())
+    python_view = [(n.replica.digest_hex[:16], len(n.replica.applied_ids())) for n in everyone]
     assert digest, ("no common digest: JS "
                     f"{status and status['digest'][:16]} ({status and status['delivered']} events),"
-                    f" Python {[(n.replica.digest_hex[:16], len(n.replica.applied_ids())) for n in everyone]};"
+                    f" Python {python_view};"
                     f" JS lacks {len(python_ids - {bytes.fromhex(i) for i in status['ids']})},"
                     f" JS extra {len({bytes.fromhex(i) for i in status['ids']} - python_ids)}")
     timings["same digest"] = time.monotonic() - started
@@ -265,14 +286,39 @@ async def _check(net, js: JsPeer, nodes: list[Node], tmp_path: pathlib.Path,
     assert stats["rejected"] == {} and status["replica_rejected"] == {}, status
     assert stats["events_verified"] >= len(python_ids) - 2  # all but its own two
     assert stats["heartbeats_verified"] > 0
-    served = stats["sync_served"].get(str(late.peer_id))
-    assert served and served["events"] > 0, stats["sync_served"]
+    assert stats["sync_served"].get(str(late.peer_id), {}).get("requests", 0) > 0, stats
+    assert sum(served["events"] for served in stats["sync_served"].values()) >= pulled_from_js
     assert market_events(n0) == 9
     # The JS reference's own view of the JS orders and of the history's trades.
     assert status["outcomes"] == {placed["event"]: ["resting"], cancelled["event"]: ["cancelled"]}
     assert status["trades"] == len(n0.replica.trades()) > 0
     assert status["books"]["BTC-USD"] == {
         side: [list(level) for level in levels] for side, levels in n0.book("BTC-USD", 100).items()}
+
+
+async def _pull_everything_from(js_id: ID, js_addr: str, reference: Node) -> int:
+    """The Python sync client on a throwaway host, with an empty replica that knows the
+    genesis, pulls from the JS peer only; it must deliver the reference node's events."""
+    key_pair = create_new_key_pair()
+    host = create_host(key_pair)
+    replica = Replica(DEFAULT_MARKETS, key_pair.public_key and ID.from_pubkey(
+        key_pair.public_key).to_bytes(), genesis=reference.replica.members()[:1])
+    rejected: list[tuple[str, str]] = []
+    sync = Sync(host, replica, lambda items: replica.receive_many([raw for raw, _, _ in items]),
+                lambda what, code, peer: rejected.append((what, code)), peers=set,
+                rng=random.Random(0))
+    async with host.run(listen_addrs=[multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
+        with trio.fail_after(15):
+            assert await dial(host, peer_info(js_addr), 10)
+            want = len(reference.replica.applied_ids())
+            delivered = await sync.pull(js_id)
+    assert rejected == [] and sync.completed == 1
+    assert delivered >= want - 2 and len(replica.applied_ids()) == delivered, (delivered, want)
+    assert set(replica.applied_ids()) <= set(reference.replica.applied_ids())
+    if delivered == want:
+        assert replica.digest == reference.replica.digest
+    await host.close()
+    return delivered
 
 
 def test_js_reference_replays_the_conformance_vectors(js_peer_ready: pathlib.Path) -> None:

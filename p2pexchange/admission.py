@@ -20,7 +20,9 @@ is in one of four states, shown as `membership` in its status:
 - `member`: it trades, acknowledges (`Replica.wants_ack`) and admits newcomers.
 
 A member admits whoever asks it, up to `MEMBERS_MAX` members (an open network; the
-limits of that choice are in protocols/finality.md).
+limits of that choice are in protocols/finality.md). The protocol itself refuses, in
+the final order, every join beyond `MEMBERS_MAX` (core/finality.py), so a member
+that admits more than that cannot make honest clocks overflow.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ import trio
 from libp2p.peer.id import ID
 
 from .core.events import Action, Join
-from .core.params import CATCH_UP_TIMEOUT_S, JOIN_RETRY_S, MEMBERS_MAX
+from .core.finality import MEMBERS_MAX
+from .core.params import CATCH_UP_TIMEOUT_S, JOIN_RETRY_S
 from .core.replica import Replica
 from .net import wire
 from .net.gossip import JOIN_TOPIC, Gossip

@@ -59,44 +59,80 @@ def _covered_seq(head: Event | None, origin: bytes) -> int:
     return head.clock.get(origin, 0)
 
 
+MEMBERS_MAX = 64  # a protocol constant: joins beyond it are refused in the final order
+
+
 class Membership:
-    """Who may originate events, and the commit rule over their latest events."""
+    """Who may originate events, and the commit rule over their latest events.
+
+    A join makes its member a *candidate* at once: the rule waits for it from the
+    join on. Once the join is final, joins are decided in the total order: the member
+    becomes *effective* while fewer than `MEMBERS_MAX` are, else it is *refused* and
+    the rule stops waiting for it. Only an effective member's events are delivered
+    (a newcomer's first event waits, parked by the replica, until its join is
+    decided), so no honest clock ever names more than `MEMBERS_MAX` origins."""
 
     def __init__(self, genesis: Iterable[bytes]) -> None:
         self.genesis = frozenset(genesis)
         assert self.genesis, "a network has at least one founding member"
+        assert len(self.genesis) <= MEMBERS_MAX
+        # Whom the rule waits for: genesis, effective and candidate members.
         self.members: dict[bytes, None] = dict.fromkeys(sorted(self.genesis))
+        self.effective: set[bytes] = set(self.genesis)
+        self.refused: set[bytes] = set()
         self._joins: dict[bytes, list[tuple[bytes, int]]] = {}  # member -> (sponsor, seq)
         self._joined_at: dict[bytes, OrderKey] = {}  # member -> key of its earliest join
 
     # -- admission -------------------------------------------------------------------
 
     def admissible(self, event: Event) -> str | None:
-        """None, or why `event` may not be delivered (its causes are all delivered)."""
+        """None, `undecided` (its join is not final yet: wait), or why `event` may not
+        be delivered (its causes are all delivered)."""
         origin = event.origin
         if origin in self.genesis or event.seq > 1:
             return None  # a later event extends a chain whose first event was admitted
-        for sponsor, seq in self._joins.get(origin, ()):
-            if event.clock.get(sponsor, 0) >= seq:
-                return None
-        return "not_member"
+        if not any(event.clock.get(sponsor, 0) >= seq
+                   for sponsor, seq in self._joins.get(origin, ())):
+            return "not_member"
+        if origin in self.effective:
+            return None
+        return "not_member" if origin in self.refused else "undecided"
 
     def on_delivered(self, event: Event) -> None:
         """Record the joins of a newly delivered event."""
         if event.actions and event.actions[0].__class__ is Join:
             for action in event.actions:
                 member = action.member  # type: ignore[union-attr]
-                if member in self.genesis:
+                if member in self.genesis or member in self.refused:
                     continue
-                self.members.setdefault(member, None)
                 self._joins.setdefault(member, []).append((event.origin, event.seq))
+                if member not in self.effective:
+                    self.members.setdefault(member, None)
                 if member not in self._joined_at or event.key < self._joined_at[member]:
                     self._joined_at[member] = event.key
 
     def is_member(self, peer: bytes) -> bool:
-        return peer in self.members
+        """An effective member: its events are delivered."""
+        return peer in self.effective
 
-    # -- the commit rule -------------------------------------------------------------
+    def decide(self, frontier: OrderKey | None) -> tuple[list[bytes], list[bytes]]:
+        """Decide the candidates whose earliest join is final, in the total order:
+        (made effective, refused)."""
+        admitted: list[bytes] = []
+        refused: list[bytes] = []
+        if frontier is None:
+            return admitted, refused
+        due = sorted((key, m) for m, key in self._joined_at.items()
+                     if key <= frontier and m not in self.effective)
+        for _, member in due:
+            if len(self.effective) < MEMBERS_MAX:
+                self.effective.add(member)
+                admitted.append(member)
+            else:
+                self.refused.add(member)
+                del self.members[member], self._joined_at[member]
+                refused.append(member)
+        return admitted, refused
 
     def frontier(self, events: Mapping[bytes, Sequence[Event]]) -> OrderKey | None:
         """The key of the highest committed event (everything up to it is final), or

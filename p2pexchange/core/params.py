@@ -32,7 +32,6 @@ OWN_TRADE_REPORTS_SCAN = 256  # own recent events checked for a report each hear
 # hard bound that a hostile peer can fill but not exceed.
 BUFFER_BYTES_MAX = 64 * 1024 * 1024  # events waiting for their causes, accounted bytes
 BUFFER_ORIGIN_BYTES_MAX = 8 * 1024 * 1024  # of those, signed by one origin
-MEMBERS_MAX = 64  # a member admits no newcomer beyond this (the wire allows 128)
 
 # -- discovery -----------------------------------------------------------------------
 DISCOVERY_INTERVAL_S = 1.0

@@ -109,13 +109,14 @@ from .events import (
     short_id,
     sign_event,
 )
-from .finality import Membership, covers
+from .finality import MEMBERS_MAX, Membership, covers
 from .market import Market
 from .orders import Order, Trade
 from .params import BUFFER_BYTES_MAX, BUFFER_ORIGIN_BYTES_MAX
 
 MISSING_RANGES_MAX = 64  # ranges one missing() call or one receipt reports
 EQUIVOCATIONS_MAX = 256  # proofs of equivocation kept (the first ones)
+PARKED_MAX = 256  # newcomers' first events waiting for their join to be decided
 GENESIS_DIGEST = hashlib.sha256(b"p2pexchange/digest/v1").digest()
 
 assert MISSING_RANGES_MAX <= KNOWN_ORIGINS_MAX
@@ -201,7 +202,9 @@ class Replica:
         self._final_at = (-1, None)  # (events delivered, frontier) of the last computation
         self._trade_count = 0
         self._stats = {"events_delivered": 0, "rollbacks": 0, "events_reapplied": 0,
-                       "duplicates": 0, "late_after_final": 0, "frontier_regressions": 0}
+                       "duplicates": 0, "late_after_final": 0, "frontier_regressions": 0,
+                       "parked_dropped": 0}
+        self._parked: dict[bytes, Event] = {}  # newcomer -> its first event (see _park)
         # Evidence against origins: (origin, seq) -> the two signed versions (raw bytes).
         self.equivocations: dict[tuple[bytes, int], tuple[bytes, bytes]] = {}
         self._rejected: dict[str, int] = {}
@@ -275,7 +278,8 @@ class Replica:
                 "buffer_bytes_max": self._buffer.bytes_max,
                 "buffer_origin_bytes_max": self._buffer.origin_bytes_max,
                 "known_origins": len(self._claims), "known_origins_max": KNOWN_ORIGINS_MAX,
-                "members": len(self.members()), "members_max": CLOCK_ORIGINS_MAX,
+                "members": len(self.members()), "members_max": MEMBERS_MAX,
+                "parked": len(self._parked), "parked_max": PARKED_MAX,
                 "equivocations": len(self.equivocations)}
 
     def check_invariants(self) -> None:
@@ -285,6 +289,7 @@ class Replica:
             assert seq > self._clock.get(origin, 0), (origin, seq)
         assert len(self._claims) <= KNOWN_ORIGINS_MAX
         assert len(self.equivocations) <= EQUIVOCATIONS_MAX
+        assert len(self._parked) <= PARKED_MAX
         if self.origin is not None:
             assert self._own_history() >= self._clock.get(self.origin, 0)
 
@@ -369,8 +374,11 @@ class Replica:
             return self._buffer_event(event, *unmet)
         receipt = Receipt("delivered", event=event)
         rejected = self._deliver_chain(event, receipt)
+        self._release_parked(receipt)
         if rejected is not None and not receipt.delivered:
             return rejected
+        if not receipt.delivered:  # a newcomer's first event, waiting for its join
+            receipt.status = "buffered"
         return receipt
 
     def precheck(self, event: Event) -> str | None:
@@ -387,7 +395,7 @@ class Replica:
         clock = self._clock
         if all(clock.get(o, 0) >= s for o, s in event.clock.items()):
             verdict = self._delivery_verdict(event)
-            if verdict is not None:
+            if verdict is not None and verdict[0] != "undecided":  # waiting is no fault
                 return verdict[0]
         return None
 
@@ -413,7 +421,11 @@ class Replica:
         self.membership = Membership(genesis)
 
     def members(self) -> list[bytes]:
-        return list(self.membership.members) if self.membership is not None else []
+        """The effective members (genesis first), whose events are delivered."""
+        membership = self.membership
+        if membership is None:
+            return []
+        return [m for m in membership.members if m in membership.effective]
 
     def is_member(self, peer: bytes) -> bool:
         return self.membership is not None and self.membership.is_member(peer)
@@ -424,7 +436,7 @@ class Replica:
             return None
         delivered = self._stats["events_delivered"]
         if self._final_at[0] != delivered:
-            frontier = self.membership.frontier(self._events)
+            frontier = self._settle_joins()
             seen = self._final_seen
             if seen is not None and (frontier is None or frontier < seen):
                 # The rule is monotone in the delivered set (protocols/finality.md); a
@@ -434,6 +446,30 @@ class Replica:
             self._final_at = (delivered, frontier)
             self._final_seen = frontier
         return self._final_at[1]
+
+    def _settle_joins(self) -> OrderKey | None:
+        """The rule's frontier, once every join it makes final is decided (a refused
+        candidate no longer holds the rule back, so the frontier may move again)."""
+        membership = self.membership
+        assert membership is not None
+        while True:
+            frontier = membership.frontier(self._events)
+            if not membership.decide(frontier)[1]:
+                return frontier
+
+    def _release_parked(self, receipt: Receipt) -> None:
+        """Deliver the parked first events of newcomers whose join is now decided
+        effective; refuse those whose join was refused."""
+        if not self._parked:
+            return
+        self.final_key()  # decides the joins that are final
+        membership = self.membership
+        assert membership is not None
+        for origin in [o for o in self._parked if o in membership.effective]:
+            self._deliver_chain(self._parked.pop(origin), receipt)
+        for origin in [o for o in self._parked if o in membership.refused]:
+            self._reject("not_member", "its join was refused: the network is full",
+                         self._parked.pop(origin))
 
     def finality(self) -> Finality:
         """Final versus pending events and trades, and whom finality waits for. Costs
@@ -599,6 +635,9 @@ class Replica:
         while ready:
             event = ready.pop()
             verdict = self._delivery_verdict(event)
+            if verdict is not None and verdict[0] == "undecided":
+                self._park(event)
+                continue
             if verdict is not None:
                 rejected = self._reject(*verdict, event)
                 if event is not first:
@@ -612,6 +651,14 @@ class Replica:
         else:
             self._apply_delivered(delivered)
         return rejected
+
+    def _park(self, event: Event) -> None:
+        """Keep a newcomer's first event until its join is decided; at most
+        `PARKED_MAX` (the rest come back through sync once their joins are decided)."""
+        if event.origin in self._parked or len(self._parked) < PARKED_MAX:
+            self._parked[event.origin] = event
+        else:
+            self._stats["parked_dropped"] += 1
 
     def _delivery_verdict(self, event: Event) -> tuple[str, str] | None:
         """Why an event whose causes are all delivered may not be delivered, or None:
@@ -638,8 +685,12 @@ class Replica:
                 if clock.get(o, 0) < s:
                     return "clock_regression", (f"names seq {clock.get(o, 0)} of {short_id(o)}"
                                                 f"; its previous event named {s}")
-        if self.membership is not None and self.membership.admissible(event) is not None:
-            return "not_member", f"{short_id(event.origin)} was admitted by no join it saw"
+        if self.membership is not None:
+            code = self.membership.admissible(event)
+            if code == "undecided":
+                return code, "its join is not final yet"
+            if code is not None:
+                return code, f"{short_id(event.origin)} was admitted by no join it saw"
         return None
 
     def _deliver(self, event: Event, receipt: Receipt) -> None:

@@ -121,9 +121,11 @@ class Admission:
     def on_join_request(self, sender: ID, sponsor: bytes) -> None:
         """A newcomer asks a member to admit it; the member it names does."""
         newcomer = sender.to_bytes()
-        if sponsor != self.origin or self.state != "member" or self.replica.is_member(newcomer):
-            return  # for another member, or nothing to do
-        if len(self.replica.members()) + len(self._due) >= MEMBERS_MAX:
+        membership = self.replica.membership
+        if (sponsor != self.origin or self.state != "member" or membership is None
+                or newcomer in membership.members):
+            return  # for another member, or already a member or a candidate
+        if len(membership.members) + len(self._due) >= MEMBERS_MAX:
             self._reject("join request", "members_full", sender)
             return
         if time.monotonic() - self._admitted_at.get(newcomer, -JOIN_RETRY_S) < JOIN_RETRY_S:
@@ -137,7 +139,8 @@ class Admission:
         (when this tick signed nothing else), or None."""
         if self.replica.membership is None or not self.replica.is_member(self.origin):
             return None
-        joins = [Join(m) for m in self._due if not self.replica.is_member(m)]
+        membership = self.replica.membership
+        joins = [Join(m) for m in self._due if m not in membership.members]
         self._due.clear()
         if joins:
             now = time.monotonic()

@@ -74,6 +74,7 @@ from p2pexchange.core.events import (
     Side,
     canonical,
 )
+from p2pexchange.core.finality import MEMBERS_MAX
 from p2pexchange.core.market import DEFAULT_MARKETS
 from p2pexchange.core.replica import Receipt, Replica
 from p2pexchange.sim.workload import peer_id_bytes, seeded_key_pair
@@ -503,6 +504,26 @@ def duplicates() -> Scenario:
         ])
 
 
+def acknowledge_until_final(members: Sequence[Author], genesis: Sequence[Author],
+                            history: Sequence[Event], target: Event) -> list[Event]:
+    """Acknowledgements, each member in turn covering all the others have signed, until
+    `target` is final at a replica that delivered `history` and them (a bounded loop)."""
+    witness = Replica(DEFAULT_MARKETS, genesis=[m.origin for m in genesis])
+    for event in history:
+        assert witness.admit(event).status in ("delivered", "buffered")
+    assert len(witness.applied_ids()) == len(history), "an event of the history waits"
+    acks: list[Event] = []
+    for turn in range(4 * len(members)):
+        final = witness.final_key()
+        if final is not None and final >= target.key:
+            return acks
+        author = members[turn % len(members)]
+        ack = author.see(*acks).sign(MEMBERSHIP_MARKET, [])
+        assert witness.admit(ack).status == "delivered"
+        acks.append(ack)
+    raise AssertionError("the acknowledgements did not make the target final")
+
+
 def membership() -> Scenario:
     x = cast()
     a, b, c = x["a"], x["b"], x["c"]
@@ -512,11 +533,33 @@ def membership() -> Scenario:
     b2 = b.see(a2).sign(MEMBERSHIP_MARKET, [])
     early = c.forge(1, [a1], 2, BTC, [place_wire(BUY, IOC, 101, 1)])
     b3 = b.sign(MEMBERSHIP_MARKET, [Join(c.origin)])
+    # c signs as soon as it sees its join, before the join is final: an honest newcomer
+    # waits until it is a member at its own replica, but the wire must still handle it.
     c1 = c.see(a1, b1, a2, b2, b3).sign(BTC, [Place(BUY, IOC, 101, 1)])
+    a3 = a.see(b2, b3).sign(MEMBERSHIP_MARKET, [])
+    b4 = b.see(a3).sign(MEMBERSHIP_MARKET, [])
+    # A second join fills the network: genesis a and b, c, then 62 newcomers in one event;
+    # joins decided in the total order (within one event: by peer id) make 64 members,
+    # so the last of them is refused.
+    newcomers = sorted((Author(f"n{i}", f"conformance-newcomer-{i}")
+                        for i in range(MEMBERS_MAX - 2)), key=lambda n: n.origin)
+    admitted, refused = newcomers[-2], newcomers[-1]
+    admitted.role, refused.role = "admitted_64th", "refused_65th"
+    history = [a1, b1, a2, b2, b3, c1, a3, b4]
+    big = a.see(b4, c1).sign(MEMBERSHIP_MARKET, [Join(n.origin) for n in newcomers])
+    b.see(c1, big)
+    c.see(a3, b4, big)
+    acks = acknowledge_until_final([b, c, a], [a, b], history + [big], big)
+    everything = history + [big, *acks]
+    first_admitted = admitted.see(*everything).sign(BTC, [Place(SELL, LIMIT, 102, 1)])
+    first_refused = refused.see(*everything).sign(BTC, [Place(SELL, LIMIT, 103, 1)])
+    roles = {**x, admitted.role: admitted, refused.role: refused}
     return Scenario(
         "membership", "Members acknowledge with empty events (market \"\") and finality "
-        "follows the two-round rule; a newcomer may speak only after a join it has seen.",
-        x, "ab", [BTC], [
+        "follows the two-round rule; a newcomer may speak only after a join it has seen, "
+        "its first event waits until the join is final and decided, and a join beyond "
+        f"{MEMBERS_MAX} members is refused.",
+        roles, "ab", [BTC], [
             step(a1, "a rests 2@101; nothing is final", status="delivered",
                  check=lambda s: s["final_key"] is None),
             step(b1, "b acknowledges a's event", status="delivered", outcomes=[]),
@@ -528,10 +571,38 @@ def membership() -> Scenario:
                  check=lambda s: s["final_key"] == [b1.lamport, 2, b.origin.hex(), 1]),
             step(early, "c, not a member, speaks before any join: not_member",
                  status="rejected", code="not_member"),
-            step(b3, "b admits c with a join", status="delivered", outcomes=["joined"]),
-            step(c1, "c's first event names the join in its clock: delivered, it trades",
-                 status="delivered", trades=1, outcomes=["filled"]),
+            step(b3, "b admits c with a join: c is a candidate (finality waits for it), "
+                 "not yet a member", status="delivered", outcomes=["joined"],
+                 check=lambda s: s["final_key"][2:] == [b.origin.hex(), 1]),
+            step(c1, "c's first event covers the join, which is not final: parked, "
+                 "buffered with nothing missing", status="buffered", delivered=0,
+                 check=lambda s: s["missing"] == {} and len(s["applied"]) == 5),
+            step(a3, "a acknowledges the join (round one): still not final, c's event "
+                 "waits", status="delivered", delivered=1, outcomes=[], trades=0),
+            step(b4, "b acknowledges a's acknowledgement (round two): the join is final and "
+                 "decided, c is a member, and its parked event is delivered in this receipt "
+                 "and trades", status="delivered", delivered=2, trades=1,
+                 check=lambda s: s["delivered"][1] == c1.id.hex()
+                 and s["final_key"][2:] == [b.origin.hex(), 3]),
+            step(big, f"a joins {len(newcomers)} newcomers in one event: candidates",
+                 status="delivered", outcomes=["joined"] * len(newcomers)),
+            *[step(ack, f"{author_of(x, ack)} acknowledges"
+                   + (": the second join is final; decided by peer id, the first "
+                      f"{len(newcomers) - 1} newcomers make {MEMBERS_MAX} members and the "
+                      "last is refused" if ack is acks[-1] else ""),
+                   status="delivered", outcomes=[],
+                   **({"check": lambda s: s["final_key"][2:] == [big.origin.hex(), big.seq]}
+                      if ack is acks[-1] else {}))
+              for ack in acks],
+            step(first_admitted, f"the {MEMBERS_MAX}th member's first event: delivered",
+                 status="delivered", outcomes=["resting"]),
+            step(first_refused, f"the refused {MEMBERS_MAX + 1}th's first event: not_member",
+                 status="rejected", code="not_member"),
         ])
+
+
+def author_of(authors: dict[str, Author], event: Event) -> str:
+    return next(role for role, author in authors.items() if author.origin == event.origin)
 
 
 def reject_malformed() -> Scenario:

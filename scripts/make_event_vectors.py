@@ -26,6 +26,8 @@ from p2pexchange.core.events import (
     Side,
     sign_event,
 )
+from p2pexchange.core.market import DEFAULT_MARKETS
+from p2pexchange.core.replica import Replica
 from p2pexchange.sim.workload import peer_id_bytes, seeded_key_pair
 
 OUT = pathlib.Path(__file__).resolve().parent.parent / "protocols" / "vectors" / "events.json"
@@ -40,6 +42,18 @@ def action_json(action) -> dict:
     if isinstance(action, Join):
         return {"join": {"member": action.member.hex()}}
     return {"cancel": {"order_id": action.order_id.hex()}}
+
+
+def check_history(genesis: list[bytes], newcomer: bytes, events: list[Event]) -> None:
+    """Replayed in order, every vector is delivered, and the newcomer is a member (its
+    join final and decided) before its first event."""
+    replica = Replica(DEFAULT_MARKETS, genesis=genesis)
+    for event in events:
+        if event.origin == newcomer:
+            replica.final_key()  # decides the joins that are final (is_member reads that)
+            assert replica.is_member(newcomer), "the newcomer signs before its join is final"
+        receipt = replica.receive(event.raw)
+        assert receipt.status == "delivered", (receipt.status, receipt.code, receipt.detail)
 
 
 def main() -> None:
@@ -73,9 +87,17 @@ def main() -> None:
          5, MEMBERSHIP_MARKET, lambda: []),
         ("join", "vector-b", 3, lambda: named("acknowledgement", "eth_market"), 6,
          MEMBERSHIP_MARKET, lambda: [Join(c)]),
-        # The newcomer's first event: its clock names the join that admitted it, by id.
-        ("clock_entry_with_id", "vector-c", 1, lambda: named("acknowledgement", "join"), 7,
-         "BTC-USD",
+        # The join is final once both members' heads pin it twice (protocols/finality.md):
+        # a acknowledges the join (round one), b acknowledges a's acknowledgement (round
+        # two). Only then is c a member at its own replica, and may it sign.
+        ("join_acknowledged", "vector-a", 4, lambda: named("acknowledgement", "join"), 7,
+         MEMBERSHIP_MARKET, lambda: []),
+        ("join_final", "vector-b", 4, lambda: named("join_acknowledged", "join"), 8,
+         MEMBERSHIP_MARKET, lambda: []),
+        # The newcomer's first event: its clock covers the join that admitted it, and names
+        # every event by id.
+        ("clock_entry_with_id", "vector-c", 1, lambda: named("join_acknowledged", "join_final"),
+         9, "BTC-USD",
          lambda: [Place(Side.BUY, OrderType.IOC, 6_600_000, 1)]),
     ]
     vectors = []
@@ -100,6 +122,7 @@ def main() -> None:
             "event_id": event.id.hex(),
         })
     assert {a, b, c} == {bytes.fromhex(v["origin"]) for v in vectors}
+    check_history([a, b], c, [by_name[name] for name, *_ in cases])
     OUT.write_text(json.dumps({"version": PROTOCOL_VERSION, "genesis": sorted([a.hex(), b.hex()]),
                                "events": vectors}, indent=2) + "\n")
     print(f"wrote {len(vectors)} vectors to {OUT}")

@@ -1,6 +1,6 @@
 // Replays protocols/vectors/conformance/*.json through this folder's spec-only code
 // (codec.mjs, replica.mjs, reference.mjs) and compares every step: the receipt
-// (status and reject code), the digest, the books' levels and the orders named.
+// (status and reject code), the final frontier, the digest, the books' levels and the orders named.
 // Prints one JSON line { files, steps, mismatches: [...] }; exits 1 on any mismatch.
 
 import { readdirSync, readFileSync } from 'node:fs'
@@ -30,6 +30,9 @@ for (const file of files) {
     }
     if (receipt.status !== step.status || (receipt.code ?? null) !== step.code) {
       mismatches.push({ where, want: [step.status, step.code], got: [receipt.status, receipt.code ?? null] })
+    }
+    if ('final_key' in step && JSON.stringify(replica.finalKeyTuple()) !== JSON.stringify(step.final_key)) {
+      mismatches.push({ where, final_key: step.final_key, got: replica.finalKeyTuple() })
     }
     const state = stateOf(replica.ordered(), vector.markets)
     if (hex(state.digest) !== step.digest) mismatches.push({ where, digest: true })

@@ -1,33 +1,98 @@
 // Delivery of events, written from protocols/event.md ("Ordering", "Checks with
-// state", "Membership"): causal delivery with a buffer, the state checks at arrival
-// (equivocation) and at delivery (fork, bad_lamport, clock_regression, not_member),
-// membership from a genesis plus delivered joins, the node's clock, and the events a
+// state", "Membership") and protocols/finality.md: causal delivery with a buffer, the
+// state checks at arrival (equivocation) and at delivery (fork, bad_lamport,
+// clock_regression, not_member), membership from a genesis plus delivered joins
+// (candidates, decided in the final order: effective while fewer than MEMBERS_MAX are,
+// else refused; a newcomer's first event parked until its join is decided), the commit
+// rule (the final frontier), when to acknowledge, the node's clock, and the events a
 // sync requester lacks. The books and the digest are computed by reference.mjs from
 // the delivered set alone, in the total order.
 
 import { compareEvents, hex } from './codec.mjs'
 
+export const MEMBERS_MAX = 64
+export const PARKED_MAX = 256
+
+// (origin hex, seq) is `head` or in its causal past.
+function coveredSeq (head, originHex) {
+  if (!head) return 0
+  if (head.originHex === originHex) return head.seq
+  return head.clock.get(originHex)?.seq ?? 0
+}
+export const covers = (head, originHex, seq) => coveredSeq(head, originHex) >= seq
+
+// The two-round rule over `members` (hex), bounded by the event `bound` (null: none):
+// the highest committed event, or null.
+function committed (members, chains, bound) {
+  const heads = []
+  for (const m of members) {
+    const chain = chains.get(m)
+    if (!chain || chain.length === 0) return null
+    heads.push(chain[chain.length - 1])
+  }
+  const witnesses = []
+  for (const p of members) {
+    const w = Math.min(...heads.map((h) => coveredSeq(h, p)))
+    if (w === 0) return null
+    witnesses.push(chains.get(p)[w - 1])
+  }
+  let best = null
+  for (const o of members) {
+    let c = Math.min(...witnesses.map((w) => coveredSeq(w, o)))
+    const chain = chains.get(o)
+    if (bound) {
+      let lo = 0; let hi = c
+      while (lo < hi) {
+        const mid = (lo + hi) >> 1
+        if (compareEvents(chain[mid], bound) <= 0) lo = mid + 1
+        else hi = mid
+      }
+      c = lo
+    }
+    if (c > 0 && (best === null || compareEvents(chain[c - 1], best) > 0)) best = chain[c - 1]
+  }
+  return best
+}
+
 export class Replica {
   constructor () {
     this.genesis = null // Set of peer id hex, once learned
-    this.joined = new Map() // member hex -> the join event that first admitted it
+    this.joined = new Map() // member hex -> its earliest delivered join event (by key)
+    this.joinsOf = new Map() // member hex -> [{ sponsor hex, seq }] of its joins
+    this.candidates = [] // members whose join is delivered, not decided (hex)
+    this.effective = new Set() // genesis and decided effective members (hex)
+    this.refused = new Set()
     this.chains = new Map() // origin hex -> [event by seq - 1]
     this.buffered = new Map() // `${origin}:${seq}` -> event
+    this.parked = new Map() // newcomer hex -> its first event, until its join is decided
     this.delivered = [] // in delivery order
     this.rejected = new Map() // code -> count
     this.equivocations = 0
+    this.finalSeen = null // highest frontier ever computed (an event)
+    this.finalAt = [-1, null] // (events delivered, frontier) of the last computation
+    this.frontierRegressions = 0
+    this.lateAfterFinal = 0
   }
 
   adoptGenesis (members) {
-    if (this.genesis === null) this.genesis = new Set(members.map(hex))
+    if (this.genesis !== null) return
+    this.genesis = new Set(members.map(hex))
+    for (const m of this.genesis) this.effective.add(m)
   }
 
+  // An effective member: its events are delivered.
   isMember (originHex) {
-    return this.genesis !== null && (this.genesis.has(originHex) || this.joined.has(originHex))
+    return this.genesis !== null && this.effective.has(originHex)
   }
 
+  // The effective members (hex, sorted).
   members () {
-    return this.genesis === null ? [] : [...new Set([...this.genesis, ...this.joined.keys()])].sort()
+    return [...this.effective].sort()
+  }
+
+  // Whom the rule waits for: genesis, effective and candidate members.
+  waitedFor () {
+    return [...new Set([...this.effective, ...this.candidates])].sort()
   }
 
   deliveredSeq (originHex) {
@@ -69,11 +134,18 @@ export class Replica {
       this.buffered.set(`${event.originHex}:${event.seq}`, event)
       return { status: 'buffered' }
     }
+    const before = this.delivered.length
     const code = this._verdict(event)
-    if (code) return this._reject(code)
-    this._deliver(event)
-    this._drainBuffer()
-    return { status: 'delivered' }
+    let rejected = null
+    if (code === 'undecided') this._park(event)
+    else if (code) rejected = this._reject(code)
+    else {
+      this._deliver(event)
+      this._drainBuffer()
+    }
+    this._releaseParked()
+    if (this.delivered.length > before) return { status: 'delivered' }
+    return rejected ?? { status: 'buffered' }
   }
 
   _ready (event) {
@@ -83,7 +155,8 @@ export class Replica {
     return true
   }
 
-  // The delivery checks, judged from the event's causal past alone.
+  // The delivery checks, judged from the event's causal past alone; 'undecided': the
+  // newcomer's join is not decided yet (park it).
   _verdict (event) {
     let lamport = 0
     for (const [o, entry] of event.clock) {
@@ -99,23 +172,35 @@ export class Replica {
       }
     }
     if (this.genesis !== null && event.seq === 1 && !this.genesis.has(event.originHex)) {
-      // A join of the origin in its causal past: a delivered event with a join of it
-      // whose (origin, seq) its clock covers (delivery is causal, so the clock covers
-      // the whole causal past).
-      const admitted = this.delivered.some((e) => e.market === '' &&
-        e.actions.some((a) => hex(a.member) === event.originHex) &&
-        (event.clock.get(e.originHex)?.seq ?? 0) >= e.seq)
-      if (!admitted) return 'not_member'
+      // A join of the origin in its causal past: a delivered join of it whose
+      // (sponsor, seq) its clock covers (delivery is causal: the clock covers the past).
+      const joins = this.joinsOf.get(event.originHex) ?? []
+      if (!joins.some(({ sponsor, seq }) => (event.clock.get(sponsor)?.seq ?? 0) >= seq)) return 'not_member'
+      if (this.effective.has(event.originHex)) return null
+      return this.refused.has(event.originHex) ? 'not_member' : 'undecided'
     }
     return null
+  }
+
+  _park (event) {
+    if (this.parked.has(event.originHex) || this.parked.size < PARKED_MAX) this.parked.set(event.originHex, event)
   }
 
   _deliver (event) {
     if (!this.chains.has(event.originHex)) this.chains.set(event.originHex, [])
     this.chains.get(event.originHex).push(event)
     this.delivered.push(event)
+    if (this.finalSeen && compareEvents(event, this.finalSeen) <= 0) this.lateAfterFinal++
+    if (this.genesis === null || event.market !== '') return
     for (const a of event.actions) {
-      if (a.kind === 'join' && !this.joined.has(hex(a.member))) this.joined.set(hex(a.member), event)
+      if (a.kind !== 'join') continue
+      const m = hex(a.member)
+      if (this.genesis.has(m) || this.refused.has(m)) continue
+      if (!this.joinsOf.has(m)) this.joinsOf.set(m, [])
+      this.joinsOf.get(m).push({ sponsor: event.originHex, seq: event.seq })
+      if (!this.effective.has(m) && !this.candidates.includes(m)) this.candidates.push(m)
+      const earliest = this.joined.get(m)
+      if (!earliest || compareEvents(event, earliest) < 0) this.joined.set(m, event)
     }
   }
 
@@ -127,11 +212,156 @@ export class Replica {
         if (!this._ready(event)) continue
         this.buffered.delete(key)
         const code = this._verdict(event)
-        if (code) this._reject(code)
+        if (code === 'undecided') this._park(event)
+        else if (code) this._reject(code)
         else this._deliver(event)
         progress = true
       }
     }
+  }
+
+  // Deliver the parked first events whose join is now decided effective; refuse those
+  // whose join was refused.
+  _releaseParked () {
+    if (this.parked.size === 0) return
+    this.finalKey()
+    for (const [o, event] of [...this.parked]) {
+      if (this.effective.has(o)) {
+        this.parked.delete(o)
+        const code = this._verdict(event)
+        if (code) this._reject(code)
+        else {
+          this._deliver(event)
+          this._drainBuffer()
+        }
+      }
+    }
+    for (const o of [...this.parked.keys()]) {
+      if (this.refused.has(o)) {
+        this.parked.delete(o)
+        this._reject('not_member')
+      }
+    }
+  }
+
+  // -- finality (protocols/finality.md) ------------------------------------------------
+
+  // The rule's frontier over the delivered events: one run per prefix of the members in
+  // the order of their earliest joins, bounded by the next member's join.
+  _frontier () {
+    const joinedOrder = [...this.joined.keys()].filter((m) => !this.refused.has(m))
+      .sort((a, b) => compareEvents(this.joined.get(a), this.joined.get(b)))
+    const required = [...this.genesis].sort()
+    let best = null
+    for (let k = 0; k <= joinedOrder.length; k++) {
+      const bound = k < joinedOrder.length ? this.joined.get(joinedOrder[k]) : null
+      const found = committed(required, this.chains, bound)
+      if (found && (best === null || compareEvents(found, best) > 0)) best = found
+      if (k < joinedOrder.length) required.push(joinedOrder[k])
+    }
+    return best
+  }
+
+  // Decide the candidates whose earliest join is final, in the total order; returns
+  // how many were refused.
+  _decide (frontier) {
+    if (!frontier) return 0
+    const due = this.candidates.filter((m) => compareEvents(this.joined.get(m), frontier) <= 0)
+      .sort((a, b) => compareEvents(this.joined.get(a), this.joined.get(b)))
+    let refused = 0
+    for (const m of due) {
+      this.candidates.splice(this.candidates.indexOf(m), 1)
+      if (this.effective.size < MEMBERS_MAX) this.effective.add(m)
+      else {
+        this.refused.add(m)
+        this.joined.delete(m)
+        refused++
+      }
+    }
+    return refused
+  }
+
+  // The highest final event (everything at or before it is final), or null.
+  finalKey () {
+    if (this.genesis === null) return null
+    if (this.finalAt[0] !== this.delivered.length) {
+      let frontier
+      do frontier = this._frontier()
+      while (this._decide(frontier) > 0)
+      const seen = this.finalSeen
+      if (seen && (frontier === null || compareEvents(frontier, seen) < 0)) {
+        this.frontierRegressions++
+        frontier = seen
+      }
+      this.finalAt = [this.delivered.length, frontier]
+      this.finalSeen = frontier
+    }
+    return this.finalAt[1]
+  }
+
+  // [lamport, rank, origin hex, seq] of the frontier, as the vectors print it.
+  finalKeyTuple () {
+    const f = this.finalKey()
+    return f ? [f.lamport, f.rank, f.originHex, f.seq] : null
+  }
+
+  isFinal (event) {
+    const f = this.finalKey()
+    return f !== null && compareEvents(event, f) <= 0
+  }
+
+  // Final versus pending events, and whom finality waits for.
+  finality () {
+    const ordered = this.ordered()
+    const frontier = this.finalKey()
+    const final = frontier ? ordered.filter((e) => compareEvents(e, frontier) <= 0).length : 0
+    const pending = ordered.slice(final).find((e) => e.actions.length > 0) ?? null
+    return { frontier: this.finalKeyTuple(), final, pending: ordered.length - final, waiting_for: this._waitingFor(pending) }
+  }
+
+  _waitingFor (pending) {
+    if (!pending) return []
+    const heads = new Map(this.waitedFor().map((m) => [m, this.chains.get(m)?.at(-1) ?? null]))
+    const first = [...heads].filter(([, h]) => !h || !covers(h, pending.originHex, pending.seq)).map(([m]) => m)
+    if (first.length) return first
+    const acks = [...heads.values()].filter((h) => h)
+    return [...heads].filter(([, h]) => !h || !acks.every((a) => covers(h, a.originHex, a.seq))).map(([m]) => m)
+  }
+
+  // The seq of `member`'s first delivered event that covers `event`, or null.
+  _firstCovering (member, event) {
+    const chain = this.chains.get(member) ?? []
+    if (member === event.originHex) return chain.length >= event.seq ? event.seq : null
+    const i = chain.findIndex((e) => coveredSeq(e, event.originHex) >= event.seq)
+    return i < 0 ? null : i + 1
+  }
+
+  // Whether `me` should sign an acknowledgement (an empty membership event) now: its
+  // latest event does not cover a pending event with actions, or does not cover some
+  // member's first acknowledgement of the earliest or latest such event.
+  wantsAck (me) {
+    if (!this.isMember(me)) return false
+    const own = this.chains.get(me)
+    const head = own?.at(-1) ?? null
+    const frontier = this.finalKey()
+    for (const [o, chain] of this.chains) {
+      for (const e of chain.slice(coveredSeq(head, o))) {
+        if (e.actions.length && (frontier === null || compareEvents(e, frontier) > 0)) return true
+      }
+    }
+    const ordered = this.ordered()
+    const pending = frontier ? ordered.filter((e) => compareEvents(e, frontier) > 0) : ordered
+    const withActions = pending.filter((e) => e.actions.length > 0)
+    if (withActions.length === 0 || head === null) return false
+    const earliest = withActions[0]
+    const latest = withActions[withActions.length - 1]
+    for (const member of this.waitedFor()) {
+      for (const p of [earliest, latest]) {
+        const first = this._firstCovering(member, p)
+        if (first !== null && !covers(head, member, first)) return true
+      }
+    }
+    return false
   }
 
   // What a requester with `theirClock` (origin hex -> { seq }) lacks, causes first.

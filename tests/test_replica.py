@@ -413,7 +413,9 @@ def test_a_newcomer_is_admitted_only_by_a_join_in_its_causal_past():
     assert ra.precheck(early) == "not_member" and ra.receive(early.raw).code == "not_member"
     assert not ra.is_member(b)
     join, _ = ra.create_event(ka.private_key, MEMBERSHIP_MARKET, [Join(b)])
-    assert ra.is_member(b) and ra.members() == [a, b]
+    assert b in ra.membership.members  # a candidate from the join on
+    assert ra.final_key() == join.key  # a alone acknowledges: its join is final at once
+    assert ra.is_member(b) and ra.members() == [a, b]  # decided: effective
     assert ra.outcomes_of(join.id) == ["joined"]
     # Its seq-1 event must cover the join: one that does not is still refused.
     blind = sign_event(kb.private_key, b, 1, {}, 1, "BTC-USD",
@@ -422,9 +424,27 @@ def test_a_newcomer_is_admitted_only_by_a_join_in_its_causal_past():
     first = sign_event(kb.private_key, b, 1, clock_of(join), 2, "BTC-USD", place)
     observer = Replica(MARKETS, genesis=[a])
     assert observer.receive(first.raw).status == "buffered"  # waits for the join
+    # The join releases it; the join is final (a alone) so it is decided and delivered.
     assert observer.receive(join.raw).delivered == [join, first]
+    assert observer.is_member(b) and observer.usage()["parked"] == 0
     assert ra.receive(first.raw).status == "delivered"
     assert observer.digest == ra.digest
+    # With a second founder the join is not final on its own: b's first event waits,
+    # parked, until c's acknowledgement makes the join final, and is delivered with it.
+    kc = seeded_key_pair("newcomer-c")
+    c = peer_id_bytes(kc)
+    ra2 = Replica(MARKETS, a, genesis=[a, c])
+    join2, _ = ra2.create_event(ka.private_key, MEMBERSHIP_MARKET, [Join(b)])
+    first2 = sign_event(kb.private_key, b, 1, clock_of(join2), 2, "BTC-USD", place)
+    receipt = ra2.receive(first2.raw)
+    assert (receipt.status, receipt.code, receipt.delivered) == ("buffered", None, [])
+    assert not ra2.is_member(b) and ra2.usage()["parked"] == 1
+    ack = sign_event(kc.private_key, c, 1, clock_of(join2), 2, MEMBERSHIP_MARKET, [])
+    assert ra2.receive(ack.raw).delivered == [ack]  # c covers the join; a's head not c's
+    assert not ra2.is_member(b) and ra2.usage()["parked"] == 1
+    a_ack, receipt = ra2.create_event(ka.private_key, MEMBERSHIP_MARKET, [])
+    assert receipt.delivered == [a_ack, first2]  # a covers c's ack: the join is final
+    assert ra2.is_member(b) and ra2.usage()["parked"] == 0
 
 
 def test_an_event_on_a_forked_history_or_with_a_regressing_clock_is_rejected():

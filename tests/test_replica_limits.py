@@ -30,6 +30,7 @@ from p2pexchange.core.events import (
     public_key_of,
     sign_event,
 )
+from p2pexchange.core.finality import MEMBERS_MAX
 from p2pexchange.core.market import DEFAULT_MARKETS
 from p2pexchange.core.params import BUFFER_BYTES_MAX, BUFFER_ORIGIN_BYTES_MAX
 from p2pexchange.core.replica import MISSING_RANGES_MAX, Replica
@@ -286,10 +287,23 @@ def test_nobody_but_us_can_make_us_wait_for_our_own_history():
 # -- members: joins, and finality that stalls rather than lies -------------------------------
 
 
-def test_more_members_than_a_clock_can_name_stall_finality_rather_than_lie():
-    """A member may admit more newcomers than one clock can name (CLOCK_ORIGINS_MAX); then
-    no event covers every member and nothing after the joins becomes final, however
-    long anyone waits. Before the joins, what the founders covered stays final."""
+def signed_in_sync_with(replica: Replica, key) -> object:
+    """The acknowledgement a newcomer in sync with `replica` signs next (as create_event
+    would): its clock names everything `replica` delivered."""
+    origin = peer_id_bytes(key)
+    clock = {o: (s, replica.events_of(o)[s - 1].id) for o, s in replica.clock.items()}
+    return sign_event(key.private_key, origin, replica.clock.get(origin, 0) + 1, clock,
+                      replica.lamport + 1, MEMBERSHIP_MARKET, [])
+
+
+def test_joins_beyond_members_max_are_refused_and_honest_clocks_stay_within_bounds():
+    """A member admits more newcomers than one clock can name (CLOCK_ORIGINS_MAX + 2) in
+    one join event. They are candidates, waited for, until the join is final; then only
+    MEMBERS_MAX minus the current members become effective and the rest are refused. All
+    their first events came early and were parked: the refused ones' are rejected
+    (`not_member`), the effective ones' delivered. The founders keep creating events
+    (their clocks never name more than MEMBERS_MAX origins, within CLOCK_ORIGINS_MAX),
+    and finality moves past the join once the effective newcomers acknowledge."""
     (ka, a), (kb, b) = identity("members-a"), identity("members-b")
     ra, rb = Replica(MARKETS, a, genesis=[a, b]), Replica(MARKETS, b, genesis=[a, b])
     e1, _ = ra.create_event(ka.private_key, "BTC-USD", ONE)
@@ -297,22 +311,63 @@ def test_more_members_than_a_clock_can_name_stall_finality_rather_than_lie():
     ra.receive(rb.create_event(kb.private_key, MEMBERSHIP_MARKET, [])[0].raw)
     rb.receive(ra.create_event(ka.private_key, MEMBERSHIP_MARKET, [])[0].raw)
     assert ra.final_key() == rb.final_key() == e1.key
-    newcomers = invented(CLOCK_ORIGINS_MAX, "newcomer")
-    ra.create_event(ka.private_key, MEMBERSHIP_MARKET, [Join(m) for m in newcomers])
-    assert ra.usage()["members"] == len(ra.members()) == CLOCK_ORIGINS_MAX + 2
-    assert ra.usage()["members_max"] == CLOCK_ORIGINS_MAX
+    keys = [identity(f"newcomer-{i}")[0] for i in range(CLOCK_ORIGINS_MAX + 2)]
+    newcomers = sorted(peer_id_bytes(k) for k in keys)
+    key_of = {peer_id_bytes(k): k for k in keys}
+    join, _ = ra.create_event(ka.private_key, MEMBERSHIP_MARKET, [Join(m) for m in newcomers])
     e2, _ = ra.create_event(ka.private_key, "BTC-USD", ONE)
-    for _ in range(3):
+    rb.receive_many([e.raw for e in ra.events_of(a)])
+    # Candidates: waited for, no members; their early first events are parked.
+    firsts = [signed_in_sync_with(ra, key_of[m]) for m in newcomers]
+    for replica in (ra, rb):
+        assert replica.members() == sorted([a, b]) and not replica.is_final(join.id)
+        assert len(replica.membership.members) == CLOCK_ORIGINS_MAX + 4
+        assert set(newcomers) <= set(replica.finality().waiting_for)
+        receipts = replica.receive_many([e.raw for e in firsts])
+        assert {(r.status, r.code) for r in receipts} == {("buffered", None)}
+        assert replica.usage()["parked"] == len(newcomers)
+    effective, refused = newcomers[:MEMBERS_MAX - 2], newcomers[MEMBERS_MAX - 2:]
+    for _ in range(6):
         rb.receive_many([e.raw for e in ra.events_of(a)])
         ra.receive_many([e.raw for e in rb.events_of(b)])
+        if all(r.is_final(join.id) for r in (ra, rb)):
+            break
         for replica, key in ((ra, ka), (rb, kb)):
             if replica.wants_ack():
                 replica.create_event(key.private_key, MEMBERSHIP_MARKET, [])
     for replica in (ra, rb):
-        # What sorts up to the joins needs no newcomer; nothing after them is final.
-        assert e1.key <= replica.final_key() < e2.key and not replica.is_final(e2.id)
-        assert set(newcomers) <= set(replica.finality().waiting_for)
-        assert replica.stats()["late_after_final"] == 0
+        assert replica.is_final(join.id) and not replica.is_final(e2.id)
+        assert sorted(replica.members()) == sorted([a, b, *effective])
+        assert replica.membership.refused == set(refused)
+        assert replica.usage()["members"] == replica.usage()["members_max"] == MEMBERS_MAX
+        assert replica.usage()["parked"] == 0
+        assert replica.stats()["rejected"] == {"not_member": len(refused)}
+        assert all(replica.events_of(m) == [] for m in refused)
+        assert all(len(replica.events_of(m)) == 1 for m in effective)
+        # Finality waits for no refused newcomer: only for those who must acknowledge e2.
+        assert not set(refused) & set(replica.finality().waiting_for)
+        assert set(replica.finality().waiting_for) <= {a, b, *effective}
+        late = replica.receive(signed_in_sync_with(replica, key_of[refused[0]]).raw)
+        assert (late.status, late.code) == ("rejected", "not_member")
+    # Honest replicas keep creating events; the effective newcomers acknowledge twice;
+    # everything becomes final and nobody's clock names more than MEMBERS_MAX origins.
+    for _ in range(6):
+        if all(r.is_final(e2.id) and not r.wants_ack() for r in (ra, rb)):
+            break
+        acks = [signed_in_sync_with(ra, key_of[m]) for m in effective]
+        for replica in (ra, rb):
+            assert {r.status for r in replica.receive_many([e.raw for e in acks])} == {
+                "delivered"}
+        for replica, key in ((ra, ka), (rb, kb)):
+            replica.create_event(key.private_key, "BTC-USD", ONE)
+        rb.receive_many([e.raw for e in ra.events_of(a)])
+        ra.receive_many([e.raw for e in rb.events_of(b)])
+    for replica in (ra, rb):
+        assert replica.is_final(e2.id) and replica.stats()["late_after_final"] == 0
+        assert len(replica.clock) == MEMBERS_MAX <= CLOCK_ORIGINS_MAX
+        assert all(len(e.clock) <= MEMBERS_MAX for o in replica.clock
+                   for e in replica.events_of(o))
+    assert ra.digest == rb.digest and ra.final_key() == rb.final_key()
 
 
 # -- the public key cache ----------------------------------------------------------------

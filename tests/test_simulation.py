@@ -19,6 +19,7 @@ from collections import Counter
 
 import pytest
 
+from p2pexchange.core.events import MEMBERSHIP_MARKET
 from p2pexchange.core.finality import Membership
 from p2pexchange.sim.faults import DISHONEST_KINDS
 from p2pexchange.sim.simulation import (
@@ -43,6 +44,14 @@ def test_nothing_reported_final_ever_changes_under_faults(start):
             assert result.converged and not result.stalled, f"seed {seed}"
             assert not any(n.pending_actions() for n in result.live_nodes), f"seed {seed}"
             assert result.final_events >= result.events, f"seed {seed}"
+        newcomer = result.schedule.newcomer
+        if newcomer is not None and result.converged:
+            # Its join was decided everywhere; it signed only as a member, so no replica
+            # had to park or refuse its first event.
+            origin = result.nodes[newcomer].origin
+            assert all(n.is_member() for n in result.live_nodes), f"seed {seed}"
+            assert all(n.replica.is_member(origin) for n in result.live_nodes), f"seed {seed}"
+            assert "not_member" not in result.rejected, f"seed {seed}"
 
 
 def test_the_seeds_draw_every_fault_and_every_dishonest_behaviour():
@@ -95,24 +104,64 @@ def covered_seq(head, origin: bytes) -> int:
     return head.seq if head.origin == origin else head.clock.get(origin, 0)
 
 
-def mutant_rule(self, events, members, two_rounds: bool):
+def mutant_committed(events, members, bound, two_rounds: bool):
     """The two-round all-member rule over `members` (or round one only), kept here so
-    the mutations do not depend on the core's internals; the highest key ever found is
-    kept on the Membership, so the mutant's frontier only grows."""
-    best = self.__dict__.get("mutant_frontier")
+    the mutations do not depend on the core's internals: the key of the highest event
+    it commits at or before `bound` (None: no bound), or None."""
     heads = [events[m][-1] for m in members if events.get(m)]
     if len(heads) < len(members) or not heads:
-        return best
+        return None
     witnesses = []
     for p in members:
         w = min(covered_seq(h, p) for h in heads)
         if w == 0:
-            return best
+            return None
         witnesses.append(events[p][w - 1])
+    best = None
     for p, witness in zip(members, witnesses, strict=True):
         c = min(covered_seq(w, p) for w in witnesses) if two_rounds else witness.seq
+        while c and bound is not None and events[p][c - 1].key > bound:
+            c -= 1
         if c and (best is None or events[p][c - 1].key > best):
             best = events[p][c - 1].key
+    return best
+
+
+def join_keys(self, events) -> dict[bytes, object]:
+    """Each candidate or admitted member's earliest join key, read from the delivered
+    events (joins of refused candidates included: they stop counting once refused, as
+    the core's do). Scans only what was delivered since the last call."""
+    seen = self.__dict__.setdefault("mutant_scanned", {})
+    joined = self.__dict__.setdefault("mutant_joined", {})
+    for origin, chain in events.items():
+        for event in chain[seen.get(origin, 0):]:
+            if event.market == MEMBERSHIP_MARKET:
+                for action in event.actions:
+                    if action.member not in self.genesis and (
+                            action.member not in joined or event.key < joined[action.member]):
+                        joined[action.member] = event.key
+        seen[origin] = len(chain)
+    return {m: k for m, k in joined.items() if m not in self.refused}
+
+
+def mutant_rule(self, events, choose, two_rounds: bool):
+    """The core's structure around a mutant commit rule: a member admitted by a join
+    counts only for what sorts after its join (else a candidate, which may not sign
+    before its join is final and decided, would stall the rule for ever), so the rule
+    runs once per prefix of the members in order of admission, bounded by the next
+    join; `choose(members)` picks whom it waits for. The highest key ever found is
+    kept on the Membership, so the mutant's frontier only grows."""
+    best = self.__dict__.get("mutant_frontier")
+    keys = join_keys(self, events)
+    joined = sorted(keys, key=keys.__getitem__)
+    required = sorted(self.genesis)
+    for k in range(len(joined) + 1):
+        bound = keys[joined[k]] if k < len(joined) else None
+        found = mutant_committed(events, choose(required), bound, two_rounds)
+        if found is not None and (best is None or found > best):
+            best = found
+        if k < len(joined):
+            required.append(joined[k])
     self.mutant_frontier = best
     return best
 
@@ -120,17 +169,17 @@ def mutant_rule(self, events, members, two_rounds: bool):
 def frontier_ignoring_silent_members(self, events):
     """UNSAFE, the old liveness rule in spirit: a member whose latest event lags the
     newest member's by more than SILENT_LAMPORT stops holding finality back."""
-    members = list(self.members)
-    if not all(events.get(m) for m in members):
-        return self.__dict__.get("mutant_frontier")
-    top = max(events[m][-1].lamport for m in members)
-    live = [m for m in members if events[m][-1].lamport >= top - SILENT_LAMPORT]
+    def live(members):
+        if not all(events.get(m) for m in members):
+            return members  # one never spoke: the rule commits nothing for this prefix
+        top = max(events[m][-1].lamport for m in members)
+        return [m for m in members if events[m][-1].lamport >= top - SILENT_LAMPORT]
     return mutant_rule(self, events, live, two_rounds=True)
 
 
 def frontier_one_round(self, events):
     """UNSAFE: commit the highest event every member's head covers (round one only)."""
-    return mutant_rule(self, events, list(self.members), two_rounds=False)
+    return mutant_rule(self, events, list, two_rounds=False)
 
 
 def violations(seeds, **kwargs) -> list[str]:

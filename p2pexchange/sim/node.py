@@ -41,9 +41,19 @@ class SimNode:
     def final_prefix(self) -> list[bytes]:
         return self.view.ids
 
+    def is_member(self) -> bool:
+        """Whether this node may sign: its join (if it is a newcomer) is final and
+        decided effective at its own replica. The replica decides joins when it computes
+        its frontier, so that is brought up to date first, as the node's tick does."""
+        self.replica.final_key()
+        return self.replica.is_member(self.origin)
+
     def create(self, market: str, actions: Sequence[Action]) -> Event | None:
         """Sign and deliver an event; None for an equivocator's persona that has seen
-        its other persona's later events (`OwnHistoryBehind`: it cannot sign any more)."""
+        its other persona's later events (`OwnHistoryBehind`: it cannot sign any more).
+        Only a member signs: a newcomer's event before its join is decided would wait
+        at every replica (parked), and one signed after a refusal would be refused."""
+        assert self.is_member(), f"node {self.index} signs before it is a member"
         try:
             event, self.last_receipt = self.replica.create_event(self.key.private_key,
                                                                  market, actions)

@@ -5,8 +5,11 @@ Theory of operation. `run_simulation(seed)` draws everything from `random.Random
 (no time, no global randomness, sorted iteration wherever a set could decide), so a
 failing seed replays exactly; the exception names the seed and the step.
 - Members: 4 or 5 from a genesis; on some seeds a newcomer, which syncs from the
-  start and is admitted mid-run by a `Join` of an honest member (its first event then
-  covers the join, as `create_event` guarantees).
+  start and is admitted mid-run by a `Join` of an honest member. The join makes it a
+  candidate (finality waits for it from the join on); it signs nothing, not even an
+  acknowledgement, until the join is final and decided at its own replica
+  (`is_member` of itself), so its first event covers the join and the acknowledgements
+  that made it final, and no replica has to park it.
 - Each tick (one batch interval) every node that is up and a member either signs
   its batch of random actions (workload.OrderFlow), or, when it has none and
   `wants_ack()`, one empty event on the membership market: exactly what the node
@@ -203,8 +206,8 @@ class Simulation:
             newcomer = self.nodes[s.newcomer]
             self._publish(node, node.create(MEMBERSHIP_MARKET, [Join(newcomer.origin)]), tick)
             self._note(tick, f"node {node.index} admits node {newcomer.index}")
-        elif not node.replica.is_member(node.origin):
-            return  # a newcomer before its admission only syncs
+        elif not node.is_member():
+            return  # a newcomer before its join is final and decided only syncs
         elif not node.honest and tick in s.attack:
             self._misbehave(node, tick)
         elif self.rng.random() < (1.0 if s.burst and tick in s.burst else TRADE_P):

@@ -729,9 +729,6 @@ def test_a_replica_rebuilt_from_its_events_reports_the_same_members_effective_an
             assert rebuilt.membership.refused == set(order[MEMBERS_MAX - 2:])
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: Membership.effective is only updated "
-                   "when something calls final_key(); is_member()/members()/wants_ack() "
-                   "read it without deciding first (replica.py is_member, wants_ack)")
 def test_a_newcomer_whose_join_is_final_is_a_member_without_anyone_asking_what_is_final():
     """Membership is a function of the delivered events: once n's replica holds the
     acknowledgements that make n's join final, `is_member(n)` is True and n wants to
@@ -743,19 +740,14 @@ def test_a_newcomer_whose_join_is_final_is_a_member_without_anyone_asking_what_i
     net.act("a", [Join(n)], market=MEMBERSHIP_MARKET)
     after = net.act("b", [sell(102)])
     net.acks_until_quiet()  # asks every replica wants_ack(), nothing else
+    assert net["n"].is_member(n) and net["n"].events_of(n), "n acknowledged on its own"
+    assert all(r.is_final(after.id) for r in net.replicas.values())
     twin = Replica(DEFAULT_MARKETS, n, genesis=net.genesis)
     for raw in delivered_raws(net["n"]):
         twin.receive(raw)
-    twin.final_key()
-    assert twin.is_member(n) and twin.wants_ack()
-    assert (net["n"].is_member(n), net["n"].wants_ack()) == (True, True)
-    net.acks_until_quiet()
-    assert all(r.is_final(after.id) for r in net.replicas.values())
+    assert twin.is_member(n) and twin.members() == net["n"].members()
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: Replica._release_parked decides once, "
-                   "then delivers; a parked event whose join becomes final only through "
-                   "that delivery stays parked until some later deliverable input")
 def test_a_parked_first_event_is_delivered_by_the_release_that_makes_its_join_final():
     """p joined by j1, q by j2 (sorting after j1, so j2 needs p's acknowledgement). An
     observer gets j1, j2, q's first event and a's acknowledgement of p's, then p's first

@@ -425,10 +425,15 @@ class Replica:
         membership = self.membership
         if membership is None:
             return []
+        self.final_key()  # joins are decided as they become final
         return [m for m in membership.members if m in membership.effective]
 
     def is_member(self, peer: bytes) -> bool:
-        return self.membership is not None and self.membership.is_member(peer)
+        """An effective member (its join decided, if it joined)."""
+        if self.membership is None:
+            return False
+        self.final_key()  # joins are decided as they become final
+        return self.membership.is_member(peer)
 
     def final_key(self) -> OrderKey | None:
         """Events whose key is at most the returned one are final; None: nothing is."""
@@ -460,16 +465,18 @@ class Replica:
     def _release_parked(self, receipt: Receipt) -> None:
         """Deliver the parked first events of newcomers whose join is now decided
         effective; refuse those whose join was refused."""
-        if not self._parked:
-            return
-        self.final_key()  # decides the joins that are final
         membership = self.membership
-        assert membership is not None
-        for origin in [o for o in self._parked if o in membership.effective]:
-            self._deliver_chain(self._parked.pop(origin), receipt)
-        for origin in [o for o in self._parked if o in membership.refused]:
-            self._reject("not_member", "its join was refused: the network is full",
-                         self._parked.pop(origin))
+        while self._parked:
+            self.final_key()  # decides the joins that are final
+            assert membership is not None
+            ready = [o for o in self._parked if o in membership.effective]
+            for origin in [o for o in self._parked if o in membership.refused]:
+                self._reject("not_member", "its join was refused: the network is full",
+                             self._parked.pop(origin))
+            if not ready:
+                return
+            for origin in ready:  # delivering them may make further joins final
+                self._deliver_chain(self._parked.pop(origin), receipt)
 
     def finality(self) -> Finality:
         """Final versus pending events and trades, and whom finality waits for. Costs

@@ -17,6 +17,11 @@ What is checked, from both sides:
 - admission: the JS peer learns the genesis from a heartbeat, asks a member to admit
   it, and its first event covers the join;
 - a place and its cancel signed by the JS peer are applied by every Python node;
+- finality (protocols/finality.md): the JS peer decides its own join effective once it
+  is final, acknowledges (empty events on the membership market) when the commit rule
+  wants it, so finality on the Python nodes never stalls on it: its place and cancel
+  and every trade become final everywhere (`waiting_for` empty, no pending trade), and
+  its own final frontier is the Python nodes' `final_key`;
 - every event the JS peer delivered is verified, and it ends with the same delivered
   set and the same digest as every Python node.
 
@@ -228,6 +233,11 @@ async def _check(net, js: JsPeer, nodes: list[Node], tmp_path: pathlib.Path,
     js_conns = [c for peer, c in n0.host.get_network().connections.items() if peer == js_id]
     assert js_conns, "the bootstrap node has no connection to the JS peer"
 
+    # 4b. Finality does not stall on the JS peer: it acknowledges, so its place and
+    # cancel, and every trade, become final on every Python node.
+    await _all_final(nodes, [place_id, cancel_id], 20)
+    timings["js events final on every python node"] = time.monotonic() - started
+
     # 5. The JS peer serves sync. (a) The Python sync client (net/sync.py), on a fresh
     # host and an empty replica, pulls the whole history from the JS peer alone and
     # reaches the Python nodes' digest. (b) A late Python node bootstrapped from the JS
@@ -253,6 +263,8 @@ async def _check(net, js: JsPeer, nodes: list[Node], tmp_path: pathlib.Path,
     with trio.fail_after(20):
         await net.nursery.start(late.run)
     net.nodes.append(late)
+    await net.member(late, 20)
+    timings["late python node admitted"] = time.monotonic() - started
     with trio.move_on_after(10):
         while not any(peer == str(js_id) and isinstance(n, int) for peer, n in pulls):
             await trio.sleep(0.1)
@@ -261,7 +273,7 @@ async def _check(net, js: JsPeer, nodes: list[Node], tmp_path: pathlib.Path,
     timings["late python node pulled from js"] = time.monotonic() - started
 
     # 6. Every event verified; the same delivered set and digest everywhere.
-    everyone = nodes
+    everyone = [*nodes, late]
     digest = ""
     with trio.move_on_after(30):
         while True:
@@ -297,6 +309,50 @@ async def _check(net, js: JsPeer, nodes: list[Node], tmp_path: pathlib.Path,
     assert status["trades"] == len(n0.replica.trades()) > 0
     assert status["books"]["BTC-USD"] == {
         side: [list(level) for level in levels] for side, levels in n0.book("BTC-USD", 100).items()}
+
+    # 7. Finality everywhere, the late node's join included, and the JS peer's own final
+    # frontier is the Python nodes' final_key.
+    await _all_final(everyone, [place_id, cancel_id], 20)
+    frontiers: list = []
+    with trio.move_on_after(20):
+        while True:
+            keys = [_key(n.replica.final_key()) for n in everyone]
+            js_final = js.last("status")["finality"]
+            frontiers = [js_final["frontier"], *keys]
+            if (all(k == keys[0] for k in frontiers) and not js_final["waiting_for"]
+                    and all(not n.replica.finality().waiting_for for n in everyone)):
+                break
+            await js.changed.wait()
+    js_final = js.last("status")["finality"]
+    assert all(k == frontiers[1] for k in frontiers) and frontiers[1] is not None, (
+        frontiers, js_final, [n.replica.finality() for n in everyone])
+    assert js_final["final"] == everyone[0].replica.finality().final_events, js_final
+    assert js_final["waiting_for"] == [], js_final
+    status = js.last("status")
+    assert status["acks"]["signed"] > 0, status["acks"]
+    assert status["frontier_regressions"] == 0 and status["late_after_final"] == 0, status
+    assert status["parked"] == 0 and status["replica_rejected"] == {}, status
+    timings["same final frontier"] = time.monotonic() - started
+
+
+def _key(key) -> list | None:
+    """A Python OrderKey as the JS peer prints it: [lamport, rank, origin hex, seq]."""
+    return None if key is None else [key[0], key[1], key[2].hex(), key[3]]
+
+
+async def _all_final(nodes: list[Node], event_ids: list[bytes], timeout_s: float) -> None:
+    """Wait until every node holds `event_ids` final, waits for nobody and has no
+    pending trade."""
+    def done(n: Node) -> bool:
+        f = n.replica.finality()
+        return (all(n.replica.is_final(e) for e in event_ids) and not f.waiting_for
+                and f.pending_trades == 0)
+    with trio.move_on_after(timeout_s):
+        while not all(done(n) for n in nodes):
+            await trio.sleep(0.1)
+    stalled = {str(n.peer_id): (n.replica.finality(), [n.replica.is_final(e) for e in event_ids])
+               for n in nodes if not done(n)}
+    assert not stalled, f"finality stalled: {stalled}"
 
 
 async def _pull_everything_from(js_id: ID, js_addr: str, reference: Node) -> int:

@@ -6,9 +6,11 @@
 // identify); ask the Kademlia DHT for the peers closest to its own id and dial those
 // it learns of; subscribe to every topic with validators that decode and verify;
 // learn the genesis from a heartbeat; pull history with /p2pexchange/sync/1.0.0 and
-// serve it; ask a member to admit it (join request) until a join of it is delivered;
-// publish a place and then its cancel; then keep heartbeating, syncing and
-// reporting its state. Every step is a JSON line on stdout; errors go to stderr.
+// serve it; ask a member to admit it (join request) until a join of it is delivered,
+// then wait until its replica decides that join effective (finality.md: once the join
+// is final); publish a place and then its cancel; acknowledge (an empty event on the
+// membership market) at every tick when the commit rule wants it; admit newcomers that
+// ask it; then keep heartbeating, syncing and reporting its state. Every step is a JSON line on stdout; errors go to stderr.
 //
 // Usage: node peer.mjs --bootstrap <multiaddr> [--market BTC-USD] [--side 0]
 //        [--price 1000] [--qty 3] [--timeout-ms 60000]
@@ -62,6 +64,7 @@ const JOIN_RETRY_MS = 3_000
 const HEARTBEAT_INTERVAL_MS = 1_000
 const ANTI_ENTROPY_INTERVAL_MS = 2_000
 const STATUS_INTERVAL_MS = 500
+const ACK_TICK_MS = 150 // BATCH_INTERVAL_S: acknowledge (and admit) at most once a tick
 
 const { values: args } = parseArgs({
   options: {
@@ -103,6 +106,9 @@ function peerName (bytes) { // a peer id's text form: base58btc of its bytes
 
 const replica = new Replica()
 const waitingForGenesis = [] // events that arrived before the genesis was known
+const due = new Map() // newcomer hex -> its peer id bytes, to admit in our next event
+const admittedAt = new Map() // newcomer hex -> when we signed its join
+const acks = { signed: 0, joins: 0 }
 const stats = {
   events_verified: 0, // decoded, signature verified, id computed, re-encoded byte for byte
   events_by_source: { gossip: 0, sync: 0 },
@@ -207,8 +213,9 @@ pubsub.addEventListener('message', (evt) => {
         for (const event of waitingForGenesis.splice(0)) replica.receive(event)
       }
     } else if (msg.topic === JOIN_TOPIC) {
-      decodeJoinRequest(msg.data)
+      const sponsor = decodeJoinRequest(msg.data)
       stats.join_requests_verified++
+      onJoinRequest(hex(msg.from.toMultihash().bytes), sponsor)
     } else if (msg.topic === TRADES_TOPIC) {
       decodeTradeReport(msg.data)
       stats.trade_reports_verified++
@@ -342,6 +349,13 @@ for (const peer of connectedPeers()) {
 let asked = 0
 while (!replica.isMember(myHex)) {
   if (Date.now() > deadline) throw new Error('timed out waiting to be admitted')
+  if (replica.joined.has(myHex)) { // a candidate: wait until its join is decided
+    if (asked++ % 10 === 0) {
+      say('candidate', { delivered: replica.delivered.length, buffered: replica.buffered.size, parked: replica.parked.size, finality: replica.finality(), effective: replica.members().length, candidates: replica.candidates.length })
+    }
+    await sleep(200)
+    continue
+  }
   const members = connectedPeers().filter((p) => replica.isMember(hex(p.toMultihash().bytes))).sort((a, b) => (a.toString() < b.toString() ? -1 : 1))
   if (members.length > 0) {
     const sponsor = members[asked++ % members.length]
@@ -349,7 +363,7 @@ while (!replica.isMember(myHex)) {
     say('join_request', { sponsor: sponsor.toString() })
   }
   const retryAt = Date.now() + JOIN_RETRY_MS
-  while (!replica.isMember(myHex) && Date.now() < retryAt) {
+  while (!replica.joined.has(myHex) && Date.now() < retryAt) {
     await sleep(200)
     if (Date.now() + 200 >= retryAt) {
       for (const peer of connectedPeers()) await pull(peer).catch(() => {})
@@ -357,7 +371,7 @@ while (!replica.isMember(myHex)) {
   }
 }
 const joinEvent = replica.joined.get(myHex)
-say('admitted', { join_event: joinEvent.idHex, by: peerName(joinEvent.origin) })
+say('admitted', { join_event: joinEvent.idHex, by: peerName(joinEvent.origin), join_final: replica.isFinal(joinEvent) })
 
 // -- own events -------------------------------------------------------------------------------
 
@@ -372,6 +386,38 @@ async function publishOwn (market, actions) {
   await pubsub.publish(marketTopic(market), event.raw)
   return event
 }
+
+// Acknowledgements (finality.md): at every tick, joins to sign for newcomers that asked
+// us, else an empty event on the membership market when the commit rule wants one.
+function onJoinRequest (newcomerHex, sponsor) {
+  if (hex(sponsor) !== myHex || !replica.isMember(myHex)) return
+  if (replica.waitedFor().includes(newcomerHex) || replica.refused.has(newcomerHex)) return
+  if (replica.waitedFor().length + due.size >= 64) return
+  if (Date.now() - (admittedAt.get(newcomerHex) ?? -Infinity) < JOIN_RETRY_MS) return
+  due.set(newcomerHex, Uint8Array.from(Buffer.from(newcomerHex, 'hex')))
+}
+let ticking = false
+setInterval(async () => {
+  if (ticking || seq === 0) return // our first event is the place (it covers our join)
+  ticking = true
+  try {
+    const joins = [...due].filter(([h]) => !replica.waitedFor().includes(h))
+    due.clear()
+    if (joins.length > 0) {
+      for (const [h] of joins) admittedAt.set(h, Date.now())
+      await publishOwn('', joins.map(([, member]) => ({ kind: 'join', member })))
+      acks.joins += joins.length
+      say('admitting', { newcomers: joins.map(([, m]) => peerName(m)) })
+    } else if (replica.wantsAck(myHex)) {
+      await publishOwn('', [])
+      acks.signed++
+    }
+  } catch (err) {
+    console.error('ack tick:', err.message)
+  } finally {
+    ticking = false
+  }
+}, ACK_TICK_MS)
 
 const place = await publishOwn(args.market, [{ kind: 'place', side: Number(args.side), type: 0, price: Number(args.price), qty: Number(args.qty), stp: 0 }])
 const placedOrder = orderId(place.id, 0)
@@ -404,6 +450,11 @@ setInterval(() => {
     buffered: replica.buffered.size,
     ids: replica.delivered.map((e) => e.idHex),
     members: replica.members().map((h) => peerName(Uint8Array.from(Buffer.from(h, 'hex')))),
+    finality: { ...replica.finality(), waiting_for: replica.finality().waiting_for.map((h) => peerName(Uint8Array.from(Buffer.from(h, 'hex')))) },
+    acks,
+    parked: replica.parked.size,
+    frontier_regressions: replica.frontierRegressions,
+    late_after_final: replica.lateAfterFinal,
     outcomes: { [place.idHex]: s.outcomes.get(place.idHex), [cancel.idHex]: s.outcomes.get(cancel.idHex) },
     books: s.books,
     trades: s.trades.length,

@@ -282,6 +282,12 @@ async function pull (peerId) {
   return record
 }
 
+// `promise`, or a rejection after `ms` (a pull stuck on one peer must not stall the rest).
+function bounded (promise, ms) {
+  promise.catch(() => {}) // a late failure after the race is lost is not unhandled
+  return Promise.race([promise, sleep(ms).then(() => { throw new Error(`no answer in ${ms} ms`) })])
+}
+
 const connectedPeers = () => node.getConnections().map((c) => c.remotePeer).filter((p, i, all) => all.findIndex((q) => q.equals(p)) === i)
 
 // -- bootstrap and discovery ------------------------------------------------------------
@@ -350,8 +356,11 @@ let asked = 0
 while (!replica.isMember(myHex)) {
   if (Date.now() > deadline) throw new Error('timed out waiting to be admitted')
   if (replica.joined.has(myHex)) { // a candidate: wait until its join is decided
-    if (asked++ % 10 === 0) {
-      say('candidate', { delivered: replica.delivered.length, buffered: replica.buffered.size, parked: replica.parked.size, finality: replica.finality(), effective: replica.members().length, candidates: replica.candidates.length })
+    // Anti-entropy meanwhile: an acknowledgement missed on gossip would keep our join
+    // from ever being final here.
+    if (asked++ % 5 === 0) {
+      say('candidate', { delivered: replica.delivered.length, buffered: replica.buffered.size, parked: replica.parked.size, finality: replica.finality() })
+      for (const peer of connectedPeers()) await bounded(pull(peer), SYNC_TIMEOUT_MS / 2).catch(() => {})
     }
     await sleep(200)
     continue
@@ -366,7 +375,7 @@ while (!replica.isMember(myHex)) {
   while (!replica.joined.has(myHex) && Date.now() < retryAt) {
     await sleep(200)
     if (Date.now() + 200 >= retryAt) {
-      for (const peer of connectedPeers()) await pull(peer).catch(() => {})
+      for (const peer of connectedPeers()) await bounded(pull(peer), SYNC_TIMEOUT_MS / 2).catch(() => {})
     }
   }
 }

@@ -82,11 +82,14 @@ export class Replica {
 
   // An effective member: its events are delivered.
   isMember (originHex) {
-    return this.genesis !== null && this.effective.has(originHex)
+    if (this.genesis === null) return false
+    this.finalKey() // joins are decided as they become final
+    return this.effective.has(originHex)
   }
 
   // The effective members (hex, sorted).
   members () {
+    this.finalKey() // joins are decided as they become final
     return [...this.effective].sort()
   }
 
@@ -223,23 +226,26 @@ export class Replica {
   // Deliver the parked first events whose join is now decided effective; refuse those
   // whose join was refused.
   _releaseParked () {
-    if (this.parked.size === 0) return
-    this.finalKey()
-    for (const [o, event] of [...this.parked]) {
-      if (this.effective.has(o)) {
+    while (this.parked.size > 0) {
+      this.finalKey() // decides the joins that are final
+      const ready = [...this.parked.keys()].filter((o) => this.effective.has(o))
+      for (const o of [...this.parked.keys()]) {
+        if (this.refused.has(o)) {
+          this.parked.delete(o)
+          this._reject('not_member')
+        }
+      }
+      if (ready.length === 0) return
+      for (const o of ready) { // delivering them may make further joins final
+        const event = this.parked.get(o)
         this.parked.delete(o)
         const code = this._verdict(event)
-        if (code) this._reject(code)
+        if (code === 'undecided') this._park(event)
+        else if (code) this._reject(code)
         else {
           this._deliver(event)
           this._drainBuffer()
         }
-      }
-    }
-    for (const o of [...this.parked.keys()]) {
-      if (this.refused.has(o)) {
-        this.parked.delete(o)
-        this._reject('not_member')
       }
     }
   }

@@ -206,11 +206,15 @@ def test_a_node_whose_peers_lag_behind_its_events_refuses_new_orders(tmp_path):
 
     from p2pexchange.core.params import PEERS_BEHIND_BUSY_S
 
-    node = Node(NodeConfig(data_dir=str(tmp_path / "n")))
-    peer = ID.from_pubkey(seeded_key_pair("peer").public_key)
+    node, other, _ = two_member_node(tmp_path)
+    peer = ID(other.origin)  # a member
+    stranger = ID.from_pubkey(seeded_key_pair("peer").public_key)  # not a member
     node.replica.create_event(node.key_pair.private_key, "BTC-USD",
                               [Place(Side.SELL, OrderType.LIMIT, 100, 1)])
     node.control._sealed_at.append((1, time.monotonic() - PEERS_BEHIND_BUSY_S - 5))
+    # A newcomer still catching up (no member yet) is no sign of a lagging network.
+    node.control.on_heartbeat(stranger, wire.Heartbeat({}, 0, b"d" * 32, 0))
+    assert node.busy() is None
     node.control.on_heartbeat(peer, wire.Heartbeat({}, 0, b"d" * 32, 0))  # has none of ours
     assert "behind our events" in node.busy()
     node.control.on_heartbeat(peer, wire.Heartbeat({node.origin: 1}, 1, b"d" * 32, 1))

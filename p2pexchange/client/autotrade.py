@@ -4,7 +4,8 @@ Orders follow `sim.workload.OrderFlow` around a mid that drifts (one flow per ma
 arrival times exponential at `rate` per second). Cancels name real orders: the
 trader learns its order ids from its node's own events among those applied
 (`Node.subscribe_applied`), keeping the newest `OPEN_ORDERS_MAX` per market. It
-pauses while the node has more than `PENDING_MAX` actions waiting to be signed, and
+pauses while the node has more than `PENDING_MAX` actions waiting to be signed, while
+the node says it is busy (not a member yet, or backpressure: `Node.busy`), and
 whenever `enabled` is off.
 """
 
@@ -45,7 +46,8 @@ class AutoTrader:
         while True:
             await trio.sleep(self._rng.expovariate(self.rate))
             self._learn(applied, node.origin, flows)
-            if not self.enabled or node.pending_actions > PENDING_MAX:
+            if (not self.enabled or node.pending_actions > PENDING_MAX
+                    or node.busy() is not None):
                 continue
             market = self._rng.choice(sorted(node.markets))
             node.submit(market, flows[market].next_action())

@@ -75,6 +75,8 @@ class Control:
         mine = self.replica.clock
         if any(s > mine.get(o, 0) for o, s in hb.clock.items()):
             self._want_sync(sender)
+        if not self.replica.is_member(sender.to_bytes()):
+            return  # a newcomer catching up is no sign that the network lags behind us
         views = self._views_of_mine
         views.pop(sender.to_bytes(), None)  # most recent last
         views[sender.to_bytes()] = (hb.clock.get(self.origin, 0), time.monotonic())

@@ -11,9 +11,10 @@ and reported to the node (`on_found`), which then syncs with the newcomer.
 Keepalive: a connection whose peer vanished without a TCP reset (a partition, a
 paused process) looks open for ever, and writes to it block once the peer stops
 reading. Every `KEEPALIVE_INTERVAL_S` each connected peer is pinged (`/ipfs/ping/
-1.0.0`); after `KEEPALIVE_FAILURES_MAX` unanswered pings in a row the connection is
-dropped, which ends what was blocked on it, and the dial loop reconnects as soon
-as the peer answers again (within about `DISCOVERY_INTERVAL_S` of a heal).
+1.0.0`); a peer that answered no ping for `KEEPALIVE_FAILURES_MAX` times
+`KEEPALIVE_TIMEOUT_S` is dropped, which ends what was blocked on it, and the dial loop
+reconnects as soon as the peer answers again (within about `DISCOVERY_INTERVAL_S` of
+a heal).
 """
 
 from __future__ import annotations
@@ -52,7 +53,9 @@ class Discovery:
         self.dht = KadDHT(host, DHTMode.SERVER)
         self.peers: set[ID] = set()
         self._on_found = on_found
-        self._unanswered: dict[ID, int] = {}  # peer -> pings in a row without an answer
+        self._answered_at: dict[ID, float] = {}  # peer -> last ping answered (or connected)
+        self._pinging: set[ID] = set()  # a ping in flight (possibly stuck in a write)
+        self._dropping: set[ID] = set()
 
     async def start(self, stack: AsyncExitStack) -> None:
         """Start the DHT as a service that `stack` stops."""
@@ -121,27 +124,44 @@ class Discovery:
             log.debug("dial %s failed: %s", short_peer(peer), exc)
 
     async def keepalive(self) -> None:
-        """Ping every connected peer now and then; drop those that stopped answering."""
-        while True:
-            await trio.sleep(KEEPALIVE_INTERVAL_S)
-            async with trio.open_nursery() as nursery:
-                for peer in self.host.get_connected_peers():
-                    nursery.start_soon(self._ping, peer)
-            for peer in [p for p, n in self._unanswered.items() if n >= KEEPALIVE_FAILURES_MAX]:
-                del self._unanswered[peer]
-                log.info("peer %s stopped answering pings: dropping the connection",
-                         short_peer(peer))
-                with trio.move_on_after(DIAL_TIMEOUT_S):
-                    try:
-                        await self.host.disconnect(peer)
-                    except Exception as exc:  # already gone
-                        log.debug("disconnect %s: %s", short_peer(peer), exc)
+        """Ping every connected peer now and then; drop those that stopped answering.
+        Pings and drops run as tasks of their own and are judged by the time since the
+        last answer: a write to a peer that stopped reading can block in py-libp2p
+        beyond any timeout, and must not hold up this loop or the other peers."""
+        async with trio.open_nursery() as nursery:
+            while True:
+                await trio.sleep(KEEPALIVE_INTERVAL_S)
+                now = time.monotonic()
+                connected = self.host.get_connected_peers()
+                for peer in connected:
+                    answered = self._answered_at.setdefault(peer, now)
+                    silent_s = now - answered
+                    if silent_s > KEEPALIVE_TIMEOUT_S * KEEPALIVE_FAILURES_MAX:
+                        if peer not in self._dropping:
+                            log.info("peer %s answered no ping for %.0f s: dropping the "
+                                     "connection", short_peer(peer), silent_s)
+                            self._dropping.add(peer)
+                            nursery.start_soon(self._drop, peer)
+                    elif peer not in self._pinging:
+                        self._pinging.add(peer)
+                        nursery.start_soon(self._ping, peer)
+                for peer in set(self._answered_at) - set(connected):
+                    del self._answered_at[peer]  # gone: a new connection starts afresh
+
+    async def _drop(self, peer: ID) -> None:
+        try:
+            with trio.move_on_after(DIAL_TIMEOUT_S):
+                await self.host.disconnect(peer)
+        except Exception as exc:  # already gone
+            log.debug("disconnect %s: %s", short_peer(peer), exc)
+        finally:
+            self._dropping.discard(peer)
+            self._answered_at.pop(peer, None)
 
     async def _ping(self, peer: ID) -> None:
         payload = secrets.token_bytes(32)
-        answered = False
-        with trio.move_on_after(KEEPALIVE_TIMEOUT_S):
-            try:
+        try:
+            with trio.move_on_after(KEEPALIVE_TIMEOUT_S):
                 stream = await self.host.new_stream(peer, [PING_PROTOCOL])
                 try:
                     await stream.write(payload)
@@ -151,16 +171,15 @@ class Discovery:
                         if not chunk:
                             break
                         got += chunk
-                    answered = got == payload
+                    if got == payload:
+                        self._answered_at[peer] = time.monotonic()
                 finally:
                     with trio.move_on_after(1):
                         await stream.close()
-            except Exception as exc:  # no stream, a reset: unanswered
-                log.debug("ping %s failed: %s", short_peer(peer), exc)
-        if answered:
-            self._unanswered.pop(peer, None)
-        else:
-            self._unanswered[peer] = self._unanswered.get(peer, 0) + 1
+        except Exception as exc:  # no stream, a reset: unanswered
+            log.debug("ping %s failed: %s", short_peer(peer), exc)
+        finally:
+            self._pinging.discard(peer)
 
     def _note_changes(self) -> None:
         connected = set(self.host.get_connected_peers())

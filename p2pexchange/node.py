@@ -109,7 +109,7 @@ class Node:
                              want_sync=lambda peer: self.sync.want(peer))
         self.sync = Sync(self.host, self.replica, self.intake.receive, self.rejections,
                          peers=lambda: self.discovery.peers, rng=self._rng)
-        self.discovery = Discovery(self.host, on_found=self.sync.want)
+        self.discovery = Discovery(self.host, on_found=self.sync.found)
         self.admission = Admission(self.replica, self.store, self.origin, self.gossip,
                                    self.rejections, bootstrap_peers(config.bootstrap),
                                    peers=lambda: self.discovery.peers,

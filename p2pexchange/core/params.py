@@ -38,8 +38,9 @@ DISCOVERY_INTERVAL_S = 1.0
 DHT_REFRESH_INTERVAL_S = 5.0
 DIAL_TIMEOUT_S = 5.0  # every peer of the routing table is dialed at once, each this long
 KEEPALIVE_INTERVAL_S = 2.0  # every connected peer is pinged this often
-KEEPALIVE_TIMEOUT_S = 4.0  # a ping not answered within this fails
-KEEPALIVE_FAILURES_MAX = 2  # failed pings in a row before the connection is dropped
+KEEPALIVE_TIMEOUT_S = 5.0  # a ping not answered within this fails
+KEEPALIVE_FAILURES_MAX = 3  # a peer silent for this many timeouts is dropped (a busy
+# peer, applying a large sync, can miss a few pings: dropping it would only churn)
 PUBLISH_TIMEOUT_S = 5.0  # a gossip publish stuck longer (a peer that stopped reading) ends
 
 # -- sync ----------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from ..core.params import (
     KEEPALIVE_INTERVAL_S,
     KEEPALIVE_TIMEOUT_S,
 )
-from .host import dial, peer_info, short_peer
+from .host import abort_connections, dial, peer_info, short_peer
 
 log = logging.getLogger("p2pexchange.node")
 
@@ -150,6 +150,7 @@ class Discovery:
 
     async def _drop(self, peer: ID) -> None:
         try:
+            await abort_connections(self.host, peer)
             with trio.move_on_after(DIAL_TIMEOUT_S):
                 await self.host.disconnect(peer)
         except Exception as exc:  # already gone

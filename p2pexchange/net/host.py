@@ -105,3 +105,23 @@ def short_peer(peer: ID) -> str:
     """A short handle for a peer id in logs: its last 8 characters."""
     return peer_name(peer.to_bytes())[-8:]
 
+
+async def abort_connections(host: Any, peer: ID) -> int:
+    """Close the TCP sockets under every connection to `peer` at once; returns how many.
+    A connection to a peer that stopped reading (a partition, a paused process) cannot
+    be closed politely: py-libp2p's close writes a frame that blocks behind the stuck
+    writes, and the kernel keeps the socket for as long as TCP retransmits. Closing
+    the socket ends what blocked on it with an error, py-libp2p tears the connection
+    down, and the peer can be dialed afresh. The path to the socket follows py-libp2p
+    0.8's objects (swarm connection, yamux, noise session, raw connection, trio
+    stream); anything else is left alone."""
+    closed = 0
+    for conn in list(host.get_network().connections.get(peer, [])):
+        stream: Any = conn
+        for attr in ("muxed_conn", "secured_conn", "conn", "conn", "stream", "stream"):
+            stream = getattr(stream, attr, None)
+        if isinstance(stream, trio.SocketStream):
+            with trio.move_on_after(1):
+                await stream.aclose()
+            closed += 1
+    return closed

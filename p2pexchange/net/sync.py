@@ -91,6 +91,12 @@ class Sync:
         self._wanted[peer] = None
         self._wakeup.set()
 
+    def found(self, peer: ID) -> None:
+        """A new connection to `peer`: pull from it now, whatever its past failures (they
+        were the old connection's; after a partition heals, this is the first pull)."""
+        self._failures.pop(peer, None)
+        self.want(peer)
+
     # -- server ----------------------------------------------------------------------
 
     async def serve(self, stream: Any) -> None:

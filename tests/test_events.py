@@ -294,3 +294,25 @@ def test_mutated_valid_events_are_rejected_or_identical(data):
         assert rejected.code != "malformed"
         return
     assert decoded.raw == bytes(raw)  # only an unchanged event may decode
+
+
+def test_only_the_exact_ed25519_peer_id_may_originate_events():
+    """A secp256k1 origin (its signatures are not deterministic: one content, several
+    ids) and another encoding of an Ed25519 key (one key, several origins) are refused
+    as `bad_origin`, even with a signature that verifies for the key."""
+    from libp2p.crypto.secp256k1 import create_new_key_pair
+    from libp2p.peer.id import ID
+
+    from p2pexchange.core.events import decode_event, sign_event
+
+    place = [Place(Side.SELL, OrderType.LIMIT, 100, 1)]
+    assert decode_event(sign_event(KEY.private_key, ORIGIN, 1, {}, 1, "BTC-USD", place).raw,
+                        DEFAULT_MARKETS).origin == ORIGIN
+    secp = create_new_key_pair()
+    secp_origin = ID.from_pubkey(secp.public_key).to_bytes()
+    padded = ORIGIN[:1] + bytes([ORIGIN[1] + 2]) + ORIGIN[2:] + b"\x18\x00"  # extra field
+    for key, origin in ((secp.private_key, secp_origin), (KEY.private_key, padded)):
+        raw = sign_event(key, origin, 1, {}, 1, "BTC-USD", place).raw
+        with pytest.raises(EventRejected) as rejected:
+            decode_event(raw, DEFAULT_MARKETS)
+        assert rejected.value.code == "bad_origin", rejected.value

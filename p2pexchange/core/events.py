@@ -45,8 +45,8 @@ from itertools import islice
 from typing import NamedTuple
 
 import cbor2
+from libp2p.crypto.ed25519 import Ed25519PublicKey
 from libp2p.crypto.keys import PrivateKey, PublicKey
-from libp2p.peer.id import ID
 
 from .market import MARKET_NAME_BYTES_MAX, PRICE_TICKS_MAX, QTY_LOTS_MAX
 
@@ -282,17 +282,27 @@ def sign_event(private_key: PrivateKey, origin: bytes, seq: int,
 _pubkeys: OrderedDict[bytes, PublicKey] = OrderedDict()
 
 
+# An origin is exactly the peer id of an Ed25519 key: identity multihash (0x00, length
+# 0x24) of the protobuf PublicKey {Type: Ed25519 (08 01), Data: 32 bytes (12 20 ...)}.
+ED25519_PEER_ID_PREFIX = b"\x00\x24\x08\x01\x12\x20"
+ED25519_PEER_ID_BYTES = len(ED25519_PEER_ID_PREFIX) + 32
+
+
 def public_key_of(origin: bytes) -> PublicKey:
-    """The public key embedded in a peer id (Ed25519 peer ids inline their key)."""
+    """The Ed25519 public key an origin's peer id inlines. Only that exact 38-byte form
+    may originate events: other key types (secp256k1 signatures are not deterministic,
+    so one content would have several ids) and other encodings of the same key (which
+    would make one key several origins) are `bad_origin` (protocols/transport.md)."""
     key = _pubkeys.get(origin)
     if key is None:
+        if len(origin) != ED25519_PEER_ID_BYTES or not origin.startswith(ED25519_PEER_ID_PREFIX):
+            raise EventRejected("bad_origin", "an origin must be the 38-byte peer id of an "
+                                "Ed25519 key")
         try:
-            key = ID(origin).extract_public_key()
-        except Exception as exc:  # the peer id bytes come from the wire
-            raise EventRejected("bad_origin", "peer id does not embed a key: "
+            key = Ed25519PublicKey.from_bytes(origin[len(ED25519_PEER_ID_PREFIX):])
+        except Exception as exc:  # not a valid curve point
+            raise EventRejected("bad_origin", "peer id does not embed a valid key: "
                                 + describe_error(exc)) from None
-        if key is None:
-            raise EventRejected("bad_origin", "peer id does not embed a public key")
         if len(_pubkeys) >= PUBKEY_CACHE_MAX:
             _pubkeys.popitem(last=False)
         _pubkeys[origin] = key

@@ -39,6 +39,9 @@ def test_non_strings_and_huge_values_are_refused():
         BTC.price_to_ticks(1.5)  # floats never become money
     with pytest.raises(GridError, match="too large"):
         BTC.qty_to_lots(str((QTY_LOTS_MAX + 1) * Decimal("0.0001")))
+    for huge in ("1e40", "1e999999999", "9" * 5000):  # beyond what Decimal divides exactly
+        with pytest.raises(GridError, match="too large"):
+            BTC.price_to_ticks(huge)
 
 
 @given(st.integers(1, 2**48 - 1))

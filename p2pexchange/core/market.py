@@ -54,14 +54,15 @@ def _to_units(text: str, unit: Decimal, units_max: int, what: str) -> int:
     try:
         value = Decimal(text.strip())
     except InvalidOperation:
-        raise GridError(f"{what} {text!r} is not a decimal number") from None
+        raise GridError(f"{what} {text[:40]!r} is not a decimal number") from None
+    shown = repr(text[:40])  # error messages never echo unbounded input
     if not value.is_finite() or value <= 0:
-        raise GridError(f"{what} {text!r} must be a positive finite number")
+        raise GridError(f"{what} {shown} must be a positive finite number")
+    if value > unit * units_max:  # before dividing: 1e40 / 0.01 exceeds the context
+        raise GridError(f"{what} {shown} is too large")
     units, remainder = divmod(value, unit)
     if remainder != 0:
-        raise GridError(f"{what} {text!r} is not a multiple of {unit}")
-    if units > units_max:
-        raise GridError(f"{what} {text!r} is too large")
+        raise GridError(f"{what} {shown} is not a multiple of {unit}")
     return int(units)
 
 

@@ -142,7 +142,8 @@ class Sync:
     async def pull(self, peer: ID) -> int:
         """Pull what we lack from `peer`; returns the number of events delivered."""
         delivered = 0
-        stream = await self.host.new_stream(peer, [SYNC_PROTOCOL])
+        with trio.fail_after(SYNC_ROUND_TIMEOUT_S):  # a peer stalling the negotiation
+            stream = await self.host.new_stream(peer, [SYNC_PROTOCOL])
         source = f"sync from {short_peer(peer)}"
         try:
             with trio.move_on_after(SYNC_TIMEOUT_S) as exchange:

@@ -55,6 +55,7 @@ from .intake import Intake
 from .looplag import LoopLag
 from .net.control import Control
 from .net.discovery import Discovery, bootstrap_peers
+from .net.faults import FaultPlan, gossip_handlers, sync_receive
 from .net.gossip import Batcher, Gossip
 from .net.host import create_host, load_or_create_key
 from .net.rejections import Rejections
@@ -63,7 +64,6 @@ from .status import node_status, status_line
 from .store import EventStore
 
 log = logging.getLogger("p2pexchange.node")
-
 
 
 @dataclass
@@ -75,6 +75,7 @@ class NodeConfig:
     seed: int | None = None  # for the node's own random choices (sync targets)
     status_interval_s: float = STATUS_INTERVAL_S
     batch_actions_max: int = BATCH_ACTIONS_MAX  # 1: the one-order-per-event baseline
+    faults: FaultPlan | None = None  # tests only: loss, delay, duplication (net/faults.py)
 
 
 class Service(Protocol):
@@ -107,7 +108,8 @@ class Node:
         self.gossip = Gossip(self.host, self.origin, self.rejections, self.replica.precheck)
         self.intake = Intake(self.replica, self.store, self.feed, self.rejections,
                              want_sync=lambda peer: self.sync.want(peer))
-        self.sync = Sync(self.host, self.replica, self.intake.receive, self.rejections,
+        self.sync = Sync(self.host, self.replica,
+                         sync_receive(config.faults, self.intake.receive), self.rejections,
                          peers=lambda: self.discovery.peers, rng=self._rng)
         self.discovery = Discovery(self.host, on_found=self.sync.found)
         self.admission = Admission(self.replica, self.store, self.origin, self.gossip,
@@ -245,10 +247,10 @@ class Node:
             await self.discovery.start(stack)
             self.listen_addr = str(self.host.get_addrs()[0])
             async with trio.open_nursery() as nursery:
-                await self.gossip.follow_all(nursery, self.markets, self.intake.offer,
-                                             self.control.on_heartbeat,
-                                             self.admission.on_join_request,
-                                             self.control.on_trade_report)
+                await self.gossip.follow_all(nursery, self.markets, *gossip_handlers(
+                    self.config.faults, nursery,
+                    (self.intake.offer, self.control.on_heartbeat,
+                     self.admission.on_join_request, self.control.on_trade_report)))
                 await self.discovery.bootstrap(self.config.bootstrap)
                 for service in self.services:
                     await nursery.start(service.run, self)

@@ -85,6 +85,7 @@ class Sync:
         self._wakeup = trio.Event()
         self._serving: dict[ID, int] = {}  # peer -> streams being served now
         self._failures: dict[ID, tuple[int, float]] = {}  # peer -> (in a row, retry at)
+        self._misbehaved: set[ID] = set()  # its last failure was a bad answer, not silence
         self.completed = 0  # exchanges that ended with the peer having nothing more
         host.set_stream_handler(SYNC_PROTOCOL, self.serve)
 
@@ -94,9 +95,12 @@ class Sync:
         self._wakeup.set()
 
     def found(self, peer: ID) -> None:
-        """A new connection to `peer`: pull from it now, whatever its past failures (they
-        were the old connection's; after a partition heals, this is the first pull)."""
-        self._failures.pop(peer, None)
+        """A new connection to `peer`: pull from it now if it failed only by being
+        unreachable (that was the old connection's; after a partition heals, this is the
+        first pull). A peer whose last answer was bad keeps its backoff: reconnecting
+        must not let it take the sync loop's time again and again."""
+        if peer not in self._misbehaved:
+            self._failures.pop(peer, None)
         self.want(peer)
 
     # -- server ----------------------------------------------------------------------
@@ -204,6 +208,9 @@ class Sync:
         except Exception as exc:  # unreachable peer, timeout, bad response
             if isinstance(exc, SyncFailed):
                 self._reject("sync response", exc.code, peer)
+                self._misbehaved.add(peer)
+            else:
+                self._misbehaved.discard(peer)
             in_a_row = self._failures.get(peer, (0, 0.0))[0] + 1
             backoff_s = min(SYNC_BACKOFF_MAX_S, 0.5 * 2 ** min(in_a_row, 16))
             self._failures[peer] = (in_a_row, time.monotonic() + backoff_s)
@@ -218,6 +225,7 @@ class Sync:
                     log.debug("disconnect %s: %s", short_peer(peer), drop_exc)
         else:
             self._failures.pop(peer, None)
+            self._misbehaved.discard(peer)
 
 
 async def _read(stream: Any, size_max: int, eof_ok: bool) -> bytes | None:

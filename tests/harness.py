@@ -70,8 +70,10 @@ class Network:
                         return digests.pop().hex()
                     await trio.sleep(0.2)
         except trio.TooSlowError:
-            detail = [(str(n.peer_id)[-8:], market_events(n),
-                       n.replica.digest_hex[:12]) for n in nodes]
+            detail = [(str(n.peer_id)[-8:], market_events(n), n.replica.digest_hex[:12],
+                       {o.hex()[-6:]: s for o, s in n.replica.clock.items()},
+                       n.replica.stats()["events_buffered"], n.admission.state,
+                       len(n.peers)) for n in nodes]
             raise AssertionError(f"no convergence within {timeout_s}s: {detail}") from None
 
     async def discovered(self, timeout_s: float = 30.0) -> None:

@@ -587,3 +587,26 @@ def test_a_buffered_event_that_fails_at_delivery_is_named_in_the_releasing_recei
     assert receipt.status == "delivered" and receipt.delivered == [cause]
     assert [(e.id, code) for e, code in receipt.dropped] == [(waiter.id, "bad_lamport")]
     assert replica.stats()["rejected"] == {"bad_lamport": 1}
+
+
+def test_a_version_that_can_be_delivered_displaces_a_buffered_one_that_never_can():
+    """An equivocator signs a seq twice: one version names a cause that never exists
+    and reaches this replica first (it waits in the buffer), the other can be delivered
+    now. The deliverable one takes its place (the proof is kept), so the liar cannot
+    keep this replica from the version everyone else holds; a delivered version is
+    never displaced."""
+    ka, kb = seeded_key_pair("displace-a"), seeded_key_pair("displace-b")
+    a, b = peer_id_bytes(ka), peer_id_bytes(kb)
+    place = [Place(Side.SELL, OrderType.LIMIT, 100, 1)]
+    lie = sign_event(ka.private_key, a, 1, {b: (2**40, NO_SUCH_EVENT)}, 2**40 + 1, "BTC-USD",
+                     place)
+    real = sign_event(ka.private_key, a, 1, {}, 1, "BTC-USD", place)
+    replica = Replica(MARKETS)
+    assert replica.receive(lie.raw).status == "buffered"
+    assert replica.precheck(real) is None  # gossip forwards it
+    receipt = replica.receive(real.raw)
+    assert receipt.status == "delivered" and receipt.delivered == [real]
+    assert set(replica.equivocations[(a, 1)]) == {lie.raw, real.raw}
+    assert replica.stats()["events_buffered"] == 0 and replica.stats()["displaced"] == 1
+    assert replica.receive(lie.raw).code == "equivocation"  # delivered: never displaced
+    assert replica.precheck(lie) == "equivocation"

@@ -203,7 +203,7 @@ class Replica:
         self._trade_count = 0
         self._stats = {"events_delivered": 0, "rollbacks": 0, "events_reapplied": 0,
                        "duplicates": 0, "late_after_final": 0, "frontier_regressions": 0,
-                       "parked_dropped": 0}
+                       "parked_dropped": 0, "displaced": 0}
         self._parked: dict[bytes, Event] = {}  # newcomer -> its first event (see _park)
         # Evidence against origins: (origin, seq) -> the two signed versions (raw bytes).
         self.equivocations: dict[tuple[bytes, int], tuple[bytes, bytes]] = {}
@@ -388,7 +388,9 @@ class Replica:
         all its causes are here), or None (a duplicate is not wrong)."""
         previous = self._delivered_or_buffered(event.origin, event.seq)
         if previous is not None:
-            return None if previous.id == event.id else "equivocation"
+            if previous.id == event.id or self._displaces(previous, event):
+                return None
+            return "equivocation"
         me = self.origin
         if me is not None and event.origin != me and event.clock.get(me, 0) > self._own_history():
             return "impossible_clock"
@@ -577,8 +579,11 @@ class Replica:
                 return Receipt("duplicate", event=event)
             if len(self.equivocations) < EQUIVOCATIONS_MAX:
                 self.equivocations.setdefault((origin, seq), (previous.raw, event.raw))
-            return self._reject("equivocation", f"seq {seq} of {short_id(origin)} seen "
-                                f"with other content", event)
+            if not self._displaces(previous, event):
+                return self._reject("equivocation", f"seq {seq} of {short_id(origin)} seen "
+                                    f"with other content", event)
+            self._buffer.remove(origin, seq)  # the proof is kept; the version that can
+            self._stats["displaced"] += 1     # be delivered now takes its place
         me = self.origin
         if me is not None:
             if origin == me:
@@ -588,6 +593,18 @@ class Replica:
                                     f"{event.clock[me]}, we signed {self._own_history()}",
                                     event)
         return None
+
+    def _displaces(self, previous: Event, event: Event) -> bool:
+        """Whether `event`, another version of a seq whose first version only waits in
+        the buffer, takes that version's place: it does when all its causes are here
+        and the buffered one's are not. Otherwise an equivocator could sign a version
+        naming a cause that never exists, let it reach a node first, and so keep that
+        node from ever delivering the version everyone else holds."""
+        seq = previous.seq
+        if seq <= self._clock.get(previous.origin, 0):
+            return False  # delivered: never displaced
+        return (self._buffer.first_unmet(event) is None
+                and self._buffer.first_unmet(previous) is not None)
 
     def _own_history(self) -> int:
         """The highest seq our own key is known to have signed."""

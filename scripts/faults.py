@@ -93,6 +93,8 @@ JOINER_CAUGHT_UP_TARGET_S = 10.0
 # never rest; each is one signed event (one order per batch tick per market and node).
 FILL_ORDERS = {"BTC-USD": ("1000.00", "1000000.00", "0.0001"),
                "ETH-USD": ("10.00", "100000.00", "0.001")}  # buy price, sell price, qty
+FILL_THREADS = 2  # per node and market: one waits for its tick while the other is answered
+LATEJOIN_MEMBER_TIMEOUT_S = 300.0  # the late joiner syncs the whole history first
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 Trade = tuple[str, str, str, str]  # (maker order, taker order, price, quantity)
@@ -517,7 +519,8 @@ class Filler:
         self.failed = 0
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, args=(i, m), daemon=True)
-                         for i in range(len(self.nodes)) for m in sorted(FILL_ORDERS)]
+                         for i in range(len(self.nodes)) for m in sorted(FILL_ORDERS)
+                         for _ in range(FILL_THREADS)]
 
     def start(self) -> None:
         for t in self._threads:
@@ -730,7 +733,7 @@ class Scenario:
                                "events_at_join": self.events_min(self.nodes),
                                "filler_refused": filler and filler.refused,
                                "filler_unanswered": filler and filler.failed}
-        self.newcomer(self.nodes[0].addr, MEMBERS_TIMEOUT_S, member_required=True)
+        self.newcomer(self.nodes[0].addr, LATEJOIN_MEMBER_TIMEOUT_S, member_required=True)
 
     def fault_bootstrap_gone(self) -> None:
         """Node 0, the bootstrap, is killed (SIGKILL) for good; the others trade on for
@@ -1049,6 +1052,12 @@ class Scenario:
         measured, kept apart from the pass criteria (it fails by design today)."""
         rec = self.recorder
         names = {n.peer_id: n.name for n in self.nodes}
+        dead = self.nodes[0].peer_id
+        named: set[str] = set()
+        for i in range(1, NODES):
+            for x in rec.samples[i]:
+                if self.t_fault <= x.at <= self.t_heal:
+                    named.update(x.waiting_for)
         gained = []
         for i in range(1, NODES):
             at_kill = [x.events_final for x in rec.samples[i] if x.at <= self.t_fault]
@@ -1058,8 +1067,13 @@ class Scenario:
             "pass_criterion": False,  # becomes one once a dead member can be removed
             "newcomer_member": self.join_facts.get("member_after_s") is not None,
             "newcomer": self.join_facts,
+            # `waiting_for` at the end, and named by a survivor between the kill and the
+            # newcomer's start; whether the dead node is still a member everywhere.
             "finality_stalled_on": sorted({names.get(p, p) for s in final_statuses
                                            for p in s["waiting_for"]}),
+            "waiting_for_before_newcomer": sorted(names.get(p, p) for p in named),
+            "dead_node_still_member": all(dead in s["members"]
+                                          for s in final_statuses[:NODES - 1]),
             "survivors_events_final_gained_after_kill": gained,
             "trades_pending_at_end": max((s["trades_pending"] for s in final_statuses),
                                          default=None),

@@ -83,6 +83,11 @@ class Control:
         while len(views) > PEER_VIEWS_MAX:
             del views[next(iter(views))]
 
+    def view_of_mine(self, peer: bytes) -> int:
+        """Our highest seq that member `peer`'s latest heartbeat says it has delivered
+        (0 if we heard none): a hint, for when a leaving node may stop (admission.py)."""
+        return self._views_of_mine.get(peer, (0, 0.0))[0]
+
     def sealed(self, seq: int) -> None:
         """Note when we signed our event `seq` (for `peers_behind_s`)."""
         self._sealed_at.append((seq, time.monotonic()))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 
-USAGE_COMMANDS = "demo, order, cancel, orders, book, trades, status, watch, verify"
+USAGE_COMMANDS = "demo, order, cancel, orders, book, trades, status, leave, watch, verify"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,6 +18,13 @@ is in one of four states, shown as `membership` in its status:
   restarted member): it acknowledges, but takes no orders, for at most
   `CATCH_UP_TIMEOUT_S` (a founder alone has nobody to sync with).
 - `member`: it trades, acknowledges (`Replica.wants_ack`) and admits newcomers.
+- `leaving`: asked to leave (`Node.leave`): it has cancelled its open orders and
+  signed its `Leave`, takes no orders, and acknowledges until its leave is final.
+- `left`: its leave is final and every other member has delivered its last event (its
+  events or heartbeats say so), so nobody needs anything more from it: it signs
+  nothing ever again (it still follows the network and serves its history) and may be
+  stopped for good. A node that left cannot come back under the same identity: a new
+  data directory makes a new one.
 
 A member admits whoever asks it, up to `MEMBERS_MAX` members (an open network; the
 limits of that choice are in protocols/finality.md). The protocol itself refuses, in
@@ -34,12 +41,12 @@ from collections.abc import Callable
 import trio
 from libp2p.peer.id import ID
 
-from .core.events import Action, Join
-from .core.finality import MEMBERS_MAX
-from .core.params import CATCH_UP_TIMEOUT_S, JOIN_RETRY_S
+from .core.events import Action, Cancel, Join, Leave
+from .core.finality import MEMBERS_MAX, covers
+from .core.params import CATCH_UP_TIMEOUT_S, JOIN_RETRY_S, PENDING_ACTIONS_MAX
 from .core.replica import Replica
 from .net import wire
-from .net.gossip import JOIN_TOPIC, Gossip
+from .net.gossip import JOIN_TOPIC, Batcher, Gossip
 from .net.host import short_peer
 from .net.rejections import Rejections
 from .store import EventStore
@@ -50,7 +57,8 @@ log = logging.getLogger("p2pexchange.node")
 class Admission:
     def __init__(self, replica: Replica, store: EventStore, origin: bytes, gossip: Gossip,
                  rejections: Rejections, bootstrap: set[bytes],
-                 peers: Callable[[], set[ID]], syncs_completed: Callable[[], int]) -> None:
+                 peers: Callable[[], set[ID]], syncs_completed: Callable[[], int],
+                 seen_by: Callable[[bytes], int] = lambda peer: 0) -> None:
         self.replica = replica
         self.store = store
         self.origin = origin
@@ -58,6 +66,7 @@ class Admission:
         self._reject = rejections
         self._peers = peers
         self._syncs_completed = syncs_completed
+        self._seen_by = seen_by  # our highest seq a peer's heartbeat says it has
         self._bootstrap = bootstrap  # the peers whose word on the genesis we take
         self._other_networks: set[bytes] = set()  # peers seen with another genesis (logged)
         self._started = time.monotonic()
@@ -66,6 +75,9 @@ class Admission:
         self._asked = 0
         self._due: dict[bytes, None] = {}  # newcomers to admit in our next event
         self._admitted_at: dict[bytes, float] = {}  # newcomer -> when we signed its join
+        self._leave_due = False  # sign our leave with the next tick
+        self._leaving = False  # asked to leave (the leave may not be signed yet)
+        self._left_logged = False
         genesis = store.genesis()
         if not genesis and not bootstrap:
             genesis = [origin]
@@ -77,8 +89,11 @@ class Admission:
     @property
     def state(self) -> str:
         replica = self.replica
-        if replica.membership is None:
+        membership = replica.membership
+        if membership is None:
             return "learning"
+        if membership.left(self.origin) is not None or self._leaving:
+            return self._leave_state()
         if not replica.is_member(self.origin):
             return "joining"
         if (self._restarted and self._syncs_completed() == 0
@@ -87,12 +102,65 @@ class Admission:
             return "catching_up"
         return "member"
 
+    def _leave_state(self) -> str:
+        replica = self.replica
+        if replica.is_member(self.origin):
+            return "leaving"  # not signed yet, or not final yet
+        last = replica.events_of(self.origin)[-1]
+        for member in replica.members():
+            # What it has of us shows in its events, or else in its heartbeats.
+            head = replica.events_of(member)[-1:]
+            if ((not head or not covers(head[0], self.origin, last.seq))
+                    and self._seen_by(member) < last.seq):
+                return "leaving"
+        if not self._left_logged:
+            self._left_logged = True
+            log.info("left the network: every member has our last event; this node may "
+                     "be stopped for good")
+        return "left"
+
     def busy(self) -> str | None:
         """Why this node takes no orders yet, or None."""
         return {"learning": "waiting to learn the network's genesis from a peer",
                 "joining": "joining the network (not a member yet)",
                 "catching_up": "catching up with the network after a restart",
+                "leaving": "this node is leaving the network",
+                "left": "this node has left the network (a new data directory makes a "
+                        "new identity that may join)",
                 }.get(self.state)
+
+    def can_leave(self) -> str | None:
+        """Why this node cannot leave now, or None."""
+        state = self.state
+        if state in ("leaving", "left"):
+            return f"this node is already {state}"
+        if state != "member":
+            return f"only a member can leave (this node is {state.replace('_', ' ')})"
+        if self.replica.members() == [self.origin]:
+            return "the last member of a network cannot leave it"
+        return None
+
+    async def leave(self, batcher: Batcher,
+                    open_orders: Callable[[], list[tuple[str, bytes]]]) -> int:
+        """Refuse orders from now on; sign what is queued, cancel every open order
+        (`open_orders`: (market, order id)), and have the next tick sign our leave after
+        them. Returns how many orders were cancelled; ValueError if we cannot leave."""
+        reason = self.can_leave()
+        if reason is not None:
+            raise ValueError(reason)
+        self._leaving = True
+        await batcher.flush()  # orders accepted before: signed, so they are cancelled too
+        cancels = open_orders()
+        for market, order_id in cancels:
+            if len(batcher.pending) >= PENDING_ACTIONS_MAX:
+                await batcher.flush()
+            batcher.submit(market, Cancel(order_id))
+        await batcher.flush()
+        if batcher.pending:  # could not sign (not expected): leave no order behind
+            self._leaving = False
+            raise ValueError("could not sign this node's cancels; try again")
+        self._leave_due = True
+        return len(cancels)
 
     # -- in --------------------------------------------------------------------------
 
@@ -140,6 +208,10 @@ class Admission:
         if self.replica.membership is None or not self.replica.is_member(self.origin):
             return None
         membership = self.replica.membership
+        if self._leave_due and membership.left(self.origin) is None:
+            self._leave_due = False
+            log.info("leaving the network")
+            return [Leave()]
         joins = [Join(m) for m in self._due if m not in membership.members]
         self._due.clear()
         if joins:

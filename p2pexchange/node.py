@@ -115,7 +115,8 @@ class Node:
         self.admission = Admission(self.replica, self.store, self.origin, self.gossip,
                                    self.rejections, bootstrap_peers(config.bootstrap),
                                    peers=lambda: self.discovery.peers,
-                                   syncs_completed=lambda: self.sync.completed)
+                                   syncs_completed=lambda: self.sync.completed,
+                                   seen_by=lambda peer: self.control.view_of_mine(peer))
         self.control = Control(self.gossip, self.replica, self.origin, self.rejections,
                                want_sync=self.sync.want, on_genesis=self.admission.on_genesis)
         self.batcher = Batcher(self.gossip, self._seal, self._published, config.batch_actions_max,
@@ -144,6 +145,11 @@ class Node:
             raise OverflowError(reason)
         room = PENDING_ACTIONS_MAX - self.pending_actions
         return await self.feed.submit(actions, self.markets, room, self.batcher.submit)
+
+    async def leave(self) -> int:
+        """Leave the network for good (Admission.leave); how many orders it cancelled."""
+        return await self.admission.leave(self.batcher, lambda: [
+            (m, o.order_id) for m in sorted(self.markets) for o in self.open_orders(m)])
 
     def busy(self) -> str | None:
         """Why new orders should wait, or None. Backpressure: a node that cannot keep up
@@ -263,7 +269,7 @@ class Node:
                 task_status.started(self)
                 await self.stopping.wait()
                 await self.flush()
-                log.info("leaving the network: %s", self.status_line())
+                log.info("stopping: %s", self.status_line())
                 nursery.cancel_scope.cancel()
 
     async def _status_loop(self) -> None:

@@ -49,9 +49,17 @@ def test_nothing_reported_final_ever_changes_under_faults(start):
             # Its join was decided everywhere; it signed only as a member, so no replica
             # had to park or refuse its first event.
             origin = result.nodes[newcomer].origin
-            assert all(n.is_member() for n in result.live_nodes), f"seed {seed}"
+            assert all(n.is_member() for n in result.live_nodes
+                       if n.index not in result.schedule.gone), f"seed {seed}"
             assert all(n.replica.is_member(origin) for n in result.live_nodes), f"seed {seed}"
             assert "not_member" not in result.rejected, f"seed {seed}"
+        leaver = result.schedule.leaver
+        if leaver is not None and result.schedule.kind != "equivocation":
+            # It left for good: finality went on without it, and nobody counts it.
+            origin = result.nodes[leaver].origin
+            assert leaver in result.schedule.gone, f"seed {seed}"
+            assert not any(n.replica.is_member(origin) for n in result.live_nodes), seed
+        assert "left" not in result.rejected, f"seed {seed}"  # it signed no action after
 
 
 def test_the_seeds_draw_every_fault_and_every_dishonest_behaviour():
@@ -63,10 +71,11 @@ def test_the_seeds_draw_every_fault_and_every_dishonest_behaviour():
             seen["isolation" if sizes[0] == 1 else "split"] += 1
         seen.update(name for name in ("pause", "kill", "burst") if getattr(s, name))
         seen.update(["join"] if s.newcomer is not None else [])
+        seen.update(["leave"] if s.leaver is not None else [])
         seen.update([s.kind] if s.kind else [])
         seen[f"members_{s.members_n}"] += 1
         assert all(w.end < s.ticks for w in (s.partition, s.pause, s.kill, s.attack) if w)
-    expected = {"isolation", "split", "pause", "kill", "burst", "join", "members_4",
+    expected = {"isolation", "split", "pause", "kill", "burst", "join", "leave", "members_4",
                 "members_5", *DISHONEST_KINDS}
     assert expected <= set(seen), seen
 

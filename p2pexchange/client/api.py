@@ -12,6 +12,7 @@ Routes (the OpenAPI document is served at /openapi.json, the docs at /docs):
   GET    /status, /metrics  node status; Prometheus text (client/metrics.py)
   GET    /misbehaviour     proofs of equivocation this node holds (two signed events)
   POST   /trading, /flush   auto-trading on/off; sign and publish queued actions now
+  POST   /leave             leave the network for good (cancels this node's orders)
   WS     /stream?market=    live updates (client/stream.py)
 Errors are `{"error": {"field", "reason", "message"}}` with a fitting status code;
 a full queue is 503 "node_busy". The bound address is written to `api.json` in the

@@ -1,4 +1,4 @@
-"""`python -m p2pexchange order|cancel|orders|book|trades|status`: the local node's API
+"""`python -m p2pexchange order|cancel|orders|book|trades|status|leave`: the local node's API
 from the command line. Tables by default, `--json` for scripts (the API's bodies as
 they are). The API's address comes from `--api URL` or from `api.json` in the node's
 `--data-dir` (written by the running node); no node there is one clear line, exit 1.
@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from typing import Any, TextIO
 
 import httpx
@@ -17,7 +18,8 @@ from rich.console import Console
 from rich.table import Table
 
 TIMEOUT_S = 40.0  # placing waits for the batch tick; the API gives up after 30 s
-COMMANDS = ("order", "cancel", "orders", "book", "trades", "status")
+COMMANDS = ("order", "cancel", "orders", "book", "trades", "status", "leave")
+LEAVE_POLL_S = 0.5
 
 
 class CommandError(Exception):
@@ -87,7 +89,12 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("market_name", nargs="?", metavar="MARKET")
     t.add_argument("--limit", type=int, default=20)
     sub.add_parser("status", help="peers, members, digest, finality, rejections")
-    for sp in (o, c, s, b, t, sub.choices["status"]):
+    lv = sub.add_parser("leave", help="leave the network for good (cancels this node's "
+                        "orders); waits until the node may be stopped")
+    lv.add_argument("--wait", type=float, default=60.0, metavar="SECONDS",
+                    help="how long to wait for the leave to be final (default 60; 0: "
+                    "do not wait)")
+    for sp in (o, c, s, b, t, sub.choices["status"], lv):
         add_connection_options(sp)
     return p
 
@@ -140,7 +147,25 @@ def run(args: argparse.Namespace, p: argparse.ArgumentParser) -> Any:
         params = {"limit": args.limit, **({"market": args.market_name}
                                           if args.market_name else {})}
         return call(args, "GET", "/trades", params=params)
+    if args.command == "leave":
+        return leave(args)
     return call(args, "GET", "/status")
+
+
+def leave(args: argparse.Namespace) -> dict:
+    """POST /leave, then poll the status until this node has left (or `--wait` ends)."""
+    if args.wait < 0:
+        raise CommandError("--wait must be 0 or more seconds")
+    body = call(args, "POST", "/leave")
+    deadline = time.monotonic() + args.wait
+    while body["membership"] != "left" and time.monotonic() < deadline:
+        time.sleep(LEAVE_POLL_S)
+        body["membership"] = call(args, "GET", "/status")["membership"]
+    if body["membership"] != "left" and args.wait > 0:
+        raise CommandError(f"the leave is signed, not final yet after {args.wait:g} s (the "
+                           "network waits for members that are silent?); keep the node "
+                           "running and check `status`")
+    return body
 
 
 def main(argv: list[str], file: TextIO | None = None) -> int:
@@ -177,6 +202,10 @@ def show(command: str, body: Any, out: Console) -> None:
         out.print(book_table(body))
     elif command == "trades":
         out.print(trades_table(body["trades"]) if body["trades"] else "no trades")
+    elif command == "leave":
+        out.print(f"cancelled {body['cancelled']} open orders; membership: "
+                  f"{body['membership']}"
+                  + (" (this node may be stopped now)" if body["membership"] == "left" else ""))
     else:
         out.print(status_table(body))
 

@@ -22,6 +22,7 @@ from .schemas import (
     Equivocation,
     Error,
     Flushed,
+    Leaving,
     Misbehaviour,
     OrderRequest,
     Orders,
@@ -178,6 +179,19 @@ async def trading(switch: TradingRequest, request: Request) -> Trading:
         raise ApiError(409, "no_auto_trader", "this node runs no auto-trading")
     trader.enabled = switch.on
     return Trading(trading=trader.enabled)
+
+
+@router.post("/leave", response_model=Leaving, status_code=202, responses=ERRORS)
+async def leave(request: Request) -> Leaving:
+    """Leave the network for good: cancel this node's open orders, then sign its leave.
+    Finality stops waiting for this node once the leave is final; then /status says
+    `left` and the node may be stopped. Its identity cannot join again."""
+    node = api_of(request).node
+    try:
+        cancelled = await node.leave()
+    except ValueError as exc:
+        raise ApiError(409, "cannot_leave", str(exc)) from None
+    return Leaving(membership=node.admission.state, cancelled=cancelled)
 
 
 @router.post("/flush", response_model=Flushed, responses=ERRORS)

@@ -126,9 +126,12 @@ class Status(BaseModel):
     addr: str
     multiaddrs: list[str]
     peers: int
-    membership: Literal["learning", "joining", "catching_up", "member"] = Field(
+    membership: Literal["learning", "joining", "catching_up", "member", "leaving",
+                        "left"] = Field(
         description="this node's state in the network: learning its genesis, joining "
-        "(not admitted yet), catching_up after a restart, or member (it trades)")
+        "(not admitted yet), catching_up after a restart, member (it trades), leaving "
+        "(its leave is signed or about to be, not final yet) or left (for good: it may "
+        "be stopped)")
     members: list[str] = Field(description="the network's members as this node knows them")
     waiting_for: list[str] = Field(description="members whose next event would move "
                                    "finality; empty when nothing waits")
@@ -160,6 +163,12 @@ class Status(BaseModel):
 
 class Trading(BaseModel):
     trading: bool
+
+
+class Leaving(BaseModel):
+    membership: str = Field(description="leaving: the leave is on its way; poll /status "
+                            "until membership is left")
+    cancelled: int = Field(description="this node's open orders cancelled before the leave")
 
 
 class Flushed(BaseModel):

@@ -95,6 +95,7 @@ class STP(IntEnum):
 ACTION_PLACE = 0
 ACTION_CANCEL = 1
 ACTION_JOIN = 2
+ACTION_LEAVE = 3
 
 
 class Place(NamedTuple):
@@ -115,7 +116,13 @@ class Join(NamedTuple):
     member: bytes
 
 
-Action = Place | Cancel | Join
+class Leave(NamedTuple):
+    """Its origin leaves the network's membership for good (core/finality.py): once
+    this event is final, finality no longer waits for it, and its later events may
+    carry no actions."""
+
+
+Action = Place | Cancel | Join | Leave
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +235,8 @@ def _action_to_wire(action: Action) -> list:
                 int(action.stp)]
     if isinstance(action, Join):
         return [ACTION_JOIN, action.member]
+    if isinstance(action, Leave):
+        return [ACTION_LEAVE]
     return [ACTION_CANCEL, action.order_id]
 
 
@@ -246,10 +255,13 @@ def _body(origin: bytes, seq: int, clock: Mapping[bytes, tuple[int, bytes]], lam
 
 def _actions_fit_market(market: str, actions: tuple[Action, ...]) -> bool:
     """Market actions (place, cancel) need a market and at least one action; an event
-    with the membership market "" carries only joins, or nothing (an acknowledgement)."""
+    with the membership market "" carries only joins, one leave and nothing else, or
+    nothing (an acknowledgement)."""
     if market == MEMBERSHIP_MARKET:
-        return all(a.__class__ is Join for a in actions)
-    return bool(actions) and all(a.__class__ is not Join for a in actions)
+        return (all(a.__class__ is Join for a in actions)
+                or (len(actions) == 1 and actions[0].__class__ is Leave))
+    return bool(actions) and all(a.__class__ is Place or a.__class__ is Cancel
+                                 for a in actions)
 
 
 def canonical(obj: object) -> bytes:
@@ -357,6 +369,10 @@ def _decode_action(wire: object, index: int) -> Action:
         if type(member) is not bytes or not 0 < len(member) <= ORIGIN_BYTES_MAX:
             raise EventRejected("bad_action", f"join {index}: member must be peer id bytes")
         return Join(member)
+    if kind == ACTION_LEAVE:
+        if len(wire) != 1:
+            raise EventRejected("bad_action", f"leave {index} needs 1 field, has {len(wire)}")
+        return Leave()
     if kind == ACTION_CANCEL:
         if len(wire) != 2:
             raise EventRejected("bad_action", f"cancel {index} needs 2 fields, has {len(wire)}")

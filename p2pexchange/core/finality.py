@@ -21,8 +21,10 @@ The rule. With `head(m)` the latest event of member m delivered here, and
 - round two: an event e is *committed* once every `w(p)` covers it.
 Everything that sorts at or before the highest committed event is final. A member
 admitted by a join counts only for what sorts after its join (all its events sort
-after it). No timeout, no clock and no count of peers enters the rule; it is a
-function of the delivered events, and the frontier only moves forward.
+after it); a member that left (`Leave`) counts only up to its leave, once that leave
+is final (its later events may carry no actions, so they change nothing wherever they
+sort). No timeout, no clock and no count of peers enters the rule; it is a function
+of the delivered events, and the frontier only moves forward.
 
 Why it never lies, in short: every later event of member m extends m's chain past
 head(m), so its Lamport time, and hence its sort key, is above everything head(m)
@@ -32,8 +34,8 @@ Round two makes every member's head pin the same version of every `w(p)`: a memb
 that signs two versions of one seq (equivocation) can make honest members deliver
 different histories only while neither version is committed anywhere. What it does
 not give: progress while any member is silent, partitioned away or dishonest. A
-stalled frontier is visible (`waiting_for` names the members it waits for); the
-removal of a member that never returns is not part of this rule.
+stalled frontier is visible (`waiting_for` names the members it waits for); a member
+may leave, but the removal of a member that never returns is not part of this rule.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 
 from .clock import OrderKey
-from .events import Event, Join
+from .events import Event, Join, Leave
 
 
 def covers(head: Event, origin: bytes, seq: int) -> bool:
@@ -82,6 +84,10 @@ class Membership:
         self.refused: set[bytes] = set()
         self._joins: dict[bytes, list[tuple[bytes, int]]] = {}  # member -> (sponsor, seq)
         self._joined_at: dict[bytes, OrderKey] = {}  # member -> key of its earliest join
+        self._left_at: dict[bytes, Event] = {}  # member -> its (delivered) leave event
+        # Members whose leave is final: the rule no longer waits for them (a leave, like
+        # everything final, is never undone).
+        self.gone: set[bytes] = set()
 
     # -- admission -------------------------------------------------------------------
 
@@ -98,9 +104,15 @@ class Membership:
             return None
         return "not_member" if origin in self.refused else "undecided"
 
+    def left(self, origin: bytes) -> Event | None:
+        """`origin`'s delivered leave: its later events may carry no actions."""
+        return self._left_at.get(origin)
+
     def on_delivered(self, event: Event) -> None:
-        """Record the joins of a newly delivered event."""
-        if event.actions and event.actions[0].__class__ is Join:
+        """Record the joins or the leave of a newly delivered event."""
+        if event.actions and event.actions[0].__class__ is Leave:
+            self._left_at.setdefault(event.origin, event)
+        elif event.actions and event.actions[0].__class__ is Join:
             for action in event.actions:
                 member = action.member  # type: ignore[union-attr]
                 if member in self.genesis or member in self.refused:
@@ -112,8 +124,13 @@ class Membership:
                     self._joined_at[member] = event.key
 
     def is_member(self, peer: bytes) -> bool:
-        """An effective member: its events are delivered."""
-        return peer in self.effective
+        """An effective member that has not left for good: the rule waits for it."""
+        return peer in self.effective and peer not in self.gone
+
+    def waited_for(self) -> list[bytes]:
+        """Whom the rule waits for: genesis, effective and candidate members, in order of
+        admission, less those whose leave is final."""
+        return [m for m in self.members if m not in self.gone]
 
     def decide(self, frontier: OrderKey | None) -> tuple[list[bytes], list[bytes]]:
         """Decide the candidates whose earliest join is final, in the total order:
@@ -139,21 +156,36 @@ class Membership:
         None while nothing is. `events` holds each origin's delivered events by seq.
 
         A member admitted by a join needs to acknowledge only what sorts after its
-        earliest join: all its events sort after that join. So the rule runs once per
-        prefix of the members in order of admission, each time bounded by the next
-        member's join; the frontier is the highest result. It depends on the
-        delivered events alone, so a replica rebuilt from them reports the same."""
-        joined = sorted(self._joined_at, key=self._joined_at.__getitem__)
-        required = sorted(self.genesis)
-        best = None
-        for k in range(len(joined) + 1):
-            bound = self._joined_at[joined[k]] if k < len(joined) else None
-            found = _committed(required, events, bound)
-            if found is not None and (best is None or found > best):
-                best = found
-            if k < len(joined):
-                required.append(joined[k])
-        return best
+        earliest join: all its events sort after that join. A member that left needs to
+        acknowledge only what sorts up to its leave, once that leave is final: its later
+        events carry no actions, so wherever they sort they change nothing. So the rule
+        runs once per stretch of the total order between two such boundaries (joins,
+        and leaves already final), each time over the members that count there; the
+        frontier is the highest result. A leave found final makes the rule run again.
+        It depends on the delivered events alone, so a replica rebuilt from them
+        reports the same."""
+        while True:
+            boundaries = sorted(
+                [(key, 0, m) for m, key in self._joined_at.items()]
+                + [(e.key, 1, m) for m, e in self._left_at.items() if m in self.gone])
+            required = sorted(self.genesis)
+            best = None
+            for k in range(len(boundaries) + 1):
+                bound = boundaries[k][0] if k < len(boundaries) else None
+                found = _committed(required, events, bound)
+                if found is not None and (best is None or found > best):
+                    best = found
+                if k < len(boundaries):
+                    _, leaving, member = boundaries[k]
+                    if leaving:
+                        required.remove(member)
+                    else:
+                        required.append(member)
+            newly_gone = [m for m, e in self._left_at.items()
+                          if m not in self.gone and best is not None and e.key <= best]
+            if not newly_gone:
+                return best
+            self.gone.update(newly_gone)
 
     def waiting_for(self, events: Mapping[bytes, Sequence[Event]],
                     pending: Event | None) -> list[bytes]:
@@ -162,7 +194,7 @@ class Membership:
         does not cover every member's acknowledgement of it."""
         if pending is None:
             return []
-        heads = {m: (events.get(m) or [None])[-1] for m in self.members}
+        heads = {m: (events.get(m) or [None])[-1] for m in self.waited_for()}
         first = [m for m, h in heads.items()
                  if h is None or not covers(h, pending.origin, pending.seq)]
         if first:

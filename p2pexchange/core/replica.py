@@ -104,6 +104,7 @@ from .events import (
     Event,
     EventRejected,
     Join,
+    Leave,
     Place,
     decode_event,
     short_id,
@@ -428,10 +429,11 @@ class Replica:
         if membership is None:
             return []
         self.final_key()  # joins are decided as they become final
-        return [m for m in membership.members if m in membership.effective]
+        return [m for m in membership.waited_for() if m in membership.effective]
 
     def is_member(self, peer: bytes) -> bool:
-        """An effective member (its join decided, if it joined)."""
+        """An effective member (its join decided, if it joined) whose leave, if it
+        left, is not final yet."""
         if self.membership is None:
             return False
         self.final_key()  # joins are decided as they become final
@@ -539,7 +541,7 @@ class Replica:
         if earliest is None or head is None:
             return False
         latest = self._pending_with_actions(final, backwards=True)
-        for member in self.membership.members:  # type: ignore[union-attr]
+        for member in self.membership.waited_for():  # type: ignore[union-attr]
             for pending in (earliest, latest):
                 first = self._first_covering(member, pending)  # type: ignore[arg-type]
                 if first is not None and not covers(head, member, first):
@@ -710,6 +712,10 @@ class Replica:
                     return "clock_regression", (f"names seq {clock.get(o, 0)} of {short_id(o)}"
                                                 f"; its previous event named {s}")
         if self.membership is not None:
+            leave = self.membership.left(event.origin)
+            if leave is not None and event.actions:
+                return "left", (f"{short_id(event.origin)} left the network at seq "
+                                f"{leave.seq}: its later events may carry no actions")
             code = self.membership.admissible(event)
             if code == "undecided":
                 return code, "its join is not final yet"
@@ -726,8 +732,12 @@ class Replica:
         self._by_id[event.id] = event
         self._lamport = max(self._lamport, event.lamport)
         self._stats["events_delivered"] += 1
-        if self._final_seen is not None and event.key <= self._final_seen:
-            self._stats["late_after_final"] += 1  # the rule says this cannot happen
+        if (self._final_seen is not None and event.key <= self._final_seen
+                and event.actions):
+            # The rule says this cannot happen. (An event without actions can: a member
+            # whose leave is final acknowledges no more, but whatever it still signs
+            # changes nothing, wherever it sorts.)
+            self._stats["late_after_final"] += 1
         if self.membership is not None:
             self.membership.on_delivered(event)
         receipt.delivered.append(event)
@@ -796,11 +806,15 @@ class Replica:
         return trades
 
     def _apply_membership(self, event: Event) -> list[Trade]:
-        """Joins and acknowledgements touch no book; joins take effect at delivery
-        (core/finality.py) and are recorded here in the applied order and digest."""
+        """Joins, leaves and acknowledgements touch no book; they take effect at
+        delivery (core/finality.py) and are recorded here in the applied order and
+        digest."""
         entry = _Applied(event.key, event, None)
         seen = set()
         for action in event.actions:
+            if action.__class__ is Leave:
+                entry.outcomes.append("left")
+                continue
             assert isinstance(action, Join)
             entry.outcomes.append("joined" if action.member not in seen else "duplicate")
             seen.add(action.member)

@@ -50,6 +50,9 @@ class Schedule:
     attack: Window | None = None
     persona: int | None = None  # node index of the equivocator's second persona
     halves: dict[int, int] = field(default_factory=dict)  # node -> which version it gets
+    leaver: int | None = None  # an honest member that leaves for good
+    leave_tick: int = -1
+    gone: set[int] = field(default_factory=set)  # leavers that sign nothing more
 
     @property
     def nodes_n(self) -> int:
@@ -94,6 +97,8 @@ class Schedule:
         if self.dishonest is not None:
             lines.append(f"dishonest node {self.dishonest}: {self.kind} ticks "
                          f"{self.attack.start}..{self.attack.end}")
+        if self.leaver is not None:
+            lines.append(f"node {self.leaver} leaves at {self.leave_tick}")
         return lines
 
 
@@ -143,3 +148,18 @@ def draw_schedule(rng: random.Random, members_n: int, ticks: int,
         s.halves = {n: int(i < cut) for i, n in enumerate(shuffled)}
         s.sides[s.persona] = s.sides.get(s.dishonest, 0)
     return s
+
+
+LEAVE_P = 0.3  # of the seeds have an honest genesis member leave for good
+
+
+def draw_leave(rng: random.Random, s: Schedule) -> None:
+    """On some seeds an honest genesis member (not the newcomer's sponsor) leaves: it
+    signs its leave, acknowledges until the leave is final at its own replica, and then
+    signs nothing ever again (it still answers pulls, as a node that left keeps serving
+    its history until its peers have it). Drawn from its own generator, so every other
+    draw of a seed stays what it was before leaves existed."""
+    candidates = [n for n in range(s.members_n) if n not in (s.dishonest, s.sponsor)]
+    if rng.random() < LEAVE_P and len(candidates) > 1:
+        s.leaver = rng.choice(candidates)
+        s.leave_tick = rng.randrange(s.ticks // 4, 3 * s.ticks // 4)

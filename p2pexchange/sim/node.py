@@ -36,6 +36,7 @@ class SimNode:
         self.view = FinalView(f"node {index}")
         self.known = known if known is not None else {}
         self.last_receipt: Receipt | None = None
+        self.left = False  # it signed its leave
 
     @property
     def final_prefix(self) -> list[bytes]:

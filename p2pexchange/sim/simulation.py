@@ -46,12 +46,12 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..core.events import MEMBERSHIP_MARKET, Event, Join
+from ..core.events import MEMBERSHIP_MARKET, Event, Join, Leave
 from ..core.market import DEFAULT_MARKETS
 from ..core.params import BATCH_ACTIONS_MAX
 from .adversary import backdated_clock, regressed_clock, sign_with_clock
 from .checks import FinalityViolation, Ledger, LivenessFailure
-from .faults import Schedule, draw_schedule
+from .faults import Schedule, draw_leave, draw_schedule
 from .network import Network
 from .node import SimNode
 
@@ -107,6 +107,7 @@ class Simulation:
         self.rng = rng = random.Random(seed)
         members_n = members_n or rng.choice((4, 5))
         self.schedule = s = draw_schedule(rng, members_n, ticks, kinds)
+        draw_leave(random.Random(seed * 1_000_003 + 17), s)
         self.known: dict[bytes, Event] = {}  # every event signed in this run, by raw bytes
         self.nodes = [SimNode(seed, i, members_n, random.Random(rng.random()),
                               honest=i != s.dishonest, known=self.known)
@@ -200,18 +201,35 @@ class Simulation:
 
     def _act(self, node: SimNode, tick: int) -> None:
         s = self.schedule
+        if node.index in s.gone:
+            return
         if node.index == s.sponsor and s.newcomer is not None and not self.joined \
                 and tick >= s.join_tick:
             self.joined = True
             newcomer = self.nodes[s.newcomer]
             self._publish(node, node.create(MEMBERSHIP_MARKET, [Join(newcomer.origin)]), tick)
             self._note(tick, f"node {node.index} admits node {newcomer.index}")
+        elif node.index == s.leaver and tick >= s.leave_tick:
+            self._leave(node, tick)
         elif not node.is_member():
             return  # a newcomer before its join is final and decided only syncs
         elif not node.honest and tick in s.attack:
             self._misbehave(node, tick)
         elif self.rng.random() < (1.0 if s.burst and tick in s.burst else TRADE_P):
             self._trade(node, tick)
+        elif node.replica.wants_ack():
+            self._publish(node, node.create(MEMBERSHIP_MARKET, []), tick)
+
+    def _leave(self, node: SimNode, tick: int) -> None:
+        """The leaver signs its leave, then only acknowledges until the leave is final
+        at its own replica; then it signs nothing ever again."""
+        if not node.left:
+            node.left = True
+            self._publish(node, node.create(MEMBERSHIP_MARKET, [Leave()]), tick)
+            self._note(tick, f"node {node.index} leaves")
+        elif not node.is_member():
+            self.schedule.gone.add(node.index)
+            self._note(tick, f"node {node.index} is gone: its leave is final")
         elif node.replica.wants_ack():
             self._publish(node, node.create(MEMBERSHIP_MARKET, []), tick)
 
@@ -272,14 +290,16 @@ class Simulation:
 
     def _heal(self) -> None:
         s = self.schedule
-        nodes = self.result.live_nodes
         for round_ in range(HEAL_ROUNDS_MAX):
             tick = self.step = s.ticks + round_
             self._deliver(tick)
+            nodes = self.result.live_nodes
             for node in nodes:
                 self._pull(node, tick)
             for node in nodes:
-                if node.replica.wants_ack():
+                if node.left and not node.is_member():
+                    s.gone.add(node.index)  # a leaver whose leave became final here
+                elif node.index not in s.gone and node.replica.wants_ack():
                     self._publish(node, node.create(MEMBERSHIP_MARKET, []), tick)
             self._check()
             if self._settled(nodes):

@@ -712,7 +712,8 @@ class Scenario:
                                   "down_s": round(time.monotonic() - down_at, 1)}
         self.heal_at = time.monotonic()
         node.start()
-        node.wait_ready()
+        node.wait_ready()  # the process started, replayed its store, serves its API
+        self.result["restart"]["api_ready_s"] = round(time.monotonic() - self.heal_at, 2)
 
     def fault_latejoin(self) -> None:
         """After the warm-up, the filler raises the event rate until every node holds

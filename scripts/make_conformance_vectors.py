@@ -34,7 +34,7 @@ pretty-printed with sorted keys. Byte strings are lowercase hex. A file holds:
     digest, the books and the orders);
   - `applied`: every applied event in the total order, each {"event_id", "outcomes"}
     (per action: the order's status after its own step, "cancelled" or the cancel's
-    reject code, "joined" for a join);
+    reject code, "joined" for a join, "left" for a leave);
   - `orders`: every order ever placed in `markets`, sorted by order id, with its
     status, filled lots and reason after the step;
   - `books`: per market in `markets`: `bids` and `asks` as [price ticks, lots] levels,
@@ -69,6 +69,7 @@ from p2pexchange.core.events import (
     Cancel,
     Event,
     Join,
+    Leave,
     OrderType,
     Place,
     Side,
@@ -601,6 +602,103 @@ def membership() -> Scenario:
         ])
 
 
+def leave() -> Scenario:
+    x = cast()
+    a, b, c = x["a"], x["b"], x["c"]
+    a1 = a.sign(BTC, [Place(SELL, LIMIT, 101, 2)])
+    c1 = c.see(a1).sign(BTC, [Place(BUY, LIMIT, 101, 2)])
+    c2 = c.sign(MEMBERSHIP_MARKET, [Leave()])
+    # An order c signs after its leave, before the leave is final (forged: c's honest
+    # replica would not sign it; it is refused, so its seq stays free for c's ack below).
+    c_late = c.forge(c2.seq + 1, [a1, c2], c2.lamport + 1, BTC,
+                     [place_wire(SELL, LIMIT, 101, 1)])
+    a2 = a.see(c1, c2).sign(MEMBERSHIP_MARKET, [])
+    b1 = b.see(a1, c1, c2, a2).sign(MEMBERSHIP_MARKET, [])
+    # a and b trade and acknowledge each other while c has not yet acknowledged.
+    b2 = b.sign(BTC, [Place(SELL, LIMIT, 102, 1)])
+    a3 = a.see(b1, b2).sign(BTC, [Place(BUY, IOC, 102, 1)])
+    b3 = b.see(a3).sign(MEMBERSHIP_MARKET, [])
+    a4 = a.see(b3).sign(MEMBERSHIP_MARKET, [])
+    b4 = b.see(a4).sign(MEMBERSHIP_MARKET, [])
+    # c acknowledges a's and b's acknowledgements of its leave, then falls silent.
+    c3 = c.see(a2, b1).sign(MEMBERSHIP_MARKET, [])
+    assert c3.seq == c2.seq + 1 and c3.key < a3.key  # it sorts among a's and b's events
+    a5 = a.see(b4, c3).sign(BTC, [Place(SELL, LIMIT, 103, 2)])
+    b5 = b.see(c3, a5).sign(BTC, [Place(BUY, LIMIT, 103, 2)])
+    a6 = a.see(b5).sign(MEMBERSHIP_MARKET, [])
+    b6 = b.see(a6).sign(MEMBERSHIP_MARKET, [])
+    c4 = c.see(b2, a3, b3, a4, b4, a5, b5, a6, b6).sign(BTC, [Place(SELL, LIMIT, 104, 1)])
+
+    def key(e: Event) -> list:
+        return [e.lamport, e.key[1], e.origin.hex(), e.seq]
+
+    return Scenario(
+        "leave", "A member leaves with a leave action ([3], alone, market \"\"): its later "
+        "events may carry no actions (left), and once its leave is final the commit rule "
+        "stops waiting for it, so the others' trades become final without it.", x, "abc",
+        [BTC], [
+            step(a1, "a rests 2@101", status="delivered"),
+            step(c1, "c buys 2@101: trades, a's ask is filled", status="delivered", trades=1),
+            step(c2, "c leaves: outcome left; nothing is final (nobody acknowledged)",
+                 status="delivered", outcomes=["left"],
+                 check=lambda s: s["final_key"] is None),
+            step(c_late, "c places an order after its leave, which is not final yet: left",
+                 status="rejected", code="left"),
+            step(a2, "a acknowledges c's leave", status="delivered", outcomes=[]),
+            step(b1, "b acknowledges c's leave and a's acknowledgement; still nothing final "
+                 "(c's head covers no event of b)", status="delivered", outcomes=[],
+                 check=lambda s: s["final_key"] is None),
+            step(b2, "b rests 1@102", status="delivered"),
+            step(a3, "a IOC buys 1@102: trades", status="delivered", trades=1),
+            step(b3, "b acknowledges", status="delivered", outcomes=[]),
+            step(a4, "a acknowledges", status="delivered", outcomes=[]),
+            step(b4, "b acknowledges: a's and b's heads cover each other's trade twice over, "
+                 "but c's leave is not final and the rule waits for c: nothing is final",
+                 status="delivered", outcomes=[], check=lambda s: s["final_key"] is None),
+            step(c3, "c's acknowledgement (no actions: allowed after its leave) covers a's "
+                 "and b's acknowledgements of its leave: the leave is final, the rule runs "
+                 "again without c after it, and a's and b's trade becomes final in the same "
+                 "step; c's event sorts before a's trade: rollback",
+                 status="delivered", outcomes=[], rolled_back=4,
+                 check=lambda s: s["final_key"] == key(b3)),
+            step(a5, "c is silent from now on; a rests 2@103", status="delivered"),
+            step(b5, "b buys 2@103: trades", status="delivered", trades=1),
+            step(a6, "a acknowledges", status="delivered", outcomes=[]),
+            step(b6, "b acknowledges: the trade is final without c",
+                 status="delivered", outcomes=[], check=lambda s: s["final_key"] == key(b5)),
+            step(c4, "c, gone, places an order: left", status="rejected", code="left",
+                 check=lambda s: s["final_key"] == key(b5)),
+        ])
+
+
+def reject_bad_leave() -> Scenario:
+    x = cast()
+    a, b, c = x["a"], x["b"], x["c"]
+    a1 = a.sign(BTC, [Place(SELL, LIMIT, 101, 2)])
+    b1 = b.see(a1).sign(MEMBERSHIP_MARKET, [Leave()])
+    buy = place_wire(BUY, LIMIT, 100, 1)
+    return Scenario(
+        "reject_bad_leave", "A leave is [3] and nothing more, alone in an event on the "
+        "membership market \"\": anything else is refused (bad_action, bad_actions).",
+        x, "ab", [BTC], [
+            step(a1, "a rests 2@101", status="delivered"),
+            step(b.forge(1, [a1], 2, MEMBERSHIP_MARKET, [[3, 0]]), "a leave with a second "
+                 "field [3, 0]: bad_action", status="rejected", code="bad_action"),
+            step(b.forge(1, [a1], 2, MEMBERSHIP_MARKET, [[3], [3]]), "two leaves in one "
+                 "event: bad_actions", status="rejected", code="bad_actions"),
+            step(b.forge(1, [a1], 2, MEMBERSHIP_MARKET, [[3], [2, c.origin]]), "a leave "
+                 "with a join: bad_actions", status="rejected", code="bad_actions"),
+            step(b.forge(1, [a1], 2, MEMBERSHIP_MARKET, [[2, c.origin], [3]]), "a join with "
+                 "a leave after it: bad_actions", status="rejected", code="bad_actions"),
+            step(b.forge(1, [a1], 2, BTC, [[3]]), "a leave on a market (BTC-USD): "
+                 "bad_actions", status="rejected", code="bad_actions"),
+            step(b.forge(1, [a1], 2, BTC, [buy, [3]]), "a place with a leave on a market: "
+                 "bad_actions", status="rejected", code="bad_actions"),
+            step(b1, "b's well-formed leave: delivered, outcome left", status="delivered",
+                 outcomes=["left"]),
+        ])
+
+
 def author_of(authors: dict[str, Author], event: Event) -> str:
     return next(role for role, author in authors.items() if author.origin == event.origin)
 
@@ -779,9 +877,9 @@ SCENARIOS: tuple[Callable[[], Scenario], ...] = (
     limit_gtc_partial_fills, ioc, fill_or_kill, fill_or_kill_too_deep, post_only,
     market_orders, price_time_priority, cancels, stp_expire_taker, stp_expire_maker,
     stp_expire_both, fair_order_cancels_first, rollback_late_event, rollback_reference,
-    causal_buffering, duplicates, membership, reject_malformed, reject_oversize,
+    causal_buffering, duplicates, membership, leave, reject_malformed, reject_oversize,
     reject_equivocation, reject_fork, reject_bad_lamport, reject_clock_regression,
-    reject_not_member,
+    reject_not_member, reject_bad_leave,
 )
 
 

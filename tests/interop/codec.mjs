@@ -205,12 +205,17 @@ function decodeAction (wire, index) {
     }
     return { kind: 'join', member: wire[1] }
   }
+  if (kind === 3) {
+    if (wire.length !== 1) throw new Rejected('bad_action', `leave ${index} needs 1 field`)
+    return { kind: 'leave' }
+  }
   throw new Rejected('bad_action', `action ${index} of unknown kind`)
 }
 
 function actionToWire (a) {
   if (a.kind === 'place') return [0, a.side, a.type, a.price, a.qty, a.stp]
   if (a.kind === 'cancel') return [1, a.orderId]
+  if (a.kind === 'leave') return [3]
   return [2, a.member]
 }
 
@@ -242,9 +247,11 @@ export function decodeEvent (raw, markets) {
   const wireActions = msg.get('a')
   if (!Array.isArray(wireActions) || wireActions.length > EVENT_ACTIONS_MAX) throw new Rejected('bad_actions')
   const actions = wireActions.map(decodeAction)
+  // A membership event carries joins only, one leave alone, or nothing (an
+  // acknowledgement); a market event 1..1000 places and cancels.
   const fits = market === MEMBERSHIP_MARKET
-    ? actions.every((a) => a.kind === 'join')
-    : actions.length > 0 && actions.every((a) => a.kind !== 'join')
+    ? actions.every((a) => a.kind === 'join') || (actions.length === 1 && actions[0].kind === 'leave')
+    : actions.length > 0 && actions.every((a) => a.kind === 'place' || a.kind === 'cancel')
   if (!fits) throw new Rejected('bad_actions', 'actions do not fit the market')
   const signature = msg.get('g')
   if (!(signature instanceof Uint8Array) || signature.length > 128) throw new Rejected('bad_signature')

@@ -190,6 +190,10 @@ export function stateOf (events, markets = MARKETS) {
     if (event.market === '') {
       const seen = new Set()
       for (const a of event.actions) {
+        if (a.kind === 'leave') {
+          out.push('left')
+          continue
+        }
         out.push(seen.has(hex(a.member)) ? 'duplicate' : 'joined')
         seen.add(hex(a.member))
       }

@@ -1,11 +1,12 @@
 // Delivery of events, written from protocols/event.md ("Ordering", "Checks with
 // state", "Membership") and protocols/finality.md: causal delivery with a buffer, the
 // state checks at arrival (equivocation) and at delivery (fork, bad_lamport,
-// clock_regression, not_member), membership from a genesis plus delivered joins
+// clock_regression, left, not_member), membership from a genesis plus delivered joins
 // (candidates, decided in the final order: effective while fewer than MEMBERS_MAX are,
-// else refused; a newcomer's first event parked until its join is decided), the commit
-// rule (the final frontier), when to acknowledge, the node's clock, and the events a
-// sync requester lacks. The books and the digest are computed by reference.mjs from
+// else refused; a newcomer's first event parked until its join is decided) and leaves
+// (a member whose leave is final is no longer waited for), the commit rule (the final
+// frontier), when to acknowledge, the node's clock, and the events a sync requester
+// lacks. The books and the digest are computed by reference.mjs from
 // the delivered set alone, in the total order.
 
 import { compareEvents, hex } from './codec.mjs'
@@ -62,6 +63,8 @@ export class Replica {
     this.candidates = [] // members whose join is delivered, not decided (hex)
     this.effective = new Set() // genesis and decided effective members (hex)
     this.refused = new Set()
+    this.leftAt = new Map() // member hex -> its delivered leave event
+    this.gone = new Set() // members whose leave is final: the rule no longer waits for them
     this.chains = new Map() // origin hex -> [event by seq - 1]
     this.buffered = new Map() // `${origin}:${seq}` -> event
     this.parked = new Map() // newcomer hex -> its first event, until its join is decided
@@ -80,22 +83,23 @@ export class Replica {
     for (const m of this.genesis) this.effective.add(m)
   }
 
-  // An effective member: its events are delivered.
+  // An effective member whose leave, if it left, is not final yet.
   isMember (originHex) {
     if (this.genesis === null) return false
-    this.finalKey() // joins are decided as they become final
-    return this.effective.has(originHex)
+    this.finalKey() // joins are decided (and leaves found final) as they become final
+    return this.effective.has(originHex) && !this.gone.has(originHex)
   }
 
-  // The effective members (hex, sorted).
+  // The effective members that have not left for good (hex, sorted).
   members () {
-    this.finalKey() // joins are decided as they become final
-    return [...this.effective].sort()
+    this.finalKey() // joins are decided (and leaves found final) as they become final
+    return [...this.effective].filter((m) => !this.gone.has(m)).sort()
   }
 
-  // Whom the rule waits for: genesis, effective and candidate members.
+  // Whom the rule waits for: genesis, effective and candidate members, less those whose
+  // leave is final.
   waitedFor () {
-    return [...new Set([...this.effective, ...this.candidates])].sort()
+    return [...new Set([...this.effective, ...this.candidates])].filter((m) => !this.gone.has(m)).sort()
   }
 
   deliveredSeq (originHex) {
@@ -174,6 +178,8 @@ export class Replica {
         if ((event.clock.get(o)?.seq ?? 0) < entry.seq) return 'clock_regression'
       }
     }
+    // After a leave in its origin's chain an event may carry no actions.
+    if (this.genesis !== null && event.actions.length > 0 && this.leftAt.has(event.originHex)) return 'left'
     if (this.genesis !== null && event.seq === 1 && !this.genesis.has(event.originHex)) {
       // A join of the origin in its causal past: a delivered join of it whose
       // (sponsor, seq) its clock covers (delivery is causal: the clock covers the past).
@@ -193,8 +199,15 @@ export class Replica {
     if (!this.chains.has(event.originHex)) this.chains.set(event.originHex, [])
     this.chains.get(event.originHex).push(event)
     this.delivered.push(event)
-    if (this.finalSeen && compareEvents(event, this.finalSeen) <= 0) this.lateAfterFinal++
+    // The rule says an event with actions cannot sort at or before the frontier (one
+    // without can: a member whose leave is final acknowledges no more, and whatever it
+    // still signs changes nothing).
+    if (event.actions.length > 0 && this.finalSeen && compareEvents(event, this.finalSeen) <= 0) this.lateAfterFinal++
     if (this.genesis === null || event.market !== '') return
+    if (event.actions[0]?.kind === 'leave') {
+      if (!this.leftAt.has(event.originHex)) this.leftAt.set(event.originHex, event)
+      return
+    }
     for (const a of event.actions) {
       if (a.kind !== 'join') continue
       const m = hex(a.member)
@@ -252,20 +265,34 @@ export class Replica {
 
   // -- finality (protocols/finality.md) ------------------------------------------------
 
-  // The rule's frontier over the delivered events: one run per prefix of the members in
-  // the order of their earliest joins, bounded by the next member's join.
+  // The rule's frontier over the delivered events. The boundaries are the earliest join
+  // of each candidate or effective member and the leaves known to be final, in the total
+  // order; one run per stretch between two boundaries, over the members that count there
+  // (a joiner from its join on, a leaver up to its leave), each bounded by the next
+  // boundary. A leave at or below the result is final: it becomes a boundary and the
+  // runs are done again, until no further leave is found final.
   _frontier () {
-    const joinedOrder = [...this.joined.keys()].filter((m) => !this.refused.has(m))
-      .sort((a, b) => compareEvents(this.joined.get(a), this.joined.get(b)))
-    const required = [...this.genesis].sort()
-    let best = null
-    for (let k = 0; k <= joinedOrder.length; k++) {
-      const bound = k < joinedOrder.length ? this.joined.get(joinedOrder[k]) : null
-      const found = committed(required, this.chains, bound)
-      if (found && (best === null || compareEvents(found, best) > 0)) best = found
-      if (k < joinedOrder.length) required.push(joinedOrder[k])
+    for (;;) {
+      const boundaries = [
+        ...[...this.joined].filter(([m]) => !this.refused.has(m)).map(([m, e]) => ({ event: e, leaving: false, member: m })),
+        ...[...this.leftAt].filter(([m]) => this.gone.has(m)).map(([m, e]) => ({ event: e, leaving: true, member: m }))
+      ].sort((x, y) => compareEvents(x.event, y.event) || (x.leaving - y.leaving) || (x.member < y.member ? -1 : x.member > y.member ? 1 : 0))
+      const required = [...this.genesis].sort()
+      let best = null
+      for (let k = 0; k <= boundaries.length; k++) {
+        const bound = k < boundaries.length ? boundaries[k].event : null
+        const found = committed(required, this.chains, bound)
+        if (found && (best === null || compareEvents(found, best) > 0)) best = found
+        if (k < boundaries.length) {
+          const { leaving, member } = boundaries[k]
+          if (leaving) required.splice(required.indexOf(member), 1)
+          else required.push(member)
+        }
+      }
+      const newlyGone = [...this.leftAt].filter(([m, e]) => !this.gone.has(m) && best !== null && compareEvents(e, best) <= 0)
+      if (newlyGone.length === 0) return best
+      for (const [m] of newlyGone) this.gone.add(m)
     }
-    return best
   }
 
   // Decide the candidates whose earliest join is final, in the total order; returns

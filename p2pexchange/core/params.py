@@ -21,6 +21,7 @@ PEERS_BEHIND_BUSY_S = 1.5  # a live peer still lacks an event of ours signed thi
 # -- heartbeats, membership and finality ---------------------------------------------
 # Finality (core/finality.py) reads no time at all; these govern liveness only.
 HEARTBEAT_INTERVAL_MS = 1_000  # clock and digest announced on the control topic (sync hints)
+HEARTBEAT_IDLE_S = 3.0  # ... but only this often while the clock has not changed
 JOIN_RETRY_S = 3.0  # a newcomer asks again for admission after this long without a join
 CATCH_UP_TIMEOUT_S = 10.0  # a restarted member trades after this even if no sync answered
 TRADE_REPORTS_PENDING_MAX = 10_000  # peers' reports waiting for their event to be final
@@ -35,9 +36,10 @@ BUFFER_ORIGIN_BYTES_MAX = 8 * 1024 * 1024  # of those, signed by one origin
 
 # -- discovery -----------------------------------------------------------------------
 DISCOVERY_INTERVAL_S = 1.0
-DHT_REFRESH_INTERVAL_S = 5.0
+DHT_REFRESH_INTERVAL_S = 5.0  # while the connected peers change; doubling while they don't
+DHT_REFRESH_INTERVAL_MAX_S = 60.0
 DIAL_TIMEOUT_S = 5.0  # every peer of the routing table is dialed at once, each this long
-KEEPALIVE_INTERVAL_S = 2.0  # every connected peer is pinged this often
+KEEPALIVE_INTERVAL_S = 5.0  # every connected peer is pinged this often
 KEEPALIVE_TIMEOUT_S = 5.0  # a ping not answered within this fails
 KEEPALIVE_FAILURES_MAX = 3  # a peer silent for this many timeouts is dropped (a busy
 # peer, applying a large sync, can miss a few pings: dropping it would only churn)

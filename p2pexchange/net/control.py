@@ -1,6 +1,7 @@
 """Control messages: heartbeats, finality, and trade reports with the divergence alarm.
 
-Every `HEARTBEAT_INTERVAL_MS` the node publishes its vector clock, Lamport time,
+Every `HEARTBEAT_INTERVAL_MS` (every `HEARTBEAT_IDLE_S` while it delivers nothing) the
+node publishes its vector clock, Lamport time,
 digest, event count and the network's genesis on the control topic
 (protocols/heartbeat.md). A peer's heartbeat is a hint only: one that shows the peer
 ahead asks sync to pull from it, and a newcomer learns the genesis from it
@@ -24,6 +25,7 @@ from libp2p.peer.id import ID
 
 from ..core.events import short_id
 from ..core.params import (
+    HEARTBEAT_IDLE_S,
     HEARTBEAT_INTERVAL_MS,
     OWN_TRADE_REPORTS_SCAN,
     TRADE_REPORTS_PEER_MAX,
@@ -58,6 +60,7 @@ class Control:
         self._reported: set[bytes] = set()  # own taker events whose trades we reported
         # peer -> (the highest seq of ours its last heartbeat said it had, when received)
         self._views_of_mine: dict[bytes, tuple[int, float]] = {}
+        self._announced = (-1, 0.0)  # (events delivered, when) at our last heartbeat
         self._sealed_at: deque[tuple[int, float]] = deque(maxlen=SEALED_TIMES_MAX)
         self._final_logged = 0
         self._reject = reject
@@ -162,8 +165,15 @@ class Control:
             await trio.sleep(HEARTBEAT_INTERVAL_MS / 1000)
 
     async def heartbeat(self) -> None:
-        """Publish our clock and digest; then act on what has become final."""
+        """Publish our clock and digest (while nothing changes, only every
+        `HEARTBEAT_IDLE_S`: a quiet network costs little); then act on what has become
+        final."""
         replica = self.replica
+        delivered = replica.stats()["events_delivered"]
+        now = time.monotonic()
+        if delivered == self._announced[0] and now - self._announced[1] < HEARTBEAT_IDLE_S:
+            return
+        self._announced = (delivered, now)
         genesis = replica.membership.genesis if replica.membership is not None else ()
         hb = wire.Heartbeat(replica.clock, replica.lamport, replica.digest,
                             replica.stats()["events_delivered"], tuple(sorted(genesis)))

@@ -33,6 +33,7 @@ from libp2p.peer.id import ID
 from libp2p.tools.anyio_service.context import background_trio_service
 
 from ..core.params import (
+    DHT_REFRESH_INTERVAL_MAX_S,
     DHT_REFRESH_INTERVAL_S,
     DIAL_TIMEOUT_S,
     DISCOVERY_INTERVAL_S,
@@ -79,10 +80,18 @@ class Discovery:
                 await self.dht.refresh_routing_table()
 
     async def run(self) -> None:
-        last_refresh = 0.0
+        """Refresh the routing table, add connected peers to it, dial the rest. The
+        refresh (a round of DHT queries) backs off, doubling up to
+        `DHT_REFRESH_INTERVAL_MAX_S`, while the connected peers stay the same, and comes
+        back to `DHT_REFRESH_INTERVAL_S` when they change: a quiet network costs little."""
+        last_refresh, interval, peers = 0.0, DHT_REFRESH_INTERVAL_S, frozenset()
         while True:
-            if time.monotonic() - last_refresh > DHT_REFRESH_INTERVAL_S:
+            connected = frozenset(self.host.get_connected_peers())
+            if connected != peers:
+                peers, interval = connected, DHT_REFRESH_INTERVAL_S
+            if time.monotonic() - last_refresh > interval:
                 last_refresh = time.monotonic()
+                interval = min(2 * interval, DHT_REFRESH_INTERVAL_MAX_S)
                 await self._refresh()
             await self._add_connected_to_table()
             await self._dial_table()

@@ -8,6 +8,12 @@ decoded value to the node. Gossipsub is tuned as LIBP2P_NOTES advises (1 s heart
 no built-in rate limit, `degree_high` above any small network's size) and is still
 best-effort: the sync protocol repairs what it drops.
 
+Every message is charged to fair per-peer budgets before it is accepted (net/budget.py):
+its forwarding peer's and its publisher's, in messages and bytes, before decoding;
+an event's origin's, in actions, once decoded. What exceeds a budget is refused as
+`rate_limited` (not forwarded) and counted against the peer whose budget it exceeded;
+sync brings a refused event later, within the same kind of budget.
+
 Own actions are not published one by one: `Batcher` queues them and, once per
 `BATCH_INTERVAL_S`, has the node sign each market's queue as one event (at most
 `BATCH_ACTIONS_MAX` actions, or the node's own cap), which it then publishes.
@@ -46,6 +52,7 @@ from ..core.params import (
     PUBLISH_TIMEOUT_S,
 )
 from . import wire
+from .budget import GossipBudgets
 from .host import short_peer
 
 log = logging.getLogger("p2pexchange.node")
@@ -58,6 +65,15 @@ TRADES_TOPIC = f"{TOPIC_PREFIX}/trades"
 MEMBERSHIP_TOPIC = f"{TOPIC_PREFIX}/membership"
 
 Reject = Callable[[str, str, ID | None], None]  # (what, code, peer)
+RATE_LIMITED = "rate_limited"  # the reject code of a message beyond a peer's budget
+
+
+class OverBudget(Exception):
+    """A message beyond the budget of `peer` (whose budget it is, not who sent it)."""
+
+    def __init__(self, peer: ID) -> None:
+        super().__init__(RATE_LIMITED)
+        self.peer = peer
 
 
 def market_topic(market: str) -> str:
@@ -82,6 +98,7 @@ class Gossip:
             time_to_live=30)
         self.pubsub = Pubsub(host, self.router, strict_signing=True)
         self._reject = reject
+        self.budgets = GossipBudgets()
 
     async def start(self, stack: AsyncExitStack) -> None:
         """Start pubsub and the router as services that `stack` stops."""
@@ -126,6 +143,9 @@ class Gossip:
             code = self.precheck(event)
             if code is not None:
                 raise EventRejected(code, "refused before forwarding")
+            if (msg.from_id != self.origin and not self.budgets.origin_actions.charge(
+                    event.origin, (len(event.actions),), trio.current_time())):
+                raise OverBudget(ID(event.origin))
             self._decoded[msg.data] = event
             while len(self._decoded) > DECODED_KEPT_MAX:
                 self._decoded.popitem(last=False)
@@ -138,11 +158,21 @@ class Gossip:
 
     def validate(self, topic: str, what: str, check: Callable[[Any], Any],
                  error: type[Exception]) -> None:
-        """A topic validator: a message that fails `check` is rejected, not forwarded,
-        and counted against the peer that passed it to us."""
+        """A topic validator: a message beyond a budget (`GossipBudgets.admit`) or that
+        fails `check` is rejected, not forwarded, and counted against the peer that
+        passed it to us (or, beyond a budget, the peer whose budget it was)."""
         def validator(peer: ID, msg: Any) -> bool:
+            if peer.to_bytes() != self.origin:  # our own publications are not limited
+                over = self.budgets.admit(what, peer, msg.from_id, len(msg.data),
+                                          trio.current_time())
+                if over is not None:
+                    self._reject(what, RATE_LIMITED, over)
+                    return False
             try:
                 check(msg)
+            except OverBudget as exc:
+                self._reject(what, RATE_LIMITED, exc.peer)
+                return False
             except Exception as exc:
                 self._reject(what, _code(exc, error), peer)
                 return False

@@ -19,6 +19,17 @@ or that fails mid-exchange has its connection dropped, so discovery dials afresh
 a backoff that doubles with each consecutive failure (`SYNC_BACKOFF_MAX_S`): a peer
 that never answers costs one round timeout now and then, not a stalled loop.
 
+Budgets (net/budget.py): the events of an answer that are new here are charged to
+their verified origin's budget (events, actions, bytes); those beyond it are dropped
+(counted as `rate_limited` against that origin), the exchange ends, the peer is
+not pulled from for `SYNC_RATE_PAUSE_S`, and it is asked for fewer events per round
+until an answer fits the budgets again, so a member flooding valid events cannot
+push them through sync any faster than gossip lets them in. A refused event is
+remembered (its digest, origin and cost) so that, sent again before its origin has
+the budget, it is dropped without being decoded again. Answers served are paced per
+requesting peer (`SYNC_SERVED_BYTES`): a peer asking for our history again and again
+waits for its answers.
+
 Hostile input: a malformed request or response, an oversize message, or more than
 `SYNC_SERVE_STREAMS_MAX` concurrent streams from one peer is a counted rejection
 attributed to that peer; nothing a peer sends here can end the node's tasks.
@@ -26,9 +37,11 @@ attributed to that peer; nothing a peer sends here can end the node's tasks.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -38,6 +51,7 @@ from libp2p.io.exceptions import MessageTooLarge
 from libp2p.peer.id import ID
 from libp2p.utils.varint import encode_varint_prefixed, read_varint_prefixed_bytes_limited
 
+from ..core.events import Event, EventRejected, decode_event
 from ..core.params import (
     ANTI_ENTROPY_INTERVAL_S,
     DIAL_TIMEOUT_S,
@@ -51,15 +65,24 @@ from ..core.params import (
 )
 from ..core.replica import Receipt, Replica
 from . import wire
-from .gossip import Reject
+from .budget import SYNC_ORIGIN_RATES, SYNC_RATE_PAUSE_S, SYNC_SERVED_BYTES, Budget
+from .gossip import RATE_LIMITED, Reject
 from .host import short_peer
 
 log = logging.getLogger("p2pexchange.node")
 
 SYNC_PROTOCOL = TProtocol("/p2pexchange/sync/1.0.0")
+REFUSED_KEPT_MAX = 4096  # events refused for their origin's budget, remembered
+# Events asked for per round from a peer whose answer exceeded a budget: about what an
+# origin's budget lets in per `SYNC_RATE_PAUSE_S` in events of the usual size, so the
+# answers of a peer serving a flood stay small and quick (no round timeout, little to
+# decode and refuse).
+SYNC_LIMITED_CHUNK_EVENTS = 16
+SMALL_CHUNK_PEERS_MAX = 1024
 
-# One answer's events as a batch: [(raw event, where from for logs, sender)] -> receipts
-Receive = Callable[[list[tuple[bytes, str, ID]]], list[Receipt]]
+# One answer's events as a batch: [(raw event, or the event already decoded and
+# verified; where from for logs; sender)] -> receipts
+Receive = Callable[[list[tuple[bytes | Event, str, ID]]], list[Receipt]]
 
 
 class SyncFailed(Exception):
@@ -87,6 +110,16 @@ class Sync:
         self._failures: dict[ID, tuple[int, float]] = {}  # peer -> (in a row, retry at)
         self._misbehaved: set[ID] = set()  # its last failure was a bad answer, not silence
         self.completed = 0  # exchanges that ended with the peer having nothing more
+        # Events of an answer, new here, charged to their origin: (events, actions, bytes)
+        self.origins = Budget(SYNC_ORIGIN_RATES)
+        self._served = Budget([SYNC_SERVED_BYTES])  # answers' bytes, per requesting peer
+        # digest of a refused event -> (its origin, its cost): not decoded again while
+        # its origin still lacks the budget
+        self._refused: OrderedDict[bytes, tuple[bytes, tuple[int, int, int]]] = OrderedDict()
+        self._rate_limited: set[ID] = set()  # peers whose last answer exceeded a budget
+        # Peers asked for `SYNC_LIMITED_CHUNK_EVENTS` per round, not `SYNC_CHUNK_EVENTS`:
+        # an answer of theirs exceeded a budget since their last one within budgets.
+        self._small_chunks: dict[ID, None] = {}
         host.set_stream_handler(SYNC_PROTOCOL, self.serve)
 
     def want(self, peer: ID) -> None:
@@ -138,8 +171,11 @@ class Sync:
                 raise SyncFailed(exc.code) from None
             events = self.replica.events_for(clock, limit + 1)
             more = len(events) > limit
-            await stream.write(encode_varint_prefixed(
-                wire.encode_sync_response(events[:limit], more)))
+            answer = wire.encode_sync_response(events[:limit], more)
+            wait_s = self._served.debit(peer, (len(answer),), trio.current_time())
+            if wait_s > 0:  # this peer has asked for more than its budget lately
+                await trio.sleep(wait_s)
+            await stream.write(encode_varint_prefixed(answer))
 
     # -- client ----------------------------------------------------------------------
 
@@ -149,19 +185,28 @@ class Sync:
         with trio.fail_after(SYNC_ROUND_TIMEOUT_S):  # a peer stalling the negotiation
             stream = await self.host.new_stream(peer, [SYNC_PROTOCOL])
         source = f"sync from {short_peer(peer)}"
+        chunk = SYNC_LIMITED_CHUNK_EVENTS if peer in self._small_chunks else SYNC_CHUNK_EVENTS
         try:
             with trio.move_on_after(SYNC_TIMEOUT_S) as exchange:
                 for _ in range(SYNC_ROUNDS_MAX):
                     await stream.write(encode_varint_prefixed(
-                        wire.encode_sync_request(self.replica.clock, SYNC_CHUNK_EVENTS)))
+                        wire.encode_sync_request(self.replica.clock, chunk)))
                     with trio.fail_after(SYNC_ROUND_TIMEOUT_S):
                         data = await _read(stream, wire.SYNC_RESPONSE_BYTES_MAX, eof_ok=False)
                     try:
                         events, more = wire.decode_sync_response(data)
                     except wire.WireError as exc:
                         raise SyncFailed(exc.code) from None
-                    receipts = self._receive([(raw, source, peer) for raw in events])
+                    admitted, refused = self._within_budget(events)
+                    receipts = self._receive([(e, source, peer) for e in admitted])
                     delivered += sum(len(r.delivered) for r in receipts)
+                    if refused:  # asking again now would bring the same events
+                        self._rate_limited.add(peer)
+                        self._small_chunks[peer] = None
+                        while len(self._small_chunks) > SMALL_CHUNK_PEERS_MAX:
+                            del self._small_chunks[next(iter(self._small_chunks))]
+                        break
+                    self._small_chunks.pop(peer, None)
                     if not more or not events:
                         self.completed += 1
                         break
@@ -177,6 +222,41 @@ class Sync:
         elif delivered:
             log.info("synced %d events from %s", delivered, short_peer(peer))
         return delivered
+
+    def _within_budget(self, raws: list[bytes]) -> tuple[list[bytes | Event], int]:
+        """The events of an answer that their origins' budgets allow, decoded where
+        decoding was needed to tell (an undecodable one is left to the replica, which
+        rejects it with its code); and how many were refused. Events already delivered
+        here cost nothing."""
+        now = trio.current_time()
+        kept: list[bytes | Event] = []
+        refused = 0
+        for raw in raws:
+            digest = hashlib.blake2b(raw, digest_size=16).digest() if type(raw) is bytes else b""
+            known = self._refused.get(digest)
+            if known is not None and not self.origins.affords(known[0], known[1], now):
+                refused += 1
+                self._reject("event via sync", RATE_LIMITED, ID(known[0]))
+                continue
+            try:
+                event = decode_event(raw, self.replica.markets)
+            except EventRejected:
+                kept.append(raw)
+                continue
+            if self.replica.event(event.id) is not None:
+                kept.append(event)  # a duplicate: the replica says so, for free
+                continue
+            cost = (1, len(event.actions), len(raw))
+            if self.origins.charge(event.origin, cost, now):
+                self._refused.pop(digest, None)
+                kept.append(event)
+                continue
+            refused += 1
+            self._reject("event via sync", RATE_LIMITED, ID(event.origin))
+            self._refused[digest] = (event.origin, cost)
+            while len(self._refused) > REFUSED_KEPT_MAX:
+                self._refused.popitem(last=False)
+        return kept, refused
 
     async def run(self) -> None:
         last_random = last_gap_pull = time.monotonic()
@@ -226,6 +306,9 @@ class Sync:
         else:
             self._failures.pop(peer, None)
             self._misbehaved.discard(peer)
+            if peer in self._rate_limited:  # not a failure: pull from others for a while
+                self._rate_limited.discard(peer)
+                self._failures[peer] = (0, time.monotonic() + SYNC_RATE_PAUSE_S)
 
 
 async def _read(stream: Any, size_max: int, eof_ok: bool) -> bytes | None:

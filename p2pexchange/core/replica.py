@@ -21,7 +21,8 @@ same events end in the same state whatever the arrival order.
    `fork`: someone equivocated); its Lamport time must be 1 + the largest among
    its causes (`bad_lamport`); its clock may not fall behind its origin's previous
    event's (`clock_regression`: an origin cannot take back what it acknowledged);
-   and with a genesis, its origin must be a member (`not_member`, core/finality.py).
+   and with a genesis, its origin must be a member (`not_member`, core/finality.py)
+   that has not left (`left`: after its leave, an origin's events carry no actions).
 3. Total order. Delivered events are applied in order of `Event.key`:
    `(lamport, rank, origin, seq)`, where `rank` puts cancels-only events
    before concurrent places, and membership events last. This order extends
@@ -34,7 +35,7 @@ same events end in the same state whatever the arrival order.
 4. Digest. Each applied event extends a running SHA-256 over the event id and
    the trades it produced; two replicas with the same delivered set have the
    same digest.
-5. Finality. core/finality.py: explicit membership (a genesis, then joins) and
+5. Finality. core/finality.py: explicit membership (a genesis, joins, leaves) and
    a commit rule over the members' latest delivered events, with no timeout and
    no clock: what it reports final never changes, and a silent member stalls it
    visibly (`Finality.waiting_for`). `wants_ack` tells the shell when to sign an

@@ -93,7 +93,9 @@ class Intake:
                 self.rejections("buffered event", code, ID(event.origin))
             delivered += receipt.delivered
             rolled_back += receipt.rolled_back
-            for event in receipt.delivered if logging_info else ():
+            if not logging_info or source.startswith("sync"):
+                continue  # sync logs one line per answer (net/sync.py), not one per event
+            for event in receipt.delivered:
                 if not event.actions:
                     continue  # an acknowledgement: nothing to tell
                 log.info("order batch %s from %s applied: %d actions, seq %d%s",

@@ -298,6 +298,21 @@ def test_a_silent_member_stalls_finality_forever_and_is_named():
     assert net["a"].events_of(c) == []
 
 
+def test_waiting_for_names_a_silent_member_rather_than_a_candidate_it_keeps_out():
+    """c is silent while a admits n: finality (and so n's join) waits for c. The status
+    names c, the member that could move it, not n, which may not speak before its join
+    is decided."""
+    net = Net("abc", newcomers="n")
+    net.act("a", [sell(100)], to="ab")
+    net.act("a", [Join(net.ids["n"])], market=MEMBERSHIP_MARKET, to="ab")
+    net.act("b", [buy(100)], to="ab")
+    for _ in range(4):
+        net.ack_round(signers="ab", to="ab")
+        for name in "ab":
+            assert net[name].finality().waiting_for == [net.ids["c"]], name
+            assert net[name].final_key() is None
+
+
 def test_a_partitioned_member_changes_nothing_final_and_all_converges_after_the_heal():
     """d is cut off for many rounds while both sides trade and acknowledge among
     themselves: no replica's final history changes. After the heal (sync both ways)
@@ -438,8 +453,9 @@ def test_a_newcomer_is_admitted_only_by_a_first_event_that_covers_its_join():
     is no member (`is_member` is False, `members()` lists the genesis only) until the
     join is final. Then it is effective. n's first event whose clock does not cover the
     join is refused (`not_member`); one that covers it is delivered and sorts after the
-    join. What sorts after the join waits for n (waiting_for names it) until n
-    acknowledges; what sorts up to the join does not (n's events all sort after it)."""
+    join. What sorts after the join waits for n (waiting_for names it once the members
+    have acknowledged) until n acknowledges; what sorts up to the join does not (n's
+    events all sort after it)."""
     net = Net("abc", newcomers="n")
     n = net.ids["n"]
     maker = net.act("a", [sell(100)])
@@ -451,7 +467,9 @@ def test_a_newcomer_is_admitted_only_by_a_first_event_that_covers_its_join():
         assert not r.is_member(n) and r.members() == sorted(net.genesis)  # candidate
         assert list(r.membership.members) == sorted(net.genesis) + [n]  # waited for
         assert r.outcomes_of(join.id) == ["joined"]
-        assert n in r.finality().waiting_for
+        # c has not spoken: it holds finality (and the join) back, not n, which cannot
+        # speak before its join is decided.
+        assert r.finality().waiting_for == [net.ids["c"]]
     for _ in range(5):
         net.ack_round(signers="abc")
         for name, r in net.replicas.items():

@@ -198,7 +198,9 @@ class Membership:
         first = [m for m, h in heads.items()
                  if h is None or not covers(h, pending.origin, pending.seq)]
         if first:
-            return first
+            # A candidate cannot speak before its join is decided: while an effective
+            # member is missing too, that one is what holds finality (and the join) back.
+            return [m for m in first if m in self.effective] or first
         acks = [h for h in heads.values() if h is not None]
         return [m for m, h in heads.items()
                 if h is None or not all(covers(h, a.origin, a.seq) for a in acks)]

@@ -356,7 +356,12 @@ export class Replica {
     if (!pending) return []
     const heads = new Map(this.waitedFor().map((m) => [m, this.chains.get(m)?.at(-1) ?? null]))
     const first = [...heads].filter(([, h]) => !h || !covers(h, pending.originHex, pending.seq)).map(([m]) => m)
-    if (first.length) return first
+    if (first.length) {
+      // A candidate cannot speak before its join is decided: an effective member that
+      // is missing too is what holds finality (and the join) back.
+      const effective = first.filter((m) => this.effective.has(m))
+      return effective.length ? effective : first
+    }
     const acks = [...heads.values()].filter((h) => h)
     return [...heads].filter(([, h]) => !h || !acks.every((a) => covers(h, a.originHex, a.seq))).map(([m]) => m)
   }

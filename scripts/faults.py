@@ -26,6 +26,10 @@ API every `--order-interval` seconds and records each acknowledgement. Then one 
              converge. Finality waits for the dead member, so the drain waits for equal
              digests only, and whether the newcomer becomes a member (within
              --join-wait-s) is measured in `after_bootstrap_loss`, not a pass criterion
+  bootstrap_leaves  node 0 leaves the network (POST /leave: its orders cancelled, its
+             leave final), then is SIGKILLed for good; the others trade on for
+             --fault-s, then a sixth node bootstraps from node 1: it must become a member
+             within --join-wait-s, and everything must become final without node 0
 
 A recorder polls every node's GET /trades (a tail long enough to overlap what it
 already knows, the whole list when it cannot align) and GET /status every
@@ -83,7 +87,8 @@ RESTART_DELAY_S = 5.0
 TRADES_LIMIT_MAX = 10_000  # the API's limit per GET /trades
 OVERLAP_TRADES = 64  # known final trades a tail poll re-reads to align itself
 CHAIN = "P2PX_FAULTS"
-SCENARIOS = ("stop", "kill", "join", "partition", "restart", "latejoin", "bootstrap_gone")
+SCENARIOS = ("stop", "kill", "join", "partition", "restart", "latejoin", "bootstrap_gone",
+             "bootstrap_leaves")
 FILL_TIMEOUT_S = 600.0  # producing the events a scenario waits for (restart, latejoin)
 # Issue 13's targets, reported against (not enforced): the nodes hold every event that
 # existed at the heal within 5 s of it; a late joiner holds them within 10 s of its start.
@@ -749,6 +754,38 @@ class Scenario:
         self.heal_at = time.monotonic()  # the newcomer's start: the fault never ends
         self.newcomer(self.nodes[1].addr, self.s.join_wait_s, member_required=False)
 
+    def fault_bootstrap_leaves(self) -> None:
+        """Node 0, the bootstrap, leaves (POST /leave) and, once it reports `left`, is
+        killed for good; the others trade on for --fault-s, then a sixth node starts with
+        node 1 as its bootstrap and must become a member: finality no longer waits for a
+        member whose leave is final."""
+        self.faulty = 0
+        self.placer.skip.add(0)
+        asked = time.monotonic()
+        reply = self.nodes[0].post("/leave", {})
+        if reply.status_code != 202:
+            self.failures.append(f"POST /leave answered {reply.status_code}: {reply.text}")
+        left_at = None
+        deadline = asked + self.s.join_wait_s
+        while time.monotonic() < deadline:
+            try:
+                if self.nodes[0].get("/status")["membership"] == "left":
+                    left_at = time.monotonic()
+                    break
+            except (httpx.HTTPError, ValueError):
+                pass
+            time.sleep(POLL_S)
+        self.result["leave"] = {"answer": reply.status_code, "cancelled": reply.json().get(
+            "cancelled") if reply.status_code == 202 else None,
+            "left_after_s": left_at and round(left_at - asked, 2)}
+        if left_at is None:
+            self.failures.append(f"node 0 did not report left within {self.s.join_wait_s} s")
+        self.nodes[0].kill()
+        self.dead.add(0)
+        time.sleep(self.s.fault_s)
+        self.heal_at = time.monotonic()
+        self.newcomer(self.nodes[1].addr, self.s.join_wait_s, member_required=True)
+
     def newcomer(self, bootstrap: str | None, timeout_s: float, member_required: bool) -> None:
         """Start a sixth node and probe it until it is a member or `timeout_s` passed:
         until then it must publish nothing, take no order (503), be named in no trade."""
@@ -895,7 +932,7 @@ class Scenario:
         self.timings(final_statuses)
         if self.name == "bootstrap_gone":
             self.after_bootstrap_loss(final_statuses)
-        elif self.name in ("join", "latejoin"):
+        elif self.name in ("join", "latejoin", "bootstrap_leaves"):
             r["join"] = self.join_facts
             peer = self.nodes[NODES].peer_id
             trades_of_newcomer = sum(o == peer for o in self._origins_of(NODES))
@@ -1141,7 +1178,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 DEFAULTS = {"stop": (20.0, 20.0), "kill": (20.0, RESTART_DELAY_S),
             "join": (60.0, 0.0), "partition": (20.0, 60.0), "restart": (20.0, 0.0),
-            "latejoin": (10.0, 0.0), "bootstrap_gone": (20.0, 20.0)}  # (warm-up s, fault s)
+            "latejoin": (10.0, 0.0), "bootstrap_gone": (20.0, 20.0),
+            "bootstrap_leaves": (20.0, 20.0)}  # (warm-up s, fault s)
 DEFAULT_EVENTS = {"restart": 1_000, "latejoin": 10_000}
 
 

@@ -168,3 +168,17 @@ def test_the_survivors_of_a_dead_bootstrap_converge_and_a_newcomer_syncs():
     assert loss["pass_criterion"] is False and isinstance(loss["newcomer_member"], bool)
     assert loss["newcomer"]["polls_with_own_events_before_member"] == 0
     assert loss["newcomer"]["orders_taken_before_member"] == 0
+
+
+def test_after_the_bootstrap_leaves_for_good_a_newcomer_joins_through_a_survivor():
+    """Node 0 leaves (POST /leave), reports `left` and is killed for good: everything
+    becomes final without it, and a newcomer bootstrapped from a survivor becomes a
+    member and trades."""
+    result = run("bootstrap_leaves", warmup_s=5, fault_s=6, join_wait_s=45)
+    check(result)
+    assert result["leave"]["answer"] == 202 and result["leave"]["left_after_s"] is not None
+    join = result["join"]
+    assert join["member_after_s"] is not None and join["newcomer_trades"] > 0
+    assert join["orders_taken_before_member"] == 0
+    assert join["polls_with_own_events_before_member"] == 0
+    assert result["newcomer_member_after_start_s"] is not None

@@ -73,10 +73,11 @@ log = logging.getLogger("p2pexchange.node")
 
 SYNC_PROTOCOL = TProtocol("/p2pexchange/sync/1.0.0")
 REFUSED_KEPT_MAX = 4096  # events refused for their origin's budget, remembered
-# Events asked for per round from a peer whose answer exceeded a budget: about what an
-# origin's budget lets in per `SYNC_RATE_PAUSE_S` in events of the usual size, so the
-# answers of a peer serving a flood stay small and quick (no round timeout, little to
-# decode and refuse).
+# Events asked for per round from a peer whose answer exceeded a budget or came too
+# late: about what an origin's budget lets in per `SYNC_RATE_PAUSE_S` in events of the
+# usual size, so the answers of a peer serving a flood, or of a slow one, stay small and
+# quick (no round timeout, little to decode and refuse). An answer within budgets
+# brings the peer back to `SYNC_CHUNK_EVENTS`.
 SYNC_LIMITED_CHUNK_EVENTS = 16
 SMALL_CHUNK_PEERS_MAX = 1024
 
@@ -291,6 +292,10 @@ class Sync:
                 self._misbehaved.add(peer)
             else:
                 self._misbehaved.discard(peer)
+                if isinstance(exc, trio.TooSlowError):  # next time, an answer it can give
+                    self._small_chunks[peer] = None  # in time (sync clears it)
+                    while len(self._small_chunks) > SMALL_CHUNK_PEERS_MAX:
+                        del self._small_chunks[next(iter(self._small_chunks))]
             in_a_row = self._failures.get(peer, (0, 0.0))[0] + 1
             backoff_s = min(SYNC_BACKOFF_MAX_S, 0.5 * 2 ** min(in_a_row, 16))
             self._failures[peer] = (in_a_row, time.monotonic() + backoff_s)

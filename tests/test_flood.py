@@ -241,6 +241,7 @@ async def test_a_member_flooding_valid_events_is_rate_limited_and_honest_nodes_k
             assert set(node.rejections.by_peer) <= {attacker_id}, (node.rejections.by_peer,
                                                                    report)
         assert sum(n.rejections.by_code.get("rate_limited", 0) for n in honest) > 0, report
+        assert any(n.status()["rejected"].get("rate_limited") for n in honest)  # shown
         refused_by = {what: sum(n.gossip.budgets.publishers[what].refused
                                 + n.gossip.budgets.forwarders[what].refused for n in honest)
                       for what in (EVENT, HEARTBEAT, JOIN_REQUEST, TRADE_REPORT)}

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import pathlib
 import random
@@ -38,7 +39,7 @@ from harness import network
 from libp2p.peer.id import ID
 from libp2p.pubsub import rpc_queue
 
-from p2pexchange.core.events import Cancel, OrderType, Place, Side
+from p2pexchange.core.events import Cancel, OrderType, Place, Side, sign_event
 from p2pexchange.net import wire
 from p2pexchange.net.budget import (
     EVENT,
@@ -249,6 +250,47 @@ async def test_a_member_flooding_valid_events_is_rate_limited_and_honest_nodes_k
                                  + n.sync.origins.refused for n in honest)
         for what in (EVENT, HEARTBEAT, JOIN_REQUEST):  # trade reports' burst is 512
             assert refused_by[what] > 0, (what, refused_by, report)
+
+
+@pytest.mark.network
+async def test_a_non_member_flooding_signed_events_is_refused_cheaply(tmp_path):
+    """A peer that is no member (it never asks to join) publishes hundreds of validly
+    signed events: each is `not_member` (or, beyond its publisher budget, refused as
+    `rate_limited` before it is even decoded), none is delivered or forwarded, every
+    rejection names it, and the members go on trading."""
+    flood_events = 1_000
+    async with network(tmp_path) as net:
+        first = await net.start("n0")
+        second = await net.start("n1", bootstrap=first)
+        outsider = await net.start("outsider", bootstrap=first, member=False)
+        outsider.admission._asked_at = math.inf  # it never asks to be admitted
+        await net.discovered()
+        await trio.sleep(2)  # let the gossip mesh form
+        topic = market_topic(BTC)
+        outsider.pubsub.remove_topic_validator(topic)
+        for queue in outsider.pubsub.peer_queues.values():
+            queue._queue.max_size = 4096  # a hostile client queues all of its flood
+        key = outsider.key_pair.private_key
+        for k in range(flood_events):
+            event = sign_event(key, outsider.origin, 1, {}, 1, BTC,
+                               [Place(Side.SELL, OrderType.LIMIT, 20_000 + k, 1)])
+            await outsider.pubsub.publish(topic, event.raw)
+            await trio.sleep(0)
+        first.submit(BTC, Place(Side.SELL, OrderType.LIMIT, 10_000, 1))
+        await first.flush()
+        await net.converged([first, second], events=1)
+        with trio.fail_after(20):
+            while sum(n.rejections.by_peer.get(str(outsider.peer_id), 0)
+                      for n in (first, second)) < 100:
+                await trio.sleep(0.2)
+        assert outsider.admission.state != "member"
+        codes = set()
+        for node in (first, second):
+            assert not node.replica.events_of(outsider.origin)
+            assert set(node.rejections.by_peer) <= {str(outsider.peer_id)}
+            codes |= {code for _, code, _ in node.rejection_log}
+        assert "not_member" in codes or "rate_limited" in codes, codes
+        print({str(n.peer_id)[-6:]: n.rejections.by_code for n in (first, second)})
 
 
 # -- the attacker's process ---------------------------------------------------------------

@@ -222,7 +222,7 @@ async def test_a_member_flooding_valid_events_is_rate_limited_and_honest_nodes_k
                    for w, b in budgets.publishers.items()},
                   "origin actions", budgets.origin_actions.paid,
                   budgets.origin_actions.refused,
-                  "sync", node.sync.origins.paid, node.sync.origins.refused)
+                  "sync", node.sync.budget.origins.paid, node.sync.budget.origins.refused)
         # Honest nodes keep at least half their throughput while the flood lasts.
         assert calm_per_s > 0.3 * HONEST_ORDERS_PER_S * len(honest), report
         assert flood_per_s >= 0.5 * calm_per_s, report
@@ -247,7 +247,7 @@ async def test_a_member_flooding_valid_events_is_rate_limited_and_honest_nodes_k
                                 + n.gossip.budgets.forwarders[what].refused for n in honest)
                       for what in (EVENT, HEARTBEAT, JOIN_REQUEST, TRADE_REPORT)}
         refused_by[EVENT] += sum(n.gossip.budgets.origin_actions.refused
-                                 + n.sync.origins.refused for n in honest)
+                                 + n.sync.budget.origins.refused for n in honest)
         for what in (EVENT, HEARTBEAT, JOIN_REQUEST):  # trade reports' burst is 512
             assert refused_by[what] > 0, (what, refused_by, report)
 

@@ -21,7 +21,7 @@ Who is charged (net/gossip.py, net/sync.py):
 - the event's *origin*, in actions, after decoding (one event carries up to 500
   actions; bytes alone would let small actions through cheaply);
 - events brought by a sync answer that are new here, to their (verified) origin in
-  events, actions and bytes (`Sync._within_budget`): what gossip refused cannot
+  events, actions and bytes (`SyncBudget`): what gossip refused cannot
   come back faster through sync; an answer that exceeds it ends the exchange and pauses
   pulls from that peer (`SYNC_RATE_PAUSE_S`), so re-sent events cost little;
 - sync answers served, per requesting peer, in bytes: a peer asking for our history
@@ -84,12 +84,19 @@ forwarding budget at the next hop: that drop is repaired by sync like any other.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+import hashlib
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from libp2p.peer.id import ID
 
+from ..core.events import Event, EventRejected, decode_event
+
+RATE_LIMITED = "rate_limited"  # the reject code of a message beyond a peer's budget
 KEYS_MAX = 1024  # keys (peers, origins) whose buckets a table keeps, most recent last
+REFUSED_KEPT_MAX = 4096  # events refused for their origin's sync budget, remembered
 KiB = 1024
 MiB = 1024 * KiB
 
@@ -210,3 +217,58 @@ class GossipBudgets:
         if not self.publishers[what].charge(publisher, cost, now):
             return ID(publisher)
         return None
+
+
+class OverBudget(Exception):
+    """A message beyond the budget of `peer` (whose budget it is, not who sent it)."""
+
+    def __init__(self, peer: ID) -> None:
+        super().__init__(RATE_LIMITED)
+        self.peer = peer
+
+
+class SyncBudget:
+    """What sync answers may bring: each event new here is charged to its verified
+    origin (events, actions, bytes); one beyond it is refused, counted against that
+    origin, and remembered (digest, origin, cost) so that, sent again before its origin
+    has the budget, it is refused without being decoded again."""
+
+    def __init__(self, replica: Any, reject: Callable[[str, str, ID | None], None]) -> None:
+        self.replica = replica
+        self.origins = Budget(SYNC_ORIGIN_RATES)
+        self._reject = reject
+        self._refused: OrderedDict[bytes, tuple[bytes, tuple[int, int, int]]] = OrderedDict()
+
+    def within(self, raws: list[bytes], now: float) -> tuple[list[bytes | Event], int]:
+        """The events of an answer that their origins' budgets allow, decoded where
+        decoding was needed to tell (an undecodable one is left to the replica, which
+        rejects it with its code); and how many were refused. Events already delivered
+        here cost nothing."""
+        kept: list[bytes | Event] = []
+        refused = 0
+        for raw in raws:
+            digest = hashlib.blake2b(raw, digest_size=16).digest() if type(raw) is bytes else b""
+            known = self._refused.get(digest)
+            if known is not None and not self.origins.affords(known[0], known[1], now):
+                refused += 1
+                self._reject("event via sync", RATE_LIMITED, ID(known[0]))
+                continue
+            try:
+                event = decode_event(raw, self.replica.markets)
+            except EventRejected:
+                kept.append(raw)
+                continue
+            if self.replica.event(event.id) is not None:
+                kept.append(event)  # a duplicate: the replica says so, for free
+                continue
+            cost = (1, len(event.actions), len(raw))
+            if self.origins.charge(event.origin, cost, now):
+                self._refused.pop(digest, None)
+                kept.append(event)
+                continue
+            refused += 1
+            self._reject("event via sync", RATE_LIMITED, ID(event.origin))
+            self._refused[digest] = (event.origin, cost)
+            while len(self._refused) > REFUSED_KEPT_MAX:
+                self._refused.popitem(last=False)
+        return kept, refused

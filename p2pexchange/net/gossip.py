@@ -52,7 +52,7 @@ from ..core.params import (
     PUBLISH_TIMEOUT_S,
 )
 from . import wire
-from .budget import GossipBudgets
+from .budget import RATE_LIMITED, GossipBudgets, OverBudget
 from .host import short_peer
 
 log = logging.getLogger("p2pexchange.node")
@@ -65,15 +65,6 @@ TRADES_TOPIC = f"{TOPIC_PREFIX}/trades"
 MEMBERSHIP_TOPIC = f"{TOPIC_PREFIX}/membership"
 
 Reject = Callable[[str, str, ID | None], None]  # (what, code, peer)
-RATE_LIMITED = "rate_limited"  # the reject code of a message beyond a peer's budget
-
-
-class OverBudget(Exception):
-    """A message beyond the budget of `peer` (whose budget it is, not who sent it)."""
-
-    def __init__(self, peer: ID) -> None:
-        super().__init__(RATE_LIMITED)
-        self.peer = peer
 
 
 def market_topic(market: str) -> str:

@@ -37,11 +37,9 @@ attributed to that peer; nothing a peer sends here can end the node's tasks.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -51,7 +49,7 @@ from libp2p.io.exceptions import MessageTooLarge
 from libp2p.peer.id import ID
 from libp2p.utils.varint import encode_varint_prefixed, read_varint_prefixed_bytes_limited
 
-from ..core.events import Event, EventRejected, decode_event
+from ..core.events import Event
 from ..core.params import (
     ANTI_ENTROPY_INTERVAL_S,
     DIAL_TIMEOUT_S,
@@ -65,14 +63,13 @@ from ..core.params import (
 )
 from ..core.replica import Receipt, Replica
 from . import wire
-from .budget import SYNC_ORIGIN_RATES, SYNC_RATE_PAUSE_S, SYNC_SERVED_BYTES, Budget
-from .gossip import RATE_LIMITED, Reject
+from .budget import SYNC_RATE_PAUSE_S, SYNC_SERVED_BYTES, Budget, SyncBudget
+from .gossip import Reject
 from .host import short_peer
 
 log = logging.getLogger("p2pexchange.node")
 
 SYNC_PROTOCOL = TProtocol("/p2pexchange/sync/1.0.0")
-REFUSED_KEPT_MAX = 4096  # events refused for their origin's budget, remembered
 # Events asked for per round from a peer whose answer exceeded a budget or came too
 # late: about what an origin's budget lets in per `SYNC_RATE_PAUSE_S` in events of the
 # usual size, so the answers of a peer serving a flood, or of a slow one, stay small and
@@ -111,12 +108,8 @@ class Sync:
         self._failures: dict[ID, tuple[int, float]] = {}  # peer -> (in a row, retry at)
         self._misbehaved: set[ID] = set()  # its last failure was a bad answer, not silence
         self.completed = 0  # exchanges that ended with the peer having nothing more
-        # Events of an answer, new here, charged to their origin: (events, actions, bytes)
-        self.origins = Budget(SYNC_ORIGIN_RATES)
+        self.budget = SyncBudget(replica, reject)  # what answers bring, per origin
         self._served = Budget([SYNC_SERVED_BYTES])  # answers' bytes, per requesting peer
-        # digest of a refused event -> (its origin, its cost): not decoded again while
-        # its origin still lacks the budget
-        self._refused: OrderedDict[bytes, tuple[bytes, tuple[int, int, int]]] = OrderedDict()
         self._rate_limited: set[ID] = set()  # peers whose last answer exceeded a budget
         # Peers asked for `SYNC_LIMITED_CHUNK_EVENTS` per round, not `SYNC_CHUNK_EVENTS`:
         # an answer of theirs exceeded a budget since their last one within budgets.
@@ -198,7 +191,7 @@ class Sync:
                         events, more = wire.decode_sync_response(data)
                     except wire.WireError as exc:
                         raise SyncFailed(exc.code) from None
-                    admitted, refused = self._within_budget(events)
+                    admitted, refused = self.budget.within(events, trio.current_time())
                     receipts = self._receive([(e, source, peer) for e in admitted])
                     delivered += sum(len(r.delivered) for r in receipts)
                     if refused:  # asking again now would bring the same events
@@ -223,41 +216,6 @@ class Sync:
         elif delivered:
             log.info("synced %d events from %s", delivered, short_peer(peer))
         return delivered
-
-    def _within_budget(self, raws: list[bytes]) -> tuple[list[bytes | Event], int]:
-        """The events of an answer that their origins' budgets allow, decoded where
-        decoding was needed to tell (an undecodable one is left to the replica, which
-        rejects it with its code); and how many were refused. Events already delivered
-        here cost nothing."""
-        now = trio.current_time()
-        kept: list[bytes | Event] = []
-        refused = 0
-        for raw in raws:
-            digest = hashlib.blake2b(raw, digest_size=16).digest() if type(raw) is bytes else b""
-            known = self._refused.get(digest)
-            if known is not None and not self.origins.affords(known[0], known[1], now):
-                refused += 1
-                self._reject("event via sync", RATE_LIMITED, ID(known[0]))
-                continue
-            try:
-                event = decode_event(raw, self.replica.markets)
-            except EventRejected:
-                kept.append(raw)
-                continue
-            if self.replica.event(event.id) is not None:
-                kept.append(event)  # a duplicate: the replica says so, for free
-                continue
-            cost = (1, len(event.actions), len(raw))
-            if self.origins.charge(event.origin, cost, now):
-                self._refused.pop(digest, None)
-                kept.append(event)
-                continue
-            refused += 1
-            self._reject("event via sync", RATE_LIMITED, ID(event.origin))
-            self._refused[digest] = (event.origin, cost)
-            while len(self._refused) > REFUSED_KEPT_MAX:
-                self._refused.popitem(last=False)
-        return kept, refused
 
     async def run(self) -> None:
         last_random = last_gap_pull = time.monotonic()

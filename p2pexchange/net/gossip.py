@@ -22,6 +22,7 @@ Own actions are not published one by one: `Batcher` queues them and, once per
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from contextlib import AsyncExitStack
@@ -135,7 +136,7 @@ class Gossip:
             if code is not None:
                 raise EventRejected(code, "refused before forwarding")
             if (msg.from_id != self.origin and not self.budgets.origin_actions.charge(
-                    event.origin, (len(event.actions),), trio.current_time())):
+                    event.origin, (len(event.actions),), time.monotonic())):
                 raise OverBudget(ID(event.origin))
             self._decoded[msg.data] = event
             while len(self._decoded) > DECODED_KEPT_MAX:
@@ -155,7 +156,7 @@ class Gossip:
         def validator(peer: ID, msg: Any) -> bool:
             if peer.to_bytes() != self.origin:  # our own publications are not limited
                 over = self.budgets.admit(what, peer, msg.from_id, len(msg.data),
-                                          trio.current_time())
+                                          time.monotonic())
                 if over is not None:
                     self._reject(what, RATE_LIMITED, over)
                     return False

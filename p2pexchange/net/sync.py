@@ -166,7 +166,7 @@ class Sync:
             events = self.replica.events_for(clock, limit + 1)
             more = len(events) > limit
             answer = wire.encode_sync_response(events[:limit], more)
-            wait_s = self._served.debit(peer, (len(answer),), trio.current_time())
+            wait_s = self._served.debit(peer, (len(answer),), time.monotonic())
             if wait_s > 0:  # this peer has asked for more than its budget lately
                 await trio.sleep(wait_s)
             await stream.write(encode_varint_prefixed(answer))
@@ -191,7 +191,7 @@ class Sync:
                         events, more = wire.decode_sync_response(data)
                     except wire.WireError as exc:
                         raise SyncFailed(exc.code) from None
-                    admitted, refused = self.budget.within(events, trio.current_time())
+                    admitted, refused = self.budget.within(events, time.monotonic())
                     receipts = self._receive([(e, source, peer) for e in admitted])
                     delivered += sum(len(r.delivered) for r in receipts)
                     if refused:  # asking again now would bring the same events

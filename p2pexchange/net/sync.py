@@ -181,10 +181,8 @@ class Sync:
             stream = await self.host.new_stream(peer, [SYNC_PROTOCOL])
         source = f"sync from {short_peer(peer)}"
         chunk = SYNC_LIMITED_CHUNK_EVENTS if peer in self._small_chunks else SYNC_CHUNK_EVENTS
-        # The answers' events are handed over together, up to `SYNC_APPLY_EVENTS` at a
-        # time: old events sort before what is applied, and each hand-over costs one
-        # rollback of everything after them. Meanwhile we ask with our clock plus what
-        # we hold for the next hand-over (the answer comes causes first).
+        # Answers are handed over together (`SYNC_APPLY_EVENTS`): one rollback each; we
+        # ask meanwhile with our clock plus what is pending (answers come causes first).
         pending: list = []
         claimed = dict(self.replica.clock)
 

@@ -76,7 +76,6 @@ SYNC_PROTOCOL = TProtocol("/p2pexchange/sync/1.0.0")
 # quick (no round timeout, little to decode and refuse). An answer within budgets
 # brings the peer back to `SYNC_CHUNK_EVENTS`.
 SYNC_LIMITED_CHUNK_EVENTS = 16
-SYNC_APPLY_EVENTS = 1024  # an exchange's events handed to the replica at once, at most
 SMALL_CHUNK_PEERS_MAX = 1024
 
 # One answer's events as a batch: [(raw event, or the event already decoded and
@@ -181,22 +180,11 @@ class Sync:
             stream = await self.host.new_stream(peer, [SYNC_PROTOCOL])
         source = f"sync from {short_peer(peer)}"
         chunk = SYNC_LIMITED_CHUNK_EVENTS if peer in self._small_chunks else SYNC_CHUNK_EVENTS
-        # Answers are handed over together (`SYNC_APPLY_EVENTS`): one rollback each; we
-        # ask meanwhile with our clock plus what is pending (answers come causes first).
-        pending: list = []
-        claimed = dict(self.replica.clock)
-
-        def hand_over() -> int:
-            receipts = self._receive(pending[:])
-            pending.clear()
-            claimed.clear()  # what was lost or is still waiting is asked for again
-            claimed.update(self.replica.clock)
-            return sum(len(r.delivered) for r in receipts)
         try:
             with trio.move_on_after(SYNC_TIMEOUT_S) as exchange:
                 for _ in range(SYNC_ROUNDS_MAX):
                     await stream.write(encode_varint_prefixed(
-                        wire.encode_sync_request(claimed, chunk)))
+                        wire.encode_sync_request(self.replica.clock, chunk)))
                     with trio.fail_after(SYNC_ROUND_TIMEOUT_S):
                         data = await _read(stream, wire.SYNC_RESPONSE_BYTES_MAX, eof_ok=False)
                     try:
@@ -204,12 +192,8 @@ class Sync:
                     except wire.WireError as exc:
                         raise SyncFailed(exc.code) from None
                     admitted, refused = self.budget.within(events, time.monotonic())
-                    pending += [(e, source, peer) for e in admitted]
-                    for e in admitted:
-                        if type(e) is not bytes and e.seq > claimed.get(e.origin, 0):
-                            claimed[e.origin] = e.seq
-                    if len(pending) >= SYNC_APPLY_EVENTS:
-                        delivered += hand_over()
+                    receipts = self._receive([(e, source, peer) for e in admitted])
+                    delivered += sum(len(r.delivered) for r in receipts)
                     if refused:  # asking again now would bring the same events
                         self._rate_limited.add(peer)
                         self._small_chunks[peer] = None
@@ -221,8 +205,6 @@ class Sync:
                         self.completed += 1
                         break
         finally:
-            if pending:  # also when the exchange failed: what came is valid so far
-                delivered += hand_over()
             with trio.move_on_after(1):
                 await stream.close()
         if exchange.cancelled_caught:

@@ -5,7 +5,10 @@ Topics (protocols/topics.md): one per market for events, one for membership even
 join requests, one for trade reports. A topic validator decodes every message before
 gossipsub forwards it, so garbage travels one hop at most; the reader then hands the
 decoded value to the node. Gossipsub is tuned as LIBP2P_NOTES advises (1 s heartbeat,
-no built-in rate limit, `degree_high` above any small network's size) and is still
+no built-in rate limit, `degree_high` above any small network's size), and without its
+adaptive gossip: when peers are lost, that stretches the heartbeat to 30-60 s (it assumes
+a 120 s base), so after a partition the mesh stays broken and the message cache, no
+longer shifted, is replayed whole to each reconnecting peer. Gossip is still
 best-effort: the sync protocol repairs what it drops.
 
 Every message is charged to fair per-peer budgets before it is accepted (net/budget.py):
@@ -87,7 +90,7 @@ class Gossip:
             protocols=[GOSSIPSUB_PROTOCOL_ID], degree=8, degree_low=4, degree_high=64,
             heartbeat_interval=1, heartbeat_initial_delay=0.1, prune_back_off=5,
             spam_protection_enabled=False, eclipse_protection_enabled=False,
-            time_to_live=30)
+            adaptive_gossip_enabled=False, time_to_live=30)
         self.pubsub = Pubsub(host, self.router, strict_signing=True)
         self._reject = reject
         self.budgets = GossipBudgets()

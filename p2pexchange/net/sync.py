@@ -124,10 +124,13 @@ class Sync:
     def found(self, peer: ID) -> None:
         """A new connection to `peer`: pull from it now if it failed only by being
         unreachable (that was the old connection's; after a partition heals, this is the
-        first pull). A peer whose last answer was bad keeps its backoff: reconnecting
-        must not let it take the sync loop's time again and again."""
+        first pull), and ask it for full chunks again (its timeouts were the old
+        connection's too: small chunks after a heal cost a re-order of everything since
+        the partition per 16 events). A peer whose last answer was bad keeps its
+        backoff: reconnecting must not let it take the sync loop's time again and again."""
         if peer not in self._misbehaved:
             self._failures.pop(peer, None)
+            self._small_chunks.pop(peer, None)
         self.want(peer)
 
     # -- server ----------------------------------------------------------------------
@@ -179,10 +182,11 @@ class Sync:
         with trio.fail_after(SYNC_ROUND_TIMEOUT_S):  # a peer stalling the negotiation
             stream = await self.host.new_stream(peer, [SYNC_PROTOCOL])
         source = f"sync from {short_peer(peer)}"
-        chunk = SYNC_LIMITED_CHUNK_EVENTS if peer in self._small_chunks else SYNC_CHUNK_EVENTS
         try:
             with trio.move_on_after(SYNC_TIMEOUT_S) as exchange:
-                for _ in range(SYNC_ROUNDS_MAX):
+                for _ in range(SYNC_ROUNDS_MAX):  # full chunks again once an answer fits
+                    chunk = SYNC_LIMITED_CHUNK_EVENTS if peer in self._small_chunks else \
+                        SYNC_CHUNK_EVENTS
                     await stream.write(encode_varint_prefixed(
                         wire.encode_sync_request(self.replica.clock, chunk)))
                     with trio.fail_after(SYNC_ROUND_TIMEOUT_S):

@@ -94,7 +94,7 @@ class Intake:
             delivered += receipt.delivered
             rolled_back += receipt.rolled_back
             if not logging_info or source.startswith("sync"):
-                continue  # sync logs one line per answer (net/sync.py), not one per event
+                continue  # sync logs one line per answer (net/sync.py), not per event or trade
             for event in receipt.delivered:
                 if not event.actions:
                     continue  # an acknowledgement: nothing to tell
@@ -104,7 +104,8 @@ class Intake:
                          if event is receipt.event else " (unblocked)")
         if delivered:
             self.persist(delivered, rolled_back)
-            self.log_trades([t for r in receipts for t in r.trades], rolled_back)
+            self.log_trades([t for (_, source, _), r in zip(arrivals, receipts, strict=True)
+                             if not source.startswith("sync") for t in r.trades], rolled_back)
         return receipts
 
     def persist(self, delivered: list, rolled_back: int) -> None:

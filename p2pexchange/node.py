@@ -99,19 +99,18 @@ class Node:
         self.store = EventStore(os.path.join(config.data_dir, "events.sqlite3"))
         self.listen_addr = ""
         self.rejections = Rejections()
-        self.ready = trio.Event()
-        self.stopping = trio.Event()
-        self.finished = trio.Event()
+        self.ready, self.stopping, self.finished = trio.Event(), trio.Event(), trio.Event()
         self.feed = Feed()
         self._rng = random.Random(config.seed)
         self.host: Any = create_host(self.key_pair, config.listen)
-        self.gossip = Gossip(self.host, self.origin, self.rejections, self.replica.precheck)
+        self.discovery = Discovery(self.host, on_found=lambda peer: self.sync.found(peer))
+        self.gossip = Gossip(self.host, self.origin, self.rejections, self.replica.precheck,
+                             self.discovery.heard)
         self.intake = Intake(self.replica, self.store, self.feed, self.rejections,
                              want_sync=lambda peer: self.sync.want(peer))
         self.sync = Sync(self.host, self.replica,
                          sync_receive(config.faults, self.intake.receive), self.rejections,
-                         peers=lambda: self.discovery.peers, rng=self._rng)
-        self.discovery = Discovery(self.host, on_found=self.sync.found)
+                         lambda: self.discovery.peers, self._rng, self.discovery.heard)
         self.admission = Admission(self.replica, self.store, self.origin, self.gossip,
                                    self.rejections, bootstrap_peers(config.bootstrap),
                                    peers=lambda: self.discovery.peers,

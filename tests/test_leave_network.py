@@ -93,7 +93,8 @@ async def test_leave_through_the_api_and_what_it_refuses(tmp_path):
         assert refused.status_code == 409
         assert refused.json()["error"]["reason"] == "cannot_leave"
         assert "last member" in refused.json()["error"]["message"]
-        assert a.node.admission.state == "member" and a.node.busy() is None
+        # (the node's own reasons to wait, not the machine's: loop lag is load)
+        assert a.node.admission.state == "member" and a.node.admission.busy() is None
         async with api_node(net, "b", bootstrap=a.node) as b:
             order = {"market": BTC, "side": "sell", "type": "limit", "price": "120.00",
                      "quantity": "0.0010"}

@@ -75,9 +75,8 @@ class Discovery:
             await self.dht.add_peer(info.peer_id)
             log.info("bootstrapped from %s", short_peer(info.peer_id))
             self._on_found(info.peer_id)
-        if addrs:
-            with trio.move_on_after(DIAL_TIMEOUT_S):
-                await self.dht.refresh_routing_table()
+        # The routing table's first refresh is `run`'s first step: waiting for it here
+        # (up to DIAL_TIMEOUT_S) would hold back sync and the API of a starting node.
 
     async def run(self) -> None:
         """Refresh the routing table, add connected peers to it, dial the rest. The
@@ -132,8 +131,17 @@ class Discovery:
         except Exception as exc:  # py-libp2p raises several dial errors
             log.debug("dial %s failed: %s", short_peer(peer), exc)
 
+    def heard(self, peer: ID) -> None:
+        """Traffic from `peer` on its own connection (a gossip message it forwarded, a
+        sync answer) proves that connection alive as an answered ping does: a node busy
+        catching up may answer pings late, and dropping a peer in the middle of sending
+        us its history would only start it again."""
+        if peer in self._answered_at:
+            self._answered_at[peer] = time.monotonic()
+
     async def keepalive(self) -> None:
-        """Ping every connected peer now and then; drop those that stopped answering.
+        """Ping every connected peer now and then; drop those that stopped answering
+        (nor sent anything: `heard`).
         Pings and drops run as tasks of their own and are judged by the time since the
         last answer: a write to a peer that stopped reading can block in py-libp2p
         beyond any timeout, and must not hold up this loop or the other peers."""

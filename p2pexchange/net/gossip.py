@@ -4,12 +4,11 @@ Topics (protocols/topics.md): one per market for events, one for membership even
 (joins and acknowledgements, market ""), one control topic for heartbeats, one for
 join requests, one for trade reports. A topic validator decodes every message before
 gossipsub forwards it, so garbage travels one hop at most; the reader then hands the
-decoded value to the node. Gossipsub is tuned as LIBP2P_NOTES advises (1 s heartbeat,
-no built-in rate limit, `degree_high` above any small network's size), and without its
-adaptive gossip: when peers are lost, that stretches the heartbeat to 30-60 s (it assumes
-a 120 s base), so after a partition the mesh stays broken and the message cache, no
-longer shifted, is replayed whole to each reconnecting peer. Gossip is still
-best-effort: the sync protocol repairs what it drops.
+decoded value to the node. Gossipsub: as LIBP2P_NOTES advises (1 s heartbeat, no rate
+limit, `degree_high` above any small network's size), without adaptive gossip (on peer
+loss it stretches the heartbeat to 30-60 s: the mesh stays broken, the unshifted message
+cache is replayed whole to each reconnecting peer); best-effort (sync repairs what it
+drops). A message a peer forwards is a sign of life of its connection (`heard`).
 
 Every message is charged to fair per-peer budgets before it is accepted (net/budget.py):
 its forwarding peer's and its publisher's, in messages and bytes, before decoding;
@@ -82,9 +81,9 @@ class Gossip:
     """Gossipsub on the node's host: topics, validators, readers and publishing."""
 
     def __init__(self, host: Any, origin: bytes, reject: Reject,
-                 precheck: Callable[[Event], str | None] = lambda event: None) -> None:
-        self.origin = origin
-        self.precheck = precheck
+                 precheck: Callable[[Event], str | None] = lambda event: None,
+                 heard: Callable[[ID], None] = lambda peer: None) -> None:
+        self.origin, self.precheck, self._heard = origin, precheck, heard
         self._decoded: OrderedDict[bytes, Event] = OrderedDict()  # validated, for the reader
         self.router = GossipSub(
             protocols=[GOSSIPSUB_PROTOCOL_ID], degree=8, degree_low=4, degree_high=64,
@@ -157,6 +156,7 @@ class Gossip:
         fails `check` is rejected, not forwarded, and counted against the peer that
         passed it to us (or, beyond a budget, the peer whose budget it was)."""
         def validator(peer: ID, msg: Any) -> bool:
+            self._heard(peer)
             if peer.to_bytes() != self.origin:  # our own publications are not limited
                 over = self.budgets.admit(what, peer, msg.from_id, len(msg.data),
                                           time.monotonic())

@@ -95,7 +95,9 @@ class Sync:
     """Server and client of the sync protocol, and the loop that decides whom to pull."""
 
     def __init__(self, host: Any, replica: Replica, receive: Receive, reject: Reject,
-                 peers: Callable[[], set[ID]], rng: random.Random) -> None:
+                 peers: Callable[[], set[ID]], rng: random.Random,
+                 heard: Callable[[ID], None] = lambda peer: None) -> None:
+        self._heard = heard  # an answer is a sign of life of the connection (discovery)
         self.host = host
         self.replica = replica
         self._receive = receive
@@ -191,6 +193,7 @@ class Sync:
                         wire.encode_sync_request(self.replica.clock, chunk)))
                     with trio.fail_after(SYNC_ROUND_TIMEOUT_S):
                         data = await _read(stream, wire.SYNC_RESPONSE_BYTES_MAX, eof_ok=False)
+                    self._heard(peer)
                     try:
                         events, more = wire.decode_sync_response(data)
                     except wire.WireError as exc:

@@ -146,7 +146,9 @@ class Sync:
             return
         self._serving[peer] = self._serving.get(peer, 0) + 1
         try:
-            with trio.fail_after(SYNC_TIMEOUT_S):
+            # A round longer than the client's own limit: a client that keeps to it ends
+            # first and counts the exchange as progress, not as a failed peer.
+            with trio.fail_after(SYNC_TIMEOUT_S + SYNC_ROUND_TIMEOUT_S):
                 await self._answer(stream, peer)
         except SyncFailed as exc:
             self._reject("sync request", exc.code, peer)

@@ -129,6 +129,15 @@ def test_a_partition_undoes_nothing():
     assert result["heal_to_caught_up_s"] is not None
 
 
+def test_a_node_isolated_from_all_others_undoes_nothing():
+    if (reason := faults.partition_skip_reason()) is not None:
+        pytest.skip(reason)
+    result = run("isolate", warmup_s=5, fault_s=10)
+    check(result)
+    assert result["finality_stall_s"] >= 5  # the four wait for the isolated member
+    assert result["heal_to_caught_up_s"] is not None
+
+
 def test_a_node_down_while_the_others_sign_hundreds_of_events_catches_up():
     result = run("restart", warmup_s=5, fault_s=0, events=200)
     check(result)

@@ -138,6 +138,14 @@ def test_a_node_isolated_from_all_others_undoes_nothing():
     assert result["heal_to_caught_up_s"] is not None
 
 
+def test_random_loss_of_a_fifth_of_one_nodes_packets_undoes_nothing():
+    if (reason := faults.partition_skip_reason()) is not None:
+        pytest.skip(reason)
+    result = run("loss", warmup_s=5, fault_s=10)
+    check(result)
+    assert result["heal_to_caught_up_s"] is not None
+
+
 def test_a_node_down_while_the_others_sign_hundreds_of_events_catches_up():
     result = run("restart", warmup_s=5, fault_s=0, events=200)
     check(result)

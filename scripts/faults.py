@@ -56,7 +56,7 @@ from /status; `heal_to_caught_up_s` (target 5 s), `newcomer_caught_up_s` (target
 are reported against the targets, not enforced.
 One JSON line per scenario; exit status 1 if any check failed.
 
-    .venv/bin/python scripts/faults.py                     # all seven, long versions
+    .venv/bin/python scripts/faults.py                     # all ten, long versions
     .venv/bin/python scripts/faults.py stop kill --fault-s 8 --warmup-s 10
 """
 

@@ -108,6 +108,16 @@ class Intake:
                              if not source.startswith("sync") for t in r.trades], rolled_back)
         return receipts
 
+    def replay_store(self) -> None:
+        """At start: hand the replica every event of the store (applied again)."""
+        count = 0
+        for raw in self.store.replay():
+            count += self.replica.receive(raw).status == "delivered"
+        if count:
+            log.info("replayed %d events from the store: own seq %d, digest %s", count,
+                     self.replica.clock.get(self.replica.origin or b"", 0),
+                     self.replica.digest_hex[:16])
+
     def persist(self, delivered: list, rolled_back: int) -> None:
         """Store delivered events (with the digest after them) and announce them."""
         self.store.add([(e.origin, e.seq, e.id, e.raw) for e in delivered],

@@ -24,6 +24,7 @@ queries, `status`, `subscribe_applied` (feed.py).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -53,10 +54,11 @@ from .core.replica import OwnHistoryBehind, Replica
 from .feed import Feed
 from .intake import Intake
 from .looplag import LoopLag
+from .net.batcher import Batcher
 from .net.control import Control
 from .net.discovery import Discovery, bootstrap_peers
 from .net.faults import FaultPlan, gossip_handlers, sync_receive
-from .net.gossip import Batcher, Gossip
+from .net.gossip import Gossip
 from .net.host import create_host, load_or_create_key
 from .net.rejections import Rejections
 from .net.sync import Sync
@@ -121,7 +123,7 @@ class Node:
         self.batcher = Batcher(self.gossip, self._seal, self._published, config.batch_actions_max,
                                self.admission.membership_actions)
         self.loop_lag = LoopLag()  # event-loop scheduling lag, for status and metrics
-        self._replay_store()
+        self.intake.replay_store()
 
     # -- public interface: actions ---------------------------------------------------
 
@@ -252,10 +254,12 @@ class Node:
             await self.discovery.start(stack)
             self.listen_addr = str(self.host.get_addrs()[0])
             async with trio.open_nursery() as nursery:
-                await self.gossip.follow_all(nursery, self.markets, *gossip_handlers(
-                    self.config.faults, nursery,
-                    (self.intake.offer, self.control.on_heartbeat,
-                     self.admission.on_join_request, self.control.on_trade_report)))
+                on_event, *control = gossip_handlers(self.config.faults, nursery, (
+                    self.intake.offer, self.control.on_heartbeat,
+                    self.admission.on_join_request, self.control.on_trade_report))
+                await self.gossip.follow_control(nursery, *control)
+                await nursery.start(self.admission.follow_events, functools.partial(
+                    self.gossip.follow_events, nursery, self.markets, on_event))
                 await self.discovery.bootstrap(self.config.bootstrap)
                 for service in self.services:
                     await nursery.start(service.run, self)
@@ -296,14 +300,3 @@ class Node:
     def _published(self, event: Event) -> None:
         # Our own event sorts after everything we hold: it never rolls anything back.
         self.intake.log_trades(self.replica.trades_of(event.id))
-
-    # -- persistence -------------------------------------------------------------------------
-
-    def _replay_store(self) -> None:
-        count = 0
-        for raw in self.store.replay():
-            count += self.replica.receive(raw).status == "delivered"
-        if count:
-            log.info("replayed %d events from the store: own seq %d, digest %s", count,
-                     self.replica.clock.get(self.origin, 0), self.replica.digest_hex[:16])
-

@@ -1,4 +1,4 @@
-"""Gossip: the pubsub topics, their validators and readers, and batching of own actions.
+"""Gossip: the pubsub topics, their validators and readers, and publishing.
 
 Topics (protocols/topics.md): one per market for events, one for membership events
 (joins and acknowledgements, market ""), one control topic for heartbeats, one for
@@ -15,17 +15,13 @@ its forwarding peer's and its publisher's, in messages and bytes, before decodin
 an event's origin's, in actions, once decoded. What exceeds a budget is refused as
 `rate_limited` (not forwarded) and counted against the peer whose budget it exceeded;
 sync brings a refused event later, within the same kind of budget.
-
-Own actions are not published one by one: `Batcher` queues them and, once per
-`BATCH_INTERVAL_S`, has the node sign each market's queue as one event (at most
-`BATCH_ACTIONS_MAX` actions, or the node's own cap), which it then publishes.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from contextlib import AsyncExitStack
 from typing import Any
@@ -37,23 +33,9 @@ from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.tools.anyio_service.context import background_trio_service
 
-from ..core.events import (
-    EVENT_ACTIONS_MAX,
-    MEMBERSHIP_MARKET,
-    Action,
-    Cancel,
-    Event,
-    EventRejected,
-    decode_event,
-    short_id,
-)
+from ..core.events import MEMBERSHIP_MARKET, Event, EventRejected, decode_event
 from ..core.market import DEFAULT_MARKETS
-from ..core.params import (
-    BATCH_ACTIONS_MAX,
-    BATCH_INTERVAL_S,
-    PENDING_ACTIONS_MAX,
-    PUBLISH_TIMEOUT_S,
-)
+from ..core.params import PUBLISH_TIMEOUT_S
 from . import wire
 from .budget import RATE_LIMITED, GossipBudgets, OverBudget
 from .host import short_peer
@@ -100,24 +82,26 @@ class Gossip:
         await stack.enter_async_context(background_trio_service(self.router))
         await self.pubsub.wait_until_ready()
 
-    async def follow_all(self, nursery: trio.Nursery, markets: Iterable[str],
-                         on_event: Callable[[ID, bytes], None],
-                         on_heartbeat: Callable[[ID, wire.Heartbeat], None],
-                         on_join_request: Callable[[ID, bytes], None],
-                         on_trade_report: Callable[[ID, wire.TradeReport], None]) -> None:
-        """Validate and follow every topic of the node: `markets`, membership, control,
-        join requests, trades."""
-        for market in [*markets, MEMBERSHIP_MARKET]:
-            self.validate(market_topic(market), "event", self._event_check(market),
-                          EventRejected)
-            await self.follow(nursery, market_topic(market), "event", self._verified,
-                              wire.WireError, on_event)
+    async def follow_control(self, nursery: trio.Nursery,
+                             on_heartbeat: Callable[[ID, wire.Heartbeat], None],
+                             on_join_request: Callable[[ID, bytes], None],
+                             on_trade_report: Callable[[ID, wire.TradeReport], None]) -> None:
+        """Validate and follow the control (heartbeats), join and trades topics."""
         for topic, what, decode_wire, handle in (
                 (CONTROL_TOPIC, "heartbeat", wire.decode_heartbeat, on_heartbeat),
                 (JOIN_TOPIC, "join request", wire.decode_join_request, on_join_request),
                 (TRADES_TOPIC, "trade report", wire.decode_trade_report, on_trade_report)):
             self.validate(topic, what, _data_check(decode_wire), wire.WireError)
             await self.follow(nursery, topic, what, decode_wire, wire.WireError, handle)
+
+    async def follow_events(self, nursery: trio.Nursery, markets: Iterable[str],
+                            on_event: Callable[[ID, bytes], None]) -> None:
+        """Validate and follow the event topics: `markets`' and membership's."""
+        for market in [*markets, MEMBERSHIP_MARKET]:
+            self.validate(market_topic(market), "event", self._event_check(market),
+                          EventRejected)
+            await self.follow(nursery, market_topic(market), "event", self._verified,
+                              wire.WireError, on_event)
 
     def _event_check(self, market: str) -> Callable[[Any], Event]:
         """What a market topic's validator checks: `decode_event` (any configured market:
@@ -230,81 +214,3 @@ def _code(exc: Exception, expected: type[Exception]) -> str:
         return str(getattr(exc, "code", "malformed"))
     log.error("decoder raised %s on a peer's message (refused)", type(exc).__name__)
     return "malformed"
-
-
-Seal = Callable[[str, list[Action]], Event | None]  # sign + store; None: not now
-
-
-class Batcher:
-    """Own actions queued between ticks, then signed (by `seal`) and published."""
-
-    def __init__(self, gossip: Gossip, seal: Seal, published: Callable[[Event], None],
-                 actions_max: int = BATCH_ACTIONS_MAX,
-                 membership: Callable[[bool], list[Action] | None] = lambda signed: None,
-                 ) -> None:
-        assert 1 <= actions_max <= EVENT_ACTIONS_MAX, actions_max
-        self.gossip = gossip
-        # After each tick's flush: the membership event to sign now (joins, or [] for an
-        # acknowledgement), or None; told whether the tick signed any event already.
-        self._membership = membership
-        self.actions_max = actions_max  # per signed event; 1 makes one event per action
-        self.pending: deque[tuple[str, Action]] = deque()
-        self._seal = seal
-        self._published = published
-
-    def submit(self, market: str, action: Action) -> None:
-        if len(self.pending) >= PENDING_ACTIONS_MAX:
-            raise OverflowError("too many actions pending")
-        self.pending.append((market, action))
-
-    async def flush(self) -> list[bytes]:
-        """Sign and publish everything queued; returns the new events' ids."""
-        by_market: dict[str, list[Action]] = {}
-        while self.pending:
-            market, action = self.pending.popleft()
-            by_market.setdefault(market, []).append(action)
-        # Cancels go in events of their own, signed first: a cancels-only event sorts
-        # before concurrent places (Event.key). A cancel never names an order of the
-        # same tick (order ids exist once signed), so moving it first changes nothing else.
-        chunks: list[tuple[str, list[Action]]] = []
-        for market, actions in sorted(by_market.items()):
-            cancels = [a for a in actions if a.__class__ is Cancel]
-            places = [a for a in actions if a.__class__ is not Cancel]
-            for group in (cancels, places):
-                for i in range(0, len(group), self.actions_max):
-                    chunks.append((market, group[i:i + self.actions_max]))
-        ids = []
-        for k, (market, chunk) in enumerate(chunks):
-            event = self._seal(market, chunk)
-            if event is None:  # cannot sign now: keep the rest, in order
-                self.pending.extendleft(reversed([(m, a) for m, c in chunks[k:] for a in c]))
-                return ids
-            await self._publish(event, len(chunk))
-            ids.append(event.id)
-        return ids
-
-    async def _publish(self, event: Event, actions: int) -> None:
-        topic = market_topic(event.market)
-        await self.gossip.publish(topic, event.raw)
-        if event.actions:
-            log.info("%s %s distributed: %d actions, seq %d, to %d peers",
-                     "order batch" if event.market else "membership event", short_id(event.id),
-                     actions, event.seq, self.gossip.mesh_size(topic))
-        self._published(event)
-
-    async def tick(self) -> None:
-        """Sign and publish what is queued, then the membership event due, if any."""
-        signed = bool(await self.flush()) if self.pending else False
-        actions = self._membership(signed)
-        if actions is not None:
-            event = self._seal(MEMBERSHIP_MARKET, actions)
-            if event is not None:
-                await self._publish(event, len(actions))
-
-    async def run(self) -> None:
-        while True:
-            await trio.sleep(BATCH_INTERVAL_S)
-            try:
-                await self.tick()
-            except Exception:  # publishing failed: the event is stored, sync spreads it
-                log.exception("publishing a batch failed")

@@ -10,8 +10,9 @@ and reported to the node (`on_found`), which then syncs with the newcomer.
 
 Keepalive: a connection whose peer vanished without a TCP reset (a partition, a
 paused process) looks open for ever, and writes to it block once the peer stops
-reading. Every `KEEPALIVE_INTERVAL_S` each connected peer is pinged (`/ipfs/ping/
-1.0.0`); a peer that answered no ping for `KEEPALIVE_FAILURES_MAX` times
+reading. Every `KEEPALIVE_INTERVAL_S` each connected peer not heard from in that time
+is pinged (`/ipfs/ping/1.0.0`); a peer that answered no ping (and sent nothing) for
+`KEEPALIVE_FAILURES_MAX` times
 `KEEPALIVE_TIMEOUT_S` is dropped, which ends what was blocked on it, and the dial loop
 reconnects as soon as the peer answers again (within about `DISCOVERY_INTERVAL_S` of
 a heal).
@@ -140,8 +141,9 @@ class Discovery:
             self._answered_at[peer] = time.monotonic()
 
     async def keepalive(self) -> None:
-        """Ping every connected peer now and then; drop those that stopped answering
-        (nor sent anything: `heard`).
+        """Ping every connected peer not heard from lately (`heard`: in a network that
+        gossips, heartbeats alone keep every peer heard, and a ping costs a new stream);
+        drop those that stopped answering and sent nothing.
         Pings and drops run as tasks of their own and are judged by the time since the
         last answer: a write to a peer that stopped reading can block in py-libp2p
         beyond any timeout, and must not hold up this loop or the other peers."""
@@ -159,8 +161,8 @@ class Discovery:
                                      "connection", short_peer(peer), silent_s)
                             self._dropping.add(peer)
                             nursery.start_soon(self._drop, peer)
-                    elif peer not in self._pinging:
-                        self._pinging.add(peer)
+                    elif peer not in self._pinging and silent_s >= KEEPALIVE_INTERVAL_S:
+                        self._pinging.add(peer)  # (a peer heard from lately needs no ping)
                         nursery.start_soon(self._ping, peer)
                 for peer in set(self._answered_at) - set(connected):
                     del self._answered_at[peer]  # gone: a new connection starts afresh

@@ -429,24 +429,30 @@ class Recorder:
                 self._stop.wait(POLL_S)
                 continue
             try:
-                self._sample(i, node)
-                full = self._poll_trades(i, node, full)
+                total = self._sample(i, node)
+                full = self._poll_trades(i, node, full, total)
             except (httpx.HTTPError, ValueError, KeyError):
                 self.poll_errors += 1
             self._stop.wait(max(0.0, POLL_S - (time.monotonic() - started)))
 
-    def _sample(self, i: int, node: NodeProcess) -> None:
+    def _sample(self, i: int, node: NodeProcess) -> int:
+        """Record one /status sample; returns the node's number of trades."""
         s = node.get("/status")
         self.samples[i].append(Sample(
             time.monotonic(), s["membership"] if "membership" in s else "?",
             s.get("events_final", 0), s["trades"], s["trades_final"], s["trades_pending"],
             s.get("waiting_for", []), s["own_seq"], s["pending_actions"], s["digest"],
             s.get("events", 0), s.get("buffered", 0)))
+        return s["trades"]
 
-    def _poll_trades(self, i: int, node: NodeProcess, full: bool) -> bool:
-        """One poll; returns whether the next one must read the whole list."""
-        limit = TRADES_LIMIT_MAX if full else min(TRADES_LIMIT_MAX,
-                                                   self._pending[i] + OVERLAP_TRADES + 200)
+    def _poll_trades(self, i: int, node: NodeProcess, full: bool, total: int) -> bool:
+        """One poll; returns whether the next one must read the whole list. A tail
+        reaches back to the last trade known final here (`total`, the node's trade
+        count, says how far that is), so a node catching up on thousands of trades is
+        not asked for its whole list five times a second (which took CPU from it)."""
+        known = len(self.finals[i].at)
+        limit = TRADES_LIMIT_MAX if full else min(TRADES_LIMIT_MAX, max(
+            self._pending[i] + 200, total - known + 100) + OVERLAP_TRADES)
         trades = node.get(f"/trades?limit={limit}", timeout=5.0)["trades"]
         complete = len(trades) < limit
         if full and not complete:

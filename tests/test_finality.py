@@ -453,8 +453,8 @@ def test_a_newcomer_is_admitted_only_by_a_first_event_that_covers_its_join():
     is no member (`is_member` is False, `members()` lists the genesis only) until the
     join is final. Then it is effective. n's first event whose clock does not cover the
     join is refused (`not_member`); one that covers it is delivered and sorts after the
-    join. What sorts after the join waits for n (waiting_for names it once the members
-    have acknowledged) until n acknowledges; what sorts up to the join does not (n's
+    join. What sorts after the join waits for n (waiting_for names it once the join is
+    final, and the members whose acknowledgements the join needs before) until n acknowledges; what sorts up to the join does not (n's
     events all sort after it)."""
     net = Net("abc", newcomers="n")
     n = net.ids["n"]
@@ -473,7 +473,11 @@ def test_a_newcomer_is_admitted_only_by_a_first_event_that_covers_its_join():
     for _ in range(5):
         net.ack_round(signers="abc")
         for name, r in net.replicas.items():
-            assert n in r.finality().waiting_for, name
+            # Until the join is final, what holds it (and n, which cannot speak before)
+            # back is the acknowledgements of a, b and c; from then on n itself.
+            waiting = r.finality().waiting_for
+            assert (n in waiting) == r.is_final(join.id), (name, waiting)
+            assert waiting, name
             assert not r.is_final(after.id)
             assert r.final_key() is None or r.final_key() <= join.key
             assert r.is_member(n) == r.is_final(join.id), name  # effective once final

@@ -191,19 +191,23 @@ class Membership:
                     pending: Event | None) -> list[bytes]:
         """The members whose next event would move finality past `pending` (the first
         event not final): those whose head does not cover it, or else those whose head
-        does not cover every member's acknowledgement of it."""
+        does not cover every member's acknowledgement of it. A candidate cannot speak
+        before its join is decided, which waits for the effective members: while one of
+        them lags in either round, that one is named, not the candidate."""
         if pending is None:
             return []
         heads = {m: (events.get(m) or [None])[-1] for m in self.waited_for()}
         first = [m for m, h in heads.items()
                  if h is None or not covers(h, pending.origin, pending.seq)]
         if first:
-            # A candidate cannot speak before its join is decided: while an effective
-            # member is missing too, that one is what holds finality (and the join) back.
-            return [m for m in first if m in self.effective] or first
+            lagging = [m for m in first if m in self.effective]
+            if lagging:
+                return lagging
+            heads = {m: h for m, h in heads.items() if m in self.effective}
         acks = [h for h in heads.values() if h is not None]
-        return [m for m, h in heads.items()
-                if h is None or not all(covers(h, a.origin, a.seq) for a in acks)]
+        second = [m for m, h in heads.items()
+                  if h is None or not all(covers(h, a.origin, a.seq) for a in acks)]
+        return second or first
 
 
 def _committed(members: Sequence[bytes], events: Mapping[bytes, Sequence[Event]],

@@ -357,13 +357,15 @@ export class Replica {
     const heads = new Map(this.waitedFor().map((m) => [m, this.chains.get(m)?.at(-1) ?? null]))
     const first = [...heads].filter(([, h]) => !h || !covers(h, pending.originHex, pending.seq)).map(([m]) => m)
     if (first.length) {
-      // A candidate cannot speak before its join is decided: an effective member that
-      // is missing too is what holds finality (and the join) back.
+      // A candidate cannot speak before its join is decided, which waits for the
+      // effective members: one of them lagging in either round is named, not it.
       const effective = first.filter((m) => this.effective.has(m))
-      return effective.length ? effective : first
+      if (effective.length) return effective
+      for (const m of [...heads.keys()]) if (!this.effective.has(m)) heads.delete(m)
     }
     const acks = [...heads.values()].filter((h) => h)
-    return [...heads].filter(([, h]) => !h || !acks.every((a) => covers(h, a.originHex, a.seq))).map(([m]) => m)
+    const second = [...heads].filter(([, h]) => !h || !acks.every((a) => covers(h, a.originHex, a.seq))).map(([m]) => m)
+    return second.length ? second : first
   }
 
   // The seq of `member`'s first delivered event that covers `event`, or null.

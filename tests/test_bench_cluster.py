@@ -1,4 +1,5 @@
-"""The cluster benchmark runs end to end: 3 node processes, a low load, one JSON line."""
+"""The cluster benchmark runs end to end: 3 node processes, a low load, one JSON line;
+and the join benchmark: a newcomer catching up on a short stored history."""
 
 from __future__ import annotations
 
@@ -36,3 +37,18 @@ def test_bench_cluster_reports_a_converged_run_with_sane_figures():
     assert all(0 <= c < 2 for c in run["idle_cpu_cores"])
     assert all(lag is not None and lag >= 0 for lag in run["loop_lag_p99_ms"])
     assert run["accepted_ratio_vs_baseline"] > 0
+
+
+@pytest.mark.soak
+def test_bench_join_reports_a_newcomer_that_caught_up_with_node0():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_join.py"), "--events", "600",
+         "--actions", "2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=150)
+    assert out.returncode == 0, out.stderr[-2000:]
+    (run,) = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert run["events"] == 600 and run["actions_per_event"] == 2
+    assert run["newcomer_events"] >= 600  # every event, and node0's digest (the script)
+    assert 0 < run["newcomer_api_ready_s"] < run["newcomer_caught_up_s"] < 120
+    assert run["baseline_receive_many_s"] > 0 and run["caught_up_over_baseline"] > 0
+    assert 20 < run["newcomer_peak_rss_mib"] < 4096 and run["newcomer_cpu_s"] > 0

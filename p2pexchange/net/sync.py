@@ -10,9 +10,9 @@ of time having delivered something is no failure: the client pulls again at once
 varint-length-prefixed CBOR (net/wire.py), read with a length limit checked before
 the body is read.
 
-Who is pulled from: a peer just found, a peer whose heartbeat shows it ahead, the
-sender of an event that had to wait for a missing cause, a random peer when the
-replica knows of events it lacks, and a random peer every
+Who is pulled from, among connected peers: a peer just found, one whose heartbeat
+shows it ahead, the sender of an event that had to wait for a missing cause, a random
+peer when the replica knows of events it lacks, and a random peer every
 `ANTI_ENTROPY_INTERVAL_S` whatever the state. A peer whose stream cannot be opened
 or that fails mid-exchange has its connection dropped, so discovery dials afresh
 (a restarted peer leaves a stale connection behind), and is not pulled from again for
@@ -246,8 +246,11 @@ class Sync:
             if now - last_random > ANTI_ENTROPY_INTERVAL_S and peers:
                 last_random = now
                 targets.append(self._rng.choice(peers))
-            for peer in dict.fromkeys(targets):
-                if peer != self.host.get_id() and self._failures.get(peer, (0, 0.0))[1] <= now:
+            # Only connected peers (one known from a heartbeat alone may have no address),
+            # and none in its backoff.
+            live = set(self.host.get_connected_peers())
+            for peer in dict.fromkeys(p for p in targets if p in live):
+                if self._failures.get(peer, (0, 0.0))[1] <= now:
                     await self._pull_or_drop(peer)
 
     async def _pull_or_drop(self, peer: ID) -> None:

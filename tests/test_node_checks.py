@@ -157,15 +157,24 @@ def test_a_market_topic_validator_checks_topic_origin_and_state_and_verifies_onc
     assert check(SimpleNamespace(data=event.raw, from_id=origin)) == event
     assert gossip._verified(event.raw) == event  # the reader gets the verified event ...
     assert gossip._verified(event.raw) == event.raw  # ... once
-    for msg, code in ((SimpleNamespace(data=event.raw, from_id=b"someone"), "not_origin"),
-                      (SimpleNamespace(data=event.raw, from_id=origin), "equivocation")):
-        verdict["code"] = "equivocation"
-        try:
-            check(msg)
-        except EventRejected as exc:
-            assert exc.code == code
-        else:
-            raise AssertionError(code)
+    verdict["code"] = "equivocation"
+    try:
+        check(SimpleNamespace(data=event.raw, from_id=b"someone"))
+    except EventRejected as exc:
+        assert exc.code == "not_origin"
+    else:
+        raise AssertionError("not_origin")
+    # A state check failed by a verified event is its signer's fault, not the forwarder's
+    # (an honest forwarder cannot know our own history): counted against the origin.
+    forwarder = ID.from_pubkey(seeded_key_pair("forwarder").public_key)
+    gossip.validate("p2pexchange/v2/market/BTC-USD", "event", check, EventRejected)
+    validator = gossip.pubsub.topic_validators["p2pexchange/v2/market/BTC-USD"].validator
+    for code, blamed in (("impossible_clock", ID(origin)), ("equivocation", ID(origin)),
+                         ("fork", forwarder)):  # fork: someone in its past equivocated
+        verdict["code"] = code
+        rejected.clear()
+        assert validator(forwarder, SimpleNamespace(data=event.raw, from_id=origin)) is False
+        assert rejected == [("event", code, blamed)], (code, rejected)
     try:
         gossip._event_check("ETH-USD")(SimpleNamespace(data=event.raw, from_id=origin))
     except EventRejected as exc:

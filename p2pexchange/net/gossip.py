@@ -14,7 +14,9 @@ Every message is charged to fair per-peer budgets before it is accepted (net/bud
 its forwarding peer's and its publisher's, in messages and bytes, before decoding;
 an event's origin's, in actions, once decoded. What exceeds a budget is refused as
 `rate_limited` (not forwarded) and counted against the peer whose budget it exceeded;
-sync brings a refused event later, within the same kind of budget.
+sync brings a refused event later, within the same kind of budget. A verified event
+that the replica's state speaks against for its signer's fault alone (`ORIGINS_FAULT`)
+is counted against its origin, not against the honest peer that forwarded it.
 """
 
 from __future__ import annotations
@@ -50,6 +52,18 @@ TRADES_TOPIC = f"{TOPIC_PREFIX}/trades"
 MEMBERSHIP_TOPIC = f"{TOPIC_PREFIX}/membership"
 
 Reject = Callable[[str, str, ID | None], None]  # (what, code, peer)
+# What `Replica.precheck` may say that only the event's signer can be at fault for: an
+# honest forwarder cannot know it (protocols/rejections.md, section 4).
+ORIGINS_FAULT = frozenset({"equivocation", "impossible_clock", "bad_lamport",
+                           "clock_regression", "not_member", "left"})
+
+
+class SignersFault(Exception):
+    """A verified event refused for its signer's fault: counted against `peer`."""
+
+    def __init__(self, peer: ID, code: str) -> None:
+        super().__init__(code)
+        self.peer = peer
 
 
 def market_topic(market: str) -> str:
@@ -119,6 +133,8 @@ class Gossip:
             if event.origin != msg.from_id:
                 raise EventRejected("not_origin", "published by another peer than its origin")
             code = self.precheck(event)
+            if code in ORIGINS_FAULT:  # its verified signer's fault, whoever forwarded it
+                raise SignersFault(ID(event.origin), code)
             if code is not None:
                 raise EventRejected(code, "refused before forwarding")
             if (msg.from_id != self.origin and not self.budgets.origin_actions.charge(
@@ -149,8 +165,8 @@ class Gossip:
                     return False
             try:
                 check(msg)
-            except OverBudget as exc:
-                self._reject(what, RATE_LIMITED, exc.peer)
+            except (OverBudget, SignersFault) as exc:
+                self._reject(what, str(exc), exc.peer)
                 return False
             except Exception as exc:
                 self._reject(what, _code(exc, error), peer)

@@ -126,18 +126,24 @@ class Admission:
                      "be stopped for good")
         return "left"
 
+    def synced_once(self) -> bool:
+        """Whether it no longer waits for a first sync to read event gossip and explore
+        the DHT: a founder; else once a sync has completed since it started, or after
+        `FOLLOW_EVENTS_AFTER_S` (the sync exchanges take its time meanwhile)."""
+        return (not self._bootstrap or self._syncs_completed() > 0
+                or time.monotonic() - self._started > FOLLOW_EVENTS_AFTER_S)
+
     async def follow_events(self, follow: Callable[[], Awaitable[None]],
                             task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Start reading the event topics (`follow`): a founder at once, before it is
-        started; a node started with `--bootstrap` once one of its syncs has completed,
-        or after `FOLLOW_EVENTS_AFTER_S`. Sync alone brings history faster: a newcomer
-        catching up on 10,000 events spent about 40% of its time reading the members'
-        live gossip (py-spy), which sync brings again anyway (docs/faults.md)."""
+        started; a node started with `--bootstrap` once `synced_once`. Sync alone
+        brings history faster: a newcomer catching up on 10,000 events spent about 40%
+        of its time reading the members' live gossip (py-spy), which sync brings again
+        anyway (docs/faults.md)."""
         if self._bootstrap:
             task_status.started()
-            with trio.move_on_after(FOLLOW_EVENTS_AFTER_S):
-                while self._syncs_completed() == 0:
-                    await trio.sleep(0.05)
+            while not self.synced_once():
+                await trio.sleep(0.05)
         await follow()
         if not self._bootstrap:
             task_status.started()

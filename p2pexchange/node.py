@@ -105,7 +105,8 @@ class Node:
         self.feed = Feed()
         self._rng = random.Random(config.seed)
         self.host: Any = create_host(self.key_pair, config.listen)
-        self.discovery = Discovery(self.host, on_found=lambda peer: self.sync.found(peer))
+        self.discovery = Discovery(self.host, on_found=lambda peer: self.sync.found(peer),
+                                   explore=lambda: self.admission.synced_once())
         self.gossip = Gossip(self.host, self.origin, self.rejections, self.replica.precheck,
                              self.discovery.heard)
         self.intake = Intake(self.replica, self.store, self.feed, self.rejections,

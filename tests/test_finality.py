@@ -453,9 +453,9 @@ def test_a_newcomer_is_admitted_only_by_a_first_event_that_covers_its_join():
     is no member (`is_member` is False, `members()` lists the genesis only) until the
     join is final. Then it is effective. n's first event whose clock does not cover the
     join is refused (`not_member`); one that covers it is delivered and sorts after the
-    join. What sorts after the join waits for n (waiting_for names it once the join is
-    final, and the members whose acknowledgements the join needs before) until n acknowledges; what sorts up to the join does not (n's
-    events all sort after it)."""
+    join. What sorts after the join waits for n until n acknowledges (waiting_for names
+    n once the join is final, and before that the members whose acknowledgements the
+    join needs); what sorts up to the join does not (n's events all sort after it)."""
     net = Net("abc", newcomers="n")
     n = net.ids["n"]
     maker = net.act("a", [sell(100)])

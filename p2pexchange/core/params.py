@@ -24,8 +24,9 @@ HEARTBEAT_INTERVAL_MS = 1_000  # clock and digest announced on the control topic
 HEARTBEAT_IDLE_S = 3.0  # ... but only this often while the clock has not changed
 JOIN_RETRY_S = 3.0  # a newcomer asks again for admission after this long without a join
 CATCH_UP_TIMEOUT_S = 10.0  # a restarted member trades after this even if no sync answered
-FOLLOW_EVENTS_AFTER_S = 30.0  # a node with --bootstrap reads event gossip after this at the
-#                               latest, even if no sync has completed (Admission.follow_events)
+FOLLOW_EVENTS_AFTER_S = 30.0  # a node with --bootstrap reads event gossip and queries the DHT
+#                               after this at the latest, even if no sync has completed
+#                               (Admission.synced_once)
 TRADE_REPORTS_PENDING_MAX = 10_000  # peers' reports waiting for their event to be final
 TRADE_REPORTS_PEER_MAX = 1_000  # of those, from one peer
 OWN_TRADE_REPORTS_SCAN = 256  # own recent events checked for a report each heartbeat

@@ -3,7 +3,9 @@
 The DHT runs in server mode. py-libp2p needs help (LIBP2P_NOTES): an outbound peer
 is not added to the routing table by itself (`add_peer` after each dial), and the
 table refreshes only every 600 s unless asked (`refresh_routing_table` here every
-`DHT_REFRESH_INTERVAL_S`). Every peer in the routing table is dialed, all at once
+`DHT_REFRESH_INTERVAL_S`, once `explore` allows: a newcomer first catches up through
+its bootstrap peer, since a refresh's queries cost it about 9% of its time). Every peer
+in the routing table is dialed, all at once
 (an unreachable one costs `DIAL_TIMEOUT_S` without holding up the others); the set
 of connected peers is what the other protocols work with, and each change is logged
 and reported to the node (`on_found`), which then syncs with the newcomer.
@@ -50,8 +52,10 @@ log = logging.getLogger("p2pexchange.node")
 class Discovery:
     """The DHT and the set of connected peers; `run` is its loop."""
 
-    def __init__(self, host: Any, on_found: Callable[[ID], None]) -> None:
+    def __init__(self, host: Any, on_found: Callable[[ID], None],
+                 explore: Callable[[], bool] = lambda: True) -> None:
         self.host = host
+        self._explore = explore  # False: no DHT refresh yet (a newcomer catching up)
         self.dht = KadDHT(host, DHTMode.SERVER)
         self.peers: set[ID] = set()
         self._on_found = on_found
@@ -89,7 +93,7 @@ class Discovery:
             connected = frozenset(self.host.get_connected_peers())
             if connected != peers:
                 peers, interval = connected, DHT_REFRESH_INTERVAL_S
-            if time.monotonic() - last_refresh > interval:
+            if time.monotonic() - last_refresh > interval and self._explore():
                 last_refresh = time.monotonic()
                 interval = min(2 * interval, DHT_REFRESH_INTERVAL_MAX_S)
                 await self._refresh()

@@ -74,7 +74,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import httpx
@@ -332,11 +332,16 @@ def _iptables(*args: str, check: bool = True) -> bool:
     return done.returncode == 0
 
 
-def partition(side_a: Sequence[str], side_b: Sequence[str]) -> None:
-    """DROP every packet between an address of `side_a` and one of `side_b`."""
+def _new_chain() -> None:
+    """Our chain, empty, jumped to from INPUT (whatever an earlier run left is gone)."""
     heal_partition()
     _iptables("-N", CHAIN)
     _iptables("-I", "INPUT", "-j", CHAIN)
+
+
+def partition(side_a: Sequence[str], side_b: Sequence[str]) -> None:
+    """DROP every packet between an address of `side_a` and one of `side_b`."""
+    _new_chain()
     for a in side_a:
         for b in side_b:
             _iptables("-A", CHAIN, "-s", a, "-d", b, "-j", "DROP")
@@ -345,9 +350,7 @@ def partition(side_a: Sequence[str], side_b: Sequence[str]) -> None:
 
 def lose(address: str, probability: float) -> None:
     """DROP a random `probability` of the packets from or to `address`."""
-    heal_partition()
-    _iptables("-N", CHAIN)
-    _iptables("-I", "INPUT", "-j", CHAIN)
+    _new_chain()
     for direction in ("-s", "-d"):
         _iptables("-A", CHAIN, direction, address, "-m", "statistic", "--mode", "random",
                   "--probability", f"{probability:.2f}", "-j", "DROP")
@@ -700,23 +703,22 @@ class Scenario:
         node.wait_ready()
 
     def fault_partition(self) -> None:
-        self.cut([n.ip for n in self.nodes[:2]], [n.ip for n in self.nodes[2:]])
+        self.cut(lambda: partition([n.ip for n in self.nodes[:2]],
+                                   [n.ip for n in self.nodes[2:]]))
 
     def fault_isolate(self) -> None:
         """Node 4 alone on one side: it keeps trading, and so must catch up with the
         four others (and they with it) after the heal."""
-        self.cut([self.nodes[4].ip], [n.ip for n in self.nodes[:4]])
+        self.cut(lambda: partition([self.nodes[4].ip], [n.ip for n in self.nodes[:4]]))
 
     def fault_loss(self) -> None:
         """Node 4's packets, both ways, dropped at random: TCP retransmits, so the node
         sees delay and stalls rather than lost messages; it trades on throughout."""
-        self.cut([self.nodes[4].ip], [], lossy=True)
+        self.cut(lambda: lose(self.nodes[4].ip, LOSS_PROBABILITY))
 
-    def cut(self, side_a: list[str], side_b: list[str], lossy: bool = False) -> None:
-        if lossy:
-            lose(side_a[0], LOSS_PROBABILITY)
-        else:
-            partition(side_a, side_b)
+    def cut(self, install: Callable[[], None]) -> None:
+        """`install` firewall rules for the fault's length, then remove them."""
+        install()
         try:
             time.sleep(self.s.fault_s)
         finally:

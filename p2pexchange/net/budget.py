@@ -219,12 +219,20 @@ class GossipBudgets:
         return None
 
 
-class OverBudget(Exception):
+class CountedAgainst(Exception):
+    """A refused message whose rejection `code` (the exception's text) is counted
+    against `peer`, who need not be the peer that sent it."""
+
+    def __init__(self, peer: ID, code: str) -> None:
+        super().__init__(code)
+        self.peer = peer
+
+
+class OverBudget(CountedAgainst):
     """A message beyond the budget of `peer` (whose budget it is, not who sent it)."""
 
     def __init__(self, peer: ID) -> None:
-        super().__init__(RATE_LIMITED)
-        self.peer = peer
+        super().__init__(peer, RATE_LIMITED)
 
 
 class SyncBudget:

@@ -39,7 +39,7 @@ from ..core.events import MEMBERSHIP_MARKET, Event, EventRejected, decode_event
 from ..core.market import DEFAULT_MARKETS
 from ..core.params import PUBLISH_TIMEOUT_S
 from . import wire
-from .budget import RATE_LIMITED, GossipBudgets, OverBudget
+from .budget import RATE_LIMITED, CountedAgainst, GossipBudgets, OverBudget
 from .host import short_peer
 
 log = logging.getLogger("p2pexchange.node")
@@ -56,14 +56,6 @@ Reject = Callable[[str, str, ID | None], None]  # (what, code, peer)
 # honest forwarder cannot know it (protocols/rejections.md, section 4).
 ORIGINS_FAULT = frozenset({"equivocation", "impossible_clock", "bad_lamport",
                            "clock_regression", "not_member", "left"})
-
-
-class SignersFault(Exception):
-    """A verified event refused for its signer's fault: counted against `peer`."""
-
-    def __init__(self, peer: ID, code: str) -> None:
-        super().__init__(code)
-        self.peer = peer
 
 
 def market_topic(market: str) -> str:
@@ -134,7 +126,7 @@ class Gossip:
                 raise EventRejected("not_origin", "published by another peer than its origin")
             code = self.precheck(event)
             if code in ORIGINS_FAULT:  # its verified signer's fault, whoever forwarded it
-                raise SignersFault(ID(event.origin), code)
+                raise CountedAgainst(ID(event.origin), code)
             if code is not None:
                 raise EventRejected(code, "refused before forwarding")
             if (msg.from_id != self.origin and not self.budgets.origin_actions.charge(
@@ -165,7 +157,7 @@ class Gossip:
                     return False
             try:
                 check(msg)
-            except (OverBudget, SignersFault) as exc:
+            except CountedAgainst as exc:
                 self._reject(what, str(exc), exc.peer)
                 return False
             except Exception as exc:

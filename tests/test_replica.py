@@ -20,8 +20,9 @@ from p2pexchange.core.events import (
     Side,
     sign_event,
 )
+from p2pexchange.core.ledger import GENESIS_DIGEST
 from p2pexchange.core.market import DEFAULT_MARKETS
-from p2pexchange.core.replica import GENESIS_DIGEST, OwnHistoryBehind, Replica
+from p2pexchange.core.replica import OwnHistoryBehind, Replica
 from p2pexchange.sim.workload import peer_id_bytes, seeded_key_pair, simulate_history
 
 MARKETS = DEFAULT_MARKETS

@@ -26,15 +26,12 @@ same events end in the same state whatever the arrival order.
 3. Total order. Delivered events are applied in order of `Event.key`:
    `(lamport, rank, origin, seq)`, where `rank` puts cancels-only events
    before concurrent places, and membership events last. This order extends
-   causality, so a cancel always comes after the place it names. An event that
-   sorts before already-applied events makes
-   the replica undo those (the books keep undo records), apply it, and
-   re-apply them: the cost is the engine's per-event bound times the number
-   of events undone (plus the event itself), never the size of the book or of
-   the history.
-4. Digest. Each applied event extends a running SHA-256 over the event id and
-   the trades it produced; two replicas with the same delivered set have the
-   same digest.
+   causality, so a cancel always comes after the place it names. Applying is
+   the ledger's (core/ledger.py): an event that sorts before applied ones
+   undoes them and applies them again after it, at a cost that grows with the
+   events undone, never with the size of the book or of the history.
+4. Digest. The ledger's running SHA-256 over each applied event id and its
+   trades; two replicas with the same delivered set have the same digest.
 5. Finality. core/finality.py: explicit membership (a genesis, joins, leaves) and
    a commit rule over the members' latest delivered events, with no timeout and
    no clock: what it reports final never changes, and a silent member stalls it
@@ -83,9 +80,7 @@ the state and grows with what the network trades.
 
 from __future__ import annotations
 
-import hashlib
 import heapq
-from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
@@ -101,17 +96,14 @@ from .events import (
     ORIGIN_BYTES_MAX,
     SEQ_MAX,
     Action,
-    Cancel,
     Event,
     EventRejected,
-    Join,
-    Leave,
-    Place,
     decode_event,
     short_id,
     sign_event,
 )
 from .finality import MEMBERS_MAX, Membership, covers
+from .ledger import Ledger
 from .market import Market
 from .orders import Order, Trade
 from .params import BUFFER_BYTES_MAX, BUFFER_ORIGIN_BYTES_MAX
@@ -119,7 +111,6 @@ from .params import BUFFER_BYTES_MAX, BUFFER_ORIGIN_BYTES_MAX
 MISSING_RANGES_MAX = 64  # ranges one missing() call or one receipt reports
 EQUIVOCATIONS_MAX = 256  # proofs of equivocation kept (the first ones)
 PARKED_MAX = 256  # newcomers' first events waiting for their join to be decided
-GENESIS_DIGEST = hashlib.sha256(b"p2pexchange/digest/v1").digest()
 
 assert MISSING_RANGES_MAX <= KNOWN_ORIGINS_MAX
 
@@ -143,22 +134,6 @@ class Receipt:
     # Buffered events this input released that then failed a check at delivery, with
     # the code: their origin signed them, so the shell holds it to account.
     dropped: list[tuple[Event, str]] = field(default_factory=list)
-
-
-class _Applied:
-    """One event in the applied sequence, with what is needed to undo it."""
-
-    __slots__ = ("book", "digest", "event", "key", "mark", "outcomes", "trades", "trades_upto")
-
-    def __init__(self, key: OrderKey, event: Event, book: OrderBook | None) -> None:
-        self.key = key
-        self.event = event
-        self.book = book
-        self.mark: tuple[int, int] = (0, 0)
-        self.digest = b""
-        self.trades: list[Trade] = []
-        self.trades_upto = 0  # trades of the applied sequence up to and including this
-        self.outcomes: list[str] = []  # per action: order status name or cancel result
 
 
 @dataclass(frozen=True)
@@ -187,7 +162,8 @@ class Replica:
         # for replaying and comparing histories (verify, benchmarks, tests of order).
         self.membership = Membership(genesis) if genesis is not None else None
         self.origin = origin
-        self.books = {name: OrderBook(name) for name in sorted(self.markets)}
+        self.ledger = Ledger(self.markets)
+        self.books = self.ledger.books
         self._clock: dict[bytes, int] = {}
         self._events: dict[bytes, list[Event]] = {}  # origin -> delivered events by seq-1
         self._by_id: dict[bytes, Event] = {}
@@ -195,14 +171,10 @@ class Replica:
         self._buffer = CausalBuffer(self._clock, buffer_bytes_max, buffer_origin_bytes_max)
         self._claims = Claims(self._clock, KNOWN_ORIGINS_MAX)
         self._own_signed = 0  # highest seq seen signed by our own key (our history's end)
-        self._applied: list[_Applied] = []
-        self._keys: list[OrderKey] = []
         # Delivered but not yet applied, while `receive_many` runs: (event, its receipt).
         self._deferred: list[tuple[Event, Receipt]] | None = None
-        self._index: dict[bytes, _Applied] = {}  # event id -> applied entry
         self._final_seen: OrderKey | None = None  # highest frontier ever reported
         self._final_at = (-1, None)  # (events delivered, frontier) of the last computation
-        self._trade_count = 0
         self._stats = {"events_delivered": 0, "rollbacks": 0, "events_reapplied": 0,
                        "duplicates": 0, "late_after_final": 0, "frontier_regressions": 0,
                        "parked_dropped": 0, "displaced": 0}
@@ -223,7 +195,7 @@ class Replica:
 
     @property
     def digest(self) -> bytes:
-        return self._applied[-1].digest if self._applied else GENESIS_DIGEST
+        return self.ledger.digest
 
     @property
     def digest_hex(self) -> str:
@@ -247,21 +219,19 @@ class Replica:
         return self._events.get(origin, [])[max(0, after_seq):]
 
     def trades(self) -> list[Trade]:
-        return [t for entry in self._applied for t in entry.trades]
+        return self.ledger.trades()
 
     def trades_of(self, event_id: bytes) -> list[Trade]:
-        entry = self._index.get(event_id)
-        return list(entry.trades) if entry else []
+        return self.ledger.trades_of(event_id)
 
     def outcomes_of(self, event_id: bytes) -> list[str]:
         """Per action of a delivered event: the order's status after its step, or the
         cancel's result ("cancelled" or a reject code)."""
-        entry = self._index.get(event_id)
-        return list(entry.outcomes) if entry else []
+        return self.ledger.outcomes_of(event_id)
 
     def applied_ids(self) -> list[bytes]:
         """Event ids in the applied total order."""
-        return [entry.event.id for entry in self._applied]
+        return self.ledger.event_ids()
 
     def stats(self) -> dict:
         return {
@@ -270,7 +240,7 @@ class Replica:
             "buffer_bytes": self._buffer.bytes,
             "buffer_evicted": self._buffer.evicted,
             "rejected": dict(sorted(self._rejected.items())),
-            "trades": self._trade_count,
+            "trades": self.ledger.trade_count,
             "resting": {m: b.resting_count() for m, b in self.books.items()},
         }
 
@@ -487,29 +457,14 @@ class Replica:
         """Final versus pending events and trades, and whom finality waits for. Costs
         O(log n) plus the acknowledgements between the frontier and the first pending
         event with actions, however long finality has stalled."""
-        final = self._final_count()
-        applied = self._applied
-        final_trades = applied[final - 1].trades_upto if final else 0
-        first_pending = self._pending_with_actions(final)
+        ledger = self.ledger
+        final = ledger.count_upto(self.final_key())
+        final_trades = ledger.trades_in_first(final)
+        first_pending = ledger.with_actions(final)
         waiting = (self.membership.waiting_for(self._events, first_pending)
                    if self.membership is not None else [])
-        return Finality(self.final_key(), final, len(applied) - final, final_trades,
-                        self._trade_count - final_trades, waiting)
-
-    def _final_count(self) -> int:
-        """How many applied events are final (they are the first ones)."""
-        frontier = self.final_key()
-        return 0 if frontier is None else bisect_right(self._keys, frontier)
-
-    def _pending_with_actions(self, start: int, backwards: bool = False) -> Event | None:
-        """The first (or last) applied event with actions from position `start` on."""
-        applied = self._applied
-        positions = range(len(applied) - 1, start - 1, -1) if backwards else \
-            range(start, len(applied))
-        for i in positions:
-            if applied[i].event.actions:
-                return applied[i].event
-        return None
+        return Finality(self.final_key(), final, len(ledger) - final, final_trades,
+                        ledger.trade_count - final_trades, waiting)
 
     def is_final(self, event_id: bytes) -> bool:
         event = self._by_id.get(event_id)
@@ -537,11 +492,11 @@ class Replica:
             for event in events[o][covered:s]:
                 if event.actions and (frontier is None or event.key > frontier):
                     return True
-        final = self._final_count()
-        earliest = self._pending_with_actions(final)
+        final = self.ledger.count_upto(frontier)
+        earliest = self.ledger.with_actions(final)
         if earliest is None or head is None:
             return False
-        latest = self._pending_with_actions(final, backwards=True)
+        latest = self.ledger.with_actions(final, backwards=True)
         for member in self.membership.waited_for():  # type: ignore[union-attr]
             for pending in (earliest, latest):
                 first = self._first_covering(member, pending)  # type: ignore[arg-type]
@@ -744,98 +699,19 @@ class Replica:
         receipt.delivered.append(event)
 
     def _apply_delivered(self, delivered: list[tuple[Event, Receipt]]) -> None:
-        """Apply newly delivered events in the total order: undo once, down to the
-        earliest of them, then apply them merged with what was undone. Each event's
-        trades go to the receipt it was delivered under; the rollback to the receipt
-        of the earliest."""
+        """Apply newly delivered events in the total order (ledger.py): one rollback,
+        down to the earliest of them. Each event's trades go to the receipt it was
+        delivered under; the rollback to the receipt of the earliest."""
         if not delivered:
             return
         delivered.sort(key=lambda item: item[0].key)
-        undone = self._undo_to(bisect_left(self._keys, delivered[0][0].key))
+        undone, trades = self.ledger.apply([event for event, _ in delivered])
         if undone:
             self._stats["rollbacks"] += 1
-            self._stats["events_reapplied"] += len(undone)
-            delivered[0][1].rolled_back += len(undone)
-        redo = [entry.event for entry in reversed(undone)]  # ascending keys
-        i = j = 0
-        while i < len(delivered) or j < len(redo):
-            if j == len(redo) or (i < len(delivered) and delivered[i][0].key < redo[j].key):
-                event, receipt = delivered[i]
-                receipt.trades.extend(self._apply(event))
-                i += 1
-            else:
-                self._apply(redo[j])
-                j += 1
-
-    def _undo_to(self, position: int) -> list[_Applied]:
-        """Undo applied events from the end down to `position`; newest first."""
-        undone = []
-        applied = self._applied
-        while len(applied) > position:
-            entry = applied.pop()
-            self._keys.pop()
-            del self._index[entry.event.id]
-            if entry.book is not None:
-                entry.book.rollback(entry.mark)
-            self._trade_count -= len(entry.trades)
-            undone.append(entry)
-        return undone
-
-    def _apply(self, event: Event) -> list[Trade]:
-        if event.market == MEMBERSHIP_MARKET:
-            return self._apply_membership(event)
-        book = self.books[event.market]
-        entry = _Applied(event.key, event, book)
-        entry.mark = mark = book.mark()
-        origin = event.origin
-        event_id = event.id
-        outcomes = entry.outcomes
-        budget = book.event_budget()  # bounds the matching work of the whole event
-        for index, action in enumerate(event.actions):
-            if action.__class__ is Place:
-                order = book.place(event_id + index.to_bytes(2, "big"), origin, action, event_id,
-                                   budget)
-                outcomes.append(order.status.name.lower())
-            else:
-                assert isinstance(action, Cancel)
-                code = book.cancel(action.order_id, origin)
-                outcomes.append(code or "cancelled")
-        trades = book.trades[mark[1]:]
-        entry.trades = trades
-        self._trade_count += len(trades)
-        self._append(entry)
-        return trades
-
-    def _apply_membership(self, event: Event) -> list[Trade]:
-        """Joins, leaves and acknowledgements touch no book; they take effect at
-        delivery (core/finality.py) and are recorded here in the applied order and
-        digest."""
-        entry = _Applied(event.key, event, None)
-        seen = set()
-        for action in event.actions:
-            if action.__class__ is Leave:
-                entry.outcomes.append("left")
-                continue
-            assert isinstance(action, Join)
-            entry.outcomes.append("joined" if action.member not in seen else "duplicate")
-            seen.add(action.member)
-        self._append(entry)
-        return []
-
-    def _append(self, entry: _Applied) -> None:
-        applied = self._applied
-        entry.trades_upto = (applied[-1].trades_upto if applied else 0) + len(entry.trades)
-        h = hashlib.sha256(self.digest)
-        h.update(entry.event.id)
-        for t in entry.trades:
-            h.update(t.maker_order)
-            h.update(t.taker_order)
-            h.update(t.price.to_bytes(8, "big"))
-            h.update(t.qty.to_bytes(8, "big"))
-        entry.digest = h.digest()
-        self._applied.append(entry)
-        self._keys.append(entry.key)
-        self._index[entry.event.id] = entry
+            self._stats["events_reapplied"] += undone
+            delivered[0][1].rolled_back += undone
+        for (_, receipt), made in zip(delivered, trades, strict=True):
+            receipt.trades.extend(made)
 
 
 def replay(markets: Mapping[str, Market], raws: Iterable[bytes],

@@ -37,6 +37,7 @@ step before that is bounded by the size of the input:
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -467,5 +468,22 @@ def _decode_event(raw: bytes, markets: Mapping[str, object]) -> Event:
     if not ok:
         raise EventRejected("bad_signature", "signature does not verify for origin")
     order = sorted(seqs)
-    return Event(origin, seq, {o: seqs[o] for o in order}, {o: heads[o] for o in order},
-                 lamport, market, actions, signature, hashlib.sha256(raw).digest(), raw)
+    keys = [_interned(o) for o in order]
+    return Event(_interned(origin), seq, dict(zip(keys, map(seqs.__getitem__, order), strict=True)),
+                 dict(zip(keys, map(heads.__getitem__, order), strict=True)), lamport,
+                 sys.intern(market), actions, signature, hashlib.sha256(raw).digest(), raw)
+
+
+_INTERNED: dict[bytes, bytes] = {}
+INTERNED_ORIGINS_MAX = 4096  # peer ids kept as one shared object each (~0.3 MB at most)
+
+
+def _interned(origin: bytes) -> bytes:
+    """One shared bytes object per peer id (every event names every origin in its clock:
+    some 70 bytes saved per name). Past the bound a peer id is simply not shared."""
+    shared = _INTERNED.get(origin)
+    if shared is None:
+        if len(_INTERNED) >= INTERNED_ORIGINS_MAX:
+            return origin
+        _INTERNED[origin] = shared = origin
+    return shared

@@ -681,7 +681,11 @@ class Replica:
 
     def _deliver(self, event: Event, receipt: Receipt) -> None:
         origin = event.origin
-        self._events.setdefault(origin, []).append(event)
+        events = self._events
+        heads = event.heads
+        for o, s in event.clock.items():  # name each cause by the id object it holds
+            heads[o] = events[o][s - 1].id  # (equal bytes: some 65 bytes saved a name)
+        events.setdefault(origin, []).append(event)
         self._clock[origin] = event.seq
         if origin in self._claims.highest:
             self._claims.settle(origin, event.seq)

@@ -34,6 +34,8 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.transport.tcp.tcp import TCP
 
+from . import records
+
 os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")  # read at each use by py-libp2p
 
 IDENTITY_FILE = "identity.key"
@@ -85,6 +87,7 @@ def create_host(key_pair: KeyPair, listen: str = "/ip4/127.0.0.1/tcp/0") -> Any:
     security = {NOISE_PROTOCOL_ID: NoiseTransport(
         key_pair, noise_privkey=create_new_x25519_key_pair().private_key)}
     muxers = {TProtocol(YAMUX_PROTOCOL_ID): Yamux}
+    records.install()  # signed peer records built and checked once, not per message
     return new_host(key_pair=key_pair, sec_opt=security, muxer_opt=muxers,
                     transports=transports)
 

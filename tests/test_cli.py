@@ -93,3 +93,35 @@ def test_without_a_running_node_the_cli_says_so_in_one_line(tmp_path, command):
 
 async def _resting(client) -> bool:
     return client.node.status()["resting"]["BTC-USD"] == 1
+
+
+def test_a_command_asks_a_busy_node_again_and_gives_up_after_a_while(monkeypatch):
+    """503 node_busy means the node refused before doing anything: the CLI asks again
+    (for up to BUSY_RETRY_S), and then says why it gave up."""
+    import argparse
+
+    import httpx
+
+    busy = {"error": {"reason": "node_busy", "message": "event loop 283 ms behind"}}
+    replies = [httpx.Response(503, json=busy), httpx.Response(503, json=busy),
+               httpx.Response(200, json={"ok": True})]
+    asked = []
+
+    def request(method, url, **kwargs):
+        asked.append((method, url))
+        return replies.pop(0)
+
+    monkeypatch.setattr(httpx, "request", request)
+    monkeypatch.setattr(commands, "BUSY_RETRY_PAUSE_S", 0.01)
+    args = argparse.Namespace(api="http://127.0.0.1:1", data_dir=".", json=False)
+    assert commands.call(args, "POST", "/orders", json={}) == {"ok": True}
+    assert asked == [("POST", "http://127.0.0.1:1/orders")] * 3
+
+    monkeypatch.setattr(commands, "BUSY_RETRY_S", 0.05)
+    monkeypatch.setattr(httpx, "request", lambda method, url, **kw: httpx.Response(503, json=busy))
+    with pytest.raises(commands.CommandError, match="node_busy: event loop 283 ms behind"):
+        commands.call(args, "GET", "/status")
+    other = {"error": {"reason": "unknown_market", "message": "no market XYZ"}}
+    monkeypatch.setattr(httpx, "request", lambda method, url, **kw: httpx.Response(400, json=other))
+    with pytest.raises(commands.CommandError, match="unknown_market"):  # never asked again
+        commands.call(args, "POST", "/orders", json={})

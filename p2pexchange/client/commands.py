@@ -20,6 +20,8 @@ from rich.table import Table
 TIMEOUT_S = 40.0  # placing waits for the batch tick; the API gives up after 30 s
 COMMANDS = ("order", "cancel", "orders", "book", "trades", "status", "leave")
 LEAVE_POLL_S = 0.5
+BUSY_RETRY_S = 5.0  # how long a command asks again a node that answers 503 node_busy
+BUSY_RETRY_PAUSE_S = 0.25
 
 
 class CommandError(Exception):
@@ -48,13 +50,22 @@ def api_url(args: argparse.Namespace) -> str:
 
 
 def call(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> Any:
+    """One API request; a node that answers 503 `node_busy` (backpressure: it refused
+    the request before doing anything) is asked again for up to `BUSY_RETRY_S`."""
     url = api_url(args)
-    try:
-        reply = httpx.request(method, url + path, timeout=TIMEOUT_S, **kwargs)
-    except httpx.TransportError:
-        raise CommandError(f"no node running: nothing answers at {url}") from None
-    body = reply.json() if reply.headers.get("content-type", "").startswith(
-        "application/json") else {}
+    deadline = time.monotonic() + BUSY_RETRY_S
+    while True:
+        try:
+            reply = httpx.request(method, url + path, timeout=TIMEOUT_S, **kwargs)
+        except httpx.TransportError:
+            raise CommandError(f"no node running: nothing answers at {url}") from None
+        body = reply.json() if reply.headers.get("content-type", "").startswith(
+            "application/json") else {}
+        busy = (reply.status_code == 503 and isinstance(body, dict)
+                and body.get("error", {}).get("reason") == "node_busy")
+        if not busy or time.monotonic() >= deadline:
+            break
+        time.sleep(BUSY_RETRY_PAUSE_S)
     if reply.status_code >= 400:
         err = body.get("error", {}) if isinstance(body, dict) else {}
         field = f" ({err['field']})" if err.get("field") else ""

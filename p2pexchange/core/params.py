@@ -37,6 +37,13 @@ OWN_TRADE_REPORTS_SCAN = 256  # own recent events checked for a report each hear
 BUFFER_BYTES_MAX = 64 * 1024 * 1024  # events waiting for their causes, accounted bytes
 BUFFER_ORIGIN_BYTES_MAX = 8 * 1024 * 1024  # of those, signed by one origin
 
+# -- gossip mesh (net/gossip.py) -----------------------------------------------------------
+GOSSIP_DEGREE = 4  # mesh peers a node aims for per topic
+GOSSIP_DEGREE_LOW = 3  # below this it grafts more at its next gossipsub heartbeat
+GOSSIP_DEGREE_HIGH = 6  # above this it prunes back to GOSSIP_DEGREE (only with 7+ peers)
+GOSSIP_PRUNE_BACKOFF_S = 5  # a pruned peer may graft again this soon (py-libp2p's 60 s
+#                             default left a pruned node without a mesh for a minute)
+
 # -- discovery -----------------------------------------------------------------------
 DISCOVERY_INTERVAL_S = 1.0
 DHT_REFRESH_INTERVAL_S = 5.0  # while the connected peers change; doubling while they don't

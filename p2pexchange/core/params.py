@@ -41,6 +41,8 @@ BUFFER_ORIGIN_BYTES_MAX = 8 * 1024 * 1024  # of those, signed by one origin
 GOSSIP_DEGREE = 4  # mesh peers a node aims for per topic
 GOSSIP_DEGREE_LOW = 3  # below this it grafts more at its next gossipsub heartbeat
 GOSSIP_DEGREE_HIGH = 6  # above this it prunes back to GOSSIP_DEGREE (only with 7+ peers)
+GOSSIP_WINDOW = 1  # gossipsub heartbeats whose message ids are offered (IHAVE) to peers
+#                   outside the mesh (py-libp2p's 3: ten nodes spent their time on them)
 GOSSIP_PRUNE_BACKOFF_S = 5  # a pruned peer may graft again this soon (py-libp2p's 60 s
 #                             default left a pruned node without a mesh for a minute)
 

@@ -59,6 +59,7 @@ PUBLISH_TIMEOUT_S = 5.0  # a gossip publish stuck longer (a peer that stopped re
 
 # -- sync ----------------------------------------------------------------------------
 ANTI_ENTROPY_INTERVAL_S = 3.0  # pull from a random peer this often, gaps or not
+ANTI_ENTROPY_IDLE_MAX_S = 24.0  # ... doubling up to this while nothing is delivered
 SYNC_TIMEOUT_S = 10.0  # one whole sync exchange, server or client side
 SYNC_ROUNDS_MAX = 64  # request/response rounds per exchange
 SYNC_CHUNK_EVENTS = 256  # events asked for per round (wire.SYNC_EVENTS_MAX)

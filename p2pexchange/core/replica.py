@@ -233,6 +233,10 @@ class Replica:
         """Event ids in the applied total order."""
         return self.ledger.event_ids()
 
+    @property
+    def events_delivered(self) -> int:
+        return self._stats["events_delivered"]
+
     def stats(self) -> dict:
         return {
             **self._stats,

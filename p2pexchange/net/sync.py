@@ -13,11 +13,12 @@ the body is read.
 Who is pulled from, among connected peers: a peer just found, one whose heartbeat
 shows it ahead, the sender of an event that had to wait for a missing cause, a random
 peer when the replica knows of events it lacks, and a random peer every
-`ANTI_ENTROPY_INTERVAL_S` whatever the state. A peer whose stream cannot be opened
-or that fails mid-exchange has its connection dropped, so discovery dials afresh
-(a restarted peer leaves a stale connection behind), and is not pulled from again for
-a backoff that doubles with each consecutive failure (`SYNC_BACKOFF_MAX_S`): a peer
-that never answers costs one round timeout now and then, not a stalled loop.
+`ANTI_ENTROPY_INTERVAL_S` whatever the state (doubling up to `ANTI_ENTROPY_IDLE_MAX_S`
+while nothing at all is delivered; heartbeats still show any peer ahead). A peer whose
+stream cannot be opened or that fails mid-exchange has its connection dropped, so
+discovery dials afresh (a restarted peer leaves a stale connection behind), and is not
+pulled from again for a backoff that doubles with each consecutive failure
+(`SYNC_BACKOFF_MAX_S`): a peer that never answers costs a round timeout now and then.
 
 Budgets (net/budget.py): the events of an answer that are new here are charged to
 their verified origin's budget (events, actions, bytes); those beyond it are dropped
@@ -51,6 +52,7 @@ from libp2p.utils.varint import encode_varint_prefixed, read_varint_prefixed_byt
 
 from ..core.events import Event
 from ..core.params import (
+    ANTI_ENTROPY_IDLE_MAX_S,
     ANTI_ENTROPY_INTERVAL_S,
     DIAL_TIMEOUT_S,
     SYNC_BACKOFF_MAX_S,
@@ -228,6 +230,7 @@ class Sync:
 
     async def run(self) -> None:
         last_random = last_gap_pull = time.monotonic()
+        anti_entropy_s, delivered_then = ANTI_ENTROPY_INTERVAL_S, -1
         while True:
             with trio.move_on_after(0.5):
                 await self._wakeup.wait()
@@ -243,9 +246,12 @@ class Sync:
                     and self.replica.missing()):
                 last_gap_pull = now
                 targets = [self._rng.choice(peers)]
-            if now - last_random > ANTI_ENTROPY_INTERVAL_S and peers:
+            if now - last_random > anti_entropy_s and peers:
                 last_random = now
                 targets.append(self._rng.choice(peers))
+                delivered = self.replica.events_delivered
+                anti_entropy_s = next_anti_entropy_s(anti_entropy_s, delivered != delivered_then)
+                delivered_then = delivered
             # Only connected peers (one known from a heartbeat alone may have no address),
             # and none in its backoff.
             live = set(self.host.get_connected_peers())
@@ -284,6 +290,12 @@ class Sync:
             if peer in self._rate_limited:  # not a failure: pull from others for a while
                 self._rate_limited.discard(peer)
                 self._failures[peer] = (0, time.monotonic() + SYNC_RATE_PAUSE_S)
+
+
+def next_anti_entropy_s(current_s: float, delivered_since: bool) -> float:
+    """The pause before the next backstop pull: see the module docstring."""
+    return ANTI_ENTROPY_INTERVAL_S if delivered_since else min(2 * current_s,
+                                                                ANTI_ENTROPY_IDLE_MAX_S)
 
 
 async def _read(stream: Any, size_max: int, eof_ok: bool) -> bytes | None:

@@ -148,6 +148,7 @@ async def test_invalid_messages_are_rejected_and_not_forwarded(tmp_path):
                 await trio.sleep(0.1)
         await trio.sleep(3)  # time enough for any forwarding to happen
         receivers = [n for n in others if n.rejection_log]
+        assert receivers
         for node in receivers:
             codes = sorted(code for _, code, _ in node.rejection_log)
             assert codes == ["bad_cbor", "bad_signature"]

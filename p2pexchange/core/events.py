@@ -468,10 +468,10 @@ def _decode_event(raw: bytes, markets: Mapping[str, object]) -> Event:
     if not ok:
         raise EventRejected("bad_signature", "signature does not verify for origin")
     order = sorted(seqs)
-    keys = [_interned(o) for o in order]
-    return Event(_interned(origin), seq, dict(zip(keys, map(seqs.__getitem__, order), strict=True)),
-                 dict(zip(keys, map(heads.__getitem__, order), strict=True)), lamport,
-                 sys.intern(market), actions, signature, hashlib.sha256(raw).digest(), raw)
+    shared = [(_interned(o), o) for o in order]
+    return Event(_interned(origin), seq, {k: seqs[o] for k, o in shared},
+                 {k: heads[o] for k, o in shared}, lamport, sys.intern(market), actions,
+                 signature, hashlib.sha256(raw).digest(), raw)
 
 
 _INTERNED: dict[bytes, bytes] = {}

@@ -13,5 +13,26 @@ a cause always sorts before its effects.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .events import Event
+
 VectorClock = dict[bytes, int]
 OrderKey = tuple[int, int, bytes, int]  # (lamport, rank, origin, seq): see Event.key
+
+
+def covers(head: Event, origin: bytes, seq: int) -> bool:
+    """Whether (origin, seq) is `head` or in its causal past."""
+    if head.origin == origin:
+        return head.seq >= seq
+    return head.clock.get(origin, 0) >= seq
+
+
+def covered_seq(head: Event | None, origin: bytes) -> int:
+    """The highest seq of `origin` that `head` is or has in its causal past (0: none)."""
+    if head is None:
+        return 0
+    if head.origin == origin:
+        return head.seq
+    return head.clock.get(origin, 0)

@@ -64,11 +64,14 @@ ORDER_ID_BYTES = 34  # 32-byte event id + 2-byte big-endian index
 PUBKEY_CACHE_MAX = 4096  # peer id -> extracted public key; oldest dropped first
 CBOR_DEPTH_MAX = 4  # an event nests map -> actions -> action (or map -> clock -> entry): depth 3
 DESCRIBE_CHARS_MAX = 40  # how much of an untrusted value an error message shows
+VOTE_MEMBERS_MAX = 64  # = finality.MEMBERS_MAX: a vote lists the effective members
 
 assert EVENT_ACTIONS_MAX < 2**16, "an order id holds the action index in two bytes"
-# A cancel encodes in 38 bytes, a place in at most 23, a join in at most 68; a clock
+# A cancel encodes in 38 bytes, a place in at most 23, a join in at most 68, a vote in at
+# most 2 + 66 + 5 + 2 + 64 * 66 (alone in its event); a clock
 # entry (peer id, [seq, event id]) in at most 2 + 64 + 1 + 9 + 2 + 32 = 110.
 assert EVENT_ACTIONS_MAX * 40 + CLOCK_ORIGINS_MAX * 110 + 256 < EVENT_BYTES_MAX
+assert 75 + VOTE_MEMBERS_MAX * 66 + CLOCK_ORIGINS_MAX * 110 + 256 < EVENT_BYTES_MAX
 MEMBERSHIP_MARKET = ""  # the market field of an event that carries no market actions
 
 
@@ -97,6 +100,8 @@ ACTION_PLACE = 0
 ACTION_CANCEL = 1
 ACTION_JOIN = 2
 ACTION_LEAVE = 3
+ACTION_VOTE = 4
+ROUND_MAX = 2**32 - 1  # rounds of removal statements (core/finality.py)
 
 
 class Place(NamedTuple):
@@ -123,7 +128,17 @@ class Leave(NamedTuple):
     carry no actions."""
 
 
-Action = Place | Cancel | Join | Leave
+class Vote(NamedTuple):
+    """A removal statement (core/finality.py): in round `round` among the members
+    `members` (the effective members of its causal past, ascending), remove `target`;
+    or, with `target` empty, a refusal: this member removes nobody in that round."""
+
+    target: bytes  # a peer id, or b"" for a refusal
+    round: int
+    members: tuple[bytes, ...]
+
+
+Action = Place | Cancel | Join | Leave | Vote
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +253,8 @@ def _action_to_wire(action: Action) -> list:
         return [ACTION_JOIN, action.member]
     if isinstance(action, Leave):
         return [ACTION_LEAVE]
+    if isinstance(action, Vote):
+        return [ACTION_VOTE, action.target, action.round, list(action.members)]
     return [ACTION_CANCEL, action.order_id]
 
 
@@ -256,11 +273,11 @@ def _body(origin: bytes, seq: int, clock: Mapping[bytes, tuple[int, bytes]], lam
 
 def _actions_fit_market(market: str, actions: tuple[Action, ...]) -> bool:
     """Market actions (place, cancel) need a market and at least one action; an event
-    with the membership market "" carries only joins, one leave and nothing else, or
-    nothing (an acknowledgement)."""
+    with the membership market "" carries only joins, one leave or one vote and nothing
+    else, or nothing (an acknowledgement)."""
     if market == MEMBERSHIP_MARKET:
         return (all(a.__class__ is Join for a in actions)
-                or (len(actions) == 1 and actions[0].__class__ is Leave))
+                or (len(actions) == 1 and actions[0].__class__ in (Leave, Vote)))
     return bool(actions) and all(a.__class__ is Place or a.__class__ is Cancel
                                  for a in actions)
 
@@ -374,6 +391,8 @@ def _decode_action(wire: object, index: int) -> Action:
         if len(wire) != 1:
             raise EventRejected("bad_action", f"leave {index} needs 1 field, has {len(wire)}")
         return Leave()
+    if kind == ACTION_VOTE:
+        return _decode_vote(wire, index)
     if kind == ACTION_CANCEL:
         if len(wire) != 2:
             raise EventRejected("bad_action", f"cancel {index} needs 2 fields, has {len(wire)}")
@@ -383,6 +402,25 @@ def _decode_action(wire: object, index: int) -> Action:
                                 f"{ORDER_ID_BYTES} bytes")
         return Cancel(oid)
     raise EventRejected("bad_action", f"action {index} has unknown kind {describe(kind)}")
+
+
+def _decode_vote(wire: list, index: int) -> Vote:
+    if len(wire) != 4:
+        raise EventRejected("bad_action", f"vote {index} needs 4 fields, has {len(wire)}")
+    _, target, rnd, members = wire
+    if type(target) is not bytes or len(target) > ORIGIN_BYTES_MAX:
+        raise EventRejected("bad_action", f"vote {index}: target must be peer id bytes or empty")
+    _uint(rnd, "round", 0, ROUND_MAX)
+    if type(members) is not list or not 3 <= len(members) <= VOTE_MEMBERS_MAX:
+        raise EventRejected("bad_action", f"vote {index}: members must be a list of 3 to "
+                            f"{VOTE_MEMBERS_MAX} peer ids")
+    for m in members:
+        if type(m) is not bytes or not 0 < len(m) <= ORIGIN_BYTES_MAX:
+            raise EventRejected("bad_action", f"vote {index}: members must be peer id bytes")
+    if any(a >= b for a, b in zip(members, members[1:], strict=False)):
+        raise EventRejected("bad_action", f"vote {index}: members must be ascending, "
+                            "without repeats")
+    return Vote(target, rnd, tuple(_interned(m) for m in members))
 
 
 _FIELDS = frozenset("vosclmag")
@@ -452,7 +490,8 @@ def _decode_event(raw: bytes, markets: Mapping[str, object]) -> Event:
     actions = tuple(_decode_action(a, i) for i, a in enumerate(wire_actions))
     if not _actions_fit_market(market, actions):
         raise EventRejected("bad_actions", "place and cancel need a market and at least one "
-                            "action; the membership market \"\" carries only joins")
+                            "action; the membership market \"\" carries joins, one leave, one "
+                            "vote or nothing")
     signature = msg["g"]
     if type(signature) is not bytes or len(signature) > SIGNATURE_BYTES_MAX:
         raise EventRejected("bad_signature", "signature must be bytes")

@@ -42,26 +42,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from .clock import OrderKey
-from .events import Event, Join, Leave
-
-
-def covers(head: Event, origin: bytes, seq: int) -> bool:
-    """Whether (origin, seq) is `head` or in its causal past."""
-    if head.origin == origin:
-        return head.seq >= seq
-    return head.clock.get(origin, 0) >= seq
-
-
-def _covered_seq(head: Event | None, origin: bytes) -> int:
-    if head is None:
-        return 0
-    if head.origin == origin:
-        return head.seq
-    return head.clock.get(origin, 0)
-
+from .clock import OrderKey, covered_seq, covers
+from .events import VOTE_MEMBERS_MAX, Event, Join, Leave
+from .removal import Has, Members, Removal, Removals
 
 MEMBERS_MAX = 64  # a protocol constant: joins beyond it are refused in the final order
+assert MEMBERS_MAX == VOTE_MEMBERS_MAX
 
 
 class Membership:
@@ -82,12 +68,17 @@ class Membership:
         self.members: dict[bytes, None] = dict.fromkeys(sorted(self.genesis))
         self.effective: set[bytes] = set(self.genesis)
         self.refused: set[bytes] = set()
-        self._joins: dict[bytes, list[tuple[bytes, int]]] = {}  # member -> (sponsor, seq)
+        # member -> its joins: (sponsor, seq, key) of each event that admitted it
+        self._joins: dict[bytes, list[tuple[bytes, int, OrderKey]]] = {}
         self._joined_at: dict[bytes, OrderKey] = {}  # member -> key of its earliest join
         self._left_at: dict[bytes, Event] = {}  # member -> its (delivered) leave event
         # Members whose leave is final: the rule no longer waits for them (a leave, like
         # everything final, is never undone).
         self.gone: set[bytes] = set()
+        # Removals of members that no longer speak (removal.py); the replica takes the
+        # new ones (`take_removed`) to void their events beyond the cut.
+        self.removals = Removals()
+        self._removed_new: list[Removal] = []
 
     # -- admission -------------------------------------------------------------------
 
@@ -98,7 +89,7 @@ class Membership:
         if origin in self.genesis or event.seq > 1:
             return None  # a later event extends a chain whose first event was admitted
         if not any(event.clock.get(sponsor, 0) >= seq
-                   for sponsor, seq in self._joins.get(origin, ())):
+                   for sponsor, seq, _ in self._joins.get(origin, ())):
             return "not_member"
         if origin in self.effective:
             return None
@@ -108,8 +99,68 @@ class Membership:
         """`origin`'s delivered leave: its later events may carry no actions."""
         return self._left_at.get(origin)
 
+    def verdict(self, event: Event) -> tuple[str, str] | None:
+        """Why `event` breaks a rule of removal statements (removal.py), or None."""
+        removals = self.removals
+        if event.origin not in removals.last and not event.actions:
+            return None  # the common case: no statement, and none of its origin stands
+        known = self.known_members(lambda o, s: covers(event, o, s))
+        return removals.verdict(event, known)
+
+    def known_members(self, has: Has) -> Members:
+        """The effective members of a causal past `has`, ascending: founders and members
+        whose first event lies in it, less those whose leave or full set of removal votes
+        lies in it. What a statement in that causal past must name as its members."""
+        removals = self.removals
+        known = []
+        for m in self.members:
+            if m not in self.genesis and not has(m, 1):
+                continue
+            leave = self._left_at.get(m)
+            if leave is not None and has(m, leave.seq):
+                continue
+            if removals.removed_in(m, has):
+                continue
+            known.append(m)
+        return tuple(sorted(known))
+
+    def removed(self, member: bytes) -> Removal | None:
+        return self.removals.decided.get(member)
+
+    def is_void(self, event: Event) -> bool:
+        """An event of a removed member beyond its cut: it counts as empty."""
+        removal = self.removals.decided.get(event.origin)
+        return removal is not None and event.seq > removal.cut
+
+    def take_removed(self) -> list[Removal]:
+        """Removals decided since the last call (the replica voids their events)."""
+        new, self._removed_new = self._removed_new, []
+        return new
+
+    def _decide_removals(self, events: Mapping[bytes, Sequence[Event]]) -> None:
+        """Decide the removals the delivered statements commit; a join in a void event
+        no longer counts (none was final anywhere, so none was decided)."""
+        for removal in self.removals.decide(events):
+            self._removed_new.append(removal)
+            for member, joins in list(self._joins.items()):
+                kept = [j for j in joins if not (j[0] == removal.member and j[1] > removal.cut)]
+                if len(kept) == len(joins):
+                    continue
+                assert member not in self.effective or kept, "a decided join was void"
+                if kept:
+                    self._joins[member] = kept
+                    self._joined_at[member] = min(k for _, _, k in kept)
+                else:
+                    del self._joins[member], self._joined_at[member]
+                    self.members.pop(member, None)
+
     def on_delivered(self, event: Event) -> None:
-        """Record the joins or the leave of a newly delivered event."""
+        """Record the joins, the leave or the removal statement of a newly delivered
+        event (those of a void event count for nothing but statements, which are judged
+        from causal pasts alone)."""
+        self.removals.on_delivered(event)
+        if self.is_void(event):
+            return
         if event.actions and event.actions[0].__class__ is Leave:
             self._left_at.setdefault(event.origin, event)
         elif event.actions and event.actions[0].__class__ is Join:
@@ -117,20 +168,23 @@ class Membership:
                 member = action.member  # type: ignore[union-attr]
                 if member in self.genesis or member in self.refused:
                     continue
-                self._joins.setdefault(member, []).append((event.origin, event.seq))
+                self._joins.setdefault(member, []).append((event.origin, event.seq, event.key))
                 if member not in self.effective:
                     self.members.setdefault(member, None)
                 if member not in self._joined_at or event.key < self._joined_at[member]:
                     self._joined_at[member] = event.key
 
     def is_member(self, peer: bytes) -> bool:
-        """An effective member that has not left for good: the rule waits for it."""
-        return peer in self.effective and peer not in self.gone
+        """An effective member that has not left for good nor been removed: the rule
+        waits for it."""
+        return (peer in self.effective and peer not in self.gone
+                and peer not in self.removals.decided)
 
     def waited_for(self) -> list[bytes]:
         """Whom the rule waits for: genesis, effective and candidate members, in order of
-        admission, less those whose leave is final."""
-        return [m for m in self.members if m not in self.gone]
+        admission, less those whose leave is final and those removed."""
+        removed = self.removals.decided
+        return [m for m in self.members if m not in self.gone and m not in removed]
 
     def decide(self, frontier: OrderKey | None) -> tuple[list[bytes], list[bytes]]:
         """Decide the candidates whose earliest join is final, in the total order:
@@ -164,10 +218,14 @@ class Membership:
         frontier is the highest result. A leave found final makes the rule run again.
         It depends on the delivered events alone, so a replica rebuilt from them
         reports the same."""
+        self._decide_removals(events)
+        cuts = [(events[m][r.cut - 1].key if r.cut else (0, 0, b"", 0), 1, m)
+                for m, r in self.removals.decided.items()]
         while True:
             boundaries = sorted(
                 [(key, 0, m) for m, key in self._joined_at.items()]
-                + [(e.key, 1, m) for m, e in self._left_at.items() if m in self.gone])
+                + [(e.key, 1, m) for m, e in self._left_at.items()
+                   if m in self.gone and m not in self.removals.decided] + cuts)
             required = sorted(self.genesis)
             best = None
             for k in range(len(boundaries) + 1):
@@ -223,14 +281,14 @@ def _committed(members: Sequence[bytes], events: Mapping[bytes, Sequence[Event]]
     # Round one: for each member p, the highest seq of p every member's head covers.
     witnesses = []
     for p in members:
-        w = min(_covered_seq(h, p) for h in heads)
+        w = min(covered_seq(h, p) for h in heads)
         if w == 0:
             return None
         witnesses.append(events[p][w - 1])
     # Round two: per origin, the highest seq every witness covers (within the bound).
     best = None
     for origin in members:
-        c = min(_covered_seq(w, origin) for w in witnesses)
+        c = min(covered_seq(w, origin) for w in witnesses)
         chain = events[origin]
         if bound is not None:  # keys grow along a chain: the last one within the bound
             lo, hi = 0, c

@@ -12,6 +12,9 @@ state is a function of the set of events it was given, whatever order they came 
   produced, so two ledgers given the same events hold the same digest.
 - Membership events (market "") touch no book: their effect is decided at delivery
   (finality.py); they are recorded here in the order and the digest all the same.
+- Void events. Once a member is removed (finality.py), its events beyond the decided
+  cut stay in the order but count as empty: `void` re-applies them so, from the
+  earliest of them (none is final anywhere: protocols/finality.md, R1).
 
 A failure while applying an event that passed every check is our bug and is never
 caught: the books would be half-changed.
@@ -25,7 +28,7 @@ from collections.abc import Mapping
 
 from .book import OrderBook
 from .clock import OrderKey
-from .events import MEMBERSHIP_MARKET, Cancel, Event, Join, Leave, Place
+from .events import MEMBERSHIP_MARKET, Cancel, Event, Join, Leave, Place, Vote
 from .market import Market
 from .orders import Trade
 
@@ -35,7 +38,8 @@ GENESIS_DIGEST = hashlib.sha256(b"p2pexchange/digest/v1").digest()
 class _Applied:
     """One event in the applied sequence, with what is needed to undo it."""
 
-    __slots__ = ("book", "digest", "event", "key", "mark", "outcomes", "trades", "trades_upto")
+    __slots__ = ("book", "digest", "event", "key", "mark", "outcomes", "trades", "trades_upto",
+                 "void")
 
     def __init__(self, key: OrderKey, event: Event, book: OrderBook | None) -> None:
         self.key = key
@@ -46,6 +50,7 @@ class _Applied:
         self.trades: list[Trade] = []
         self.trades_upto = 0  # trades of the applied sequence up to and including this
         self.outcomes: list[str] = []  # per action: order status name or cancel result
+        self.void = False  # its origin was removed before it: applied as empty
 
 
 class Ledger:
@@ -57,6 +62,7 @@ class Ledger:
         self._keys: list[OrderKey] = []
         self._index: dict[bytes, _Applied] = {}  # event id -> applied entry
         self.trade_count = 0
+        self.cuts: dict[bytes, int] = {}  # removed origin -> its last seq that counts
 
     def __len__(self) -> int:
         return len(self._applied)
@@ -93,9 +99,28 @@ class Ledger:
         positions = range(len(applied) - 1, start - 1, -1) if backwards else \
             range(start, len(applied))
         for i in positions:
-            if applied[i].event.actions:
+            if applied[i].event.actions and not applied[i].void:
                 return applied[i].event
         return None
+
+    def is_void(self, event: Event) -> bool:
+        """Whether `event` counts as empty: its origin was removed at an earlier seq."""
+        return event.seq > self.cuts.get(event.origin, event.seq)
+
+    def void(self, origin: bytes, cut: int) -> int:
+        """From now on `origin`'s events beyond seq `cut` count as empty; those applied
+        are undone and applied again so. Returns how many entries were undone."""
+        assert origin not in self.cuts, "a member is removed once"
+        self.cuts[origin] = cut
+        applied = self._applied
+        first = next((i for i, entry in enumerate(applied)
+                      if entry.event.origin == origin and entry.event.seq > cut), None)
+        if first is None:
+            return 0
+        undone = self._undo_to(first)
+        for entry in reversed(undone):
+            self._apply(entry.event)
+        return len(undone)
 
     def apply(self, events: list[Event]) -> tuple[int, list[list[Trade]]]:
         """Apply newly delivered `events`, sorted by key: undo once, down to the earliest
@@ -131,7 +156,7 @@ class Ledger:
         return undone
 
     def _apply(self, event: Event) -> list[Trade]:
-        if event.market == MEMBERSHIP_MARKET:
+        if event.market == MEMBERSHIP_MARKET or (self.cuts and self.is_void(event)):
             return self._apply_membership(event)
         book = self.books[event.market]
         entry = _Applied(event.key, event, book)
@@ -157,10 +182,18 @@ class Ledger:
 
     def _apply_membership(self, event: Event) -> list[Trade]:
         entry = _Applied(event.key, event, None)
+        if self.cuts and self.is_void(event):
+            entry.void = True
+            entry.outcomes = ["void"] * len(event.actions)
+            self._append(entry)
+            return []
         seen = set()
         for action in event.actions:
             if action.__class__ is Leave:
                 entry.outcomes.append("left")
+                continue
+            if action.__class__ is Vote:
+                entry.outcomes.append("voted" if action.target else "refused")
                 continue
             assert isinstance(action, Join)
             entry.outcomes.append("joined" if action.member not in seen else "duplicate")

@@ -89,7 +89,7 @@ from libp2p.crypto.keys import PrivateKey
 
 from .book import OrderBook
 from .buffer import KNOWN_ORIGINS_MAX, CausalBuffer, Claims
-from .clock import OrderKey, VectorClock
+from .clock import OrderKey, VectorClock, covered_seq
 from .events import (
     CLOCK_ORIGINS_MAX,
     MEMBERSHIP_MARKET,
@@ -98,6 +98,7 @@ from .events import (
     Action,
     Event,
     EventRejected,
+    Vote,
     decode_event,
     short_id,
     sign_event,
@@ -107,6 +108,7 @@ from .ledger import Ledger
 from .market import Market
 from .orders import Order, Trade
 from .params import BUFFER_BYTES_MAX, BUFFER_ORIGIN_BYTES_MAX
+from .removal import Removal, statement
 
 MISSING_RANGES_MAX = 64  # ranges one missing() call or one receipt reports
 EQUIVOCATIONS_MAX = 256  # proofs of equivocation kept (the first ones)
@@ -328,8 +330,11 @@ class Replica:
             raise OwnHistoryBehind(f"we signed seq {self._own_signed} but hold {seq - 1}: "
                                    f"sync before creating events")
         events = self._events
-        clock = {o: (s, events[o][s - 1].id) for o, s in self._clock.items()}
-        event = sign_event(private_key, self.origin, seq, clock, self._lamport + 1,
+        named = self._frozen_clock() or self._clock
+        clock = {o: (s, events[o][s - 1].id) for o, s in named.items() if s}
+        lamport = self._lamport if named is self._clock else \
+            max((events[o][s - 1].lamport for o, s in named.items() if s), default=0)
+        event = sign_event(private_key, self.origin, seq, clock, lamport + 1,
                            market, tuple(actions))
         receipt = self.admit(event)
         assert receipt.status == "delivered", receipt
@@ -438,6 +443,12 @@ class Replica:
         assert membership is not None
         while True:
             frontier = membership.frontier(self._events)
+            for removal in membership.take_removed():
+                # Its events beyond the cut now count as empty (none is final: R1).
+                undone = self.ledger.void(removal.member, removal.cut)
+                if undone:
+                    self._stats["rollbacks"] += 1
+                    self._stats["events_reapplied"] += undone
             if not membership.decide(frontier)[1]:
                 return frontier
 
@@ -491,10 +502,14 @@ class Replica:
         events = self._events
         # Round one: delivered since our head (what it does not cover), a pending
         # event with actions. Costs what arrived since our last event, not the history.
-        for o, s in self._clock.items():
+        # (While our removal vote stands, only what our next event may name.)
+        named = self._frozen_clock() or self._clock
+        is_void = self.ledger.is_void
+        for o, s in named.items():
             covered = 0 if head is None else head.seq if o == me else head.clock.get(o, 0)
             for event in events[o][covered:s]:
-                if event.actions and (frontier is None or event.key > frontier):
+                if (event.actions and (frontier is None or event.key > frontier)
+                        and not is_void(event)):
                     return True
         final = self.ledger.count_upto(frontier)
         earliest = self.ledger.with_actions(final)
@@ -504,9 +519,74 @@ class Replica:
         for member in self.membership.waited_for():  # type: ignore[union-attr]
             for pending in (earliest, latest):
                 first = self._first_covering(member, pending)  # type: ignore[arg-type]
-                if first is not None and not covers(head, member, first):
+                if (first is not None and not covers(head, member, first)
+                        and named.get(member, 0) >= first):
                     return True
         return False
+
+    def removal_statement(self, suspects: Iterable[bytes]) -> Vote | None:
+        """The removal statement (core/removal.py) this member should sign now, given the
+        members it has not heard from for a while although finality waited for them (the
+        shell's timeout, liveness only), or None."""
+        me = self.origin
+        if me is None or self.membership is None or not self.is_member(me):
+            return None
+        has = self._has
+        return self.membership.removals.next_statement(
+            me, self.membership.known_members(has), has, suspects)
+
+    def removals(self) -> list[Removal]:
+        """Members removed so far, in order of decision."""
+        if self.membership is None:
+            return []
+        self.final_key()  # removals are decided with the frontier
+        return list(self.membership.removals.decided.values())
+
+    def frozen(self) -> bytes | None:
+        """The member this replica's origin voted to remove while that vote stands (its
+        events then name no more of that member than the vote did), or None."""
+        vote = self._open_vote()
+        return None if vote is None else vote[0]
+
+    def _has(self, origin: bytes, seq: int) -> bool:
+        return self._clock.get(origin, 0) >= seq
+
+    def _open_vote(self) -> tuple[bytes, int] | None:
+        """(target, how much of it our events may name) while our vote to remove stands."""
+        membership = self.membership
+        if membership is None or self.origin is None:
+            return None
+        last = membership.removals.last.get(self.origin)
+        vote = None if last is None else statement(last)
+        if vote is None or not vote.target or membership.removals.dead(
+                vote.members, vote.round, self._has):
+            return None
+        return vote.target, membership.removals.frozen_at(vote, self._has)
+
+    def _frozen_clock(self) -> dict[bytes, int] | None:
+        """While our vote to remove m stands and we have delivered more of m than the
+        votes of its round cover: the largest causal past that names no more of m, per
+        origin the last delivered event that covers at most that much of m (clocks only
+        grow along a chain). Else None: our next event names everything delivered."""
+        vote = self._open_vote()
+        if vote is None or self._clock.get(vote[0], 0) <= vote[1]:
+            return None
+        target, cut = vote
+        capped = {}
+        for o, s in self._clock.items():
+            chain = self._events[o]
+            if o == target:
+                capped[o] = cut
+                continue
+            lo, hi = 0, s
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if covered_seq(chain[mid], target) <= cut:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            capped[o] = lo
+        return capped
 
     def _first_covering(self, member: bytes, event: Event) -> int | None:
         """The seq of `member`'s first delivered event that covers `event`, or None."""
@@ -681,6 +761,7 @@ class Replica:
                 return code, "its join is not final yet"
             if code is not None:
                 return code, f"{short_id(event.origin)} was admitted by no join it saw"
+            return self.membership.verdict(event)
         return None
 
     def _deliver(self, event: Event, receipt: Receipt) -> None:
@@ -697,7 +778,7 @@ class Replica:
         self._lamport = max(self._lamport, event.lamport)
         self._stats["events_delivered"] += 1
         if (self._final_seen is not None and event.key <= self._final_seen
-                and event.actions):
+                and event.actions and not self.ledger.is_void(event)):
             # The rule says this cannot happen. (An event without actions can: a member
             # whose leave is final acknowledges no more, but whatever it still signs
             # changes nothing, wherever it sorts.)
@@ -720,6 +801,8 @@ class Replica:
             delivered[0][1].rolled_back += undone
         for (_, receipt), made in zip(delivered, trades, strict=True):
             receipt.trades.extend(made)
+        if self.membership is not None and self.membership.removals.undecided():
+            self.final_key()  # a removal voids events: decided as soon as it can be
 
 
 def replay(markets: Mapping[str, Market], raws: Iterable[bytes],

@@ -1,0 +1,216 @@
+"""Removing a member that no longer speaks (core/removal.py, protocols/finality.md):
+votes and refusals in the log, rounds that die, frozen coverage, the decision and the
+cut, judged alike on every replica. Built on test_finality's `Net`: every step is the
+test's, nothing reads a clock.
+"""
+
+from __future__ import annotations
+
+from test_finality import (
+    Net,
+    assert_final_histories_consistent,
+    buy,
+    delivered_raws,
+    final_history,
+    pending_with_actions,
+    sell,
+)
+
+from p2pexchange.core.events import MEMBERSHIP_MARKET, Event, Vote
+from p2pexchange.core.replica import Replica
+
+
+def state(net: Net, name: str, suspects: set[str], to=None) -> Event | None:
+    """`name` signs the removal statement its replica says it should, given whom it
+    suspects, and sends it (default: to everyone); None if it should say nothing."""
+    vote = net[name].removal_statement({net.ids[s] for s in suspects})
+    if vote is None:
+        return None
+    return net.act(name, [vote], MEMBERSHIP_MARKET, to)
+
+
+def crashed_network() -> tuple[Net, list[str]]:
+    """Five members; e signed an order and then crashed for good; a trade since then
+    is pending everywhere, waiting for e."""
+    net = Net("abcde")
+    net.act("e", [sell(99, 1)])
+    net.acks_until_quiet()
+    net.act("a", [sell(100)])
+    net.act("b", [buy(100)], to="abcd")
+    live = list("abcd")
+    net.ack_round(live, live)
+    net.ack_round(live, live)
+    for name in live:
+        assert pending_with_actions(net[name]), name
+        assert net.ids["e"] in net[name].finality().waiting_for
+    return net, live
+
+
+def test_members_remove_a_crashed_member_and_finality_resumes():
+    net, live = crashed_network()
+    e = net.ids["e"]
+    first = state(net, "a", {"e"}, to=live)
+    assert first is not None
+    vote = first.actions[0]
+    assert vote.target == e and vote.round == 0
+    assert vote.members == tuple(sorted(net.ids[n] for n in "abcde"))
+    # Nobody is removed by one vote, nor by all votes before they are committed.
+    for name in "bcd":
+        assert state(net, name, {"e"}, to=live) is not None
+    assert all(not net[n].removals() for n in live)
+    net.acks_until_quiet(live)
+    for name in live:
+        r = net[name]
+        [removal] = r.removals()
+        # e's order and its acknowledgement, seen by all, count
+        assert removal.member == e and removal.cut == r.clock[e] == 2
+        assert not r.is_member(e) and e not in r.finality().waiting_for
+        assert not pending_with_actions(r), name
+        assert r.stats()["frontier_regressions"] == 0
+        assert len(r.trades()) == 2  # e's sell at 99 and a's at 100 both traded
+    assert len({net[n].digest for n in live}) == 1
+    assert_final_histories_consistent(net[n] for n in live)
+    # Trading and finality go on without e.
+    net.act("c", [sell(105)], to=live)
+    net.act("d", [buy(105)], to=live)
+    net.acks_until_quiet(live)
+    assert all(not pending_with_actions(net[n]) for n in live)
+
+
+def test_the_cut_is_the_highest_coverage_among_the_votes():
+    """e's last order reached only a before a voted: a's vote covers it, so it counts
+    on every replica (the others deliver it as a cause of a's vote)."""
+    net, live = crashed_network()
+    e = net.ids["e"]
+    late = net.act("e", [buy(200, 20)], to="a")
+    for name in "bcd":
+        vote = state(net, name, {"e"}, to=live)
+        assert vote.clock[e] == late.seq - 1
+    net.deliver(late, "bcd")  # sync brings it: a's vote names it
+    vote = state(net, "a", {"e"}, to=live)
+    assert vote.clock[e] == late.seq
+    net.acks_until_quiet(live)
+    for name in live:
+        [removal] = net[name].removals()
+        assert removal.cut == late.seq, name
+        assert net[name].outcomes_of(late.id) != ["void"]
+        assert not pending_with_actions(net[name])
+    assert len({net[n].digest for n in live}) == 1
+    assert_final_histories_consistent(net[n] for n in live)
+
+
+def test_events_beyond_the_cut_count_as_empty_wherever_they_were_applied():
+    net, live = crashed_network()
+    for name in live:
+        state(net, name, {"e"}, to=live)
+    net.acks_until_quiet(live)
+    assert [r.cut for r in net["a"].removals()] == [2]
+    # e, back from the dead, signs an order on top of its own chain and a cross.
+    late = net.act("e", [buy(200, 20)], to=[])
+    assert late.seq == 3
+    trades_before = {n: len(net[n].trades()) for n in live}
+    for name in live:
+        receipt = net[name].receive(late.raw)
+        assert receipt.status == "delivered", (name, receipt)
+        assert receipt.trades == []
+        assert net[name].outcomes_of(late.id) == ["void"]
+        assert len(net[name].trades()) == trades_before[name]
+    # A replica that delivered the late event before it knew of the removal undoes it.
+    fresh = Replica(net["a"].markets, None, genesis=net.genesis)
+    raws = [late.raw] + [r for r in delivered_raws(net["b"]) if r != late.raw]
+    for raw in sorted(raws, key=lambda r: r != late.raw):
+        fresh.receive(raw)
+    assert fresh.digest == net["b"].digest
+    assert fresh.outcomes_of(late.id) == ["void"]
+    assert final_history(fresh) == final_history(net["b"])
+
+
+def test_a_member_heard_again_is_not_removed_the_round_dies_and_votes_unfreeze():
+    """a suspects e (paused); the others hear from e and refuse: the round dies, a's
+    vote no longer freezes it, and finality resumes with e."""
+    net, live = crashed_network()
+    e = net.ids["e"]
+    vote = state(net, "a", {"e"})
+    assert net["a"].frozen() == e
+    # e is back: it acknowledges everything; a delivers it but names none of it.
+    for raw in delivered_raws(net["a"]):
+        net["e"].receive(raw)
+    ack = net.act("e", [], MEMBERSHIP_MARKET)
+    own = net.act("a", [sell(120, 1)])
+    assert own.clock.get(e, 0) == vote.clock[e] < ack.seq  # frozen coverage
+    # b hears from e: it refuses in round 0 (it suspects nobody). Then no member can
+    # gather the votes of all others in round 0: the round is dead.
+    refusal = state(net, "b", set())
+    assert refusal is not None and refusal.actions[0].target == b""
+    assert net["a"].frozen() is None
+    assert all(net[n].removal_statement(set()) is None for n in "abcd")
+    net.acks_until_quiet()
+    for name in "abcde":
+        r = net[name]
+        assert r.removals() == [] and r.is_member(e)
+        assert not pending_with_actions(r), name
+    assert len({net[n].digest for n in "abcde"}) == 1
+
+
+def test_statements_are_judged_from_their_causal_past():
+    net, live = crashed_network()
+    ids = net.ids
+    members = tuple(sorted(ids[n] for n in "abcde"))
+    b_head = net["b"].events_of(ids["b"])[-1]
+    heads = [net["b"].events_of(ids[n])[-1] for n in "abcde"]
+
+    def verdict(vote: Vote, seq: int | None = None, causes=heads) -> str | None:
+        event = net.sign("b", seq or b_head.seq + 1, causes, MEMBERSHIP_MARKET, [vote])
+        receipt = net["c"].receive(event.raw)
+        return receipt.code if receipt.status == "rejected" else receipt.status
+
+    assert verdict(Vote(ids["e"], 0, members[:4])) == "bad_vote"  # not the members
+    assert verdict(Vote(ids["b"], 0, members)) == "bad_vote"  # itself
+    assert verdict(Vote(ids["a"] + b"x", 0, members)) == "bad_vote"  # a stranger
+    first = net.act("b", [Vote(ids["e"], 0, members)], MEMBERSHIP_MARKET, to="bc")
+    again = net.sign("b", first.seq + 1, [first] + heads[:1] + heads[2:],
+                     MEMBERSHIP_MARKET, [Vote(b"", 0, members)])
+    assert net["c"].receive(again.raw).code == "vote_open"  # round 0 not dead yet
+    other = net.sign("b", first.seq + 1, [first] + heads[:1] + heads[2:],
+                     MEMBERSHIP_MARKET, [Vote(ids["e"], 1, members)])
+    assert net["c"].receive(other.raw).code == "vote_open"
+    # b's events may not name more of e than its vote did while the vote stands.
+    late = net.act("e", [], MEMBERSHIP_MARKET, to=[])
+    assert net["c"].receive(late.raw).status in ("buffered", "delivered")
+    net["b"].receive(late.raw)
+    unfrozen = net.sign("b", first.seq + 1, [first, late] + [
+        net["b"].events_of(ids[n])[-1] for n in "acd"], MEMBERSHIP_MARKET, [])
+    assert net["c"].receive(unfrozen.raw).code == "unfrozen"
+    # Once the round is dead in its causal past, all of that is allowed again.
+    refusals = [net.act(n, [Vote(b"", 0, members)], MEMBERSHIP_MARKET, to="bc")
+                for n in "c"]
+    assert net["b"].frozen() is None
+    fine = net.act("b", [], MEMBERSHIP_MARKET, to="c")
+    assert fine.clock[ids["e"]] == late.seq
+    assert refusals and net["c"].event(fine.id) is not None
+
+
+def test_a_second_statement_in_one_round_is_refused():
+    net, live = crashed_network()
+    ids = net.ids
+    members = tuple(sorted(ids[n] for n in "abcde"))
+    for n in "cd":  # the round dies at b only through its own earlier statement...
+        net.act(n, [Vote(b"", 0, members)], MEMBERSHIP_MARKET, to="bcd")
+    first = net.act("b", [Vote(ids["e"], 0, members)], MEMBERSHIP_MARKET, to="bcd")
+    double = net.sign("b", first.seq + 1, [net["b"].events_of(ids[n])[-1] for n in "abcde"],
+                      MEMBERSHIP_MARKET, [Vote(ids["a"], 0, members)])
+    assert net["c"].receive(double.raw).code == "double_vote"
+
+
+def test_a_replica_rebuilt_from_its_events_reports_the_same_removal_in_any_order():
+    net, live = crashed_network()
+    for name in live:
+        state(net, name, {"e"}, to=live)
+    net.acks_until_quiet(live)
+    raws = delivered_raws(net["c"])
+    for order in (raws, raws[::-1], sorted(raws)):
+        rebuilt = Replica(net["c"].markets, None, genesis=net.genesis)
+        rebuilt.receive_many(order)
+        assert rebuilt.digest == net["c"].digest
+        assert rebuilt.removals() == net["c"].removals()
+        assert final_history(rebuilt) == final_history(net["c"])

@@ -35,7 +35,8 @@ that signs two versions of one seq (equivocation) can make honest members delive
 different histories only while neither version is committed anywhere. What it does
 not give: progress while any member is silent, partitioned away or dishonest. A
 stalled frontier is visible (`waiting_for` names the members it waits for); a member
-may leave, but the removal of a member that never returns is not part of this rule.
+may leave, and the others remove one that no longer speaks (removal.py): once decided,
+the rule stops waiting for it after its cut, and its events beyond the cut are void.
 """
 
 from __future__ import annotations

@@ -26,6 +26,9 @@ export const SYNC_REQUEST_BYTES_MAX = 32 * 1024
 export const SYNC_EVENTS_MAX = 256
 export const SYNC_RESPONSE_BYTES_MAX = SYNC_EVENTS_MAX * EVENT_BYTES_MAX + 1024
 export const MEMBERSHIP_MARKET = ''
+export const ROUND_MAX = 2 ** 32 - 1 // a vote's round (event.md, "Actions")
+export const VOTE_MEMBERS_MIN = 3
+export const VOTE_MEMBERS_MAX = 64
 
 export class Rejected extends Error {
   constructor (code, detail = '') {
@@ -209,13 +212,41 @@ function decodeAction (wire, index) {
     if (wire.length !== 1) throw new Rejected('bad_action', `leave ${index} needs 1 field`)
     return { kind: 'leave' }
   }
+  if (kind === 4) return decodeVote(wire, index)
   throw new Rejected('bad_action', `action ${index} of unknown kind`)
+}
+
+// A vote [4, target, round, members]: `target` peer id bytes, or empty for a refusal;
+// `round` 0..2^32-1 (bad_type, out_of_range like every integer field); `members` 3..64
+// peer ids, strictly ascending. Every other wrong shape is bad_action.
+function decodeVote (wire, index) {
+  if (wire.length !== 4) throw new Rejected('bad_action', `vote ${index} needs 4 fields`)
+  const [, target, round, members] = wire
+  if (!(target instanceof Uint8Array) || target.length > ORIGIN_BYTES_MAX) {
+    throw new Rejected('bad_action', `vote ${index}: target must be peer id bytes or empty`)
+  }
+  const r = uint(round, 'round', 0, ROUND_MAX)
+  if (!Array.isArray(members) || members.length < VOTE_MEMBERS_MIN || members.length > VOTE_MEMBERS_MAX) {
+    throw new Rejected('bad_action', `vote ${index}: members must be ${VOTE_MEMBERS_MIN} to ${VOTE_MEMBERS_MAX} peer ids`)
+  }
+  for (const m of members) {
+    if (!(m instanceof Uint8Array) || m.length < 1 || m.length > ORIGIN_BYTES_MAX) {
+      throw new Rejected('bad_action', `vote ${index}: members must be peer id bytes`)
+    }
+  }
+  for (let i = 1; i < members.length; i++) {
+    if (compareBytes(members[i - 1], members[i]) >= 0) {
+      throw new Rejected('bad_action', `vote ${index}: members must be strictly ascending`)
+    }
+  }
+  return { kind: 'vote', target, round: r, members }
 }
 
 function actionToWire (a) {
   if (a.kind === 'place') return [0, a.side, a.type, a.price, a.qty, a.stp]
   if (a.kind === 'cancel') return [1, a.orderId]
   if (a.kind === 'leave') return [3]
+  if (a.kind === 'vote') return [4, a.target, a.round, a.members]
   return [2, a.member]
 }
 
@@ -247,10 +278,10 @@ export function decodeEvent (raw, markets) {
   const wireActions = msg.get('a')
   if (!Array.isArray(wireActions) || wireActions.length > EVENT_ACTIONS_MAX) throw new Rejected('bad_actions')
   const actions = wireActions.map(decodeAction)
-  // A membership event carries joins only, one leave alone, or nothing (an
+  // A membership event carries joins only, one leave or one vote alone, or nothing (an
   // acknowledgement); a market event 1..1000 places and cancels.
   const fits = market === MEMBERSHIP_MARKET
-    ? actions.every((a) => a.kind === 'join') || (actions.length === 1 && actions[0].kind === 'leave')
+    ? actions.every((a) => a.kind === 'join') || (actions.length === 1 && (actions[0].kind === 'leave' || actions[0].kind === 'vote'))
     : actions.length > 0 && actions.every((a) => a.kind === 'place' || a.kind === 'cancel')
   if (!fits) throw new Rejected('bad_actions', 'actions do not fit the market')
   const signature = msg.get('g')

@@ -7,6 +7,9 @@
 // from empty books and D_0 and applies the given delivered events, which the caller
 // passes sorted by (lamport, rank, origin, seq). Rebuilding from scratch is what §8
 // allows instead of rollback; it is simple and the test's histories are short.
+// An event marked `void: true` (a removed member's event beyond its cut, event.md
+// "Membership"; replica.mjs marks them in `ordered()`) counts as empty: no book
+// change, no trades, outcome "void" per action, and the digest extends with its id.
 // Levels are plain arrays (O(levels) per step): clarity over speed.
 
 import { concat, hex, orderId, sha256 } from './codec.mjs'
@@ -187,11 +190,17 @@ export function stateOf (events, markets = MARKETS) {
   for (const event of events) {
     const out = []
     const trades = []
-    if (event.market === '') {
+    if (event.void) {
+      for (let i = 0; i < event.actions.length; i++) out.push('void')
+    } else if (event.market === '') {
       const seen = new Set()
       for (const a of event.actions) {
         if (a.kind === 'leave') {
           out.push('left')
+          continue
+        }
+        if (a.kind === 'vote') {
+          out.push(a.target.length > 0 ? 'voted' : 'refused')
           continue
         }
         out.push(seen.has(hex(a.member)) ? 'duplicate' : 'joined')

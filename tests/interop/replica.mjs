@@ -1,13 +1,17 @@
 // Delivery of events, written from protocols/event.md ("Ordering", "Checks with
 // state", "Membership") and protocols/finality.md: causal delivery with a buffer, the
 // state checks at arrival (equivocation) and at delivery (fork, bad_lamport,
-// clock_regression, left, not_member), membership from a genesis plus delivered joins
+// clock_regression, left, not_member, then the removal statements' bad_vote,
+// double_vote, vote_open, unfrozen), membership from a genesis plus delivered joins
 // (candidates, decided in the final order: effective while fewer than MEMBERS_MAX are,
-// else refused; a newcomer's first event parked until its join is decided) and leaves
-// (a member whose leave is final is no longer waited for), the commit rule (the final
-// frontier), when to acknowledge, the node's clock, and the events a sync requester
-// lacks. The books and the digest are computed by reference.mjs from
-// the delivered set alone, in the total order.
+// else refused; a newcomer's first event parked until its join is decided), leaves
+// (a member whose leave is final is no longer waited for) and removals (finality.md,
+// "Removing a member": rounds of votes, dead rounds, the decision by the commit rule
+// over the voters, the cut; the removed member's events beyond it are void), the
+// commit rule (the final frontier), when to acknowledge, the node's clock, and the
+// events a sync requester lacks. The books and the digest are computed by
+// reference.mjs from the delivered set alone, in the total order (void events marked
+// by `ordered()`).
 
 import { compareEvents, hex } from './codec.mjs'
 
@@ -21,6 +25,18 @@ function coveredSeq (head, originHex) {
   return head.clock.get(originHex)?.seq ?? 0
 }
 export const covers = (head, originHex, seq) => coveredSeq(head, originHex) >= seq
+
+// A key below every event's: the boundary of a member removed with cut 0 (it never
+// spoke in any voter's past), so the rule stops waiting for it from the start.
+const BEFORE_EVERYTHING = { lamport: 0, rank: 0, origin: new Uint8Array(0), seq: 0 }
+
+// Elementwise, then shorter first: the order of two member lists (hex, ascending).
+function compareLists (x, y) {
+  for (let i = 0; i < Math.min(x.length, y.length); i++) {
+    if (x[i] !== y[i]) return x[i] < y[i] ? -1 : 1
+  }
+  return x.length - y.length
+}
 
 // The two-round rule over `members` (hex), bounded by the event `bound` (null: none):
 // the highest committed event, or null.
@@ -55,16 +71,159 @@ function committed (members, chains, bound) {
   return best
 }
 
+// -- removal statements (finality.md, "Removing a member") ----------------------------
+
+// The statement an event makes: its vote, when it is a membership event carrying
+// exactly one (event.md), with hex peer ids; null otherwise. `key` names the round:
+// (E, r), E the vote's members.
+const statementCache = new WeakMap()
+function statementOf (event) {
+  if (event.actions.length !== 1 || event.actions[0].kind !== 'vote') return null
+  let s = statementCache.get(event)
+  if (!s) {
+    const vote = event.actions[0]
+    const members = vote.members.map(hex)
+    s = { target: hex(vote.target), round: vote.round, members, key: `${vote.round}/${members.join(',')}` }
+    statementCache.set(event, s)
+  }
+  return s
+}
+
+// The commit rule over `members` (hex) with their latest delivered events as heads:
+// whether every witness w(p) (p's highest event all heads cover) covers every event
+// of `targets`.
+function allCommitted (members, chains, targets) {
+  const heads = []
+  for (const m of members) {
+    const chain = chains.get(m)
+    if (!chain || chain.length === 0) return false
+    heads.push(chain[chain.length - 1])
+  }
+  for (const p of members) {
+    const w = Math.min(...heads.map((h) => coveredSeq(h, p)))
+    if (w === 0) return false
+    const witness = chains.get(p)[w - 1]
+    if (!targets.every((t) => covers(witness, t.originHex, t.seq))) return false
+  }
+  return true
+}
+
+// The statements delivered so far, and the removals they decide. A "past" is an
+// event: its causal past, itself included (`covers`).
+class Removals {
+  constructor () {
+    this.rounds = new Map() // round key -> { members, round, said: Map voter hex -> statement event }
+    this.last = new Map() // member hex -> its latest delivered statement
+    this.complete = new Map() // target hex -> keys of rounds in which every other member voted it
+    this.decided = new Map() // removed member hex -> { member, cut, round, members }
+  }
+
+  // Round `key` of `members` is dead in `past` once, for every t in E, a member other
+  // than t made a statement of that round other than Vote(t) there.
+  dead (members, key, past) {
+    const said = []
+    for (const [voter, e] of this.rounds.get(key)?.said ?? []) {
+      if (covers(past, voter, e.seq)) said.push([voter, statementOf(e).target])
+    }
+    return members.every((t) => said.some(([voter, target]) => voter !== t && target !== t))
+  }
+
+  // While `s` (a vote for m) stands: how much of m its voter's events may name, the
+  // highest coverage of m among that round's votes for m in `past`.
+  frozenAt (s, past) {
+    let most = 0
+    for (const [voter, e] of this.rounds.get(s.key)?.said ?? []) {
+      if (covers(past, voter, e.seq) && statementOf(e).target === s.target) most = Math.max(most, coveredSeq(e, s.target))
+    }
+    return most
+  }
+
+  // Whether `past` covers a full set of removal votes for `member`: in some round,
+  // every other member's Vote(member). (The member's own statement in that round, if
+  // it made one, is no vote for its removal: it need not be covered.)
+  removedIn (member, past) {
+    return (this.complete.get(member) ?? []).some((key) => {
+      const { members, said } = this.rounds.get(key)
+      return members.every((v) => v === member || covers(past, v, said.get(v).seq))
+    })
+  }
+
+  // Why `event` (its causes delivered) breaks a statement rule, or null; `known` is
+  // the effective members of its causal past (hex, ascending). In the order of
+  // rejections.md §1.5: vote_open, unfrozen, then bad_vote, double_vote.
+  verdict (event, known) {
+    const origin = event.originHex
+    const vote = statementOf(event)
+    const last = this.last.get(origin)
+    if (last) {
+      const before = statementOf(last)
+      if (!this.dead(before.members, before.key, event)) {
+        if (vote) return 'vote_open'
+        if (before.target && coveredSeq(event, before.target) > this.frozenAt(before, event)) return 'unfrozen'
+      }
+    }
+    if (!vote) return null
+    if (compareLists(vote.members, known) !== 0) return 'bad_vote'
+    if (!vote.members.includes(origin) || vote.target === origin || (vote.target && !vote.members.includes(vote.target))) return 'bad_vote'
+    if (this.rounds.get(vote.key)?.said.has(origin)) return 'double_vote'
+    return null
+  }
+
+  onDelivered (event) {
+    const s = statementOf(event)
+    if (!s) return
+    if (!this.rounds.has(s.key)) this.rounds.set(s.key, { members: s.members, round: s.round, said: new Map() })
+    const { said } = this.rounds.get(s.key)
+    said.set(event.originHex, event)
+    this.last.set(event.originHex, event)
+    for (const target of new Set([...said.values()].map((e) => statementOf(e).target))) {
+      if (!target) continue
+      const full = s.members.every((v) => v === target || (said.has(v) && statementOf(said.get(v)).target === target))
+      if (!full) continue
+      if (!this.complete.has(target)) this.complete.set(target, [])
+      if (!this.complete.get(target).includes(s.key)) this.complete.get(target).push(s.key)
+    }
+  }
+
+  // Whether a full set of votes is delivered whose target is not removed yet.
+  undecided () {
+    return [...this.complete.keys()].some((t) => !this.decided.has(t))
+  }
+
+  // Removals newly decided: for each target (ascending), the first of its full vote
+  // sets (by round, then members) committed by the rule over the voters, E less the
+  // target. The cut is the highest seq of the target any of those votes covers.
+  decide (chains) {
+    const fresh = []
+    for (const target of [...this.complete.keys()].sort()) {
+      if (this.decided.has(target)) continue
+      const rounds = this.complete.get(target).map((key) => this.rounds.get(key))
+        .sort((x, y) => (x.round - y.round) || compareLists(x.members, y.members))
+      for (const { members, round, said } of rounds) {
+        const voters = members.filter((v) => v !== target)
+        const votes = voters.map((v) => said.get(v))
+        if (!allCommitted(voters, chains, votes)) continue
+        const removal = { member: target, cut: Math.max(...votes.map((e) => coveredSeq(e, target))), round, members }
+        this.decided.set(target, removal)
+        fresh.push(removal)
+        break
+      }
+    }
+    return fresh
+  }
+}
+
 export class Replica {
   constructor () {
     this.genesis = null // Set of peer id hex, once learned
     this.joined = new Map() // member hex -> its earliest delivered join event (by key)
-    this.joinsOf = new Map() // member hex -> [{ sponsor hex, seq }] of its joins
+    this.joinsOf = new Map() // member hex -> [{ sponsor hex, seq, event }] of its joins
     this.candidates = [] // members whose join is delivered, not decided (hex)
     this.effective = new Set() // genesis and decided effective members (hex)
     this.refused = new Set()
     this.leftAt = new Map() // member hex -> its delivered leave event
     this.gone = new Set() // members whose leave is final: the rule no longer waits for them
+    this.removals = new Removals() // statements, and the members they removed
     this.chains = new Map() // origin hex -> [event by seq - 1]
     this.buffered = new Map() // `${origin}:${seq}` -> event
     this.parked = new Map() // newcomer hex -> its first event, until its join is decided
@@ -83,23 +242,46 @@ export class Replica {
     for (const m of this.genesis) this.effective.add(m)
   }
 
-  // An effective member whose leave, if it left, is not final yet.
+  // An effective member whose leave, if it left, is not final yet, and not removed.
   isMember (originHex) {
     if (this.genesis === null) return false
-    this.finalKey() // joins are decided (and leaves found final) as they become final
-    return this.effective.has(originHex) && !this.gone.has(originHex)
+    this.finalKey() // joins, leaves and removals are decided as they become final
+    return this.effective.has(originHex) && !this.gone.has(originHex) && !this.removals.decided.has(originHex)
   }
 
-  // The effective members that have not left for good (hex, sorted).
+  // The effective members that have not left for good nor been removed (hex, sorted).
   members () {
-    this.finalKey() // joins are decided (and leaves found final) as they become final
-    return [...this.effective].filter((m) => !this.gone.has(m)).sort()
+    this.finalKey() // joins, leaves and removals are decided as they become final
+    return [...this.effective].filter((m) => !this.gone.has(m) && !this.removals.decided.has(m)).sort()
   }
 
   // Whom the rule waits for: genesis, effective and candidate members, less those whose
-  // leave is final.
+  // leave is final and those removed.
   waitedFor () {
-    return [...new Set([...this.effective, ...this.candidates])].filter((m) => !this.gone.has(m)).sort()
+    return [...new Set([...this.effective, ...this.candidates])]
+      .filter((m) => !this.gone.has(m) && !this.removals.decided.has(m)).sort()
+  }
+
+  // An event of a removed member beyond its cut: delivered, but it counts as empty.
+  isVoid (event) {
+    const removal = this.removals.decided.get(event.originHex)
+    return removal !== undefined && event.seq > removal.cut
+  }
+
+  // The effective members of the causal past of `past` (an event, itself included),
+  // hex ascending: the genesis and every member whose first event it covers, less
+  // those whose leave it covers and those whose full set of removal votes it covers.
+  // What a statement in that past must name as its members.
+  knownMembers (past) {
+    const known = []
+    for (const m of new Set([...this.genesis, ...this.effective, ...this.candidates])) {
+      if (!this.genesis.has(m) && !covers(past, m, 1)) continue
+      const leave = this.leftAt.get(m)
+      if (leave && covers(past, m, leave.seq)) continue
+      if (this.removals.removedIn(m, past)) continue
+      known.push(m)
+    }
+    return known.sort()
   }
 
   deliveredSeq (originHex) {
@@ -149,6 +331,7 @@ export class Replica {
     else {
       this._deliver(event)
       this._drainBuffer()
+      this._settleRemovals()
     }
     this._releaseParked()
     if (this.delivered.length > before) return { status: 'delivered' }
@@ -178,17 +361,20 @@ export class Replica {
         if ((event.clock.get(o)?.seq ?? 0) < entry.seq) return 'clock_regression'
       }
     }
+    if (this.genesis === null) return null
     // After a leave in its origin's chain an event may carry no actions.
-    if (this.genesis !== null && event.actions.length > 0 && this.leftAt.has(event.originHex)) return 'left'
-    if (this.genesis !== null && event.seq === 1 && !this.genesis.has(event.originHex)) {
+    if (event.actions.length > 0 && this.leftAt.has(event.originHex)) return 'left'
+    if (event.seq === 1 && !this.genesis.has(event.originHex)) {
       // A join of the origin in its causal past: a delivered join of it whose
       // (sponsor, seq) its clock covers (delivery is causal: the clock covers the past).
       const joins = this.joinsOf.get(event.originHex) ?? []
       if (!joins.some(({ sponsor, seq }) => (event.clock.get(sponsor)?.seq ?? 0) >= seq)) return 'not_member'
-      if (this.effective.has(event.originHex)) return null
-      return this.refused.has(event.originHex) ? 'not_member' : 'undecided'
+      if (!this.effective.has(event.originHex)) return this.refused.has(event.originHex) ? 'not_member' : 'undecided'
     }
-    return null
+    // The removal statements' rules, for a statement and for any event of a member
+    // whose latest statement may still stand.
+    if (!statementOf(event) && !this.removals.last.has(event.originHex)) return null
+    return this.removals.verdict(event, statementOf(event) ? this.knownMembers(event) : [])
   }
 
   _park (event) {
@@ -202,18 +388,22 @@ export class Replica {
     // The rule says an event with actions cannot sort at or before the frontier (one
     // without can: a member whose leave is final acknowledges no more, and whatever it
     // still signs changes nothing).
-    if (event.actions.length > 0 && this.finalSeen && compareEvents(event, this.finalSeen) <= 0) this.lateAfterFinal++
+    if (event.actions.length > 0 && this.finalSeen && compareEvents(event, this.finalSeen) <= 0 && !this.isVoid(event)) this.lateAfterFinal++
     if (this.genesis === null || event.market !== '') return
+    this.removals.onDelivered(event) // statements count wherever they are, void or not
     if (event.actions[0]?.kind === 'leave') {
+      // A leave in the origin's chain, void or not (`left`: "its origin's chain holds
+      // a leave before it", judged from the chain alone).
       if (!this.leftAt.has(event.originHex)) this.leftAt.set(event.originHex, event)
       return
     }
+    if (this.isVoid(event)) return // its joins admit nobody
     for (const a of event.actions) {
       if (a.kind !== 'join') continue
       const m = hex(a.member)
       if (this.genesis.has(m) || this.refused.has(m)) continue
       if (!this.joinsOf.has(m)) this.joinsOf.set(m, [])
-      this.joinsOf.get(m).push({ sponsor: event.originHex, seq: event.seq })
+      this.joinsOf.get(m).push({ sponsor: event.originHex, seq: event.seq, event })
       if (!this.effective.has(m) && !this.candidates.includes(m)) this.candidates.push(m)
       const earliest = this.joined.get(m)
       if (!earliest || compareEvents(event, earliest) < 0) this.joined.set(m, event)
@@ -258,6 +448,34 @@ export class Replica {
         else {
           this._deliver(event)
           this._drainBuffer()
+          this._settleRemovals()
+        }
+      }
+    }
+  }
+
+  // A full set of votes was delivered: decide the removal as soon as it can be (its
+  // events beyond the cut are void from then on).
+  _settleRemovals () {
+    if (this.genesis !== null && this.removals.undecided()) this.finalKey()
+  }
+
+  // Decide the removals the delivered statements commit. Joins in the removed member's
+  // events beyond the cut no longer count (none was final anywhere, so none was
+  // decided): a candidate admitted by no other join is a candidate no more.
+  _decideRemovals () {
+    for (const removal of this.removals.decide(this.chains)) {
+      for (const [m, joins] of [...this.joinsOf]) {
+        if (this.refused.has(m)) continue // decided for good
+        const kept = joins.filter((j) => !(j.sponsor === removal.member && j.seq > removal.cut))
+        if (kept.length === joins.length) continue
+        if (kept.length > 0) {
+          this.joinsOf.set(m, kept)
+          this.joined.set(m, kept.map((j) => j.event).sort(compareEvents)[0])
+        } else {
+          this.joinsOf.delete(m)
+          this.joined.delete(m)
+          if (this.candidates.includes(m)) this.candidates.splice(this.candidates.indexOf(m), 1)
         }
       }
     }
@@ -266,16 +484,23 @@ export class Replica {
   // -- finality (protocols/finality.md) ------------------------------------------------
 
   // The rule's frontier over the delivered events. The boundaries are the earliest join
-  // of each candidate or effective member and the leaves known to be final, in the total
-  // order; one run per stretch between two boundaries, over the members that count there
-  // (a joiner from its join on, a leaver up to its leave), each bounded by the next
-  // boundary. A leave at or below the result is final: it becomes a boundary and the
-  // runs are done again, until no further leave is found final.
+  // of each candidate or effective member, the leaves known to be final and the cuts of
+  // removed members (their event at the cut), in the total order; one run per stretch
+  // between two boundaries, over the members that count there (a joiner from its join
+  // on, a leaver up to its leave, a removed member up to its cut), each bounded by the
+  // next boundary. A leave at or below the result is final: it becomes a boundary and
+  // the runs are done again, until no further leave is found final. Removals are
+  // decided first.
   _frontier () {
+    this._decideRemovals()
+    const cuts = [...this.removals.decided.values()].map((r) => ({
+      event: r.cut > 0 ? this.get(r.member, r.cut) : BEFORE_EVERYTHING, leaving: true, member: r.member
+    }))
     for (;;) {
       const boundaries = [
         ...[...this.joined].filter(([m]) => !this.refused.has(m)).map(([m, e]) => ({ event: e, leaving: false, member: m })),
-        ...[...this.leftAt].filter(([m]) => this.gone.has(m)).map(([m, e]) => ({ event: e, leaving: true, member: m }))
+        ...[...this.leftAt].filter(([m]) => this.gone.has(m) && !this.removals.decided.has(m)).map(([m, e]) => ({ event: e, leaving: true, member: m })),
+        ...cuts
       ].sort((x, y) => compareEvents(x.event, y.event) || (x.leaving - y.leaving) || (x.member < y.member ? -1 : x.member > y.member ? 1 : 0))
       const required = [...this.genesis].sort()
       let best = null
@@ -285,8 +510,8 @@ export class Replica {
         if (found && (best === null || compareEvents(found, best) > 0)) best = found
         if (k < boundaries.length) {
           const { leaving, member } = boundaries[k]
-          if (leaving) required.splice(required.indexOf(member), 1)
-          else required.push(member)
+          if (!leaving) required.push(member)
+          else if (required.includes(member)) required.splice(required.indexOf(member), 1)
         }
       }
       const newlyGone = [...this.leftAt].filter(([m, e]) => !this.gone.has(m) && best !== null && compareEvents(e, best) <= 0)
@@ -348,7 +573,7 @@ export class Replica {
     const ordered = this.ordered()
     const frontier = this.finalKey()
     const final = frontier ? ordered.filter((e) => compareEvents(e, frontier) <= 0).length : 0
-    const pending = ordered.slice(final).find((e) => e.actions.length > 0) ?? null
+    const pending = ordered.slice(final).find((e) => e.actions.length > 0 && !e.void) ?? null
     return { frontier: this.finalKeyTuple(), final, pending: ordered.length - final, waiting_for: this._waitingFor(pending) }
   }
 
@@ -386,12 +611,12 @@ export class Replica {
     const frontier = this.finalKey()
     for (const [o, chain] of this.chains) {
       for (const e of chain.slice(coveredSeq(head, o))) {
-        if (e.actions.length && (frontier === null || compareEvents(e, frontier) > 0)) return true
+        if (e.actions.length && (frontier === null || compareEvents(e, frontier) > 0) && !this.isVoid(e)) return true
       }
     }
     const ordered = this.ordered()
     const pending = frontier ? ordered.filter((e) => compareEvents(e, frontier) > 0) : ordered
-    const withActions = pending.filter((e) => e.actions.length > 0)
+    const withActions = pending.filter((e) => e.actions.length > 0 && !e.void)
     if (withActions.length === 0 || head === null) return false
     const earliest = withActions[0]
     const latest = withActions[withActions.length - 1]
@@ -411,8 +636,9 @@ export class Replica {
     return lacking.slice(0, limit)
   }
 
-  // Delivered events in the total order.
+  // Delivered events in the total order; a void one (a removed member's event beyond
+  // its cut) as a copy marked `void: true`, which reference.mjs applies as empty.
   ordered () {
-    return [...this.delivered].sort(compareEvents)
+    return this.delivered.map((e) => (this.isVoid(e) ? { ...e, void: true } : e)).sort(compareEvents)
   }
 }

@@ -34,7 +34,8 @@ pretty-printed with sorted keys. Byte strings are lowercase hex. A file holds:
     digest, the books and the orders);
   - `applied`: every applied event in the total order, each {"event_id", "outcomes"}
     (per action: the order's status after its own step, "cancelled" or the cancel's
-    reject code, "joined" for a join, "left" for a leave);
+    reject code, "joined" for a join, "left" for a leave, "voted" or "refused" for a
+    vote; "void" for every action of a removed member's event beyond its cut);
   - `orders`: every order ever placed in `markets`, sorted by order id, with its
     status, filled lots and reason after the step;
   - `books`: per market in `markets`: `bids` and `asks` as [price ticks, lots] levels,
@@ -73,6 +74,7 @@ from p2pexchange.core.events import (
     OrderType,
     Place,
     Side,
+    Vote,
     canonical,
 )
 from p2pexchange.core.finality import MEMBERS_MAX
@@ -699,6 +701,157 @@ def reject_bad_leave() -> Scenario:
         ])
 
 
+def remove_member() -> Scenario:
+    x = cast()
+    a, b, c = x["a"], x["b"], x["c"]
+    members = tuple(sorted(m.origin for m in (a, b, c)))
+    a1 = a.sign(BTC, [Place(SELL, LIMIT, 101, 2)])
+    c1 = c.see(a1).sign(BTC, [Place(BUY, LIMIT, 100, 1)])
+    # c crashes after c1: it never acknowledges b's trade, so nothing becomes final.
+    b1 = b.see(a1, c1).sign(BTC, [Place(BUY, IOC, 101, 1)])
+    a2 = a.see(c1, b1).sign(MEMBERSHIP_MARKET, [])
+    b2 = b.see(a2).sign(MEMBERSHIP_MARKET, [])
+    # a and b vote c out in round 0 of {a, b, c}; each vote covers c's seq 1.
+    a3 = a.see(b2).sign(MEMBERSHIP_MARKET, [Vote(c.origin, 0, members)])
+    b3 = b.see(a3).sign(MEMBERSHIP_MARKET, [Vote(c.origin, 0, members)])
+    a4 = a.see(b3).sign(MEMBERSHIP_MARKET, [])
+    b4 = b.see(a4).sign(MEMBERSHIP_MARKET, [])
+    # Trading and finality go on between a and b alone.
+    a5 = a.see(b4).sign(BTC, [Place(SELL, LIMIT, 102, 1)])
+    b5 = b.see(a5).sign(BTC, [Place(BUY, IOC, 102, 1)])
+    a6 = a.see(b5).sign(MEMBERSHIP_MARKET, [])
+    b6 = b.see(a6).sign(MEMBERSHIP_MARKET, [])
+    # c's second event (it saw b's trade before it went silent) arrives only now: beyond
+    # the cut, so void. Applied, its IOC would take a's last lot at 101 before b5 does.
+    c2 = c.see(b1).sign(BTC, [Place(BUY, IOC, 101, 1)])
+    assert c2.key < a2.key  # it sorts among final events
+
+    def key(e: Event) -> list:
+        return [e.lamport, e.key[1], e.origin.hex(), e.seq]
+
+    return Scenario(
+        "remove_member", "Members remove a member that no longer speaks: every other "
+        "member votes it out ([4, target, round, members]) and, once the votes are committed "
+        "by the rule over the voters, it is removed with the cut at the highest seq of it "
+        "the votes cover; finality stops waiting for it, and its events beyond the cut are "
+        "void (delivered, applied as empty).", x, "abc", [BTC], [
+            step(a1, "a rests 2@101", status="delivered"),
+            step(c1, "c rests a bid 1@100, then crashes", status="delivered"),
+            step(b1, "b IOC buys 1@101: trades", status="delivered", trades=1),
+            step(a2, "a acknowledges", status="delivered", outcomes=[]),
+            step(b2, "b acknowledges: nothing is final, the rule waits for c (its head "
+                 "covers no event of b)", status="delivered", outcomes=[],
+                 check=lambda s: s["final_key"] is None),
+            step(a3, "a votes to remove c in round 0 of {a, b, c} (its vote covers c's seq 1)",
+                 status="delivered", outcomes=["voted"],
+                 check=lambda s: s["final_key"] is None),
+            step(b3, "b votes the same: the vote set is full, but not yet committed by the "
+                 "rule over a and b", status="delivered", outcomes=["voted"],
+                 check=lambda s: s["final_key"] is None),
+            step(a4, "a acknowledges both votes (round one)", status="delivered",
+                 outcomes=[], check=lambda s: s["final_key"] is None),
+            step(b4, "b acknowledges (round two): the votes are committed, c is removed "
+                 "with cut 1 (c1 counts), the rule stops waiting for c after c1 and b's "
+                 "trade is final", status="delivered", outcomes=[],
+                 check=lambda s: s["final_key"] == key(b3)),
+            step(a5, "a rests 1@102", status="delivered"),
+            step(b5, "b IOC buys 1@102: trades", status="delivered", trades=1),
+            step(a6, "a acknowledges", status="delivered", outcomes=[]),
+            step(b6, "b acknowledges: the trade is final without c", status="delivered",
+                 outcomes=[], check=lambda s: s["final_key"] == key(b5)),
+            step(c2, "c's seq 2, an IOC buy 1@101 beyond the cut, arrives late: delivered "
+                 "and void; it sorts among final events and changes nothing (no trade: b's "
+                 "later IOC still takes a's lot at 101, a's ask at 102 stays); the events "
+                 "after it are re-applied, the digest extends with its id alone",
+                 status="delivered", trades=0, outcomes=["void"],
+                 check=lambda s: s["final_key"] == key(b5) and s["rolled_back"] > 0
+                 and s["books"][BTC]["asks"] == [[102, 1]]
+                 and [a["outcomes"] for a in s["applied"]].count(["filled"]) == 2),
+        ])
+
+
+def reject_bad_vote() -> Scenario:
+    x = cast()
+    a, b, c = x["a"], x["b"], x["c"]
+    stranger = Author("stranger", "conformance-stranger")
+    members = tuple(sorted(m.origin for m in (a, b, c)))
+    wrong = sorted([a.origin, b.origin, stranger.origin])
+
+    def vote(target: bytes, rnd: int, listed: Sequence[bytes] = members) -> list:
+        return [4, target, rnd, list(listed)]
+
+    a1 = a.sign(BTC, [Place(SELL, LIMIT, 101, 2)])
+    b1 = b.see(a1).sign(MEMBERSHIP_MARKET, [])
+    c1 = c.see(a1, b1).sign(MEMBERSHIP_MARKET, [])
+    top = c1.lamport + 1
+
+    def by_b(actions: list, market: str = MEMBERSHIP_MARKET) -> bytes:
+        return b.forge(2, [a1, b1, c1], top, market, actions)
+
+    a2 = a.see(b1, c1).sign(MEMBERSHIP_MARKET, [Vote(c.origin, 0, members)])
+    c2 = c.see(a2).sign(MEMBERSHIP_MARKET, [])
+    b2 = b.see(c1, a2, c2).sign(MEMBERSHIP_MARKET, [Vote(b"", 0, members)])
+    a3 = a.see(c2, b2).sign(MEMBERSHIP_MARKET, [])
+    a4 = a.sign(MEMBERSHIP_MARKET, [Vote(c.origin, 1, members)])
+    return Scenario(
+        "reject_bad_vote", "A vote is [4, target, round, members], alone in a membership "
+        "event (bad_action, bad_type, out_of_range, bad_actions otherwise), judged from its "
+        "causal past: its members must be the effective members there and its target "
+        "another of them (bad_vote), one statement per member and round (double_vote), a "
+        "new one only once the previous round is dead (vote_open), and while a vote "
+        "stands its voter names no more of the target than the round's votes (unfrozen).",
+        x, "abc", [BTC], [
+            step(a1, "a rests 2@101", status="delivered"),
+            step(b1, "b acknowledges", status="delivered"),
+            step(c1, "c acknowledges", status="delivered"),
+            step(by_b([[4, c.origin, 0]]), "a vote of 3 fields: bad_action",
+                 status="rejected", code="bad_action"),
+            step(by_b([[4, 7, 0, list(members)]]), "a vote whose target is an integer: "
+                 "bad_action", status="rejected", code="bad_action"),
+            step(by_b([vote(c.origin, 0, members[:2])]), "a vote listing two members: "
+                 "bad_action", status="rejected", code="bad_action"),
+            step(by_b([vote(c.origin, 0, members[::-1])]), "a vote whose members descend: "
+                 "bad_action", status="rejected", code="bad_action"),
+            step(by_b([vote(c.origin, "0")]), "a vote whose round is text: bad_type",
+                 status="rejected", code="bad_type"),
+            step(by_b([vote(c.origin, 2**32)]), "a vote in round 2^32: out_of_range",
+                 status="rejected", code="out_of_range"),
+            step(by_b([vote(c.origin, 0)], BTC), "a vote on a market (BTC-USD): bad_actions",
+                 status="rejected", code="bad_actions"),
+            step(by_b([vote(c.origin, 0), vote(a.origin, 0)]), "two votes in one event: "
+                 "bad_actions", status="rejected", code="bad_actions"),
+            step(by_b([vote(c.origin, 0, wrong)]), "b votes c out among a, b and a stranger, "
+                 "not the effective members {a, b, c}: bad_vote", status="rejected",
+                 code="bad_vote"),
+            step(by_b([vote(b.origin, 0)]), "b votes itself out: bad_vote",
+                 status="rejected", code="bad_vote"),
+            step(by_b([vote(stranger.origin, 0)]), "b votes out a peer that is no member: "
+                 "bad_vote", status="rejected", code="bad_vote"),
+            step(a2, "a votes c out in round 0: delivered, outcome voted",
+                 status="delivered", outcomes=["voted"]),
+            step(a.forge(3, [a2, b1, c1], a2.lamport + 1, MEMBERSHIP_MARKET,
+                         [vote(c.origin, 1)]),
+                 "a votes again, in round 1, while its round-0 vote stands (nobody else "
+                 "spoke in round 0): vote_open", status="rejected", code="vote_open"),
+            step(c2, "c, heard again, acknowledges a's vote", status="delivered"),
+            step(a.forge(3, [a2, b1, c2], c2.lamport + 1, MEMBERSHIP_MARKET, []),
+                 "a acknowledges c's new event while its vote for c stands: its event names "
+                 "more of c than the round's votes did: unfrozen", status="rejected",
+                 code="unfrozen"),
+            step(b2, "b hears from c and refuses in round 0: outcome refused; no target can "
+                 "gather the votes of all the others any more, the round is dead",
+                 status="delivered", outcomes=["refused"]),
+            step(a3, "a acknowledges c's event: allowed once round 0 is dead in its causal "
+                 "past", status="delivered", outcomes=[]),
+            step(a.forge(4, [a3, b2, c2], a3.lamport + 1, MEMBERSHIP_MARKET,
+                         [vote(b"", 0)]),
+                 "a makes a second statement in round 0 (a refusal): double_vote",
+                 status="rejected", code="double_vote"),
+            step(a4, "a votes c out in round 1: a new round, delivered", status="delivered",
+                 outcomes=["voted"]),
+        ])
+
+
 def author_of(authors: dict[str, Author], event: Event) -> str:
     return next(role for role, author in authors.items() if author.origin == event.origin)
 
@@ -879,7 +1032,7 @@ SCENARIOS: tuple[Callable[[], Scenario], ...] = (
     stp_expire_both, fair_order_cancels_first, rollback_late_event, rollback_reference,
     causal_buffering, duplicates, membership, leave, reject_malformed, reject_oversize,
     reject_equivocation, reject_fork, reject_bad_lamport, reject_clock_regression,
-    reject_not_member, reject_bad_leave,
+    reject_not_member, reject_bad_leave, remove_member, reject_bad_vote,
 )
 
 

@@ -108,7 +108,7 @@ REACHABLE_CODES = {
     "bad_cbor", "non_canonical", "bad_schema", "bad_version", "bad_type", "out_of_range",
     "unknown_market", "bad_clock", "bad_actions", "bad_action", "bad_signature", "bad_origin",
     "oversize", "equivocation", "fork", "bad_lamport", "clock_regression", "left",
-    "not_member",
+    "not_member", "bad_vote", "double_vote", "vote_open", "unfrozen",
 }
 
 
@@ -118,7 +118,8 @@ def test_the_vectors_cover_every_rule_the_issue_names():
     assert {s["status"] for s in steps} == {"delivered", "buffered", "duplicate", "rejected"}
     outcomes = {o for s in steps for a in s["applied"] for o in a["outcomes"]}
     assert outcomes >= {"resting", "partially_filled", "filled", "cancelled", "rejected",
-                        "not_owner", "not_open", "unknown_order", "joined", "left"}
+                        "not_owner", "not_open", "unknown_order", "joined", "left",
+                        "voted", "refused", "void"}
     reasons = {o["reason"] for s in steps for o in s["orders"]}
     assert reasons >= {"ioc_remainder", "fok_unfillable", "fok_too_deep", "post_only_would_take",
                        "market_no_liquidity", "stp_expired_taker", "stp_expired_maker",

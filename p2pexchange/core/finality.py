@@ -45,7 +45,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from .clock import OrderKey, covered_seq, covers
 from .events import VOTE_MEMBERS_MAX, Event, Join, Leave
-from .removal import Has, Members, Removal, Removals
+from .removal import Members, Past, Removal, Removals
 
 MEMBERS_MAX = 64  # a protocol constant: joins beyond it are refused in the final order
 assert MEMBERS_MAX == VOTE_MEMBERS_MAX
@@ -79,6 +79,7 @@ class Membership:
         # Removals of members that no longer speak (removal.py); the replica takes the
         # new ones (`take_removed`) to void their events beyond the cut.
         self.removals = Removals()
+        self.removals.left_in = self._left_in
         self._removed_new: list[Removal] = []
 
     # -- admission -------------------------------------------------------------------
@@ -100,30 +101,33 @@ class Membership:
         """`origin`'s delivered leave: its later events may carry no actions."""
         return self._left_at.get(origin)
 
-    def verdict(self, event: Event) -> tuple[str, str] | None:
+    def verdict(self, event: Event, events: Mapping[bytes, Sequence[Event]]
+                ) -> tuple[str, str] | None:
         """Why `event` breaks a rule of removal statements (removal.py), or None."""
         removals = self.removals
-        if event.origin not in removals.last and not event.actions:
+        if event.origin not in removals.votes and not event.actions:
             return None  # the common case: no statement, and none of its origin stands
-        known = self.known_members(lambda o, s: covers(event, o, s))
-        return removals.verdict(event, known)
+        past = Past(events, event)
+        known = self.known_members(past) if event.market == "" and event.actions else ()
+        return removals.verdict(event, known, past)
 
-    def known_members(self, has: Has) -> Members:
-        """The effective members of a causal past `has`, ascending: founders and members
+    def known_members(self, past: Past) -> Members:
+        """The effective members of a causal past, ascending: founders and members
         whose first event lies in it, less those whose leave or full set of removal votes
         lies in it. What a statement in that causal past must name as its members."""
         removals = self.removals
         known = []
         for m in self.members:
-            if m not in self.genesis and not has(m, 1):
+            if m not in self.genesis and not past.has(m, 1):
                 continue
-            leave = self._left_at.get(m)
-            if leave is not None and has(m, leave.seq):
-                continue
-            if removals.removed_in(m, has):
+            if self._left_in(m, past) or removals.removed_in(m, past):
                 continue
             known.append(m)
         return tuple(sorted(known))
+
+    def _left_in(self, member: bytes, past: Past) -> bool:
+        leave = self._left_at.get(member)
+        return leave is not None and past.has(member, leave.seq)
 
     def removed(self, member: bytes) -> Removal | None:
         return self.removals.decided.get(member)
@@ -157,14 +161,12 @@ class Membership:
 
     def on_delivered(self, event: Event) -> None:
         """Record the joins, the leave or the removal statement of a newly delivered
-        event (those of a void event count for nothing but statements, which are judged
-        from causal pasts alone)."""
+        event. A void event's joins admit nobody; its leave or statement is recorded
+        all the same (they are judged from causal pasts, whoever decided what)."""
         self.removals.on_delivered(event)
-        if self.is_void(event):
-            return
         if event.actions and event.actions[0].__class__ is Leave:
             self._left_at.setdefault(event.origin, event)
-        elif event.actions and event.actions[0].__class__ is Join:
+        elif event.actions and event.actions[0].__class__ is Join and not self.is_void(event):
             for action in event.actions:
                 member = action.member  # type: ignore[union-attr]
                 if member in self.genesis or member in self.refused:

@@ -1,7 +1,7 @@
 """Removing a member that no longer speaks: statements in the log, rounds, the cut.
 
 Theory of operation (the rule and its safety argument: protocols/finality.md,
-"Removing a silent member"). The commit rule waits for every member, so a member that
+"Removing a member"). The commit rule waits for every member, so a member that
 crashed for good would stall finality for ever. Members remove it by statements,
 each a `Vote` action alone in an event on the membership market, judged at delivery
 from that event's causal past alone (so every replica judges it the same):
@@ -9,20 +9,30 @@ from that event's causal past alone (so every replica judges it the same):
 - `Vote(m, r, E)`: remove member m in round r among E, the effective members of the
   statement's causal past (`known_members`); `Vote(b"", r, E)`: a refusal, this
   member removes nobody in round r of E (it hears from whoever was named).
-- One statement per member per (E, r) (`double_vote`), and a new statement only once
-  the member's previous one lies in a dead round of its causal past (`vote_open`).
-- Frozen coverage: while a member's vote for m stands (its round is not dead in the
-  causal past), its events name no more of m than the votes for m of that round in
-  their causal past did (`unfrozen`).
-- Round r of E is *dead* once, for every t in E, a member of E other than t made a
-  round-r statement other than `Vote(t)`: no target can gather its votes any more.
+- One statement per member per (E, r) (`double_vote`); no new vote for m while the
+  member's previous vote for m stands, its round not closed in the causal past
+  (`vote_open`). A member may have open votes for several targets at once.
+- E must be the effective members of the statement's causal past (`bad_vote`), except
+  that a refusal may join a round among other members already opened in its causal
+  past (once members joined, left or were removed, nobody can vote in such a round,
+  and refusing is how its voters get unfrozen).
+- Frozen coverage: while a member's vote for m stands, its events name no more of m
+  than the votes for m of that round in their causal past did (`unfrozen`).
+- Round r of E is *dead* in a causal past once, for every t in E, a member of E other
+  than t made a round-r statement other than `Vote(t)` there: no target can gather
+  its votes any more. A member that made no round-r statement counts as refusing if
+  its leave or its removal lies in that past (it can state nothing more that counts);
+  a removed member's statements beyond its cut count for nothing.
+- A removal is *decided* in a causal past (`decided_in`) when a full set of votes for
+  m in one round (every member of E but m voted m) lies in it and is committed by the
+  commit rule run over the voters with that past's latest events as heads, and none
+  of the votes is a void one (beyond the cut of another removal decided there). A
+  round dead, or whose removal is decided, is *closed*.
 
-The decision: round r of E removes m once every member of E \\ {m} voted `Vote(m, r,
-E)` and those votes are committed by the commit rule run over E \\ {m} (both rounds:
-every voter's latest event covers a witness of every voter, and every witness covers
-every vote). The cut is the highest seq of m any vote covers; m's events beyond it
-are void on every replica (delivered, counted as empty: ledger.py). Nothing here
-reads a clock or a timeout: when to vote is the shell's choice (liveness only).
+The cut is the highest seq of m any vote of its set covers; m's events beyond it are
+void on every replica (delivered, counted as empty: ledger.py). A replica's own
+decisions are `decided_in` of everything it delivered. Nothing here reads a clock or a
+timeout: when to vote is the shell's choice (`Suspicion`; liveness only).
 """
 
 from __future__ import annotations
@@ -34,12 +44,34 @@ from .clock import covered_seq, covers
 from .events import ROUND_MAX, Event, Vote
 
 Members = tuple[bytes, ...]
-Has = Callable[[bytes, int], bool]  # whether (origin, seq) lies in a causal past
 
 
-def has_in(event: Event) -> Has:
-    """The causal past of `event`, as a predicate."""
-    return lambda origin, seq: covers(event, origin, seq)
+class Past:
+    """A causal past: an event's (its own included), or everything a replica delivered
+    (`event` None). `seq(o)` is the highest seq of origin o in it, `head(o)` that event."""
+
+    __slots__ = ("event", "events")
+
+    def __init__(self, events: Mapping[bytes, Sequence[Event]], event: Event | None = None
+                 ) -> None:
+        self.events = events
+        self.event = event
+
+    def seq(self, origin: bytes) -> int:
+        if self.event is None:
+            chain = self.events.get(origin)
+            return len(chain) if chain else 0
+        return covered_seq(self.event, origin)
+
+    def has(self, origin: bytes, seq: int) -> bool:
+        return self.seq(origin) >= seq
+
+    def head(self, origin: bytes) -> Event | None:
+        event = self.event
+        if event is not None and origin == event.origin:
+            return event  # not delivered yet while it is judged
+        s = self.seq(origin)
+        return self.events[origin][s - 1] if s else None
 
 
 @dataclass(frozen=True)
@@ -63,64 +95,134 @@ class Removals:
 
     def __init__(self) -> None:
         self.rounds: dict[tuple[Members, int], dict[bytes, Event]] = {}  # (E, r) -> statements
-        self.last: dict[bytes, Event] = {}  # member -> its latest statement
-        self._complete: dict[bytes, list[tuple[Members, int]]] = {}  # target -> full vote sets
+        self.votes: dict[bytes, dict[bytes, Event]] = {}  # voter -> target -> its latest vote
+        self._full: list[tuple[Members, int, bytes]] = []  # (E, r, target): full vote sets
         self.decided: dict[bytes, Removal] = {}  # removed member -> its removal
+        # Whether a member's leave lies in a causal past (set by finality.Membership):
+        # a member that left states nothing more, so it counts as refusing every round.
+        self.left_in: Callable[[bytes, Past], bool] = lambda member, past: False
 
-    # -- judging an event from its causal past ------------------------------------------
+    # -- judging from a causal past -------------------------------------------------------
 
-    def dead(self, members: Members, rnd: int, has: Has) -> bool:
-        """Whether round `rnd` of `members` is dead in the causal past `has`."""
-        said = [(voter, statement(e).target)  # type: ignore[union-attr]
-                for voter, e in self.rounds.get((members, rnd), {}).items()
-                if has(voter, e.seq)]
-        return all(any(voter != t and target != t for voter, target in said)
+    def decided_in(self, past: Past) -> dict[bytes, Removal]:
+        """The removals decided in the causal past `past` (see the module docstring): full
+        sets of votes committed there, none of whose votes lies beyond the cut of a full
+        set against its voter (such a vote never counts, for freezing, for deadness or
+        here; and the voters of that other set, frozen on that voter, cannot commit this
+        one before that set is decided, so every replica leaves out the same sets)."""
+        full = self.full_in(past)
+        decided: dict[bytes, Removal] = {}
+        for members, rnd, target in sorted(self._full, key=lambda k: (k[1], k[0], k[2])):
+            if target in decided:
+                continue
+            said = self.rounds[(members, rnd)]
+            voters = [v for v in members if v != target]
+            votes = [said[v] for v in voters]
+            if (all(past.has(e.origin, e.seq) and e.seq <= full.get(e.origin, e.seq)
+                    for e in votes) and _all_committed(voters, past, votes)):
+                decided[target] = Removal(target, max(covered_seq(e, target) for e in votes),
+                                          rnd, members, tuple(votes))
+        return decided
+
+    def full_in(self, past: Past) -> dict[bytes, int]:
+        """target -> cut, for each full set of votes that lies in `past` (decided there
+        or not: a full set never dies, so its target's statements beyond the cut can
+        only ever be void or never count)."""
+        cuts: dict[bytes, int] = {}
+        for members, rnd, target in self._full:
+            said = self.rounds[(members, rnd)]
+            votes = [said[v] for v in members if v != target]
+            if all(past.has(e.origin, e.seq) for e in votes):
+                cut = max(covered_seq(e, target) for e in votes)
+                cuts[target] = min(cuts.get(target, cut), cut)
+        return cuts
+
+    def _said(self, members: Members, rnd: int, past: Past,
+              full: Mapping[bytes, int]) -> dict[bytes, bytes]:
+        """voter -> target (b"": refusal) of round `rnd` of `members` in `past`, where
+        `full` is `full_in(past)`. A member whose leave lies in `past`, or the target of
+        a full set of votes there, counts as refusing unless it stated in the round
+        before (before its cut)."""
+        said = {}
+        for voter, e in self.rounds.get((members, rnd), {}).items():
+            if past.has(voter, e.seq) and e.seq <= full.get(voter, e.seq):
+                said[voter] = statement(e).target  # type: ignore[union-attr]
+        for m in members:
+            if m not in said and (m in full or self.left_in(m, past)):
+                said[m] = b""
+        return said
+
+    def closed(self, members: Members, rnd: int, past: Past,
+               decided: Mapping[bytes, Removal] | None = None) -> bool:
+        """Whether round `rnd` of `members` is over in `past`: dead, or its removal
+        decided there."""
+        if decided is None:
+            decided = self.decided_in(past)
+        if any(r.round == rnd and r.members == members for r in decided.values()):
+            return True
+        said = self._said(members, rnd, past, self.full_in(past))
+        return all(any(voter != t and target != t for voter, target in said.items())
                    for t in members)
 
-    def frozen_at(self, vote: Vote, has: Has) -> int:
+    def frozen_at(self, vote: Vote, past: Past, decided: Mapping[bytes, Removal]) -> int:
         """While a vote `Vote(m, r, E)` stands, how much of m its voter's events may name:
-        the most any vote for m in round r of E in the causal past `has` covers (the
-        voter's own included). Every such vote is in the decision if the round decides,
-        so the cut is at least that."""
+        the most any vote for m in round r of E in `past` covers (the voter's own
+        included). Every such vote is in the decision if the round decides, so the cut
+        is at least that."""
         target = vote.target
-        return max((covered_seq(e, target)
-                    for v, e in self.rounds.get((vote.members, vote.round), {}).items()
-                    if has(v, e.seq) and statement(e).target == target),  # type: ignore[union-attr]
-                   default=0)
+        said = self.rounds.get((vote.members, vote.round), {})
+        return max((covered_seq(said[v], target)
+                    for v, t in self._said(vote.members, vote.round, past,
+                                           self.full_in(past)).items()
+                    if t == target and v in said), default=0)
 
-    def removed_in(self, member: bytes, has: Has) -> bool:
-        """Whether a full set of votes to remove `member` lies in the causal past `has`."""
-        return any(all(has(v, e.seq) for v, e in self.rounds[key].items())
-                   for key in self._complete.get(member, ()))
+    def open_votes(self, voter: bytes, past: Past) -> dict[bytes, int]:
+        """target -> how much of it `voter`'s events may name, for each vote of `voter`
+        that stands in `past`."""
+        votes = self.votes.get(voter)
+        if not votes:
+            return {}
+        decided = self.decided_in(past)
+        cut = self.full_in(past).get(voter)
+        bounds = {}
+        for target, e in votes.items():
+            vote = statement(e)
+            assert vote is not None
+            if cut is not None and e.seq > cut:
+                continue  # a vote beyond its voter's cut never counts: it binds nothing
+            if not self.closed(vote.members, vote.round, past, decided):
+                bounds[target] = self.frozen_at(vote, past, decided)
+        return bounds
 
-    def verdict(self, event: Event, known: Members) -> tuple[str, str] | None:
+    def verdict(self, event: Event, known: Members, past: Past) -> tuple[str, str] | None:
         """Why `event` (its causes delivered) breaks a statement rule, or None. `known`
-        is `known_members` of its causal past (needed for statements only)."""
-        has = has_in(event)
+        is `known_members` of its causal past `past`."""
         origin = event.origin
-        last = self.last.get(origin)
         vote = statement(event)
-        if last is not None:
-            before = statement(last)
-            assert before is not None
-            if not self.dead(before.members, before.round, has):
-                if vote is not None:
-                    return "vote_open", (f"its statement in round {before.round} stands: "
-                                         "a new one needs that round dead")
-                if before.target and covered_seq(event, before.target) > self.frozen_at(
-                        before, has):
-                    return "unfrozen", ("names more of the member it voted to remove than "
-                                        "the votes of its round did, while its vote stands")
+        if origin in self.votes:
+            for target, bound in self.open_votes(origin, past).items():
+                if vote is not None and vote.target == target:
+                    return "vote_open", (f"its earlier vote for {target.hex()[-12:]} stands: a "
+                                         "new one needs that round dead or decided")
+                if covered_seq(event, target) > bound:
+                    return "unfrozen", ("names more of a member it voted to remove than the "
+                                        "votes of that round did, while its vote stands")
         if vote is None:
             return None
-        if vote.members != known:
-            return "bad_vote", "its members are not the effective members of its causal past"
+        if vote.members != known and (vote.target or not any(
+                past.has(v, e.seq)
+                for v, e in self.rounds.get((vote.members, vote.round), {}).items())):
+            return "bad_vote", ("its members are not the effective members of its causal "
+                                "past (only a refusal may join a round opened among others)")
         if origin not in vote.members or vote.target == origin or (
                 vote.target and vote.target not in vote.members):
             return "bad_vote", "voter and target must be members, and differ"
         if origin in self.rounds.get((vote.members, vote.round), {}):
             return "double_vote", f"a second statement in round {vote.round}"
         return None
+
+    def removed_in(self, member: bytes, past: Past) -> bool:
+        return member in self.decided_in(past)
 
     # -- what was delivered -------------------------------------------------------------
 
@@ -131,82 +233,130 @@ class Removals:
         key = (vote.members, vote.round)
         said = self.rounds.setdefault(key, {})
         said[event.origin] = event
-        self.last[event.origin] = event
-        for target in {statement(e).target for e in said.values()}:  # type: ignore[union-attr]
-            if target and all(v in said and statement(said[v]).target == target  # type: ignore[union-attr]
-                              for v in vote.members if v != target):
-                if key not in self._complete.setdefault(target, []):
-                    self._complete[target].append(key)
+        if vote.target:
+            self.votes.setdefault(event.origin, {})[vote.target] = event
+            target = vote.target
+            if (all(v in said and statement(said[v]).target == target  # type: ignore[union-attr]
+                    for v in vote.members if v != target)
+                    and (vote.members, vote.round, target) not in self._full):
+                self._full.append((vote.members, vote.round, target))
+
+    def undecided_sets(self) -> list[tuple[list[bytes], list[Event]]]:
+        """(voters, votes) of each full set of votes whose target is not removed here."""
+        out = []
+        for members, rnd, target in self._full:
+            if target not in self.decided:
+                said = self.rounds[(members, rnd)]
+                voters = [v for v in members if v != target]
+                out.append((voters, [said[v] for v in voters]))
+        return out
 
     def undecided(self) -> bool:
         """Whether a full set of votes is delivered whose target is not removed yet."""
-        return any(t not in self.decided for t in self._complete)
+        return any(t not in self.decided for _, _, t in self._full)
 
     def decide(self, events: Mapping[bytes, Sequence[Event]]) -> list[Removal]:
-        """Removals newly decided: full vote sets committed by the rule over the voters."""
+        """Removals newly decided here (in everything delivered)."""
         new = []
-        for target in sorted(self._complete):
-            if target in self.decided:
-                continue
-            for members, rnd in sorted(self._complete[target], key=lambda k: (k[1], k[0])):
-                votes = self.rounds[(members, rnd)]
-                voters = [v for v in members if v != target]
-                if _all_committed(voters, events, [votes[v] for v in voters]):
-                    removal = Removal(target, max(covered_seq(votes[v], target)
-                                                  for v in voters),
-                                      rnd, members, tuple(votes[v] for v in voters))
-                    self.decided[target] = removal
-                    new.append(removal)
-                    break
+        for member, removal in self.decided_in(Past(events)).items():
+            if member not in self.decided:
+                self.decided[member] = removal
+                new.append(removal)
         return new
 
     # -- what a member should say next (the shell decides when) --------------------------
 
-    def next_statement(self, me: bytes, known: Members, has: Has,
-                       suspects: Iterable[bytes]) -> Vote | None:
+    def next_statement(self, me: bytes, known: Members, past: Past,
+                       suspects: Iterable[bytes], may_open: Iterable[bytes] | None = None
+                       ) -> Vote | None:
         """The statement `me` should make now given `suspects` (members it has not heard
-        from while finality waited for them, for the shell's timeout), or None: join the
-        earliest live round of `known` others opened (vote its target if we suspect it,
-        else our own suspect, else refuse), or open a new round for our lowest suspect."""
-        last = self.last.get(me)
-        if last is not None:
-            before = statement(last)
-            assert before is not None
-            if not self.dead(before.members, before.round, has):
-                return None  # our statement stands
+        from while finality waited for them, for the shell's timeout), or None. In
+        order: refuse in a live round among other members than ours (nobody can vote
+        there any more); nothing more if we suspect several members (we are probably
+        the ones cut off, and a removal needs every member but one); in the earliest
+        live round among ours that others opened, vote for our suspect if it is a
+        target there, else refuse (we hear from its targets); open a new round for our
+        suspect if we have no standing vote for it (and it is in `may_open`, if given:
+        the shell opens at most one round per suspect and timeout)."""
+        decided = self.decided_in(past)
+        standing = self.open_votes(me, past)
+        for members, rnd in sorted(self.rounds, key=lambda k: (k[1], k[0])):
+            said = self.rounds[(members, rnd)]
+            if (members != known and me in members and me not in said
+                    and any(statement(e).target for e in said.values())  # type: ignore[union-attr]
+                    and any(past.has(v, e.seq) for v, e in said.items())
+                    and not self.closed(members, rnd, past, decided)):
+                return Vote(b"", rnd, members)
         if len(known) < 3 or me not in known:
             return None
         suspected = sorted(s for s in suspects if s in known and s != me)
+        if len(suspected) > 1:
+            return None  # we may be the ones cut off: a removal needs all but one
         rounds = sorted(r for (members, r) in self.rounds if members == known)
         for rnd in rounds:
             said = self.rounds[(known, rnd)]
-            if me in said or self.dead(known, rnd, has):
+            if me in said or self.closed(known, rnd, past, decided):
                 continue
-            targets = sorted({statement(e).target for e in said.values()} - {b""})  # type: ignore[union-attr]
+            targets = {statement(e).target for v, e in said.items()  # type: ignore[union-attr]
+                       if past.has(v, e.seq)} - {b""}
             if not targets:
                 continue
-            ours = [t for t in targets if t in suspected] or suspected
-            return Vote(ours[0] if ours else b"", rnd, known)
-        if suspected and (not rounds or rounds[-1] < ROUND_MAX):
+            if suspected and suspected[0] in targets:
+                if suspected[0] not in standing:
+                    return Vote(suspected[0], rnd, known)
+                continue
+            return Vote(b"", rnd, known)  # we hear from its targets
+        if (suspected and suspected[0] not in standing
+                and (may_open is None or suspected[0] in may_open)
+                and (not rounds or rounds[-1] < ROUND_MAX)):
             return Vote(suspected[0], rounds[-1] + 1 if rounds else 0, known)
         return None
 
 
-def _all_committed(members: Sequence[bytes], events: Mapping[bytes, Sequence[Event]],
-                   targets: Sequence[Event]) -> bool:
-    """Whether the two-round rule over `members` commits every event of `targets`:
-    every witness w(p) (p's highest event all heads cover) covers each of them."""
+class Suspicion:
+    """Whom a member suspects: members finality waits for (`waiting_for`) that it has
+    not heard from (no event, no heartbeat, no sync) for at least `after`, in the
+    caller's unit of time (the node's seconds, the simulation's ticks); and for which
+    of them it may open a new round (at most one per `after`). The only input of
+    removal that reads time, and it decides only when to vote (liveness)."""
+
+    def __init__(self, after: float) -> None:
+        self.after = after
+        self._heard: dict[bytes, float] = {}  # member -> when we last heard from it
+        self._opened: dict[bytes, float] = {}  # member -> when we last opened a round
+
+    def heard(self, member: bytes, now: float) -> None:
+        self._heard[member] = now
+
+    def suspects(self, now: float, waiting: Iterable[bytes]) -> set[bytes]:
+        heard = self._heard
+        return {m for m in waiting if now - heard.setdefault(m, now) >= self.after}
+
+    def may_open(self, now: float, suspects: Iterable[bytes]) -> set[bytes]:
+        opened = self._opened
+        return {m for m in suspects if now - opened.get(m, now - self.after) >= self.after}
+
+    def stated(self, vote: Vote, opened: bool, now: float) -> None:
+        """Note a statement we signed; `opened`: it opened a new round."""
+        if opened and vote.target:
+            self._opened[vote.target] = now
+
+
+def _all_committed(members: Sequence[bytes], past: Past, targets: Sequence[Event]) -> bool:
+    """Whether the two-round rule over `members`, with the latest events of `past` as
+    heads, commits every event of `targets`: every witness w(p) (p's highest event all
+    heads cover) covers each of them."""
     heads = []
     for member in members:
-        chain = events.get(member)
-        if not chain:
+        head = past.head(member)
+        if head is None:
             return False
-        heads.append(chain[-1])
+        heads.append(head)
     for p in members:
         w = min(covered_seq(h, p) for h in heads)
         if w == 0:
             return False
-        witness = events[p][w - 1]
-        if not all(covers(witness, t.origin, t.seq) for t in targets):
+        witness = past.head(p) if w == past.seq(p) else past.events[p][w - 1]
+        if not all(covers(witness, t.origin, t.seq) for t in targets):  # type: ignore[union-attr]
             return False
     return True

@@ -84,6 +84,7 @@ import heapq
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
+from typing import NamedTuple
 
 from libp2p.crypto.keys import PrivateKey
 
@@ -108,13 +109,24 @@ from .ledger import Ledger
 from .market import Market
 from .orders import Order, Trade
 from .params import BUFFER_BYTES_MAX, BUFFER_ORIGIN_BYTES_MAX
-from .removal import Removal, statement
+from .removal import Past, Removal, statement
 
 MISSING_RANGES_MAX = 64  # ranges one missing() call or one receipt reports
 EQUIVOCATIONS_MAX = 256  # proofs of equivocation kept (the first ones)
 PARKED_MAX = 256  # newcomers' first events waiting for their join to be decided
 
 assert MISSING_RANGES_MAX <= KNOWN_ORIGINS_MAX
+
+
+NARROW_MAX = 8  # narrowing steps of a frozen voter's next clock (Replica._next_past)
+
+
+class _Draft(NamedTuple):
+    """The event a replica is about to sign, as far as judging its causal past needs."""
+
+    origin: bytes
+    seq: int
+    clock: Mapping[bytes, int]
 
 
 class OwnHistoryBehind(Exception):
@@ -330,7 +342,7 @@ class Replica:
             raise OwnHistoryBehind(f"we signed seq {self._own_signed} but hold {seq - 1}: "
                                    f"sync before creating events")
         events = self._events
-        named = self._frozen_clock() or self._clock
+        named = self._next_past()[0]
         clock = {o: (s, events[o][s - 1].id) for o, s in named.items() if s}
         lamport = self._lamport if named is self._clock else \
             max((events[o][s - 1].lamport for o, s in named.items() if s), default=0)
@@ -503,7 +515,7 @@ class Replica:
         # Round one: delivered since our head (what it does not cover), a pending
         # event with actions. Costs what arrived since our last event, not the history.
         # (While our removal vote stands, only what our next event may name.)
-        named = self._frozen_clock() or self._clock
+        named = self._next_past()[0]
         is_void = self.ledger.is_void
         for o, s in named.items():
             covered = 0 if head is None else head.seq if o == me else head.clock.get(o, 0)
@@ -511,9 +523,20 @@ class Replica:
                 if (event.actions and (frontier is None or event.key > frontier)
                         and not is_void(event)):
                     return True
+        if head is None:
+            return False
+        # A full set of removal votes among us, not decided yet: the rule's second round
+        # over the voters (each voter's first event that covers every vote).
+        for voters, votes in self.membership.removals.undecided_sets():  # type: ignore[union-attr]
+            if me in voters:
+                for voter in voters:
+                    first = self._first_covering_all(voter, votes)
+                    if (first is not None and not covers(head, voter, first)
+                            and named.get(voter, 0) >= first):
+                        return True
         final = self.ledger.count_upto(frontier)
         earliest = self.ledger.with_actions(final)
-        if earliest is None or head is None:
+        if earliest is None:
             return False
         latest = self.ledger.with_actions(final, backwards=True)
         for member in self.membership.waited_for():  # type: ignore[union-attr]
@@ -524,16 +547,23 @@ class Replica:
                     return True
         return False
 
-    def removal_statement(self, suspects: Iterable[bytes]) -> Vote | None:
+    def removal_statement(self, suspects: Iterable[bytes],
+                          may_open: Iterable[bytes] | None = None) -> Vote | None:
         """The removal statement (core/removal.py) this member should sign now, given the
         members it has not heard from for a while although finality waited for them (the
         shell's timeout, liveness only), or None."""
         me = self.origin
-        if me is None or self.membership is None or not self.is_member(me):
-            return None
-        has = self._has
+        if (me is None or self.membership is None or not self.is_member(me)
+                or self.membership.left(me) is not None):
+            return None  # a member that left signs no actions
+        past = self._next_past()[1]
         return self.membership.removals.next_statement(
-            me, self.membership.known_members(has), has, suspects)
+            me, self.membership.known_members(past), past, suspects, may_open)
+
+    def opens_round(self, vote: Vote) -> bool:
+        """Whether `vote` would open a round nobody has stated in yet (here)."""
+        assert self.membership is not None
+        return (vote.members, vote.round) not in self.membership.removals.rounds
 
     def removals(self) -> list[Removal]:
         """Members removed so far, in order of decision."""
@@ -542,51 +572,67 @@ class Replica:
         self.final_key()  # removals are decided with the frontier
         return list(self.membership.removals.decided.values())
 
-    def frozen(self) -> bytes | None:
-        """The member this replica's origin voted to remove while that vote stands (its
-        events then name no more of that member than the vote did), or None."""
-        vote = self._open_vote()
-        return None if vote is None else vote[0]
+    def frozen(self) -> list[bytes]:
+        """The members this replica's origin voted to remove while those votes stand
+        (its events then name no more of each than the votes of its round did)."""
+        return sorted(self._open_votes())
 
-    def _has(self, origin: bytes, seq: int) -> bool:
-        return self._clock.get(origin, 0) >= seq
-
-    def _open_vote(self) -> tuple[bytes, int] | None:
-        """(target, how much of it our events may name) while our vote to remove stands."""
+    def _open_votes(self) -> dict[bytes, int]:
+        """target -> how much of it our events may name, while our vote for it stands."""
         membership = self.membership
         if membership is None or self.origin is None:
-            return None
-        last = membership.removals.last.get(self.origin)
-        vote = None if last is None else statement(last)
-        if vote is None or not vote.target or membership.removals.dead(
-                vote.members, vote.round, self._has):
-            return None
-        return vote.target, membership.removals.frozen_at(vote, self._has)
+            return {}
+        return membership.removals.open_votes(self.origin, Past(self._events))
 
-    def _frozen_clock(self) -> dict[bytes, int] | None:
-        """While our vote to remove m stands and we have delivered more of m than the
-        votes of its round cover: the largest causal past that names no more of m, per
-        origin the last delivered event that covers at most that much of m (clocks only
-        grow along a chain). Else None: our next event names everything delivered."""
-        vote = self._open_vote()
-        if vote is None or self._clock.get(vote[0], 0) <= vote[1]:
-            return None
-        target, cut = vote
+    def _next_past(self) -> tuple[dict[bytes, int], Past]:
+        """The clock our next event names, and its causal past (the event included, as
+        a draft): everything delivered, unless votes of ours to remove stand and we
+        delivered more of a target than its bound allows. Then the largest causal past
+        that respects every bound judged in that past itself: per origin the last
+        delivered event within every bound (clocks only grow along a chain), narrowed
+        again until the bounds it implies hold (they only shrink, so this ends; after
+        `NARROW_MAX` steps, our previous event's clock, which held them already)."""
+        me = self.origin
+        assert me is not None
+        clock = self._clock
+        if self.membership is None or me not in self.membership.removals.votes:
+            return clock, Past(self._events, _Draft(me, clock.get(me, 0) + 1, clock))
+        removals = self.membership.removals
+        for _ in range(NARROW_MAX):
+            draft = _Draft(me, clock.get(me, 0) + 1, clock)
+            past = Past(self._events, draft)
+            bounds = {t: b for t, b in removals.open_votes(me, past).items()
+                      if clock.get(t, 0) > b}
+            if not bounds:
+                return clock, past
+            narrowed = self._narrowed(clock, bounds)
+            if narrowed.get(me, 0) < clock.get(me, 0):
+                break  # our own chain would go back: our previous event's clock held
+            clock = narrowed
+        own = self._events[me]
+        clock = {**own[-1].clock, me: len(own)} if own else {}
+        return clock, Past(self._events, _Draft(me, len(own) + 1, clock))
+
+    def _narrowed(self, clock: Mapping[bytes, int], bounds: Mapping[bytes, int]
+                  ) -> dict[bytes, int]:
         capped = {}
-        for o, s in self._clock.items():
+        for o, s in clock.items():
             chain = self._events[o]
-            if o == target:
-                capped[o] = cut
-                continue
             lo, hi = 0, s
             while lo < hi:
                 mid = (lo + hi) // 2
-                if covered_seq(chain[mid], target) <= cut:
+                if all(covered_seq(chain[mid], t) <= b for t, b in bounds.items()):
                     lo = mid + 1
                 else:
                     hi = mid
-            capped[o] = lo
+            if lo:
+                capped[o] = lo
         return capped
+
+    def _first_covering_all(self, member: bytes, targets: Sequence[Event]) -> int | None:
+        """The seq of `member`'s first delivered event that covers all of `targets`."""
+        firsts = [self._first_covering(member, t) for t in targets]
+        return None if None in firsts else max(firsts)  # type: ignore[type-var]
 
     def _first_covering(self, member: bytes, event: Event) -> int | None:
         """The seq of `member`'s first delivered event that covers `event`, or None."""
@@ -761,7 +807,7 @@ class Replica:
                 return code, "its join is not final yet"
             if code is not None:
                 return code, f"{short_id(event.origin)} was admitted by no join it saw"
-            return self.membership.verdict(event)
+            return self.membership.verdict(event, self._events)
         return None
 
     def _deliver(self, event: Event, receipt: Receipt) -> None:

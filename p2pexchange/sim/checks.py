@@ -30,11 +30,13 @@ class LivenessFailure(AssertionError):
 
 
 def with_actions(replica: Replica) -> list[bytes]:
-    """The applied event ids less those without actions (acknowledgements): those change
-    no book and no trade, and one a member signs after its leave is final elsewhere may
-    sort anywhere after the leave, final stretch included (core/finality.py)."""
-    event = replica.event
-    return [i for i in replica.applied_ids() if event(i).actions]
+    """The applied event ids less those without effect: acknowledgements, and void
+    events (a removed member's beyond its cut). Those change no book and no trade, and
+    may sort anywhere after the leave or the cut, final stretch included: one a member
+    signs after its leave is final elsewhere, or one a removed member signed in a
+    partition that arrives after its removal (core/finality.py)."""
+    event, void = replica.event, replica.ledger.is_void
+    return [i for i in replica.applied_ids() if event(i).actions and not void(event(i))]
 
 
 class FinalView:
@@ -77,10 +79,12 @@ class FinalView:
         k = start
         while k < len(applied) and event(applied[k]).key <= frontier:
             k += 1
+        void = replica.ledger.is_void
         if start == 0:
-            self.ids = [i for i in applied[:k] if event(i).actions]
+            self.ids = [i for i in applied[:k] if event(i).actions and not void(event(i))]
         else:
-            self.ids.extend(i for i in applied[start:k] if event(i).actions)
+            self.ids.extend(i for i in applied[start:k]
+                            if event(i).actions and not void(event(i)))
         self._stretch = applied[:k]
         for i in self.ids[n:]:
             self.trades.extend(replica.trades_of(i))

@@ -53,12 +53,16 @@ class Schedule:
     leaver: int | None = None  # an honest member that leaves for good
     leave_tick: int = -1
     gone: set[int] = field(default_factory=set)  # leavers that sign nothing more
+    crashed: int | None = None  # a member that stops for good (the others remove it)
+    crash_tick: int = -1
 
     @property
     def nodes_n(self) -> int:
         return self.members_n + (self.newcomer is not None) + (self.persona is not None)
 
     def up(self, node: int, tick: int) -> bool:
+        if node == self.crashed and tick >= self.crash_tick:
+            return False
         if node == self.persona:
             return self.attack is not None and tick in self.attack
         if self.pause is not None and node == self.paused and tick in self.pause:
@@ -99,6 +103,8 @@ class Schedule:
                          f"{self.attack.start}..{self.attack.end}")
         if self.leaver is not None:
             lines.append(f"node {self.leaver} leaves at {self.leave_tick}")
+        if self.crashed is not None:
+            lines.append(f"node {self.crashed} crashes for good at {self.crash_tick}")
         return lines
 
 
@@ -163,3 +169,17 @@ def draw_leave(rng: random.Random, s: Schedule) -> None:
     if rng.random() < LEAVE_P and len(candidates) > 1:
         s.leaver = rng.choice(candidates)
         s.leave_tick = rng.randrange(s.ticks // 4, 3 * s.ticks // 4)
+
+
+CRASH_P = 0.25  # of the seeds without a dishonest member have a member crash for good
+
+
+def draw_crash(rng: random.Random, s: Schedule) -> None:
+    """On some seeds an honest genesis member (not the sponsor, not the leaver) stops
+    for good: the others must remove it for finality to resume. Drawn from its own
+    generator, so every other draw of a seed stays what it was."""
+    candidates = [n for n in range(s.members_n) if n not in (s.sponsor, s.leaver)]
+    if rng.random() < CRASH_P and s.dishonest is None and len(candidates) > 1 and (
+            s.members_n - (s.leaver is not None) >= 4):
+        s.crashed = rng.choice(candidates)
+        s.crash_tick = rng.randrange(s.ticks // 4, s.ticks - 1)

@@ -14,8 +14,9 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from ..core.events import Action, Event, Place
+from ..core.events import Action, Event, Place, Vote
 from ..core.market import DEFAULT_MARKETS
+from ..core.removal import Suspicion
 from ..core.replica import OwnHistoryBehind, Receipt, Replica
 from .checks import FinalView
 from .workload import OrderFlow, peer_id_bytes, seeded_key_pair
@@ -23,7 +24,8 @@ from .workload import OrderFlow, peer_id_bytes, seeded_key_pair
 
 class SimNode:
     def __init__(self, seed: int, index: int, members_n: int, rng: random.Random,
-                 honest: bool = True, known: dict[bytes, Event] | None = None) -> None:
+                 honest: bool = True, known: dict[bytes, Event] | None = None,
+                 remove_after: int = 0) -> None:
         self.seed = seed
         self.index = index
         self.key = seeded_key_pair(f"sim-{seed}-{index}")
@@ -37,6 +39,16 @@ class SimNode:
         self.known = known if known is not None else {}
         self.last_receipt: Receipt | None = None
         self.left = False  # it signed its leave
+        self.suspicion = Suspicion(remove_after)  # in ticks
+
+    def removal_statement(self, tick: int) -> Vote | None:
+        """The removal statement to sign this tick (the node's policy), or None."""
+        replica, suspicion = self.replica, self.suspicion
+        suspects = suspicion.suspects(tick, replica.finality().waiting_for)
+        vote = replica.removal_statement(suspects, suspicion.may_open(tick, suspects))
+        if vote is not None:
+            suspicion.stated(vote, replica.opens_round(vote), tick)
+        return vote
 
     @property
     def final_prefix(self) -> list[bytes]:
@@ -111,13 +123,13 @@ class SimNode:
         return twin
 
     def pending_actions(self) -> bool:
-        """Whether an applied event with actions is not final yet."""
+        """Whether an applied event with actions (not void) is not final yet."""
         replica = self.replica
         frontier = replica.final_key()
         for event_id in reversed(replica.applied_ids()):
             event = replica.event(event_id)
             if frontier is not None and event.key <= frontier:
                 return False
-            if event.actions:
+            if event.actions and not replica.ledger.is_void(event):
                 return True
         return False

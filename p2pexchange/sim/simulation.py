@@ -51,7 +51,7 @@ from ..core.market import DEFAULT_MARKETS
 from ..core.params import BATCH_ACTIONS_MAX
 from .adversary import backdated_clock, regressed_clock, sign_with_clock
 from .checks import FinalityViolation, Ledger, LivenessFailure
-from .faults import Schedule, draw_leave, draw_schedule
+from .faults import Schedule, draw_crash, draw_leave, draw_schedule
 from .network import Network
 from .node import SimNode
 
@@ -65,6 +65,8 @@ BURST_ACTIONS_MAX = min(16, BATCH_ACTIONS_MAX)
 PULL_P = 0.25  # a node pulls from a random peer in a tick (more often with gaps)
 GAP_PULL_P = 0.6
 HINT_P = 0.3  # a node's clock reaches a random peer as a heartbeat hint
+ALIVE_P = 0.5  # a node's heartbeat reaches a reachable peer in a tick (who is heard)
+REMOVE_AFTER_TICKS = 10  # params.REMOVE_AFTER_S, shorter than most faults here
 SYNC_CHUNK = 16  # events per sync answer (params.SYNC_CHUNK_EVENTS: 128)
 HEAL_ROUNDS_MAX = 60
 MARKETS = sorted(DEFAULT_MARKETS)
@@ -88,7 +90,8 @@ class SimResult:
 
     @property
     def live_nodes(self) -> list[SimNode]:
-        return [n for n in self.nodes if n.index != self.schedule.persona]
+        return [n for n in self.nodes
+                if n.index not in (self.schedule.persona, self.schedule.crashed)]
 
     @property
     def converged(self) -> bool:
@@ -108,9 +111,11 @@ class Simulation:
         members_n = members_n or rng.choice((4, 5))
         self.schedule = s = draw_schedule(rng, members_n, ticks, kinds)
         draw_leave(random.Random(seed * 1_000_003 + 17), s)
+        draw_crash(random.Random(seed * 1_000_003 + 29), s)
         self.known: dict[bytes, Event] = {}  # every event signed in this run, by raw bytes
         self.nodes = [SimNode(seed, i, members_n, random.Random(rng.random()),
-                              honest=i != s.dishonest, known=self.known)
+                              honest=i != s.dishonest, known=self.known,
+                              remove_after=REMOVE_AFTER_TICKS)
                       for i in range(members_n + (s.newcomer is not None))]
         self.net = Network(rng, loss)
         self.ledger = Ledger()
@@ -157,6 +162,10 @@ class Simulation:
                 peer = self._peer(node, tick)
                 if peer is not None:
                     peer.replica.on_heartbeat(node.origin, node.replica.clock)
+            for peer in up:
+                if (peer is not node and self.schedule.reachable(node.index, peer.index, tick)
+                        and self.rng.random() < ALIVE_P):
+                    peer.suspicion.heard(node.origin, tick)
         self._check()
         if self.verbose:
             self._note(tick, "final " + " ".join(f"{len(n.view.ids)}" for n in self.nodes))
@@ -178,10 +187,13 @@ class Simulation:
         for dest, items in self.net.due(tick):
             if dest >= len(self.nodes):
                 continue
-            events = [e for src, e in items if s.reachable(src, dest, tick)]
+            events = [(src, e) for src, e in items if s.reachable(src, dest, tick)]
             self.net.lost += len(items) - len(events)
             if events:
-                self.nodes[dest].replica.receive_many(events)
+                node = self.nodes[dest]
+                for src, _ in events:
+                    node.suspicion.heard(self.nodes[src].origin, tick)
+                node.replica.receive_many([e for _, e in events])
 
     def _peer(self, node: SimNode, tick: int) -> SimNode | None:
         peer = self.rng.randrange(len(self.nodes))
@@ -192,6 +204,8 @@ class Simulation:
     def _pull(self, node: SimNode, tick: int) -> None:
         peer = self._peer(node, tick)
         if peer is not None:
+            node.suspicion.heard(peer.origin, tick)
+            peer.suspicion.heard(node.origin, tick)
             raws = peer.replica.events_for(node.replica.clock, SYNC_CHUNK)
             if raws:
                 # Every event in a run was signed here: hand over the decoded one.
@@ -204,6 +218,15 @@ class Simulation:
         if node.index in s.gone:
             return
         if node.index == s.sponsor and s.newcomer is not None and not self.joined \
+                and tick >= s.join_tick and not node.is_member() and not node.left:
+            # The sponsor was removed (the newcomer asks another member, as a node does).
+            others = [n.index for n in self.nodes[:s.members_n]
+                      if n.honest and n.index != node.index and n.index not in s.gone
+                      and n.index != s.leaver and n.is_member()]
+            if others:
+                s.sponsor = others[0]
+            return
+        if node.index == s.sponsor and s.newcomer is not None and not self.joined \
                 and tick >= s.join_tick:
             self.joined = True
             newcomer = self.nodes[s.newcomer]
@@ -213,6 +236,9 @@ class Simulation:
             self._leave(node, tick)
         elif not node.is_member():
             return  # a newcomer before its join is final and decided only syncs
+        elif (vote := node.removal_statement(tick)) is not None:
+            self._publish(node, node.create(MEMBERSHIP_MARKET, [vote]), tick)
+            self._note(tick, f"node {node.index} states {self._describe(vote)}")
         elif not node.honest and tick in s.attack:
             self._misbehave(node, tick)
         elif self.rng.random() < (1.0 if s.burst and tick in s.burst else TRADE_P):
@@ -222,8 +248,12 @@ class Simulation:
 
     def _leave(self, node: SimNode, tick: int) -> None:
         """The leaver signs its leave, then only acknowledges until the leave is final
-        at its own replica; then it signs nothing ever again."""
-        if not node.left:
+        at its own replica; then it signs nothing ever again. (One removed before it
+        leaves is gone already.)"""
+        if not node.left and not node.is_member():
+            self.schedule.gone.add(node.index)
+            self._note(tick, f"node {node.index} was removed before it could leave")
+        elif not node.left:
             node.left = True
             self._publish(node, node.create(MEMBERSHIP_MARKET, [Leave()]), tick)
             self._note(tick, f"node {node.index} leaves")
@@ -296,10 +326,17 @@ class Simulation:
             nodes = self.result.live_nodes
             for node in nodes:
                 self._pull(node, tick)
+                for peer in nodes:
+                    peer.suspicion.heard(node.origin, tick)
             for node in nodes:
                 if node.left and not node.is_member():
                     s.gone.add(node.index)  # a leaver whose leave became final here
-                elif node.index not in s.gone and node.replica.wants_ack():
+                elif node.index in s.gone or not node.is_member():
+                    continue
+                elif (vote := node.removal_statement(tick)) is not None:
+                    self._publish(node, node.create(MEMBERSHIP_MARKET, [vote]), tick)
+                    self._note(tick, f"node {node.index} states {self._describe(vote)}")
+                elif node.replica.wants_ack():
                     self._publish(node, node.create(MEMBERSHIP_MARKET, []), tick)
             self._check()
             if self._settled(nodes):
@@ -317,6 +354,11 @@ class Simulation:
         if not self.net.idle() or len({n.replica.digest for n in nodes}) != 1:
             return False
         return not any(n.replica.wants_ack() or n.pending_actions() for n in nodes)
+
+    def _describe(self, vote) -> str:
+        index = {n.origin: n.index for n in self.nodes}
+        what = f"remove node {index.get(vote.target)}" if vote.target else "refusal"
+        return f"{what} in round {vote.round} of {sorted(index[m] for m in vote.members)}"
 
     def _note(self, tick: int, line: str) -> None:
         if self.verbose:

@@ -222,18 +222,19 @@ class Membership:
         It depends on the delivered events alone, so a replica rebuilt from them
         reports the same."""
         self._decide_removals(events)
-        cuts = [(events[m][r.cut - 1].key if r.cut else (0, 0, b"", 0), 1, m)
-                for m, r in self.removals.decided.items()]
+        # A removed member is waited for nowhere: every event of it that counts (up to
+        # its cut) is delivered here (the votes name them), the rest are void.
+        removed = self.removals.decided
         while True:
             boundaries = sorted(
-                [(key, 0, m) for m, key in self._joined_at.items()]
+                [(key, 0, m) for m, key in self._joined_at.items() if m not in removed]
                 + [(e.key, 1, m) for m, e in self._left_at.items()
-                   if m in self.gone and m not in self.removals.decided] + cuts)
-            required = sorted(self.genesis)
+                   if m in self.gone and m not in removed])
+            required = sorted(m for m in self.genesis if m not in removed)
             best = None
             for k in range(len(boundaries) + 1):
                 bound = boundaries[k][0] if k < len(boundaries) else None
-                found = _committed(required, events, bound)
+                found = _committed(required, events, bound, removed)
                 if found is not None and (best is None or found > best):
                     best = found
                 if k < len(boundaries):
@@ -272,9 +273,10 @@ class Membership:
 
 
 def _committed(members: Sequence[bytes], events: Mapping[bytes, Sequence[Event]],
-               bound: OrderKey | None) -> OrderKey | None:
+               bound: OrderKey | None, others: Iterable[bytes] = ()) -> OrderKey | None:
     """The two-round rule over `members`: the key of the highest event committed by
-    them and sorting at or before `bound` (None: no bound), or None."""
+    them and sorting at or before `bound` (None: no bound), or None. Events of
+    `others` (removed members) count too when every witness covers them."""
     heads = []
     for member in members:
         chain = events.get(member)
@@ -290,7 +292,7 @@ def _committed(members: Sequence[bytes], events: Mapping[bytes, Sequence[Event]]
         witnesses.append(events[p][w - 1])
     # Round two: per origin, the highest seq every witness covers (within the bound).
     best = None
-    for origin in members:
+    for origin in [*members, *(o for o in others if events.get(o))]:
         c = min(covered_seq(w, origin) for w in witnesses)
         chain = events[origin]
         if bound is not None:  # keys grow along a chain: the last one within the bound

@@ -241,14 +241,15 @@ class Removals:
                     and (vote.members, vote.round, target) not in self._full):
                 self._full.append((vote.members, vote.round, target))
 
-    def undecided_sets(self) -> list[tuple[list[bytes], list[Event]]]:
-        """(voters, votes) of each full set of votes whose target is not removed here."""
+    def undecided_sets(self) -> list[tuple[bytes, list[bytes], list[Event]]]:
+        """(target, voters, votes) of each full set of votes whose target is not removed
+        here."""
         out = []
         for members, rnd, target in self._full:
             if target not in self.decided:
                 said = self.rounds[(members, rnd)]
                 voters = [v for v in members if v != target]
-                out.append((voters, [said[v] for v in voters]))
+                out.append((target, voters, [said[v] for v in voters]))
         return out
 
     def undecided(self) -> bool:

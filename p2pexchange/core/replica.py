@@ -527,7 +527,7 @@ class Replica:
             return False
         # A full set of removal votes among us, not decided yet: the rule's second round
         # over the voters (each voter's first event that covers every vote).
-        for voters, votes in self.membership.removals.undecided_sets():  # type: ignore[union-attr]
+        for _, voters, votes in self.membership.removals.undecided_sets():  # type: ignore[union-attr]
             if me in voters:
                 for voter in voters:
                     first = self._first_covering_all(voter, votes)

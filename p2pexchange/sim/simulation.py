@@ -43,6 +43,7 @@ none of which any safety decision reads (the finality rule reads no parameter):
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -67,6 +68,7 @@ GAP_PULL_P = 0.6
 HINT_P = 0.3  # a node's clock reaches a random peer as a heartbeat hint
 ALIVE_P = 0.5  # a node's heartbeat reaches a reachable peer in a tick (who is heard)
 REMOVE_AFTER_TICKS = 10  # params.REMOVE_AFTER_S, shorter than most faults here
+JOIN_RETRY_TICKS = 10  # a newcomer whose join went void asks another member
 SYNC_CHUNK = 16  # events per sync answer (params.SYNC_CHUNK_EVENTS: 128)
 HEAL_ROUNDS_MAX = 60
 MARKETS = sorted(DEFAULT_MARKETS)
@@ -80,11 +82,14 @@ class SimResult:
     schedule: Schedule
     nodes: list[SimNode]
     events: int = 0  # events with actions created
+    events_by: Counter[int] = field(default_factory=Counter)  # of those, per node
     messages_sent: int = 0
     messages_lost: int = 0
     heal_rounds: int = 0
-    stalled: bool = False  # after an equivocation, finality or convergence did not resume
+    stalled: bool = False  # finality or convergence did not resume (see `stall`)
+    stall: str = ""  # why: "equivocation", or "two members out" (protocols/finality.md)
     final_events: int = 0  # length of the longest final history
+    voided: int = 0  # events of removed members beyond their cut (they count as empty)
     rejected: dict[str, int] = field(default_factory=dict)  # over honest replicas
     log: list[str] = field(default_factory=list)
 
@@ -94,8 +99,20 @@ class SimResult:
                 if n.index not in (self.schedule.persona, self.schedule.crashed)]
 
     @property
+    def network(self) -> list[SimNode]:
+        """The live nodes less those another live node removed (see `_in_network`)."""
+        removed = {r.member for n in self.live_nodes for r in n.replica.removals()}
+        return [n for n in self.live_nodes if n.origin not in removed]
+
+    @property
+    def removed(self) -> set[int]:
+        """Nodes removed by some live node."""
+        removed = {r.member for n in self.live_nodes for r in n.replica.removals()}
+        return {n.index for n in self.nodes if n.origin in removed}
+
+    @property
     def converged(self) -> bool:
-        return len({n.replica.digest for n in self.live_nodes}) == 1
+        return len({n.replica.digest for n in self.network}) == 1
 
     @property
     def partition(self) -> tuple[int, int]:
@@ -122,7 +139,7 @@ class Simulation:
         self.result = SimResult(seed, s, self.nodes, log=s.describe() if verbose else [])
         self.on_event = on_event
         self.verbose = verbose
-        self.joined = False
+        self.joined: int | None = None  # tick of the latest join of the newcomer
         self.step = -1
 
     def run(self) -> SimResult:
@@ -139,6 +156,10 @@ class Simulation:
         r = self.result
         r.messages_sent, r.messages_lost = self.net.sent, self.net.lost
         r.final_events = len(self.ledger.ids)
+        if r.network:
+            replica = r.network[0].replica
+            r.voided = sum(1 for i in replica.applied_ids()
+                           if replica.ledger.is_void(replica.event(i)))
         for node in self.nodes:
             if node.honest:
                 for code, n in node.replica.stats()["rejected"].items():
@@ -217,19 +238,9 @@ class Simulation:
         s = self.schedule
         if node.index in s.gone:
             return
-        if node.index == s.sponsor and s.newcomer is not None and not self.joined \
-                and tick >= s.join_tick and not node.is_member() and not node.left:
-            # The sponsor was removed (the newcomer asks another member, as a node does).
-            others = [n.index for n in self.nodes[:s.members_n]
-                      if n.honest and n.index != node.index and n.index not in s.gone
-                      and n.index != s.leaver and n.is_member()]
-            if others:
-                s.sponsor = others[0]
-            return
-        if node.index == s.sponsor and s.newcomer is not None and not self.joined \
-                and tick >= s.join_tick:
-            self.joined = True
-            newcomer = self.nodes[s.newcomer]
+        if self._admits(node, tick):
+            newcomer = self.nodes[s.newcomer]  # type: ignore[index]
+            self.joined = tick
             self._publish(node, node.create(MEMBERSHIP_MARKET, [Join(newcomer.origin)]), tick)
             self._note(tick, f"node {node.index} admits node {newcomer.index}")
         elif node.index == s.leaver and tick >= s.leave_tick:
@@ -245,6 +256,22 @@ class Simulation:
             self._trade(node, tick)
         elif node.replica.wants_ack():
             self._publish(node, node.create(MEMBERSHIP_MARKET, []), tick)
+
+    def _admits(self, node: SimNode, tick: int) -> bool:
+        """Whether `node` signs a join of the newcomer now: the sponsor, at the join tick,
+        and again (by whichever honest member comes first) while the newcomer is no
+        candidate or member `JOIN_RETRY_TICKS` after the last join (its sponsor was
+        removed and the join void, or the sponsor itself is out), as a newcomer asks
+        member after member."""
+        s = self.schedule
+        if s.newcomer is None or tick < s.join_tick or not node.honest or node.left \
+                or node.index in (s.newcomer, s.leaver) or not node.is_member():
+            return False
+        if self.joined is None:
+            return node.index == s.sponsor or not self.nodes[s.sponsor].is_member()
+        origin = self.nodes[s.newcomer].origin
+        return (tick - self.joined >= JOIN_RETRY_TICKS
+                and origin not in node.replica.membership.members)  # type: ignore[union-attr]
 
     def _leave(self, node: SimNode, tick: int) -> None:
         """The leaver signs its leave, then only acknowledges until the leave is final
@@ -274,6 +301,7 @@ class Simulation:
         if event is None:
             return
         self.result.events += 1
+        self.result.events_by[node.index] += 1
         if self.on_event is not None:
             self.on_event(tick, node, event, node.last_receipt)
         self._publish(node, event, tick)
@@ -339,16 +367,43 @@ class Simulation:
                 elif node.replica.wants_ack():
                     self._publish(node, node.create(MEMBERSHIP_MARKET, []), tick)
             self._check()
-            if self._settled(nodes):
+            if self._settled(self._in_network(nodes)):
                 self.result.heal_rounds = round_ + 1
                 return
         self.result.heal_rounds = HEAL_ROUNDS_MAX
         self.result.stalled = True
-        if s.kind != "equivocation":
+        if s.kind == "equivocation":
+            self.result.stall = "equivocation"
+        elif self._two_out(self._in_network(nodes)):
+            self.result.stall = "two members out"
+        else:
+            nodes = self._in_network(nodes)
             waiting = {n.index: len(n.replica.finality().waiting_for) for n in nodes}
             raise LivenessFailure(f"not settled after {HEAL_ROUNDS_MAX} rounds: digests "
                                   f"{sorted({n.replica.digest_hex[:8] for n in nodes})}, "
                                   f"members waited for per node {waiting}")
+
+    def _two_out(self, nodes: list[SimNode]) -> bool:
+        """The documented limit of removal (protocols/finality.md): the member that
+        crashed for good is not removed, because another member is the target of a full
+        set of removal votes that needed the crashed member's acknowledgements (its
+        statements beyond that set's cut count for nothing): two members out at once."""
+        s = self.schedule
+        if s.crashed is None:
+            return False
+        crashed = self.nodes[s.crashed].origin
+        if any(r.member == crashed for n in nodes for r in n.replica.removals()):
+            return False
+        return any(target != crashed for n in nodes
+                   for target, _, _ in n.replica.membership.removals.undecided_sets())
+
+    def _in_network(self, nodes: list[SimNode]) -> list[SimNode]:
+        """`nodes` less those another of them has removed: a removed node keeps
+        following as best it can, but nothing waits for it (it would join again under a
+        new identity), and it may not be able to deliver events that depend on members
+        admitted after its cut (their joins are final only without it)."""
+        removed = {r.member for n in nodes for r in n.replica.removals()}
+        return [n for n in nodes if n.origin not in removed]
 
     def _settled(self, nodes: list[SimNode]) -> bool:
         if not self.net.idle() or len({n.replica.digest for n in nodes}) != 1:

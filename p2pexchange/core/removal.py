@@ -105,12 +105,11 @@ class Removals:
     # -- judging from a causal past -------------------------------------------------------
 
     def decided_in(self, past: Past) -> dict[bytes, Removal]:
-        """The removals decided in the causal past `past` (see the module docstring): full
-        sets of votes committed there, none of whose votes lies beyond the cut of a full
-        set against its voter (such a vote never counts, for freezing, for deadness or
-        here; and the voters of that other set, frozen on that voter, cannot commit this
-        one before that set is decided, so every replica leaves out the same sets)."""
-        full = self.full_in(past)
+        """The removals decided in the causal past `past`: the full sets of votes that
+        lie in it and are committed by the rule over their voters with its latest events
+        as heads (one per target, the earliest round; with one honest voter there is
+        only one). It only grows as the past grows, and so does everything judged from
+        it below."""
         decided: dict[bytes, Removal] = {}
         for members, rnd, target in sorted(self._full, key=lambda k: (k[1], k[0], k[2])):
             if target in decided:
@@ -118,37 +117,25 @@ class Removals:
             said = self.rounds[(members, rnd)]
             voters = [v for v in members if v != target]
             votes = [said[v] for v in voters]
-            if (all(past.has(e.origin, e.seq) and e.seq <= full.get(e.origin, e.seq)
-                    for e in votes) and _all_committed(voters, past, votes)):
+            if (all(past.has(e.origin, e.seq) for e in votes)
+                    and _all_committed(voters, past, votes)):
                 decided[target] = Removal(target, max(covered_seq(e, target) for e in votes),
                                           rnd, members, tuple(votes))
         return decided
 
-    def full_in(self, past: Past) -> dict[bytes, int]:
-        """target -> cut, for each full set of votes that lies in `past` (decided there
-        or not: a full set never dies, so its target's statements beyond the cut can
-        only ever be void or never count)."""
-        cuts: dict[bytes, int] = {}
-        for members, rnd, target in self._full:
-            said = self.rounds[(members, rnd)]
-            votes = [said[v] for v in members if v != target]
-            if all(past.has(e.origin, e.seq) for e in votes):
-                cut = max(covered_seq(e, target) for e in votes)
-                cuts[target] = min(cuts.get(target, cut), cut)
-        return cuts
-
     def _said(self, members: Members, rnd: int, past: Past,
-              full: Mapping[bytes, int]) -> dict[bytes, bytes]:
+              decided: Mapping[bytes, Removal]) -> dict[bytes, bytes]:
         """voter -> target (b"": refusal) of round `rnd` of `members` in `past`, where
-        `full` is `full_in(past)`. A member whose leave lies in `past`, or the target of
-        a full set of votes there, counts as refusing unless it stated in the round
-        before (before its cut)."""
+        `decided` is `decided_in(past)`. A member removed there counts only with what it
+        stated up to its cut, and as refusing if it stated nothing by then; a member
+        whose leave lies in `past` and stated nothing counts as refusing."""
         said = {}
         for voter, e in self.rounds.get((members, rnd), {}).items():
-            if past.has(voter, e.seq) and e.seq <= full.get(voter, e.seq):
+            removal = decided.get(voter)
+            if past.has(voter, e.seq) and (removal is None or e.seq <= removal.cut):
                 said[voter] = statement(e).target  # type: ignore[union-attr]
         for m in members:
-            if m not in said and (m in full or self.left_in(m, past)):
+            if m not in said and (m in decided or self.left_in(m, past)):
                 said[m] = b""
         return said
 
@@ -160,7 +147,7 @@ class Removals:
             decided = self.decided_in(past)
         if any(r.round == rnd and r.members == members for r in decided.values()):
             return True
-        said = self._said(members, rnd, past, self.full_in(past))
+        said = self._said(members, rnd, past, decided)
         return all(any(voter != t and target != t for voter, target in said.items())
                    for t in members)
 
@@ -172,8 +159,7 @@ class Removals:
         target = vote.target
         said = self.rounds.get((vote.members, vote.round), {})
         return max((covered_seq(said[v], target)
-                    for v, t in self._said(vote.members, vote.round, past,
-                                           self.full_in(past)).items()
+                    for v, t in self._said(vote.members, vote.round, past, decided).items()
                     if t == target and v in said), default=0)
 
     def open_votes(self, voter: bytes, past: Past) -> dict[bytes, int]:
@@ -183,13 +169,14 @@ class Removals:
         if not votes:
             return {}
         decided = self.decided_in(past)
-        cut = self.full_in(past).get(voter)
+        removal = decided.get(voter)
+        cut = None if removal is None else removal.cut
         bounds = {}
         for target, e in votes.items():
             vote = statement(e)
             assert vote is not None
             if cut is not None and e.seq > cut:
-                continue  # a vote beyond its voter's cut never counts: it binds nothing
+                continue  # its voter is removed and the vote void: it binds nothing
             if not self.closed(vote.members, vote.round, past, decided):
                 bounds[target] = self.frozen_at(vote, past, decided)
         return bounds
@@ -277,7 +264,9 @@ class Removals:
         the ones cut off, and a removal needs every member but one); in the earliest
         live round among ours that others opened, vote for our suspect if it is a
         target there, else refuse (we hear from its targets); open a new round for our
-        suspect if we have no standing vote for it (and it is in `may_open`, if given:
+        suspect, unless a vote of ours stands: one vote at a time (a voter frozen on two
+        members may need one's statement to unfreeze from the other) (and the target in
+        `may_open`, if given:
         the shell opens at most one round per suspect and timeout)."""
         decided = self.decided_in(past)
         standing = self.open_votes(me, past)
@@ -303,11 +292,11 @@ class Removals:
             if not targets:
                 continue
             if suspected and suspected[0] in targets:
-                if suspected[0] not in standing:
+                if not standing:
                     return Vote(suspected[0], rnd, known)
                 continue
             return Vote(b"", rnd, known)  # we hear from its targets
-        if (suspected and suspected[0] not in standing
+        if (suspected and not standing
                 and (may_open is None or suspected[0] in may_open)
                 and (not rounds or rounds[-1] < ROUND_MAX)):
             return Vote(suspected[0], rounds[-1] + 1 if rounds else 0, known)

@@ -385,17 +385,18 @@ class Simulation:
 
     def _two_out(self, nodes: list[SimNode]) -> bool:
         """The documented limit of removal (protocols/finality.md): the member that
-        crashed for good is not removed, because another member is the target of a full
-        set of removal votes that needed the crashed member's acknowledgements (its
-        statements beyond that set's cut count for nothing): two members out at once."""
+        crashed for good is not removed because a removal round about another member was
+        open when it crashed (a vote stands, or a full set of votes waits for its
+        acknowledgements): two members out at once."""
         s = self.schedule
         if s.crashed is None:
             return False
         crashed = self.nodes[s.crashed].origin
         if any(r.member == crashed for n in nodes for r in n.replica.removals()):
             return False
-        return any(target != crashed for n in nodes
-                   for target, _, _ in n.replica.membership.removals.undecided_sets())
+        return any(n.replica.frozen() or any(
+            target != crashed for target, _, _ in n.replica.membership.removals
+            .undecided_sets()) for n in nodes)
 
     def _in_network(self, nodes: list[SimNode]) -> list[SimNode]:
         """`nodes` less those another of them has removed: a removed node keeps

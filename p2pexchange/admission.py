@@ -20,11 +20,20 @@ is in one of four states, shown as `membership` in its status:
 - `member`: it trades, acknowledges (`Replica.wants_ack`) and admits newcomers.
 - `leaving`: asked to leave (`Node.leave`): it has cancelled its open orders and
   signed its `Leave`, takes no orders, and acknowledges until its leave is final.
+- `removed`: the other members removed it (it was silent for `--remove-after` while
+  finality waited for it: core/removal.py); its events beyond the cut count for nothing.
+  It takes no orders and signs nothing; a new data directory makes a new identity
+  that may join.
 - `left`: its leave is final and every other member has delivered its last event (its
   events or heartbeats say so), so nobody needs anything more from it: it signs
   nothing ever again (it still follows the network and serves its history) and may be
   stopped for good. A node that left cannot come back under the same identity: a new
   data directory makes a new one.
+
+Removal (liveness only; the rule is core/removal.py): a member suspects another that
+finality has waited for `--remove-after` seconds (`REMOVE_AFTER_S`) with no event and no
+heartbeat from it, and signs the removal statement its replica proposes
+(`Replica.removal_statement`) at its next tick.
 
 A member admits whoever asks it, up to `MEMBERS_MAX` members (an open network; the
 limits of that choice are in protocols/finality.md). The protocol itself refuses, in
@@ -42,14 +51,16 @@ from typing import Any
 import trio
 from libp2p.peer.id import ID
 
-from .core.events import Action, Cancel, Join, Leave
+from .core.events import Action, Cancel, Join, Leave, Vote
 from .core.finality import MEMBERS_MAX, covers
 from .core.params import (
     CATCH_UP_TIMEOUT_S,
     FOLLOW_EVENTS_AFTER_S,
     JOIN_RETRY_S,
     PENDING_ACTIONS_MAX,
+    REMOVE_AFTER_S,
 )
+from .core.removal import Suspicion
 from .core.replica import Replica
 from .net import wire
 from .net.batcher import Batcher
@@ -65,7 +76,8 @@ class Admission:
     def __init__(self, replica: Replica, store: EventStore, origin: bytes, gossip: Gossip,
                  rejections: Rejections, bootstrap: set[bytes],
                  peers: Callable[[], set[ID]], syncs_completed: Callable[[], int],
-                 seen_by: Callable[[bytes], int] = lambda peer: 0) -> None:
+                 seen_by: Callable[[bytes], int] = lambda peer: 0,
+                 remove_after_s: float = REMOVE_AFTER_S) -> None:
         self.replica = replica
         self.store = store
         self.origin = origin
@@ -85,6 +97,9 @@ class Admission:
         self._leave_due = False  # sign our leave with the next tick
         self._leaving = False  # asked to leave (the leave may not be signed yet)
         self._left_logged = False
+        self.suspicion = Suspicion(remove_after_s)
+        self._heard_at = -1  # events delivered when we last noted whom we heard from
+        self._last_seq: dict[bytes, int] = {}
         genesis = store.genesis()
         if not genesis and not bootstrap:
             genesis = [origin]
@@ -99,6 +114,8 @@ class Admission:
         membership = replica.membership
         if membership is None:
             return "learning"
+        if membership.removed(self.origin) is not None:
+            return "removed"
         if membership.left(self.origin) is not None or self._leaving:
             return self._leave_state()
         if not replica.is_member(self.origin):
@@ -156,6 +173,8 @@ class Admission:
                 "leaving": "this node is leaving the network",
                 "left": "this node has left the network (a new data directory makes a "
                         "new identity that may join)",
+                "removed": "this node was removed from the network (it was silent too "
+                           "long; a new data directory makes a new identity that may join)",
                 }.get(self.state)
 
     def can_leave(self) -> str | None:
@@ -241,6 +260,9 @@ class Admission:
             self._leave_due = False
             log.info("leaving the network")
             return [Leave()]
+        vote = self._removal_statement()
+        if vote is not None:
+            return [vote]
         joins = [Join(m) for m in self._due if m not in membership.members]
         self._due.clear()
         if joins:
@@ -250,6 +272,31 @@ class Admission:
                 log.info("admitting %s to the network", short_peer(ID(join.member)))
             return joins  # type: ignore[return-value]
         return [] if not signed and self.replica.wants_ack() else None
+
+    def heard(self, peer: bytes) -> None:
+        """`peer` showed it is alive (a heartbeat): no removal vote against it yet."""
+        self.suspicion.heard(peer, time.monotonic())
+
+    def _removal_statement(self) -> Vote | None:
+        """The removal statement to sign now, if finality waits for a member we have
+        heard nothing from (no event, no heartbeat) for `remove_after_s`."""
+        replica, suspicion, now = self.replica, self.suspicion, time.monotonic()
+        if self._heard_at != replica.events_delivered:  # its events are word from it
+            self._heard_at = replica.events_delivered
+            for member, seq in replica.clock.items():
+                if self._last_seq.get(member) != seq:
+                    self._last_seq[member] = seq
+                    suspicion.heard(member, now)
+        suspects = suspicion.suspects(now, replica.finality().waiting_for)
+        if not suspects:
+            return None
+        vote = replica.removal_statement(suspects, suspicion.may_open(now, suspects))
+        if vote is not None:
+            suspicion.stated(vote, replica.opens_round(vote), now)
+            what = f"remove {short_peer(ID(vote.target))}" if vote.target else "refusal"
+            log.warning("removal statement: %s in round %d (suspected: %s)", what, vote.round,
+                        ", ".join(short_peer(ID(m)) for m in sorted(suspects)))
+        return vote
 
     async def run(self) -> None:
         while True:

@@ -48,6 +48,7 @@ from .core.params import (
     LOOP_LAG_BUSY_MS,
     PEERS_BEHIND_BUSY_S,
     PENDING_ACTIONS_MAX,
+    REMOVE_AFTER_S,
     STATUS_INTERVAL_S,
 )
 from .core.replica import OwnHistoryBehind, Replica
@@ -77,6 +78,7 @@ class NodeConfig:
     seed: int | None = None  # for the node's own random choices (sync targets)
     status_interval_s: float = STATUS_INTERVAL_S
     batch_actions_max: int = BATCH_ACTIONS_MAX  # 1: the one-order-per-event baseline
+    remove_after_s: float = REMOVE_AFTER_S  # vote out a member silent this long (liveness)
     faults: FaultPlan | None = None  # tests only: loss, delay, duplication (net/faults.py)
 
 
@@ -118,9 +120,11 @@ class Node:
                                    self.rejections, bootstrap_peers(config.bootstrap),
                                    peers=lambda: self.discovery.peers,
                                    syncs_completed=lambda: self.sync.completed,
-                                   seen_by=lambda peer: self.control.view_of_mine(peer))
+                                   seen_by=lambda peer: self.control.view_of_mine(peer),
+                                   remove_after_s=config.remove_after_s)
         self.control = Control(self.gossip, self.replica, self.origin, self.rejections,
-                               want_sync=self.sync.want, on_genesis=self.admission.on_genesis)
+                               want_sync=self.sync.want, on_genesis=self.admission.on_genesis,
+                               heard=self.admission.heard)
         self.batcher = Batcher(self.gossip, self._seal, self._published, config.batch_actions_max,
                                self.admission.membership_actions)
         self.loop_lag = LoopLag()  # event-loop scheduling lag, for status and metrics

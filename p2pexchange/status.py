@@ -2,7 +2,9 @@
 
 `members` is the network's membership as this node knows it (core/finality.py),
 `membership` this node's own state in it (admission.py), `waiting_for` the members
-whose next event would move finality (empty when nothing waits).
+whose next event would move finality (empty when nothing waits), `removed` the members
+removed so far (each with the seq after which its events count for nothing),
+`voting_to_remove` the members this node's standing removal votes name.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ def node_status(node: Any) -> dict:
         "final_frontier": finality.frontier_lamport,
         "events_final": finality.final_events,
         "equivocations": len(node.replica.equivocations),
+        "removed": [{"member": str(ID(r.member)), "cut": r.cut, "round": r.round}
+                    for r in node.replica.removals()],
+        "voting_to_remove": [str(ID(m)) for m in node.replica.frozen()],
         "peers": len(node.peers),
         "events": stats["events_delivered"],
         "buffered": stats["events_buffered"],

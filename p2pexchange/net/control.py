@@ -48,7 +48,8 @@ class Control:
 
     def __init__(self, gossip: Gossip, replica: Replica, origin: bytes, reject: Reject,
                  want_sync: Callable[[ID], None],
-                 on_genesis: Callable[[ID, tuple[bytes, ...]], None]) -> None:
+                 on_genesis: Callable[[ID, tuple[bytes, ...]], None],
+                 heard: Callable[[bytes], None] = lambda peer: None) -> None:
         self.gossip = gossip
         self.replica = replica
         self.origin = origin
@@ -66,6 +67,7 @@ class Control:
         self._reject = reject
         self._want_sync = want_sync
         self._on_genesis = on_genesis
+        self._heard = heard  # a peer is alive (removal votes wait for silence)
 
     # -- in ------------------------------------------------------------------------
 
@@ -75,6 +77,7 @@ class Control:
         if code is not None:
             self._reject("heartbeat", code, sender)
             return
+        self._heard(sender.to_bytes())
         mine = self.replica.clock
         if any(s > mine.get(o, 0) for o, s in hb.clock.items()):
             self._want_sync(sender)

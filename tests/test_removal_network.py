@@ -1,0 +1,74 @@
+"""Removal on real py-libp2p hosts (admission.py, core/removal.py): a member stops for
+good, finality stalls and names it, the others vote it out after `remove_after_s`, and
+finality and trading go on without it; a member that is only slow is not removed."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+from harness import network
+from test_leave_network import wait_final
+
+from p2pexchange.core.events import OrderType, Place, Side
+
+pytestmark = pytest.mark.network
+BTC = "BTC-USD"
+REMOVE_AFTER_S = 4.0  # the liveness timeout, short for a test (no safety rule reads it)
+
+
+async def trade(maker, taker, price: int) -> list[bytes]:
+    maker.submit(BTC, Place(Side.SELL, OrderType.LIMIT, price, 2))
+    [sell] = await maker.flush()
+    taker.submit(BTC, Place(Side.BUY, OrderType.IOC, price, 2))
+    [buy] = await taker.flush()
+    return [sell, buy]
+
+
+async def test_a_member_that_stops_for_good_is_removed_and_finality_resumes(tmp_path):
+    async with network(tmp_path) as net:
+        first = await net.start("n0", remove_after_s=REMOVE_AFTER_S)
+        for i in range(1, 4):
+            await net.start(f"n{i}", bootstrap=first, remove_after_s=REMOVE_AFTER_S)
+        await net.discovered()
+        a, b, c, gone = net.nodes
+        await wait_final(a, await trade(a, b, 10_000))
+        await net.converged()
+        await net.stop(gone)  # for good: its data directory is never used again
+        ids = await trade(b, c, 10_100)
+        with trio.move_on_after(REMOVE_AFTER_S / 2):  # before the timeout: it stalls
+            await wait_final(a, ids)
+        status = a.status()
+        assert not all(a.is_final(ids)) and str(gone.peer_id) in status["waiting_for"]
+        assert status["removed"] == []
+        for node in (a, b, c):  # then the others vote it out, and all of it is final
+            await wait_final(node, ids, timeout_s=30)
+        await net.converged([a, b, c])
+        for node in (a, b, c):
+            [removed] = node.status()["removed"]
+            assert removed["member"] == str(gone.peer_id)
+            assert removed["cut"] == node.replica.clock[gone.origin]  # all it signed counts
+            assert not node.replica.is_member(gone.origin)
+            assert node.status()["waiting_for"] == [] and node.status()["membership"] == "member"
+        assert b.replica.removals() == a.replica.removals() == c.replica.removals()
+        await wait_final(c, await trade(c, a, 10_200), timeout_s=30)  # and goes on
+
+
+async def test_a_member_heard_from_is_not_removed(tmp_path):
+    """Finality waits for a member that stays alive (heartbeats) but signs nothing for
+    longer than the timeout: nobody votes, because everybody hears from it."""
+    async with network(tmp_path) as net:
+        first = await net.start("n0", remove_after_s=REMOVE_AFTER_S)
+        for i in range(1, 4):
+            await net.start(f"n{i}", bootstrap=first, remove_after_s=REMOVE_AFTER_S)
+        await net.discovered()
+        a, b, _, slow = net.nodes
+        acknowledge = slow.batcher._membership
+        slow.batcher._membership = lambda signed: None  # it acknowledges nothing
+        ids = await trade(a, b, 10_000)
+        await trio.sleep(REMOVE_AFTER_S * 2.5)
+        for node in net.nodes:
+            assert node.status()["removed"] == [] and node.replica.frozen() == []
+            assert not any(node.is_final(ids))
+        slow.batcher._membership = acknowledge  # it acknowledges again: all is final
+        for node in net.nodes:
+            await wait_final(node, ids, timeout_s=30)

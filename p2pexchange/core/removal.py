@@ -108,20 +108,25 @@ class Removals:
         """The removals decided in the causal past `past`: the full sets of votes that
         lie in it and are committed by the rule over their voters with its latest events
         as heads (one per target, the earliest round; with one honest voter there is
-        only one). It only grows as the past grows, and so does everything judged from
-        it below."""
-        decided: dict[bytes, Removal] = {}
+        only one), less any set that counts a vote of a member another committed set
+        removes, cast beyond that set's cut (a void vote). Such a set cannot be committed
+        before the other one is: their common voters stay frozen on that member until
+        its removal is decided in their past. So this only grows as the past grows, and
+        so does everything judged from it below."""
+        committed: dict[bytes, Removal] = {}
         for members, rnd, target in sorted(self._full, key=lambda k: (k[1], k[0], k[2])):
-            if target in decided:
+            if target in committed:
                 continue
             said = self.rounds[(members, rnd)]
             voters = [v for v in members if v != target]
             votes = [said[v] for v in voters]
             if (all(past.has(e.origin, e.seq) for e in votes)
                     and _all_committed(voters, past, votes)):
-                decided[target] = Removal(target, max(covered_seq(e, target) for e in votes),
-                                          rnd, members, tuple(votes))
-        return decided
+                committed[target] = Removal(target, max(covered_seq(e, target) for e in votes),
+                                            rnd, members, tuple(votes))
+        return {t: r for t, r in committed.items()
+                if not any(e.seq > committed[e.origin].cut
+                           for e in r.votes if e.origin in committed)}
 
     def _said(self, members: Members, rnd: int, past: Past,
               decided: Mapping[bytes, Removal]) -> dict[bytes, bytes]:

@@ -8,31 +8,27 @@ from that event's causal past alone (so every replica judges it the same):
 
 - `Vote(m, r, E)`: remove member m in round r among E, the effective members of the
   statement's causal past (`known_members`); `Vote(b"", r, E)`: a refusal, this
-  member removes nobody in round r of E (it hears from whoever was named).
+  member removes nobody in round r of E. A refusal may also join a round among former
+  members already opened in its causal past (nobody can vote there any more).
 - One statement per member per (E, r) (`double_vote`); no new vote for m while the
-  member's previous vote for m stands, its round not closed in the causal past
-  (`vote_open`). A member may have open votes for several targets at once.
-- E must be the effective members of the statement's causal past (`bad_vote`), except
-  that a refusal may join a round among other members already opened in its causal
-  past (once members joined, left or were removed, nobody can vote in such a round,
-  and refusing is how its voters get unfrozen).
+  member's previous vote for m stands (`vote_open`). Votes for several members may
+  stand at once (the node's policy keeps one).
+- Judged in a causal past P (`Past`): a removal is *decided* in P when a full set of
+  votes (all of E but m voted m) lies in P and the commit rule over the voters, with
+  P's latest events as heads, commits it (and it counts no void vote: one beyond the
+  cut of another committed removal of its voter); a round is *dead* when for every t
+  in E a member other than t made a statement other than `Vote(t)` there (members that
+  left, or were removed without a statement up to their cut, count as refusing); a
+  round dead or decided is *closed*; a vote stands while its round is not closed.
 - Frozen coverage: while a member's vote for m stands, its events name no more of m
-  than the votes for m of that round in their causal past did (`unfrozen`).
-- Round r of E is *dead* in a causal past once, for every t in E, a member of E other
-  than t made a round-r statement other than `Vote(t)` there: no target can gather
-  its votes any more. A member that made no round-r statement counts as refusing if
-  its leave or its removal lies in that past (it can state nothing more that counts);
-  a removed member's statements beyond its cut count for nothing.
-- A removal is *decided* in a causal past (`decided_in`) when a full set of votes for
-  m in one round (every member of E but m voted m) lies in it and is committed by the
-  commit rule run over the voters with that past's latest events as heads, and none
-  of the votes is a void one (beyond the cut of another removal decided there). A
-  round dead, or whose removal is decided, is *closed*.
+  than the votes for m of that round counted in their causal past (`unfrozen`).
 
-The cut is the highest seq of m any vote of its set covers; m's events beyond it are
-void on every replica (delivered, counted as empty: ledger.py). A replica's own
-decisions are `decided_in` of everything it delivered. Nothing here reads a clock or a
-timeout: when to vote is the shell's choice (`Suspicion`; liveness only).
+A replica's removals are those decided in everything it delivered. The cut is the
+highest seq of m any vote of the set covers; m's events beyond it are void on every
+replica (delivered, counted as empty: ledger.py). Every notion above only grows with
+the causal past, which is what keeps judgements and decisions alike everywhere.
+Nothing here reads a clock or a timeout: when to vote is the shell's choice
+(`Suspicion`; liveness only).
 """
 
 from __future__ import annotations

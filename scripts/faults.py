@@ -79,6 +79,8 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from p2pexchange.core.params import REMOVE_AFTER_S
+
 NODES = 5
 FIRST_HOST = 2  # node i listens on 127.0.0.(FIRST_HOST + i)
 POLL_S = 0.2  # the recorder polls every node's trades and status this often
@@ -213,8 +215,10 @@ class NodeProcess:
     """One node process on its own address; its output goes to `log_path` (appended
     across restarts), with the lines that matter counted as they pass."""
 
-    def __init__(self, index: int, root: str, rate: float, bootstrap: str | None) -> None:
+    def __init__(self, index: int, root: str, rate: float, bootstrap: str | None,
+                 remove_after_s: float = REMOVE_AFTER_S) -> None:
         self.index = index
+        self.remove_after_s = remove_after_s
         self.name = f"node{index}"
         self.ip = f"127.0.0.{FIRST_HOST + index}"
         self.port = free_port(self.ip)
@@ -235,7 +239,7 @@ class NodeProcess:
         cmd = [sys.executable, "-u", "-m", "p2pexchange", "--data-dir", self.data_dir,
                "--listen", f"/ip4/{self.ip}/tcp/{self.port}", "--api-port", "0",
                "--status-interval", "5", "--seed", str(self.index), "--auto-trade",
-               "--rate", str(self.rate)]
+               "--rate", str(self.rate), "--remove-after", str(self.remove_after_s)]
         if self.bootstrap:
             cmd += ["--bootstrap", self.bootstrap]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -602,6 +606,7 @@ class Settings:
     # latejoin: events the network holds before the newcomer starts
     join_wait_s: float = 60.0  # bootstrap_gone: how long the newcomer may take to be a member
     fill: bool = True  # latejoin: add the filler's orders to reach `events` sooner
+    remove_after_s: float = REMOVE_AFTER_S  # the nodes' --remove-after (liveness only)
 
 
 class Scenario:
@@ -619,9 +624,9 @@ class Scenario:
         self.heal_at: float | None = None  # set by a fault whose end is not its return
         self.newcomer_started: float | None = None
         self.join_facts: dict = {}
-        # bootstrap_gone: finality waits for the dead member for good, so the drain cannot
-        # wait for every trade to be final; it waits for equal digests and event counts.
-        self.finality_expected = name != "bootstrap_gone"
+        # bootstrap_gone: finality waits for the dead member until the others remove it
+        # (--remove-after); then every trade must become final all the same.
+        self.finality_expected = True
 
     def live(self) -> list[NodeProcess]:
         return [n for i, n in enumerate(self.nodes) if i not in self.dead]
@@ -630,11 +635,12 @@ class Scenario:
 
     def start_cluster(self) -> None:
         t0 = time.monotonic()
-        first = NodeProcess(0, self.root, self.s.rate, None)
+        first = NodeProcess(0, self.root, self.s.rate, None, self.s.remove_after_s)
         self.nodes.append(first)
         first.wait_ready()
         for i in range(1, NODES):
-            self.nodes.append(NodeProcess(i, self.root, self.s.rate, first.addr))
+            self.nodes.append(NodeProcess(i, self.root, self.s.rate, first.addr,
+                                          self.s.remove_after_s))
         for node in self.nodes:
             node.wait_ready()
         self.wait_until(lambda ss: all(s["membership"] == "member"
@@ -781,16 +787,16 @@ class Scenario:
 
     def fault_bootstrap_gone(self) -> None:
         """Node 0, the bootstrap, is killed (SIGKILL) for good; the others trade on for
-        --fault-s, then a sixth node starts with node 1 as its bootstrap. It must sync and
-        converge; whether it becomes a member is measured, not required (a join is
-        decided in the final order, and finality waits for the dead member)."""
+        --fault-s (longer than --remove-after: they remove it, and finality resumes),
+        then a sixth node starts with node 1 as its bootstrap: it must sync, converge and
+        become a member (its join is decided in the final order, without node 0)."""
         self.faulty = 0
         self.placer.skip.add(0)
         self.nodes[0].kill()
         self.dead.add(0)
         time.sleep(self.s.fault_s)
         self.heal_at = time.monotonic()  # the newcomer's start: the fault never ends
-        self.newcomer(self.nodes[1].addr, self.s.join_wait_s, member_required=False)
+        self.newcomer(self.nodes[1].addr, self.s.join_wait_s, member_required=True)
 
     def fault_bootstrap_leaves(self) -> None:
         """Node 0, the bootstrap, leaves (POST /leave) and, once it reports `left`, is
@@ -828,7 +834,7 @@ class Scenario:
         """Start a sixth node and probe it until it is a member or `timeout_s` passed:
         until then it must publish nothing, take no order (503), be named in no trade."""
         self.newcomer_spawned = time.monotonic()
-        newcomer = NodeProcess(NODES, self.root, self.s.rate, bootstrap)
+        newcomer = NodeProcess(NODES, self.root, self.s.rate, bootstrap, self.s.remove_after_s)
         self.placer.skip.add(NODES)  # probed here instead, with its own checks
         self.nodes.append(newcomer)
         newcomer.wait_ready()
@@ -1139,23 +1145,28 @@ class Scenario:
             at_kill = [x.events_final for x in rec.samples[i] if x.at <= self.t_fault]
             if at_kill and rec.samples[i]:
                 gained.append(rec.samples[i][-1].events_final - at_kill[-1])
+        removed_by = [any(r["member"] == dead for r in s.get("removed", []))
+                      for s in final_statuses[1:NODES]]
         self.result["after_bootstrap_loss"] = {
-            "pass_criterion": False,  # becomes one once a dead member can be removed
             "newcomer_member": self.join_facts.get("member_after_s") is not None,
             "newcomer": self.join_facts,
             # `waiting_for` at the end, and named by a survivor between the kill and the
-            # newcomer's start; whether the dead node is still a member everywhere.
+            # newcomer's start; whether every survivor removed the dead node.
             "finality_stalled_on": sorted({names.get(p, p) for s in final_statuses
                                            for p in s["waiting_for"]}),
             "waiting_for_before_newcomer": sorted(names.get(p, p) for p in named),
-            "dead_node_still_member": all(dead in s["members"]
-                                          for s in final_statuses[:NODES - 1]),
+            "dead_node_removed_by_every_survivor": all(removed_by),
+            "cut": sorted({r["cut"] for s in final_statuses for r in s.get("removed", [])
+                           if r["member"] == dead}),
             "survivors_events_final_gained_after_kill": gained,
             "trades_pending_at_end": max((s["trades_pending"] for s in final_statuses),
                                          default=None),
             "members_known_by_survivors": sorted({len(s["members"])
                                                   for s in final_statuses[:NODES - 1]}),
         }
+        loss = self.result["after_bootstrap_loss"]
+        if not loss["dead_node_removed_by_every_survivor"] or len(loss["cut"]) != 1:
+            self.failures.append("the dead node was not removed alike by every survivor")
 
     def close(self) -> None:
         stop_all(self.nodes)
@@ -1205,6 +1216,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--join-wait-s", type=float, default=60.0,
                    help="bootstrap_gone: how long the newcomer may take to become a member "
                    "(default 60)")
+    p.add_argument("--remove-after", type=float, default=REMOVE_AFTER_S, metavar="SECONDS",
+                   help="the nodes' --remove-after (default %(default)s: the node's own)")
     p.add_argument("--keep", metavar="DIR", default=None,
                    help="keep data dirs and node logs in DIR/<scenario>/")
     args = p.parse_args(argv)
@@ -1218,7 +1231,7 @@ DEFAULTS = {"stop": (20.0, 20.0), "kill": (20.0, RESTART_DELAY_S),
             "join": (60.0, 0.0), "partition": (20.0, 60.0), "isolate": (20.0, 60.0),
             "loss": (20.0, 60.0),
             "restart": (20.0, 0.0),
-            "latejoin": (10.0, 0.0), "bootstrap_gone": (20.0, 20.0),
+            "latejoin": (10.0, 0.0), "bootstrap_gone": (20.0, REMOVE_AFTER_S + 20.0),
             "bootstrap_leaves": (20.0, 20.0)}  # (warm-up s, fault s)
 DEFAULT_EVENTS = {"restart": 1_000, "latejoin": 10_000}
 
@@ -1240,7 +1253,8 @@ def main(argv: list[str] | None = None) -> int:
                                 order_interval_s=args.order_interval, keep=args.keep,
                                 events=(args.events if args.events is not None
                                         else DEFAULT_EVENTS.get(name, 0)),
-                                join_wait_s=args.join_wait_s, fill=not args.no_fill)
+                                join_wait_s=args.join_wait_s, fill=not args.no_fill,
+                                remove_after_s=args.remove_after)
             result = run_scenario(name, settings)
             ok &= bool(result.get("ok"))
             print(json.dumps(result), flush=True)

@@ -16,7 +16,7 @@ from test_finality import (
     sell,
 )
 
-from p2pexchange.core.events import MEMBERSHIP_MARKET, Event, Vote
+from p2pexchange.core.events import MEMBERSHIP_MARKET, Event, Join, Vote
 from p2pexchange.core.replica import Replica
 
 
@@ -214,3 +214,26 @@ def test_a_replica_rebuilt_from_its_events_reports_the_same_removal_in_any_order
         assert rebuilt.digest == net["c"].digest
         assert rebuilt.removals() == net["c"].removals()
         assert final_history(rebuilt) == final_history(net["c"])
+
+
+def test_the_founder_of_a_network_can_be_removed_by_those_it_admitted():
+    """A network founded by one member, the others admitted by joins: when the founder
+    is removed, the stretch before the first join is waited on by nobody, and finality
+    goes on with the members it admitted."""
+    net = Net("f", newcomers="abc")
+    founder = net.ids["f"]
+    for name in "abc":
+        net.act("f", [Join(net.ids[name])], MEMBERSHIP_MARKET)
+        net.acks_until_quiet()
+        assert net[name].is_member(net.ids[name]), name
+    net.acks_until_quiet()
+    live = "abc"
+    net.act("a", [sell(100)], to=live)
+    net.act("b", [buy(100)], to=live)
+    for name in live:
+        state(net, name, {"f"}, to=live)
+    net.acks_until_quiet(live)
+    for name in live:
+        assert [r.member for r in net[name].removals()] == [founder]
+        assert not pending_with_actions(net[name]) and net[name].final_key() is not None
+    assert len({net[n].digest for n in live}) == 1

@@ -277,6 +277,8 @@ def _committed(members: Sequence[bytes], events: Mapping[bytes, Sequence[Event]]
     """The two-round rule over `members`: the key of the highest event committed by
     them and sorting at or before `bound` (None: no bound), or None. Events of
     `others` (removed members) count too when every witness covers them."""
+    if not members:
+        return None  # a stretch waited on by nobody (its members all removed)
     heads = []
     for member in members:
         chain = events.get(member)

@@ -251,13 +251,16 @@ def trades_table(trades: list[dict]) -> Table:
 def status_table(s: dict) -> Table:
     t = Table("", "", box=None, show_header=False)
     for key in ("peer_id", "multiaddrs", "peers", "membership", "members", "waiting_for",
-                "digest", "final_frontier", "events", "trades", "trades_final",
-                "trades_pending", "rejected", "trading"):
+                "removed", "voting_to_remove", "digest", "final_frontier", "events",
+                "trades", "trades_final", "trades_pending", "rejected", "trading"):
         value = s.get(key)
         if key == "members":
             value = f"{len(value)}"
         elif key == "waiting_for":
             value = ", ".join(value) or "nobody"
+        elif key == "removed":
+            value = ", ".join(f"{r['member']} (after seq {r['cut']})"
+                              for r in value or []) or "nobody"
         elif isinstance(value, list):
             value = ", ".join(value)
         elif isinstance(value, dict):

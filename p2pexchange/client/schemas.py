@@ -121,17 +121,23 @@ class Trades(BaseModel):
     trades: list[TradeOut]
 
 
+class Removed(BaseModel):
+    member: str
+    cut: int = Field(description="its events beyond this seq count for nothing (void)")
+    round: int
+
+
 class Status(BaseModel):
     peer_id: str
     addr: str
     multiaddrs: list[str]
     peers: int
     membership: Literal["learning", "joining", "catching_up", "member", "leaving",
-                        "left"] = Field(
+                        "left", "removed"] = Field(
         description="this node's state in the network: learning its genesis, joining "
         "(not admitted yet), catching_up after a restart, member (it trades), leaving "
-        "(its leave is signed or about to be, not final yet) or left (for good: it may "
-        "be stopped)")
+        "(its leave is signed or about to be, not final yet), left (for good: it may "
+        "be stopped) or removed (the other members voted it out: it takes no orders)")
     members: list[str] = Field(description="the network's members as this node knows them")
     waiting_for: list[str] = Field(description="members whose next event would move "
                                    "finality; empty when nothing waits")
@@ -142,6 +148,11 @@ class Status(BaseModel):
     events_final: int = Field(description="events final here, in the applied order")
     equivocations: int = Field(description="proofs of equivocation kept: (origin, seq) "
                                "pairs seen signed in two versions (at most 256)")
+    removed: list[Removed] = Field(description="members removed from the network, in "
+                                   "order of decision (protocols/finality.md)")
+    voting_to_remove: list[str] = Field(description="members this node's standing "
+                                        "removal votes name (it covers no more of them "
+                                        "meanwhile)")
     events: int
     buffered: int
     own_seq: int

@@ -376,6 +376,8 @@ class Simulation:
             self.result.stall = "equivocation"
         elif self._two_out(self._in_network(nodes)):
             self.result.stall = "two members out"
+        elif self._too_few(self._in_network(nodes)):
+            self.result.stall = "too few members"
         else:
             nodes = self._in_network(nodes)
             waiting = {n.index: len(n.replica.finality().waiting_for) for n in nodes}
@@ -397,6 +399,16 @@ class Simulation:
         return any(n.replica.frozen() or any(
             target != crashed for target, _, _ in n.replica.membership.removals
             .undecided_sets()) for n in nodes)
+
+    def _too_few(self, nodes: list[SimNode]) -> bool:
+        """The other documented limit: the crashed member is not removed because fewer
+        than three members are left counting it (a removal needs |E| >= 3)."""
+        s = self.schedule
+        if s.crashed is None or not nodes:
+            return False
+        crashed = self.nodes[s.crashed].origin
+        members = nodes[0].replica.members()
+        return crashed in members and len(members) < 3
 
     def _in_network(self, nodes: list[SimNode]) -> list[SimNode]:
         """`nodes` less those another of them has removed: a removed node keeps

@@ -1,13 +1,15 @@
 // Delivery of events, written from protocols/event.md ("Ordering", "Checks with
 // state", "Membership") and protocols/finality.md: causal delivery with a buffer, the
 // state checks at arrival (equivocation) and at delivery (fork, bad_lamport,
-// clock_regression, left, not_member, then the removal statements' bad_vote,
-// double_vote, vote_open, unfrozen), membership from a genesis plus delivered joins
-// (candidates, decided in the final order: effective while fewer than MEMBERS_MAX are,
-// else refused; a newcomer's first event parked until its join is decided), leaves
-// (a member whose leave is final is no longer waited for) and removals (finality.md,
-// "Removing a member": rounds of votes, dead rounds, the decision by the commit rule
-// over the voters, the cut; the removed member's events beyond it are void), the
+// clock_regression, left, not_member, then the removal statements' vote_open, unfrozen,
+// bad_vote, double_vote), membership from a genesis plus delivered joins (candidates,
+// decided in the final order: effective while fewer than MEMBERS_MAX are, else
+// refused; a newcomer's first event parked until its join is decided), leaves (a
+// member whose leave is final is no longer waited for) and removals (finality.md,
+// "Removing a member": statements judged in a causal past, rounds closed when dead or
+// decided there, a decision by the commit rule over the voters with that past's heads
+// less sets counting a void vote, votes standing per target, frozen coverage, the cut;
+// a removed member is waited for nowhere and its events beyond the cut are void), the
 // commit rule (the final frontier), when to acknowledge, the node's clock, and the
 // events a sync requester lacks. The books and the digest are computed by
 // reference.mjs from the delivered set alone, in the total order (void events marked
@@ -26,10 +28,6 @@ function coveredSeq (head, originHex) {
 }
 export const covers = (head, originHex, seq) => coveredSeq(head, originHex) >= seq
 
-// A key below every event's: the boundary of a member removed with cut 0 (it never
-// spoke in any voter's past), so the rule stops waiting for it from the start.
-const BEFORE_EVERYTHING = { lamport: 0, rank: 0, origin: new Uint8Array(0), seq: 0 }
-
 // Elementwise, then shorter first: the order of two member lists (hex, ascending).
 function compareLists (x, y) {
   for (let i = 0; i < Math.min(x.length, y.length); i++) {
@@ -39,8 +37,10 @@ function compareLists (x, y) {
 }
 
 // The two-round rule over `members` (hex), bounded by the event `bound` (null: none):
-// the highest committed event, or null.
-function committed (members, chains, bound) {
+// the highest committed event, or null. Events of `others` (removed members, hex) count
+// too when every witness covers them: a removed member is waited for nowhere, but its
+// committed events still raise the frontier (finality.md, "Decision, cut, void events").
+function committed (members, chains, bound, others = []) {
   const heads = []
   for (const m of members) {
     const chain = chains.get(m)
@@ -54,7 +54,7 @@ function committed (members, chains, bound) {
     witnesses.push(chains.get(p)[w - 1])
   }
   let best = null
-  for (const o of members) {
+  for (const o of [...members, ...others.filter((o) => chains.get(o)?.length)]) {
     let c = Math.min(...witnesses.map((w) => coveredSeq(w, o)))
     const chain = chains.get(o)
     if (bound) {
@@ -89,81 +89,164 @@ function statementOf (event) {
   return s
 }
 
-// The commit rule over `members` (hex) with their latest delivered events as heads:
-// whether every witness w(p) (p's highest event all heads cover) covers every event
-// of `targets`.
-function allCommitted (members, chains, targets) {
+// A causal past: an event's, the event itself included (it need not be delivered yet:
+// it is the head of its own origin there), or everything delivered (`event` null).
+class Past {
+  constructor (chains, event = null) {
+    this.chains = chains
+    this.event = event
+  }
+
+  // The highest seq of `origin` (hex) in this past.
+  seq (origin) {
+    if (this.event === null) return this.chains.get(origin)?.length ?? 0
+    return coveredSeq(this.event, origin)
+  }
+
+  has (origin, seq) {
+    return this.seq(origin) >= seq
+  }
+
+  // `origin`'s latest event in this past, or null.
+  head (origin) {
+    if (this.event !== null && this.event.originHex === origin) return this.event
+    const s = this.seq(origin)
+    return s ? this.chains.get(origin)[s - 1] : null
+  }
+}
+
+// The commit rule over `members` (hex) with the latest events of `past` as heads:
+// whether every witness w(p) (p's highest event all heads cover) covers every event of
+// `targets`.
+function allCommitted (members, past, targets) {
   const heads = []
   for (const m of members) {
-    const chain = chains.get(m)
-    if (!chain || chain.length === 0) return false
-    heads.push(chain[chain.length - 1])
+    const head = past.head(m)
+    if (!head) return false
+    heads.push(head)
   }
   for (const p of members) {
     const w = Math.min(...heads.map((h) => coveredSeq(h, p)))
     if (w === 0) return false
-    const witness = chains.get(p)[w - 1]
+    const witness = w === past.seq(p) ? past.head(p) : past.chains.get(p)[w - 1]
     if (!targets.every((t) => covers(witness, t.originHex, t.seq))) return false
   }
   return true
 }
 
-// The statements delivered so far, and the removals they decide. A "past" is an
-// event: its causal past, itself included (`covers`).
+// The statements delivered so far, and the removals they decide. Everything is judged
+// in a causal past (`Past`), so every replica judges an event alike whenever it does.
 class Removals {
   constructor () {
     this.rounds = new Map() // round key -> { members, round, said: Map voter hex -> statement event }
-    this.last = new Map() // member hex -> its latest delivered statement
-    this.complete = new Map() // target hex -> keys of rounds in which every other member voted it
-    this.decided = new Map() // removed member hex -> { member, cut, round, members }
+    this.votes = new Map() // voter hex -> Map target hex -> its latest vote for that target
+    this.full = [] // { key, members, round, target }: rounds in which all but the target voted it
+    this.decided = new Map() // removed member hex -> { member, cut, round, members, votes }
+    // Whether a member's leave lies in a past (set by the replica): a member that left
+    // states nothing more, so it counts as refusing.
+    this.leftIn = () => false
   }
 
-  // Round `key` of `members` is dead in `past` once, for every t in E, a member other
-  // than t made a statement of that round other than Vote(t) there.
-  dead (members, key, past) {
-    const said = []
-    for (const [voter, e] of this.rounds.get(key)?.said ?? []) {
-      if (covers(past, voter, e.seq)) said.push([voter, statementOf(e).target])
+  // The removals decided in `past`: the full vote sets that lie in it and that the
+  // commit rule over their voters commits with its latest events as heads, one per
+  // target (the earliest by round, then members), less any set that counts a void vote
+  // (a vote of a member another such set removes, cast beyond that set's cut).
+  decidedIn (past) {
+    const committedSets = new Map()
+    const ordered = [...this.full].sort((x, y) => (x.round - y.round) || compareLists(x.members, y.members) ||
+      (x.target < y.target ? -1 : x.target > y.target ? 1 : 0))
+    for (const { key, members, round, target } of ordered) {
+      if (committedSets.has(target)) continue
+      const { said } = this.rounds.get(key)
+      const voters = members.filter((v) => v !== target)
+      const votes = voters.map((v) => said.get(v))
+      if (votes.every((e) => past.has(e.originHex, e.seq)) && allCommitted(voters, past, votes)) {
+        const cut = Math.max(...votes.map((e) => coveredSeq(e, target)))
+        committedSets.set(target, { member: target, cut, round, members, votes })
+      }
     }
+    const decided = new Map()
+    for (const [target, r] of committedSets) {
+      const counted = r.votes.every((e) => !committedSets.has(e.originHex) || e.seq <= committedSets.get(e.originHex).cut)
+      if (counted) decided.set(target, r)
+    }
+    return decided
+  }
+
+  // voter -> target ('' for a refusal) of round `key` of `members` in `past`, where
+  // `decided` is `decidedIn(past)`: a member removed there counts only with what it
+  // stated up to its cut, and as refusing if it stated nothing by then; a member whose
+  // leave lies in `past` and that stated nothing counts as refusing.
+  said (members, key, past, decided) {
+    const said = new Map()
+    for (const [voter, e] of this.rounds.get(key)?.said ?? []) {
+      const removal = decided.get(voter)
+      if (past.has(voter, e.seq) && (!removal || e.seq <= removal.cut)) said.set(voter, statementOf(e).target)
+    }
+    for (const m of members) {
+      if (!said.has(m) && (decided.has(m) || this.leftIn(m, past))) said.set(m, '')
+    }
+    return said
+  }
+
+  // Whether round `key` (`round` of `members`) is closed in `past`: its removal decided
+  // there, or the round dead (for every t in E, some member other than t made a
+  // statement other than Vote(t), or counts as refusing).
+  closed (members, round, key, past, decided) {
+    for (const r of decided.values()) {
+      if (r.round === round && compareLists(r.members, members) === 0) return true
+    }
+    const said = [...this.said(members, key, past, decided)]
     return members.every((t) => said.some(([voter, target]) => voter !== t && target !== t))
   }
 
   // While `s` (a vote for m) stands: how much of m its voter's events may name, the
-  // highest coverage of m among that round's votes for m in `past`.
-  frozenAt (s, past) {
+  // highest coverage of m among that round's votes for m counted in `past`.
+  frozenAt (s, past, decided) {
+    const raw = this.rounds.get(s.key)?.said ?? new Map()
     let most = 0
-    for (const [voter, e] of this.rounds.get(s.key)?.said ?? []) {
-      if (covers(past, voter, e.seq) && statementOf(e).target === s.target) most = Math.max(most, coveredSeq(e, s.target))
+    for (const [voter, target] of this.said(s.members, s.key, past, decided)) {
+      if (target === s.target && raw.has(voter)) most = Math.max(most, coveredSeq(raw.get(voter), s.target))
     }
     return most
   }
 
-  // Whether `past` covers a full set of removal votes for `member`: in some round,
-  // every other member's Vote(member). (The member's own statement in that round, if
-  // it made one, is no vote for its removal: it need not be covered.)
-  removedIn (member, past) {
-    return (this.complete.get(member) ?? []).some((key) => {
-      const { members, said } = this.rounds.get(key)
-      return members.every((v) => v === member || covers(past, v, said.get(v).seq))
-    })
+  // target -> how much of it `voter`'s events may name, for each vote of `voter` that
+  // stands in `past` (a vote cast beyond its voter's own cut binds nothing).
+  openVotes (voter, past) {
+    const bounds = new Map()
+    const votes = this.votes.get(voter)
+    if (!votes) return bounds
+    const decided = this.decidedIn(past)
+    const removal = decided.get(voter)
+    for (const [target, e] of votes) {
+      if (removal && e.seq > removal.cut) continue
+      const s = statementOf(e)
+      if (!this.closed(s.members, s.round, s.key, past, decided)) bounds.set(target, this.frozenAt(s, past, decided))
+    }
+    return bounds
   }
 
-  // Why `event` (its causes delivered) breaks a statement rule, or null; `known` is
-  // the effective members of its causal past (hex, ascending). In the order of
-  // rejections.md §1.5: vote_open, unfrozen, then bad_vote, double_vote.
-  verdict (event, known) {
+  // Why `event` (its causes delivered) breaks a statement rule, or null; `known` is the
+  // effective members of its causal past `past` (hex, ascending). In the order of
+  // rejections.md §1.5: vote_open / unfrozen (per standing vote, in the order of the
+  // voter's first vote for each target), then bad_vote, double_vote.
+  verdict (event, known, past) {
     const origin = event.originHex
     const vote = statementOf(event)
-    const last = this.last.get(origin)
-    if (last) {
-      const before = statementOf(last)
-      if (!this.dead(before.members, before.key, event)) {
-        if (vote) return 'vote_open'
-        if (before.target && coveredSeq(event, before.target) > this.frozenAt(before, event)) return 'unfrozen'
+    if (this.votes.has(origin)) {
+      for (const [target, bound] of this.openVotes(origin, past)) {
+        if (vote && vote.target === target) return 'vote_open'
+        if (coveredSeq(event, target) > bound) return 'unfrozen'
       }
     }
     if (!vote) return null
-    if (compareLists(vote.members, known) !== 0) return 'bad_vote'
+    if (compareLists(vote.members, known) !== 0) {
+      // Only a refusal may join a round among other members, and only one of which a
+      // statement lies in its causal past.
+      const opened = [...(this.rounds.get(vote.key)?.said ?? [])].some(([v, e]) => past.has(v, e.seq))
+      if (vote.target || !opened) return 'bad_vote'
+    }
     if (!vote.members.includes(origin) || vote.target === origin || (vote.target && !vote.members.includes(vote.target))) return 'bad_vote'
     if (this.rounds.get(vote.key)?.said.has(origin)) return 'double_vote'
     return null
@@ -175,39 +258,28 @@ class Removals {
     if (!this.rounds.has(s.key)) this.rounds.set(s.key, { members: s.members, round: s.round, said: new Map() })
     const { said } = this.rounds.get(s.key)
     said.set(event.originHex, event)
-    this.last.set(event.originHex, event)
-    for (const target of new Set([...said.values()].map((e) => statementOf(e).target))) {
-      if (!target) continue
-      const full = s.members.every((v) => v === target || (said.has(v) && statementOf(said.get(v)).target === target))
-      if (!full) continue
-      if (!this.complete.has(target)) this.complete.set(target, [])
-      if (!this.complete.get(target).includes(s.key)) this.complete.get(target).push(s.key)
+    if (!s.target) return
+    if (!this.votes.has(event.originHex)) this.votes.set(event.originHex, new Map())
+    this.votes.get(event.originHex).set(s.target, event)
+    const full = s.members.every((v) => v === s.target || (said.has(v) && statementOf(said.get(v)).target === s.target))
+    if (full && !this.full.some((f) => f.key === s.key && f.target === s.target)) {
+      this.full.push({ key: s.key, members: s.members, round: s.round, target: s.target })
     }
   }
 
   // Whether a full set of votes is delivered whose target is not removed yet.
   undecided () {
-    return [...this.complete.keys()].some((t) => !this.decided.has(t))
+    return this.full.some((f) => !this.decided.has(f.target))
   }
 
-  // Removals newly decided: for each target (ascending), the first of its full vote
-  // sets (by round, then members) committed by the rule over the voters, E less the
-  // target. The cut is the highest seq of the target any of those votes covers.
+  // Removals newly decided here: those decided in everything delivered. The cut is the
+  // highest seq of the target any vote of its set covers.
   decide (chains) {
     const fresh = []
-    for (const target of [...this.complete.keys()].sort()) {
-      if (this.decided.has(target)) continue
-      const rounds = this.complete.get(target).map((key) => this.rounds.get(key))
-        .sort((x, y) => (x.round - y.round) || compareLists(x.members, y.members))
-      for (const { members, round, said } of rounds) {
-        const voters = members.filter((v) => v !== target)
-        const votes = voters.map((v) => said.get(v))
-        if (!allCommitted(voters, chains, votes)) continue
-        const removal = { member: target, cut: Math.max(...votes.map((e) => coveredSeq(e, target))), round, members }
-        this.decided.set(target, removal)
-        fresh.push(removal)
-        break
-      }
+    for (const [member, removal] of this.decidedIn(new Past(chains))) {
+      if (this.decided.has(member)) continue
+      this.decided.set(member, removal)
+      fresh.push(removal)
     }
     return fresh
   }
@@ -224,6 +296,7 @@ export class Replica {
     this.leftAt = new Map() // member hex -> its delivered leave event
     this.gone = new Set() // members whose leave is final: the rule no longer waits for them
     this.removals = new Removals() // statements, and the members they removed
+    this.removals.leftIn = (m, past) => this._leftIn(m, past)
     this.chains = new Map() // origin hex -> [event by seq - 1]
     this.buffered = new Map() // `${origin}:${seq}` -> event
     this.parked = new Map() // newcomer hex -> its first event, until its join is decided
@@ -268,17 +341,22 @@ export class Replica {
     return removal !== undefined && event.seq > removal.cut
   }
 
-  // The effective members of the causal past of `past` (an event, itself included),
-  // hex ascending: the genesis and every member whose first event it covers, less
-  // those whose leave it covers and those whose full set of removal votes it covers.
-  // What a statement in that past must name as its members.
+  // Whether `member`'s leave (delivered here) lies in the causal past `past`.
+  _leftIn (member, past) {
+    const leave = this.leftAt.get(member)
+    return leave !== undefined && past.has(member, leave.seq)
+  }
+
+  // The effective members of the causal past `past` (a `Past`), hex ascending: the
+  // genesis and every member whose first event lies in it, less those whose leave lies
+  // in it and those whose removal is decided in it. What a statement in that past must
+  // name as its members.
   knownMembers (past) {
+    const decided = this.removals.decidedIn(past)
     const known = []
     for (const m of new Set([...this.genesis, ...this.effective, ...this.candidates])) {
-      if (!this.genesis.has(m) && !covers(past, m, 1)) continue
-      const leave = this.leftAt.get(m)
-      if (leave && covers(past, m, leave.seq)) continue
-      if (this.removals.removedIn(m, past)) continue
+      if (!this.genesis.has(m) && !past.has(m, 1)) continue
+      if (this._leftIn(m, past) || decided.has(m)) continue
       known.push(m)
     }
     return known.sort()
@@ -372,9 +450,11 @@ export class Replica {
       if (!this.effective.has(event.originHex)) return this.refused.has(event.originHex) ? 'not_member' : 'undecided'
     }
     // The removal statements' rules, for a statement and for any event of a member
-    // whose latest statement may still stand.
-    if (!statementOf(event) && !this.removals.last.has(event.originHex)) return null
-    return this.removals.verdict(event, statementOf(event) ? this.knownMembers(event) : [])
+    // with a vote that may still stand, judged in the event's causal past (itself
+    // included, the head of its own origin there).
+    if (!statementOf(event) && !this.removals.votes.has(event.originHex)) return null
+    const past = new Past(this.chains, event)
+    return this.removals.verdict(event, statementOf(event) ? this.knownMembers(past) : [], past)
   }
 
   _park (event) {
@@ -484,29 +564,27 @@ export class Replica {
   // -- finality (protocols/finality.md) ------------------------------------------------
 
   // The rule's frontier over the delivered events. The boundaries are the earliest join
-  // of each candidate or effective member, the leaves known to be final and the cuts of
-  // removed members (their event at the cut), in the total order; one run per stretch
-  // between two boundaries, over the members that count there (a joiner from its join
-  // on, a leaver up to its leave, a removed member up to its cut), each bounded by the
-  // next boundary. A leave at or below the result is final: it becomes a boundary and
-  // the runs are done again, until no further leave is found final. Removals are
-  // decided first.
+  // of each candidate or effective member and the leaves known to be final, in the
+  // total order; one run per stretch between two boundaries, over the members that
+  // count there (a joiner from its join on, a leaver up to its leave), each bounded by
+  // the next boundary. A removed member is waited for nowhere (every event of it that
+  // counts, up to its cut, is delivered wherever its removal is decided), but its
+  // events that every witness covers still count. A leave at or below the result is
+  // final: it becomes a boundary and the runs are done again, until no further leave
+  // is found final. Removals are decided first.
   _frontier () {
     this._decideRemovals()
-    const cuts = [...this.removals.decided.values()].map((r) => ({
-      event: r.cut > 0 ? this.get(r.member, r.cut) : BEFORE_EVERYTHING, leaving: true, member: r.member
-    }))
+    const removed = this.removals.decided
     for (;;) {
       const boundaries = [
-        ...[...this.joined].filter(([m]) => !this.refused.has(m)).map(([m, e]) => ({ event: e, leaving: false, member: m })),
-        ...[...this.leftAt].filter(([m]) => this.gone.has(m) && !this.removals.decided.has(m)).map(([m, e]) => ({ event: e, leaving: true, member: m })),
-        ...cuts
+        ...[...this.joined].filter(([m]) => !this.refused.has(m) && !removed.has(m)).map(([m, e]) => ({ event: e, leaving: false, member: m })),
+        ...[...this.leftAt].filter(([m]) => this.gone.has(m) && !removed.has(m)).map(([m, e]) => ({ event: e, leaving: true, member: m }))
       ].sort((x, y) => compareEvents(x.event, y.event) || (x.leaving - y.leaving) || (x.member < y.member ? -1 : x.member > y.member ? 1 : 0))
-      const required = [...this.genesis].sort()
+      const required = [...this.genesis].filter((m) => !removed.has(m)).sort()
       let best = null
       for (let k = 0; k <= boundaries.length; k++) {
         const bound = k < boundaries.length ? boundaries[k].event : null
-        const found = committed(required, this.chains, bound)
+        const found = committed(required, this.chains, bound, [...removed.keys()])
         if (found && (best === null || compareEvents(found, best) > 0)) best = found
         if (k < boundaries.length) {
           const { leaving, member } = boundaries[k]

@@ -79,6 +79,7 @@ from p2pexchange.core.events import (
 )
 from p2pexchange.core.finality import MEMBERS_MAX
 from p2pexchange.core.market import DEFAULT_MARKETS
+from p2pexchange.core.removal import Past, _all_committed
 from p2pexchange.core.replica import Receipt, Replica
 from p2pexchange.sim.workload import peer_id_bytes, seeded_key_pair
 
@@ -852,6 +853,325 @@ def reject_bad_vote() -> Scenario:
         ])
 
 
+def cast_of(count: int, prefix: str) -> dict[str, Author]:
+    """`count` fresh authors with seeds `<prefix>-<i>`, named a, b, c, ... in the order of
+    their peer ids."""
+    seeds = [f"{prefix}-{i}" for i in range(count)]
+    keyed = sorted((peer_id_bytes(seeded_key_pair(seed)), seed) for seed in seeds)
+    roles = "abcdefgh"[:count]
+    return {role: Author(role, seed) for role, (_, seed) in zip(roles, keyed, strict=True)}
+
+
+def vote_wire(target: bytes, rnd: int, members: Sequence[bytes]) -> list:
+    return [4, target, rnd, list(members)]
+
+
+def next_to(*causes: Event) -> int:
+    """The Lamport time of an event whose clock names exactly `causes`."""
+    return 1 + max(e.lamport for e in causes)
+
+
+def removal_rounds() -> Scenario:
+    x = cast_of(5, "conformance-rounds")
+    a, b, c, d, e = (x[r] for r in "abcde")
+    old = tuple(sorted(m.origin for m in x.values()))  # E: all five
+    new = tuple(sorted(m.origin for m in (a, b, d, e)))  # once c's leave is in the past
+    a1 = a.sign(BTC, [Place(SELL, LIMIT, 101, 1)])
+    b1 = b.see(a1).sign(MEMBERSHIP_MARKET, [])
+    c1 = c.see(a1, b1).sign(MEMBERSHIP_MARKET, [])
+    d1 = d.see(a1, b1, c1).sign(MEMBERSHIP_MARKET, [])
+    e1 = e.see(a1, b1, c1, d1).sign(MEMBERSHIP_MARKET, [])
+    # d and e fall silent at a. a votes both out, in rounds 0 and 1 of E: two votes stand
+    # at once (the node's policy would not, the rule allows it), a is frozen on both at
+    # their seq 1.
+    a2 = a.see(b1, c1, d1, e1).sign(MEMBERSHIP_MARKET, [Vote(d.origin, 0, old)])
+    a3 = a.sign(MEMBERSHIP_MARKET, [Vote(e.origin, 1, old)])
+    c2 = c.see(d1, e1, a2, a3).sign(MEMBERSHIP_MARKET, [Vote(d.origin, 0, old)])
+    e2 = e.see(a2, a3, c2).sign(MEMBERSHIP_MARKET, [])  # e is heard again
+    a_names_e2 = a.forge(4, [a3, b1, c2, d1, e2], next_to(a3, c2, e2), MEMBERSHIP_MARKET, [])
+    a_votes_d_again = a.forge(4, [a3, b1, c1, d1, e1], next_to(a3), MEMBERSHIP_MARKET,
+                              [vote_wire(d.origin, 2, old)])
+    a_votes_e_again = a.forge(4, [a3, b1, c1, d1, e1], next_to(a3), MEMBERSHIP_MARKET,
+                              [vote_wire(e.origin, 2, old)])
+    # c leaves; it stated nothing in round 1, so wherever its leave lies it counts as
+    # refusing there: round 1 is dead. In round 0 it voted d: that vote still counts.
+    c3 = c.sign(MEMBERSHIP_MARKET, [Leave()])
+    a4 = a.see(c2, e2, c3).sign(MEMBERSHIP_MARKET, [])
+    assert a4.clock[e.origin] == e2.seq and a4.clock[d.origin] == d1.seq
+    d2 = d.see(e1, a2, a3, c2, e2, c3, a4).sign(MEMBERSHIP_MARKET, [])  # d is heard again
+    a_names_d2 = a.forge(5, [a4, b1, c3, d2, e2], next_to(a4, d2), MEMBERSHIP_MARKET, [])
+    b.see(c1, d1, e1, a2, a3, c2, e2, c3, a4, d2)
+    b_heads = [a4, b1, c3, d2, e2]
+    b_votes_among_old = b.forge(2, b_heads, next_to(*b_heads), MEMBERSHIP_MARKET,
+                                [vote_wire(d.origin, 0, old)])
+    b_refuses_unopened = b.forge(2, b_heads, next_to(*b_heads), MEMBERSHIP_MARKET,
+                                 [vote_wire(b"", 7, old)])
+    b2 = b.sign(MEMBERSHIP_MARKET, [Vote(b"", 0, old)])
+    a5 = a.see(d2, b2).sign(MEMBERSHIP_MARKET, [])
+    assert a5.clock[d.origin] == d2.seq
+    a6 = a.sign(MEMBERSHIP_MARKET, [Vote(d.origin, 0, new)])
+    return Scenario(
+        "removal_rounds", "Removal rounds judged in a causal past: votes of one member for "
+        "different targets stand at once and each freezes its target (unfrozen), a new vote "
+        "for the same target while the earlier one stands is vote_open, a member whose leave "
+        "lies in the past and that stated nothing in a round counts as refusing there (the "
+        "round dies), one that stated counts with its statement, and a refusal may join a "
+        "round among former members that its causal past holds.",
+        x, "abcde", [BTC], [
+            step(a1, "a rests 1@101", status="delivered"),
+            step(b1, "b acknowledges", status="delivered"),
+            step(c1, "c acknowledges", status="delivered"),
+            step(d1, "d acknowledges, then falls silent", status="delivered"),
+            step(e1, "e acknowledges, then falls silent", status="delivered"),
+            step(a2, "a votes d out in round 0 of {a, b, c, d, e}", status="delivered",
+                 outcomes=["voted"]),
+            step(a3, "a votes e out in round 1 while its vote for d stands: votes for "
+                 "different targets may stand at once", status="delivered",
+                 outcomes=["voted"]),
+            step(c2, "c votes d out in round 0 too", status="delivered", outcomes=["voted"]),
+            step(e2, "e is heard again: it acknowledges", status="delivered", outcomes=[]),
+            step(a_names_e2, "a acknowledges e's new event while its vote for e stands (round "
+                 "1 is neither dead nor decided): it names more of e than the round's votes "
+                 "did: unfrozen", status="rejected", code="unfrozen"),
+            step(a_votes_d_again, "a votes d out again, in round 2, while its round-0 vote "
+                 "for d stands: vote_open", status="rejected", code="vote_open"),
+            step(a_votes_e_again, "a votes e out again, in round 2, while its round-1 vote "
+                 "for e stands (its vote for d, standing too, does not object): vote_open",
+                 status="rejected", code="vote_open"),
+            step(c3, "c leaves: it stated nothing in round 1, so where its leave lies it "
+                 "counts as refusing there", status="delivered", outcomes=["left"]),
+            step(a4, "a acknowledges e's new event and c's leave: round 1 is dead in its "
+                 "causal past (c, gone, counts as refusing), so a's vote for e binds no more; "
+                 "its vote for d still stands (c's vote for d counts)", status="delivered",
+                 outcomes=[]),
+            step(d2, "d is heard again: it acknowledges", status="delivered", outcomes=[]),
+            step(a_names_d2, "a names d's new event: round 0 is not dead (a and c voted d, "
+                 "c's leave does not take its vote back): unfrozen", status="rejected",
+                 code="unfrozen"),
+            step(b_votes_among_old, "b votes d out in round 0 of {a, b, c, d, e}: c's leave is "
+                 "in its causal past, so its effective members are {a, b, d, e}, and only a "
+                 "refusal may name other members: bad_vote", status="rejected",
+                 code="bad_vote"),
+            step(b_refuses_unopened, "b refuses in round 7 of {a, b, c, d, e}, which no "
+                 "statement in its causal past opened: bad_vote", status="rejected",
+                 code="bad_vote"),
+            step(b2, "b refuses in round 0 of {a, b, c, d, e}, a round among former members "
+                 "that its causal past holds: delivered, outcome refused; the round is dead",
+                 status="delivered", outcomes=["refused"]),
+            step(a5, "a names d's new event once b's refusal is in its causal past: delivered",
+                 status="delivered", outcomes=[]),
+            step(a6, "a votes d out in round 0 of {a, b, d, e}: its earlier vote for d is "
+                 "closed, so a new vote for d is allowed", status="delivered",
+                 outcomes=["voted"]),
+        ])
+
+
+def removal_decided() -> Scenario:
+    x = cast_of(4, "conformance-decided")
+    a, b, c, d = (x[r] for r in "abcd")
+    old = tuple(sorted(m.origin for m in x.values()))
+    a1 = a.sign(BTC, [Place(SELL, LIMIT, 101, 2)])
+    b1 = b.see(a1).sign(MEMBERSHIP_MARKET, [])
+    c1 = c.see(a1, b1).sign(MEMBERSHIP_MARKET, [])
+    d1 = d.see(a1, b1, c1).sign(MEMBERSHIP_MARKET, [])
+    # d crashes after d1 (for a, b, c). They vote it out in round 0 of {a, b, c, d}.
+    a2 = a.see(b1, c1, d1).sign(MEMBERSHIP_MARKET, [Vote(d.origin, 0, old)])
+    b2 = b.see(c1, d1, a2).sign(MEMBERSHIP_MARKET, [Vote(d.origin, 0, old)])
+    c2 = c.see(d1, a2, b2).sign(MEMBERSHIP_MARKET, [Vote(d.origin, 0, old)])
+    a3 = a.see(b2, c2).sign(MEMBERSHIP_MARKET, [])
+    b3 = b.see(c2, a3).sign(MEMBERSHIP_MARKET, [])
+    # c votes a out in round 1 of {a, b, c, d}: the full set for d lies in its causal past
+    # but is not committed there, so d is still an effective member.
+    c3 = c.see(a3, b3).sign(MEMBERSHIP_MARKET, [Vote(a.origin, 1, old)])
+    # d, back, votes c out in round 1 from its own old causal past (seq 2: beyond the cut).
+    d2 = d.sign(MEMBERSHIP_MARKET, [Vote(c.origin, 1, old)])
+    a_names_d2 = a.forge(4, [a3, b2, c2, d2], next_to(a3, d2), MEMBERSHIP_MARKET, [])
+    a4 = a.see(b3, c3).sign(MEMBERSHIP_MARKET, [])
+    c4 = c.see(a4, d2).sign(MEMBERSHIP_MARKET, [])
+    assert c4.clock[a.origin] == a4.seq > c3.clock[a.origin]
+    b.see(c3, a4, d2, c4)
+    b_heads = [a4, b3, c4, d2]
+    b_votes_among_old = b.forge(4, b_heads, next_to(*b_heads), MEMBERSHIP_MARKET,
+                                [vote_wire(a.origin, 1, old)])
+    b4 = b.sign(MEMBERSHIP_MARKET, [Vote(b"", 1, old)])
+    a5 = a.see(d2, c4, b4).sign(BTC, [Place(SELL, LIMIT, 102, 1)])
+    assert a5.clock[d.origin] == d2.seq
+
+    def key(e: Event) -> list:
+        return [e.lamport, e.key[1], e.origin.hex(), e.seq]
+
+    return Scenario(
+        "removal_decided", "A removal is decided in a causal past once its full vote set is "
+        "committed there by the rule over the voters: until then the removed-to-be member is "
+        "still an effective member and the votes freeze their voters; from then on its round "
+        "is closed, it is no member, and it counts in other rounds only with what it stated "
+        "up to its cut (else as refusing), so its void vote beyond the cut does not keep a "
+        "round alive.", x, "abcd", [BTC], [
+            step(a1, "a rests 2@101", status="delivered"),
+            step(b1, "b acknowledges", status="delivered"),
+            step(c1, "c acknowledges", status="delivered"),
+            step(d1, "d acknowledges, then crashes", status="delivered"),
+            step(a2, "a votes d out in round 0 of {a, b, c, d}", status="delivered",
+                 outcomes=["voted"]),
+            step(b2, "b votes d out", status="delivered", outcomes=["voted"]),
+            step(c2, "c votes d out: the vote set is full, not committed",
+                 status="delivered", outcomes=["voted"]),
+            step(a3, "a acknowledges the votes", status="delivered", outcomes=[]),
+            step(b3, "b acknowledges", status="delivered", outcomes=[]),
+            step(c3, "c votes a out in round 1 of {a, b, c, d}: the full set for d lies in its "
+                 "causal past but is not committed there, so d is still one of its effective "
+                 "members; c's vote for d stands as well", status="delivered",
+                 outcomes=["voted"]),
+            step(d2, "d, back, votes c out in round 1 (from its old causal past; d is not "
+                 "removed yet here)", status="delivered", outcomes=["voted"]),
+            step(a_names_d2, "a names d's new event where the set for d is not committed: "
+                 "a's vote for d stands, unfrozen", status="rejected", code="unfrozen"),
+            step(a4, "a acknowledges c's vote: the set for d is committed by the rule over a, "
+                 "b and c; d is removed with cut 1, its vote d2 now counts as void (undone and "
+                 "applied again as empty), and the rule no longer waits for d",
+                 status="delivered", outcomes=[],
+                 check=lambda s: s["final_key"] is not None
+                 and ["void"] in [e["outcomes"] for e in s["applied"]]),
+            step(c4, "c names a's new event (beyond its round-1 vote's coverage of a) and d's "
+                 "void vote: in its causal past d is removed, its vote beyond the cut does "
+                 "not count and d counts as refusing, so round 1 is dead and c's vote for a "
+                 "binds no more; its vote for d is closed by the decision",
+                 status="delivered", outcomes=[]),
+            step(b_votes_among_old, "b votes a out in round 1 of {a, b, c, d}: d's removal is "
+                 "decided in its causal past, its effective members are {a, b, c}: bad_vote",
+                 status="rejected", code="bad_vote"),
+            step(b4, "b refuses in round 1 of {a, b, c, d}, a round among former members its "
+                 "causal past holds: delivered, outcome refused", status="delivered",
+                 outcomes=["refused"]),
+            step(a5, "a rests 1@102, naming d's void event: its vote for d is closed by the "
+                 "decision", status="delivered", outcomes=["resting"],
+                 check=lambda s: s["final_key"] is not None),
+        ])
+
+
+def removal_void_vote() -> Scenario:
+    x = cast_of(5, "conformance-void-vote")
+    a, b, c, d, e = (x[r] for r in "abcde")
+    old = tuple(sorted(m.origin for m in x.values()))
+    a1 = a.sign(BTC, [Place(SELL, LIMIT, 101, 1)])
+    b1 = b.see(a1).sign(MEMBERSHIP_MARKET, [])
+    c1 = c.see(a1, b1).sign(MEMBERSHIP_MARKET, [])
+    d1 = d.see(a1, b1, c1).sign(MEMBERSHIP_MARKET, [])
+    e1 = e.see(a1, b1, c1, d1).sign(MEMBERSHIP_MARKET, [])
+    # e, cut off from the others, votes d out in round 0, and c in round 5.
+    e2 = e.sign(MEMBERSHIP_MARKET, [Vote(d.origin, 0, old)])
+    e3 = e.sign(MEMBERSHIP_MARKET, [Vote(c.origin, 5, old)])
+    # The others, who hear nothing more from e, vote it out in round 1 (their votes cover
+    # e1 only: e's cut will be 1, its votes beyond it void).
+    a2 = a.see(b1, c1, d1, e1).sign(MEMBERSHIP_MARKET, [Vote(e.origin, 1, old)])
+    b2 = b.see(c1, d1, e1, a2).sign(MEMBERSHIP_MARKET, [Vote(e.origin, 1, old)])
+    c2 = c.see(d1, e1, a2, b2).sign(MEMBERSHIP_MARKET, [Vote(e.origin, 1, old)])
+    d2 = d.see(e1, a2, b2, c2).sign(MEMBERSHIP_MARKET, [Vote(e.origin, 1, old)])
+    # a, b and c also vote d out in round 0, before e's removal is decided in their causal
+    # past (after it, E no longer holds e): with e's vote the set for d is full.
+    a3 = a.see(b2, c2, d2).sign(MEMBERSHIP_MARKET, [Vote(d.origin, 0, old)])
+    b3 = b.see(c2, d2, a3).sign(MEMBERSHIP_MARKET, [Vote(d.origin, 0, old)])
+    d3 = d.see(a3, b3).sign(MEMBERSHIP_MARKET, [])
+    c3 = c.see(d2, a3, b3, d3).sign(MEMBERSHIP_MARKET, [Vote(d.origin, 0, old)])
+    a4 = a.see(b3, d3, c3).sign(MEMBERSHIP_MARKET, [])
+    b4 = b.see(d3, c3, a4).sign(MEMBERSHIP_MARKET, [])
+    d4 = d.see(c3, a4, b4).sign(MEMBERSHIP_MARKET, [])
+    a5 = a.see(b4, d4).sign(MEMBERSHIP_MARKET, [])
+    assert a5.clock[d.origin] == d4.seq > c3.clock[d.origin]
+    # e hears everything: its events name more of d and c than its votes did, but in their
+    # causal past e is removed and its votes beyond the cut bind nothing.
+    e4 = e.see(a2, b2, c2, d2, a3, b3, d3, c3, a4, b4, d4, a5).sign(MEMBERSHIP_MARKET, [])
+    history = [a1, b1, c1, d1, e1, e2, e3, a2, b2, c2, d2, a3, b3, d3, c3, a4, b4, d4, a5, e4]
+    voters, set_for_d = [a, b, c, e], [a3, b3, c3, e2]
+    acks: list[Event] = []
+    witness = Replica(DEFAULT_MARKETS, genesis=old)
+    for event in history:
+        assert witness.admit(event).status == "delivered"
+    for turn in range(4 * len(voters)):
+        delivered = {m.origin: witness.events_of(m.origin) for m in x.values()}
+        if _all_committed([v.origin for v in voters], Past(delivered), set_for_d):
+            break
+        author = voters[turn % len(voters)]
+        ack = author.see(*history, *acks).sign(MEMBERSHIP_MARKET, [])
+        assert witness.admit(ack).status == "delivered"
+        acks.append(ack)
+    else:
+        raise AssertionError("the set for d was never committed")
+    assert [r.member for r in witness.removals()] == [e.origin]
+    d5 = d.see(a5, e2, e3, e4, *acks).sign(BTC, [Place(BUY, IOC, 101, 1)])
+    # e, removed, acknowledges everything (void); each member acknowledges e's event
+    # without seeing the others do, then each acknowledges those: every witness covers
+    # e's event, and none covers another member's event after it.
+    everything = [*history, *acks, d5]
+    e5 = e.see(*everything).sign(MEMBERSHIP_MARKET, [])
+    members = [a, b, c, d]
+    first = [m.see(*everything, e5).sign(MEMBERSHIP_MARKET, []) for m in members]
+    second = [m.see(*first).sign(MEMBERSHIP_MARKET, []) for m in members]
+
+    def key(event: Event) -> list:
+        return [event.lamport, event.key[1], event.origin.hex(), event.seq]
+
+    return Scenario(
+        "removal_void_vote", "A removed member's votes beyond its cut are void: they bind "
+        "nothing (its later events may name more of their targets) and a full vote set that "
+        "counts one decides nothing even once the rule over its voters commits it; a round "
+        "dies through a removed member that stated nothing in it up to its cut.",
+        x, "abcde", [BTC], [
+            step(a1, "a rests 1@101", status="delivered"),
+            step(b1, "b acknowledges", status="delivered"),
+            step(c1, "c acknowledges", status="delivered"),
+            step(d1, "d acknowledges", status="delivered"),
+            step(e1, "e acknowledges", status="delivered"),
+            step(e2, "e votes d out in round 0 of {a, b, c, d, e}", status="delivered",
+                 outcomes=["voted"]),
+            step(e3, "e votes c out in round 5: a second vote of e stands", status="delivered",
+                 outcomes=["voted"]),
+            step(a2, "a votes e out in round 1 (its vote covers e1 only)", status="delivered",
+                 outcomes=["voted"]),
+            step(b2, "b votes e out", status="delivered", outcomes=["voted"]),
+            step(c2, "c votes e out", status="delivered", outcomes=["voted"]),
+            step(d2, "d votes e out: the set for e is full", status="delivered",
+                 outcomes=["voted"]),
+            step(a3, "a votes d out in round 0, its vote for e standing too",
+                 status="delivered", outcomes=["voted"]),
+            step(b3, "b votes d out in round 0", status="delivered", outcomes=["voted"]),
+            step(d3, "d acknowledges", status="delivered", outcomes=[]),
+            step(c3, "c votes d out in round 0: with e's vote the set for d is full",
+                 status="delivered", outcomes=["voted"]),
+            step(a4, "a acknowledges", status="delivered", outcomes=[]),
+            step(b4, "b acknowledges", status="delivered", outcomes=[]),
+            step(d4, "d acknowledges: the set for e is committed by the rule over a, b, c and "
+                 "d; e is removed with cut 1, its two votes are void",
+                 status="delivered", outcomes=[],
+                 check=lambda s: [o for o in (entry["outcomes"] for entry in s["applied"])
+                                  if o == ["void"]] == [["void"], ["void"]]),
+            step(a5, "a names d's new event, beyond what the round-0 votes for d cover: in its "
+                 "causal past e is removed without a round-0 statement (e2 is not in it), "
+                 "counts as refusing, and round 0 is dead", status="delivered", outcomes=[]),
+            step(e4, "e, removed, names more of d and c than its votes did: votes beyond its "
+                 "cut bind nothing; delivered, void", status="delivered", outcomes=[]),
+            *[step(ack, f"{author_of(x, ack)} acknowledges"
+                   + (": the set for d (a, b, c and e's vote) is now committed by the rule over "
+                      "its voters, but e's vote lies beyond e's cut: it decides nothing, d "
+                      "stays a member" if ack is acks[-1] else ""),
+                   status="delivered", outcomes=[]) for ack in acks],
+            step(d5, "d, still a member, IOC buys 1@101: it trades", status="delivered",
+                 trades=1),
+            step(e5, "e, removed, acknowledges everything: delivered, void", status="delivered",
+                 outcomes=[]),
+            *[step(ack, f"{author_of(x, ack)} acknowledges e's event", status="delivered",
+                   outcomes=[]) for ack in first],
+            *[step(ack, f"{author_of(x, ack)} acknowledges the others' acknowledgements"
+                   + (": the highest committed event is e's: the rule waits for e nowhere, "
+                      "but an event of it that every witness covers counts toward the "
+                      "frontier" if ack is second[-1] else ""),
+                   status="delivered", outcomes=[],
+                   **({"check": lambda s: s["final_key"] == key(e5)}
+                      if ack is second[-1] else {}))
+              for ack in second],
+        ])
+
+
 def author_of(authors: dict[str, Author], event: Event) -> str:
     return next(role for role, author in authors.items() if author.origin == event.origin)
 
@@ -1032,7 +1352,8 @@ SCENARIOS: tuple[Callable[[], Scenario], ...] = (
     stp_expire_both, fair_order_cancels_first, rollback_late_event, rollback_reference,
     causal_buffering, duplicates, membership, leave, reject_malformed, reject_oversize,
     reject_equivocation, reject_fork, reject_bad_lamport, reject_clock_regression,
-    reject_not_member, reject_bad_leave, remove_member, reject_bad_vote,
+    reject_not_member, reject_bad_leave, remove_member, reject_bad_vote, removal_rounds,
+    removal_decided, removal_void_vote,
 )
 
 

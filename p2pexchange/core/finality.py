@@ -45,7 +45,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from .clock import OrderKey, covered_seq, covers
 from .events import VOTE_MEMBERS_MAX, Event, Join, Leave
-from .removal import Members, Past, Removal, Removals
+from .removal import Members, Past, Removal, Removals, statement
 
 MEMBERS_MAX = 64  # a protocol constant: joins beyond it are refused in the final order
 assert MEMBERS_MAX == VOTE_MEMBERS_MAX
@@ -105,10 +105,11 @@ class Membership:
                 ) -> tuple[str, str] | None:
         """Why `event` breaks a rule of removal statements (removal.py), or None."""
         removals = self.removals
-        if event.origin not in removals.votes and not event.actions:
-            return None  # the common case: no statement, and none of its origin stands
+        vote = statement(event)
+        if vote is None and event.origin not in removals.votes:
+            return None  # the common case: no statement, and no vote of its origin
         past = Past(events, event)
-        known = self.known_members(past) if event.market == "" and event.actions else ()
+        known = self.known_members(past) if vote is not None else ()
         return removals.verdict(event, known, past)
 
     def known_members(self, past: Past) -> Members:

@@ -239,10 +239,7 @@ class Simulation:
         if node.index in s.gone:
             return
         if self._admits(node, tick):
-            newcomer = self.nodes[s.newcomer]  # type: ignore[index]
-            self.joined = tick
-            self._publish(node, node.create(MEMBERSHIP_MARKET, [Join(newcomer.origin)]), tick)
-            self._note(tick, f"node {node.index} admits node {newcomer.index}")
+            self._admit(node, tick)
         elif node.index == s.leaver and tick >= s.leave_tick:
             self._leave(node, tick)
         elif not node.is_member():
@@ -272,6 +269,12 @@ class Simulation:
         origin = self.nodes[s.newcomer].origin
         return (tick - self.joined >= JOIN_RETRY_TICKS
                 and origin not in node.replica.membership.members)  # type: ignore[union-attr]
+
+    def _admit(self, node: SimNode, tick: int) -> None:
+        newcomer = self.nodes[self.schedule.newcomer]  # type: ignore[index]
+        self.joined = tick
+        self._publish(node, node.create(MEMBERSHIP_MARKET, [Join(newcomer.origin)]), tick)
+        self._note(tick, f"node {node.index} admits node {newcomer.index}")
 
     def _leave(self, node: SimNode, tick: int) -> None:
         """The leaver signs its leave, then only acknowledges until the leave is final
@@ -361,6 +364,8 @@ class Simulation:
                     s.gone.add(node.index)  # a leaver whose leave became final here
                 elif node.index in s.gone or not node.is_member():
                     continue
+                elif self._admits(node, tick):  # a newcomer whose join went void asks again
+                    self._admit(node, tick)
                 elif (vote := node.removal_statement(tick)) is not None:
                     self._publish(node, node.create(MEMBERSHIP_MARKET, [vote]), tick)
                     self._note(tick, f"node {node.index} states {self._describe(vote)}")

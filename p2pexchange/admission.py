@@ -32,7 +32,8 @@ is in one of four states, shown as `membership` in its status:
 
 Removal (liveness only; the rule is core/removal.py): a member suspects another that
 finality has waited for `--remove-after` seconds (`REMOVE_AFTER_S`) with no event and no
-heartbeat from it, and signs the removal statement its replica proposes
+heartbeat from it, or that a kept proof shows equivocating (proofs are gossiped:
+net/control.py), and signs the removal statement its replica proposes
 (`Replica.removal_statement`) at its next tick.
 
 A member admits whoever asks it, up to `MEMBERS_MAX` members (an open network; the
@@ -288,6 +289,7 @@ class Admission:
                     self._last_seq[member] = seq
                     suspicion.heard(member, now)
         suspects = suspicion.suspects(now, replica.finality().waiting_for)
+        suspects |= replica.equivocators() - {self.origin}  # proven: no need to wait
         if not suspects:
             return None
         vote = replica.removal_statement(suspects, suspicion.may_open(now, suspects))

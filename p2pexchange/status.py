@@ -29,7 +29,8 @@ def node_status(node: Any) -> dict:
         "final_frontier": finality.frontier_lamport,
         "events_final": finality.final_events,
         "equivocations": len(node.replica.equivocations),
-        "removed": [{"member": str(ID(r.member)), "cut": r.cut, "round": r.round}
+        "removed": [{"member": str(ID(r.member)), "cut": r.cut, "round": r.round,
+                     "equivocated": any(o == r.member for o, _ in node.replica.equivocations)}
                     for r in node.replica.removals()],
         "voting_to_remove": [str(ID(m)) for m in node.replica.frozen()],
         "peers": len(node.peers),

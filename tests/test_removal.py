@@ -16,7 +16,9 @@ from test_finality import (
     sell,
 )
 
-from p2pexchange.core.events import MEMBERSHIP_MARKET, Event, Join, Vote
+import pytest
+
+from p2pexchange.core.events import MEMBERSHIP_MARKET, Event, Join, Vote, sign_event
 from p2pexchange.core.replica import Replica
 
 
@@ -237,3 +239,29 @@ def test_the_founder_of_a_network_can_be_removed_by_those_it_admitted():
         assert [r.member for r in net[name].removals()] == [founder]
         assert not pending_with_actions(net[name]) and net[name].final_key() is not None
     assert len({net[n].digest for n in live}) == 1
+
+
+def test_a_proof_of_equivocation_is_checked_before_it_is_kept():
+    """The proofs topic's decoder (net/wire.py) verifies both events and that they are
+    two versions of one (origin, seq); the replica keeps a proof once."""
+    from p2pexchange.net import wire
+
+    net = Net("abc")
+    one = net.act("a", [sell(100)])
+    clock = {o: (s, one.heads[o]) for o, s in one.clock.items()}
+    two = sign_event(net.keys["a"].private_key, net.ids["a"], one.seq, clock, one.lamport,
+                     "BTC-USD", [sell(101)])
+    first, second = wire.decode_proof(wire.encode_proof(one.raw, two.raw))
+    assert (first.id, second.id) == (one.id, two.id)
+    later = net.act("a", [sell(102)])
+    for bad in (wire.encode_proof(one.raw, one.raw), wire.encode_proof(one.raw, later.raw),
+                wire.encode_proof(one.raw, two.raw[:-1] + bytes([two.raw[-1] ^ 1])),
+                wire.encode_proof(one.raw, b"\x00" * (64 * 1024 + 1))):
+        with pytest.raises(wire.WireError) as refused:
+            wire.decode_proof(bad)
+        assert refused.value.code in ("bad_proof", "bad_type"), refused.value.code
+    replica = net["b"]
+    assert replica.note_equivocation(first, second) and not replica.note_equivocation(
+        first, second)
+    assert replica.equivocators() == {net.ids["a"]}
+    assert replica.digest == net["c"].digest  # a proof changes nothing else

@@ -1,6 +1,7 @@
 """Removal on real py-libp2p hosts (admission.py, core/removal.py): a member stops for
 good, finality stalls and names it, the others vote it out after `remove_after_s`, and
-finality and trading go on without it; a member that is only slow is not removed."""
+finality and trading go on without it; a member that is only slow is not removed; a
+member proven to equivocate is removed once the proof has gone round."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import trio
 from harness import network
 from test_leave_network import wait_final
 
-from p2pexchange.core.events import OrderType, Place, Side
+from p2pexchange.core.events import OrderType, Place, Side, sign_event
 
 pytestmark = pytest.mark.network
 BTC = "BTC-USD"
@@ -72,3 +73,32 @@ async def test_a_member_heard_from_is_not_removed(tmp_path):
         slow.batcher._membership = acknowledge  # it acknowledges again: all is final
         for node in net.nodes:
             await wait_final(node, ids, timeout_s=30)
+
+
+async def test_a_member_proven_to_equivocate_is_removed_and_the_proof_shown(tmp_path):
+    """A member signs a second version of one of its events (forged here with its own
+    key) and one node receives it: that node keeps the proof and gossips it, every
+    member then holds it and votes the equivocator out, at one cut everywhere; the
+    status and GET /misbehaviour show the exclusion and the proof."""
+    async with network(tmp_path) as net:
+        first = await net.start("n0")
+        for i in range(1, 4):
+            await net.start(f"n{i}", bootstrap=first)
+        await net.discovered()
+        a, b, c, liar = net.nodes
+        await wait_final(a, await trade(liar, b, 10_000))
+        await net.converged()
+        signed = liar.replica.events_of(liar.origin)[-1]
+        other = sign_event(liar.key_pair.private_key, liar.origin, signed.seq,
+                           {o: (s, signed.heads[o]) for o, s in signed.clock.items()},
+                           signed.lamport, BTC, [Place(Side.BUY, OrderType.IOC, 1, 1)])
+        assert a.replica.receive(other.raw).code == "equivocation"
+        for node in (a, b, c):
+            with trio.fail_after(60):
+                while not node.status()["removed"]:
+                    await trio.sleep(0.2)
+            [removed] = node.status()["removed"]
+            assert removed["member"] == str(liar.peer_id) and removed["equivocated"]
+            assert (liar.origin, signed.seq) in node.replica.equivocations
+        assert b.replica.removals() == a.replica.removals() == c.replica.removals()
+        await wait_final(a, await trade(b, c, 10_100), timeout_s=30)  # it goes on

@@ -125,6 +125,8 @@ class Removed(BaseModel):
     member: str
     cut: int = Field(description="its events beyond this seq count for nothing (void)")
     round: int
+    equivocated: bool = Field(description="this node holds a proof that it signed two "
+                              "versions of one seq (GET /misbehaviour shows it)")
 
 
 class Status(BaseModel):

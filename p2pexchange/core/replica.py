@@ -394,6 +394,21 @@ class Replica:
                 return verdict[0]
         return None
 
+    def note_equivocation(self, first: Event, second: Event) -> bool:
+        """Keep a proof of equivocation from a peer: two decoded, verified versions of one
+        (origin, seq). Changes nothing else. True if it is new here and kept (at most
+        `EQUIVOCATIONS_MAX`, the first ones)."""
+        key = (first.origin, first.seq)
+        if (key != (second.origin, second.seq) or first.id == second.id
+                or key in self.equivocations or len(self.equivocations) >= EQUIVOCATIONS_MAX):
+            return False
+        self.equivocations[key] = (first.raw, second.raw)
+        return True
+
+    def equivocators(self) -> set[bytes]:
+        """Members some kept proof shows signing two versions of one seq."""
+        return {o for o, _ in self.equivocations if self.is_member(o)}
+
     def on_heartbeat(self, origin: bytes, clock: Mapping[bytes, int]) -> str | None:
         """Note what a peer's heartbeat says exists (a hint for sync; finality never
         reads heartbeats). Returns None, or why it was refused: `bad_heartbeat` (types,

@@ -50,6 +50,8 @@ actions queued while busy, flushed at once as 20+ events):
 | forwarder: heartbeats           | 500, 2 MiB | 1,000, 4 MiB | 64 members x 1/s      |
 | forwarder: join requests        | 100, 32 KiB | 200, 64 KiB | newcomers' retries  |
 | forwarder: trade reports        | 2,000, 1 MiB | 4,000, 2 MiB | all members' reports |
+| publisher: proofs               | 2, 256 KiB | 10, 1 MiB | one per equivocation seen |
+| forwarder: proofs               | 20, 4 MiB | 100, 8 MiB | every member's proofs   |
 | sync, origin: actions           | 4,000    | 20,000   | history at 2x its making     |
 | sync, origin: events            | 1,000    | 5,000    | ~20/s made; 1-action events  |
 | sync, origin: bytes             | 1 MiB    | 4 MiB    | ~35-80 KiB/s made            |
@@ -165,6 +167,7 @@ class Budget:
 # -- the budgets (see the table above) -------------------------------------------------
 # Topic classes, as gossip.py names what a message is.
 EVENT, HEARTBEAT, JOIN_REQUEST, TRADE_REPORT = "event", "heartbeat", "join request", "trade report"
+PROOF = "proof"
 
 ORIGIN_ACTIONS = Rate(4_000, 10_000)
 ORIGIN_EVENTS = Rate(100, 200)
@@ -176,12 +179,14 @@ PUBLISHER_RATES: dict[str, tuple[Rate, Rate]] = {
     HEARTBEAT: (Rate(10, 20), Rate(64 * KiB, 128 * KiB)),
     JOIN_REQUEST: (Rate(2, 10), Rate(4 * KiB, 8 * KiB)),
     TRADE_REPORT: (Rate(100, 512), Rate(64 * KiB, 128 * KiB)),
+    PROOF: (Rate(2, 10), Rate(256 * KiB, 1 * MiB)),
 }
 FORWARDER_RATES: dict[str, tuple[Rate, Rate]] = {
     EVENT: (Rate(2_000, 4_000), Rate(8 * MiB, 16 * MiB)),
     HEARTBEAT: (Rate(500, 1_000), Rate(2 * MiB, 4 * MiB)),
     JOIN_REQUEST: (Rate(100, 200), Rate(32 * KiB, 64 * KiB)),
     TRADE_REPORT: (Rate(2_000, 4_000), Rate(1 * MiB, 2 * MiB)),
+    PROOF: (Rate(20, 100), Rate(4 * MiB, 8 * MiB)),
 }
 # (events, actions, bytes) of an origin brought by sync answers, new here
 SYNC_ORIGIN_RATES = (Rate(1_000, 5_000), Rate(4_000, 20_000), Rate(1 * MiB, 4 * MiB))

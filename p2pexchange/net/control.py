@@ -23,7 +23,7 @@ from collections.abc import Callable
 import trio
 from libp2p.peer.id import ID
 
-from ..core.events import short_id
+from ..core.events import Event, short_id
 from ..core.params import (
     HEARTBEAT_IDLE_S,
     HEARTBEAT_INTERVAL_MS,
@@ -33,7 +33,7 @@ from ..core.params import (
 )
 from ..core.replica import Finality, Replica
 from . import wire
-from .gossip import CONTROL_TOPIC, TRADES_TOPIC, Gossip, Reject
+from .gossip import CONTROL_TOPIC, PROOFS_TOPIC, TRADES_TOPIC, Gossip, Reject
 from .host import short_peer
 
 log = logging.getLogger("p2pexchange.node")
@@ -68,6 +68,7 @@ class Control:
         self._want_sync = want_sync
         self._on_genesis = on_genesis
         self._heard = heard  # a peer is alive (removal votes wait for silence)
+        self._proofs_sent: set[tuple[bytes, int]] = set()  # proofs published or received
 
     # -- in ------------------------------------------------------------------------
 
@@ -88,6 +89,15 @@ class Control:
         views[sender.to_bytes()] = (hb.clock.get(self.origin, 0), time.monotonic())
         while len(views) > PEER_VIEWS_MAX:
             del views[next(iter(views))]
+
+    def on_proof(self, sender: ID, proof: tuple[Event, Event]) -> None:
+        """A peer's proof of equivocation (both events verified by the decoder): kept,
+        so this node too votes the equivocator out (admission.py)."""
+        first, second = proof
+        self._proofs_sent.add((first.origin, first.seq))  # gossip forwards it already
+        if self.replica.note_equivocation(first, second):
+            log.warning("proof of equivocation from %s: %s signed two versions of seq %d",
+                        short_peer(sender), short_peer(ID(first.origin)), first.seq)
 
     def view_of_mine(self, peer: bytes) -> int:
         """Our highest seq that member `peer`'s latest heartbeat says it has delivered
@@ -181,6 +191,7 @@ class Control:
         hb = wire.Heartbeat(replica.clock, replica.lamport, replica.digest,
                             replica.stats()["events_delivered"], tuple(sorted(genesis)))
         await self.gossip.publish(CONTROL_TOPIC, wire.encode_heartbeat(hb))
+        await self._publish_proofs()
         finality = self.finality()
         self.check_trade_reports()
         await self._report_own_trades()
@@ -188,6 +199,13 @@ class Control:
             log.info("trades final: %d (+%d), pending: %d", finality.final_trades,
                      finality.final_trades - self._final_logged, finality.pending_trades)
             self._final_logged = finality.final_trades
+
+    async def _publish_proofs(self) -> None:
+        """Publish each proof of equivocation this node found itself, once."""
+        for key, (first, second) in list(self.replica.equivocations.items()):
+            if key not in self._proofs_sent:
+                self._proofs_sent.add(key)
+                await self.gossip.publish(PROOFS_TOPIC, wire.encode_proof(first, second))
 
     async def _report_own_trades(self) -> None:
         for event in self.replica.events_of(self.origin)[-OWN_TRADE_REPORTS_SCAN:]:

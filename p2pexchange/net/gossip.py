@@ -62,6 +62,7 @@ DECODED_KEPT_MAX = 4096  # validated events waiting for their topic reader
 CONTROL_TOPIC = f"{TOPIC_PREFIX}/control"
 JOIN_TOPIC = f"{TOPIC_PREFIX}/join"
 TRADES_TOPIC = f"{TOPIC_PREFIX}/trades"
+PROOFS_TOPIC = f"{TOPIC_PREFIX}/proofs"
 MEMBERSHIP_TOPIC = f"{TOPIC_PREFIX}/membership"
 
 Reject = Callable[[str, str, ID | None], None]  # (what, code, peer)
@@ -106,12 +107,14 @@ class Gossip:
     async def follow_control(self, nursery: trio.Nursery,
                              on_heartbeat: Callable[[ID, wire.Heartbeat], None],
                              on_join_request: Callable[[ID, bytes], None],
-                             on_trade_report: Callable[[ID, wire.TradeReport], None]) -> None:
-        """Validate and follow the control (heartbeats), join and trades topics."""
+                             on_trade_report: Callable[[ID, wire.TradeReport], None],
+                             on_proof: Callable[[ID, tuple[Event, Event]], None]) -> None:
+        """Validate and follow the control (heartbeats), join, trades and proofs topics."""
         for topic, what, decode_wire, handle in (
                 (CONTROL_TOPIC, "heartbeat", wire.decode_heartbeat, on_heartbeat),
                 (JOIN_TOPIC, "join request", wire.decode_join_request, on_join_request),
-                (TRADES_TOPIC, "trade report", wire.decode_trade_report, on_trade_report)):
+                (TRADES_TOPIC, "trade report", wire.decode_trade_report, on_trade_report),
+                (PROOFS_TOPIC, "proof", wire.decode_proof, on_proof)):
             self.validate(topic, what, _data_check(decode_wire), wire.WireError)
             await self.follow(nursery, topic, what, decode_wire, wire.WireError, handle)
 

@@ -1,4 +1,5 @@
-"""CBOR messages of the network shell: heartbeats, trade reports, sync request/response.
+"""CBOR messages of the network shell: heartbeats, trade reports, proofs of
+equivocation, sync request/response.
 
 Events have their own module (events.py). Each decoder returns a typed value or
 raises `WireError` with a reason; none raises anything else on bad input. Schemas:
@@ -24,11 +25,15 @@ from ..core.events import (
     EVENT_BYTES_MAX,
     ORIGIN_BYTES_MAX,
     SEQ_MAX,
+    Event,
+    EventRejected,
     canonical,
+    decode_event,
     describe,
     describe_error,
     strict_loads,
 )
+from ..core.market import DEFAULT_MARKETS
 from ..core.orders import Trade
 
 VERSION = 2
@@ -36,6 +41,7 @@ HEARTBEAT_BYTES_MAX = 32 * 1024
 JOIN_REQUEST_BYTES_MAX = 256
 TRADE_REPORT_BYTES_MAX = 4 * 1024
 SYNC_REQUEST_BYTES_MAX = 32 * 1024
+PROOF_BYTES_MAX = 2 * EVENT_BYTES_MAX + 256
 SYNC_EVENTS_MAX = 256  # per response
 SYNC_RESPONSE_BYTES_MAX = SYNC_EVENTS_MAX * EVENT_BYTES_MAX + 1024
 assert SYNC_RESPONSE_BYTES_MAX < 20 * 1024 * 1024
@@ -145,6 +151,26 @@ def encode_join_request(sponsor: bytes) -> bytes:
 def decode_join_request(data: bytes) -> bytes:
     msg = _load(data, JOIN_REQUEST_BYTES_MAX, frozenset("vs"))
     return _peer_id(msg["s"], "sponsor")
+
+
+def encode_proof(first: bytes, second: bytes) -> bytes:
+    """A proof of equivocation: two signed events of one origin with one seq."""
+    return canonical({"v": VERSION, "a": first, "b": second})
+
+
+@_guarded
+def decode_proof(data: bytes) -> tuple[Event, Event]:
+    """The two events of a proof of equivocation, each decoded and its signature
+    verified; `bad_proof` unless they are two versions of one (origin, seq)."""
+    msg = _load(data, PROOF_BYTES_MAX, frozenset("vab"))
+    try:
+        first, second = decode_event(msg["a"], DEFAULT_MARKETS), decode_event(msg["b"],
+                                                                          DEFAULT_MARKETS)
+    except EventRejected as exc:
+        raise WireError("bad_proof", f"an event of the proof: {exc.code}") from None
+    if (first.origin, first.seq) != (second.origin, second.seq) or first.id == second.id:
+        raise WireError("bad_proof", "not two versions of one origin's seq")
+    return first, second
 
 
 def trades_hash(trades: list[Trade]) -> bytes:

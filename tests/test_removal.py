@@ -6,6 +6,7 @@ test's, nothing reads a clock.
 
 from __future__ import annotations
 
+import pytest
 from test_finality import (
     Net,
     assert_final_histories_consistent,
@@ -15,8 +16,6 @@ from test_finality import (
     pending_with_actions,
     sell,
 )
-
-import pytest
 
 from p2pexchange.core.events import MEMBERSHIP_MARKET, Event, Join, Vote, sign_event
 from p2pexchange.core.replica import Replica

@@ -25,13 +25,18 @@ async def trade(maker, taker, price: int) -> list[bytes]:
     return [sell, buy]
 
 
+async def four_members(net, **options) -> list:
+    """Four members of one network, each started with `options` (NodeConfig fields)."""
+    first = await net.start("n0", **options)
+    for i in range(1, 4):
+        await net.start(f"n{i}", bootstrap=first, **options)
+    await net.discovered()
+    return list(net.nodes)
+
+
 async def test_a_member_that_stops_for_good_is_removed_and_finality_resumes(tmp_path):
     async with network(tmp_path) as net:
-        first = await net.start("n0", remove_after_s=REMOVE_AFTER_S)
-        for i in range(1, 4):
-            await net.start(f"n{i}", bootstrap=first, remove_after_s=REMOVE_AFTER_S)
-        await net.discovered()
-        a, b, c, gone = net.nodes
+        a, b, c, gone = await four_members(net, remove_after_s=REMOVE_AFTER_S)
         await wait_final(a, await trade(a, b, 10_000))
         await net.converged()
         await net.stop(gone)  # for good: its data directory is never used again
@@ -58,11 +63,7 @@ async def test_a_member_heard_from_is_not_removed(tmp_path):
     """Finality waits for a member that stays alive (heartbeats) but signs nothing for
     longer than the timeout: nobody votes, because everybody hears from it."""
     async with network(tmp_path) as net:
-        first = await net.start("n0", remove_after_s=REMOVE_AFTER_S)
-        for i in range(1, 4):
-            await net.start(f"n{i}", bootstrap=first, remove_after_s=REMOVE_AFTER_S)
-        await net.discovered()
-        a, b, _, slow = net.nodes
+        a, b, _, slow = await four_members(net, remove_after_s=REMOVE_AFTER_S)
         acknowledge = slow.batcher._membership
         slow.batcher._membership = lambda signed: None  # it acknowledges nothing
         ids = await trade(a, b, 10_000)
@@ -81,11 +82,7 @@ async def test_a_member_proven_to_equivocate_is_removed_and_the_proof_shown(tmp_
     member then holds it and votes the equivocator out, at one cut everywhere; the
     status and GET /misbehaviour show the exclusion and the proof."""
     async with network(tmp_path) as net:
-        first = await net.start("n0")
-        for i in range(1, 4):
-            await net.start(f"n{i}", bootstrap=first)
-        await net.discovered()
-        a, b, c, liar = net.nodes
+        a, b, c, liar = await four_members(net)
         await wait_final(a, await trade(liar, b, 10_000))
         await net.converged()
         signed = liar.replica.events_of(liar.origin)[-1]

@@ -30,7 +30,7 @@ from p2pexchange.sim.simulation import (
     run_simulation,
 )
 
-SIM_SEEDS = int(os.environ.get("SIM_SEEDS", "400"))
+SIM_SEEDS = int(os.environ.get("SIM_SEEDS", "2000"))
 SIM_START = int(os.environ.get("SIM_START", "0"))
 CHUNK = 50
 

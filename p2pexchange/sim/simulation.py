@@ -426,6 +426,10 @@ class Simulation:
     def _settled(self, nodes: list[SimNode]) -> bool:
         if not self.net.idle() or len({n.replica.digest for n in nodes}) != 1:
             return False
+        newcomer = self.schedule.newcomer
+        if newcomer is not None and self.nodes[newcomer] in nodes and not all(
+                n.replica.is_member(self.nodes[newcomer].origin) for n in nodes):
+            return False  # its join went void: it asks again (`_admits`)
         return not any(n.replica.wants_ack() or n.pending_actions() for n in nodes)
 
     def _describe(self, vote) -> str:

@@ -51,7 +51,7 @@ from .core.params import (
     REMOVE_AFTER_S,
     STATUS_INTERVAL_S,
 )
-from .core.replica import OwnHistoryBehind, Replica
+from .core.replica import CannotSign, OwnHistoryBehind, Replica
 from .feed import Feed
 from .intake import Intake
 from .looplag import LoopLag
@@ -295,8 +295,8 @@ class Node:
         try:
             event, receipt = self.replica.create_event(self.key_pair.private_key, market,
                                                        actions)
-        except OwnHistoryBehind as exc:
-            log.warning("not trading yet: %s", exc)
+        except (OwnHistoryBehind, CannotSign) as exc:
+            log.warning("not signing now: %s", exc)
             return None
         self.intake.persist(receipt.delivered, 0)  # stored before it is published
         self.feed.sealed(event, self.replica.outcomes_of(event.id))

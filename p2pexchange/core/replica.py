@@ -129,6 +129,11 @@ class _Draft(NamedTuple):
     clock: Mapping[bytes, int]
 
 
+class CannotSign(Exception):
+    """No event of ours could pass the removal rules now (core/removal.py: our standing
+    votes' bounds); try again once a round closes. Nothing was signed."""
+
+
 class OwnHistoryBehind(Exception):
     """An event signed by this replica's own key has a seq the replica does not hold:
     its store lost history, and a new event would reuse a seq. Sync first."""
@@ -348,6 +353,11 @@ class Replica:
             max((events[o][s - 1].lamport for o, s in named.items() if s), default=0)
         event = sign_event(private_key, self.origin, seq, clock, lamport + 1,
                            market, tuple(actions))
+        if self.membership is not None and (
+                verdict := self.membership.verdict(event, self._events)) is not None:
+            # Our standing votes bound what we may cover, and no causal past we could
+            # name keeps every bound (a corner of frozen coverage): sign nothing now.
+            raise CannotSign(f"{verdict[0]}: {verdict[1]}")
         receipt = self.admit(event)
         assert receipt.status == "delivered", receipt
         return event, receipt

@@ -13,6 +13,7 @@ a cause always sorts before its effects.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -36,3 +37,17 @@ def covered_seq(head: Event | None, origin: bytes) -> int:
     if head.origin == origin:
         return head.seq
     return head.clock.get(origin, 0)
+
+
+def witnesses(members: Sequence[bytes], heads: Sequence[Event],
+              event_at: Callable[[bytes, int], Event]) -> list[Event] | None:
+    """Round one of the commit rule (core/finality.py): for each member p, `w(p)`, p's
+    highest event that every head covers (`event_at(p, seq)`), or None when some
+    member has none."""
+    found = []
+    for p in members:
+        w = min(covered_seq(h, p) for h in heads)
+        if w == 0:
+            return None
+        found.append(event_at(p, w))
+    return found

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from .clock import OrderKey, covered_seq, covers
+from .clock import OrderKey, covered_seq, covers, witnesses
 from .events import VOTE_MEMBERS_MAX, Event, Join, Leave
 from .removal import Members, Past, Removal, Removals, statement
 
@@ -286,17 +286,14 @@ def _committed(members: Sequence[bytes], events: Mapping[bytes, Sequence[Event]]
         if not chain:
             return None  # a member that never spoke covers nothing
         heads.append(chain[-1])
-    # Round one: for each member p, the highest seq of p every member's head covers.
-    witnesses = []
-    for p in members:
-        w = min(covered_seq(h, p) for h in heads)
-        if w == 0:
-            return None
-        witnesses.append(events[p][w - 1])
+    # Round one: for each member p, the highest event of p every member's head covers.
+    found = witnesses(members, heads, lambda p, w: events[p][w - 1])
+    if found is None:
+        return None
     # Round two: per origin, the highest seq every witness covers (within the bound).
     best = None
     for origin in [*members, *(o for o in others if events.get(o))]:
-        c = min(covered_seq(w, origin) for w in witnesses)
+        c = min(covered_seq(w, origin) for w in found)
         chain = events[origin]
         if bound is not None:  # keys grow along a chain: the last one within the bound
             lo, hi = 0, c

@@ -36,7 +36,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from .clock import covered_seq, covers
+from .clock import covered_seq, covers, witnesses
 from .events import ROUND_MAX, Event, Vote
 
 Members = tuple[bytes, ...]
@@ -343,11 +343,7 @@ def _all_committed(members: Sequence[bytes], past: Past, targets: Sequence[Event
         if head is None:
             return False
         heads.append(head)
-    for p in members:
-        w = min(covered_seq(h, p) for h in heads)
-        if w == 0:
-            return False
-        witness = past.head(p) if w == past.seq(p) else past.events[p][w - 1]
-        if not all(covers(witness, t.origin, t.seq) for t in targets):  # type: ignore[union-attr]
-            return False
-    return True
+    found = witnesses(members, heads,  # the judged event itself is its origin's head
+                      lambda p, w: past.head(p) if w == past.seq(p) else past.events[p][w - 1])
+    return found is not None and all(covers(w, t.origin, t.seq)  # type: ignore[union-attr]
+                                     for w in found for t in targets)

@@ -100,14 +100,13 @@ class SimResult:
 
     @property
     def network(self) -> list[SimNode]:
-        """The live nodes less those another live node removed (see `_in_network`)."""
-        removed = {r.member for n in self.live_nodes for r in n.replica.removals()}
-        return [n for n in self.live_nodes if n.origin not in removed]
+        """The live nodes less those another live node removed (see `in_network`)."""
+        return in_network(self.live_nodes)
 
     @property
     def removed(self) -> set[int]:
         """Nodes removed by some live node."""
-        removed = {r.member for n in self.live_nodes for r in n.replica.removals()}
+        removed = removed_by(self.live_nodes)
         return {n.index for n in self.nodes if n.origin in removed}
 
     @property
@@ -372,19 +371,19 @@ class Simulation:
                 elif node.replica.wants_ack():
                     self._publish(node, node.create(MEMBERSHIP_MARKET, []), tick)
             self._check()
-            if self._settled(self._in_network(nodes)):
+            if self._settled(in_network(nodes)):
                 self.result.heal_rounds = round_ + 1
                 return
         self.result.heal_rounds = HEAL_ROUNDS_MAX
         self.result.stalled = True
         if s.kind == "equivocation":
             self.result.stall = "equivocation"
-        elif self._two_out(self._in_network(nodes)):
+        elif self._two_out(in_network(nodes)):
             self.result.stall = "two members out"
-        elif self._too_few(self._in_network(nodes)):
+        elif self._too_few(in_network(nodes)):
             self.result.stall = "too few members"
         else:
-            nodes = self._in_network(nodes)
+            nodes = in_network(nodes)
             waiting = {n.index: len(n.replica.finality().waiting_for) for n in nodes}
             raise LivenessFailure(f"not settled after {HEAL_ROUNDS_MAX} rounds: digests "
                                   f"{sorted({n.replica.digest_hex[:8] for n in nodes})}, "
@@ -399,7 +398,7 @@ class Simulation:
         if s.crashed is None:
             return False
         crashed = self.nodes[s.crashed].origin
-        if any(r.member == crashed for n in nodes for r in n.replica.removals()):
+        if crashed in removed_by(nodes):
             return False
         return any(n.replica.frozen() or any(
             target != crashed for target, _, _ in n.replica.membership.removals
@@ -414,14 +413,6 @@ class Simulation:
         crashed = self.nodes[s.crashed].origin
         members = nodes[0].replica.members()
         return crashed in members and len(members) < 3
-
-    def _in_network(self, nodes: list[SimNode]) -> list[SimNode]:
-        """`nodes` less those another of them has removed: a removed node keeps
-        following as best it can, but nothing waits for it (it would join again under a
-        new identity), and it may not be able to deliver events that depend on members
-        admitted after its cut (their joins are final only without it)."""
-        removed = {r.member for n in nodes for r in n.replica.removals()}
-        return [n for n in nodes if n.origin not in removed]
 
     def _settled(self, nodes: list[SimNode]) -> bool:
         if not self.net.idle() or len({n.replica.digest for n in nodes}) != 1:
@@ -440,6 +431,20 @@ class Simulation:
     def _note(self, tick: int, line: str) -> None:
         if self.verbose:
             self.result.log.append(f"t={tick:4d} {line}")
+
+
+def removed_by(nodes: list[SimNode]) -> set[bytes]:
+    """The members some of `nodes` removed."""
+    return {r.member for n in nodes for r in n.replica.removals()}
+
+
+def in_network(nodes: list[SimNode]) -> list[SimNode]:
+    """`nodes` less those another of them has removed: a removed node keeps following as
+    best it can, but nothing waits for it (it would join again under a new identity),
+    and it may not be able to deliver events that depend on members admitted after its
+    cut (their joins are final only without it)."""
+    removed = removed_by(nodes)
+    return [n for n in nodes if n.origin not in removed]
 
 
 def run_simulation(seed: int, nodes_n: int | None = None, ticks: int = TICKS,

@@ -22,6 +22,7 @@ from libp2p.peer.id import ID
 from .core.events import Event, short_id
 from .core.market import DEFAULT_MARKETS
 from .core.orders import Trade
+from .core.params import COMPACT_EVERY_EVENTS
 from .core.replica import Receipt, Replica
 from .feed import Feed
 from .net.host import short_peer
@@ -47,6 +48,7 @@ class Intake:
         self.rejections = rejections
         self.received: Counter[tuple[str, str]] = Counter()  # (gossip|sync, receipt status)
         self._want_sync = want_sync
+        self._stored_since_compact = 0
         self._send, self._inbox = trio.open_memory_channel[Arrival](INBOX_MAX)
 
     @property
@@ -113,6 +115,9 @@ class Intake:
         count = 0
         for raw in self.store.replay():
             count += self.replica.receive(raw).status == "delivered"
+            if count % COMPACT_EVERY_EVENTS == 0:
+                self.replica.compact()
+        self.replica.compact()
         if count:
             log.info("replayed %d events from the store: own seq %d, digest %s", count,
                      self.replica.clock.get(self.replica.origin or b"", 0),
@@ -123,6 +128,12 @@ class Intake:
         self.store.add([(e.origin, e.seq, e.id, e.raw) for e in delivered],
                        self.replica.digest)
         self.feed.applied(delivered, rolled_back)
+        # What is final and stored is kept in a compact form (core/settled.py); sync
+        # reads those events' bytes from the store.
+        self._stored_since_compact += len(delivered)
+        if self._stored_since_compact >= COMPACT_EVERY_EVENTS:
+            self._stored_since_compact = 0
+            self.replica.compact()
 
     @staticmethod
     def log_trades(trades: list[Trade], rolled_back: int = 0) -> None:

@@ -115,7 +115,8 @@ class Node:
                              want_sync=lambda peer: self.sync.want(peer))
         self.sync = Sync(self.host, self.replica,
                          sync_receive(config.faults, self.intake.receive), self.rejections,
-                         lambda: self.discovery.peers, self._rng, self.discovery.heard)
+                         lambda: self.discovery.peers, self._rng, self.discovery.heard,
+                         self.store.raws)
         self.admission = Admission(self.replica, self.store, self.origin, self.gossip,
                                    self.rejections, bootstrap_peers(config.bootstrap),
                                    peers=lambda: self.discovery.peers,

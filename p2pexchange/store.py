@@ -79,6 +79,20 @@ class EventStore:
         yield from self.db.execute(
             "SELECT delivered, origin, seq, id, raw FROM events ORDER BY delivered")
 
+    def raws(self, items: list[bytes | tuple[bytes, int]]) -> list[bytes]:
+        """`items` with each (origin, seq) replaced by that event's bytes (the replica
+        names settled events so, core/settled.py); ends before the first one missing."""
+        out = []
+        for item in items:
+            if type(item) is tuple:
+                row = self.db.execute("SELECT raw FROM events WHERE origin = ? AND seq = ?",
+                                      item).fetchone()
+                if row is None:
+                    break
+                item = row[0]
+            out.append(item)
+        return out
+
     def digests(self) -> list[tuple[int, bytes]]:
         """(delivered position, digest after it), in order; [] for an older store."""
         known = self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'digests'")

@@ -172,6 +172,9 @@ class OrderBook:
         self.orders: dict[bytes, Order] = {}
         self.trades: list[Trade] = []
         self.log: list = []  # flat undo records, see _U_NEW_ORDER
+        # What `settle` dropped from the front of `log` and `trades`: marks stay absolute.
+        self.log_base = 0
+        self.trades_base = 0
         self._fok_levels_max = fok_levels_max
 
     # -- queries -----------------------------------------------------------------
@@ -328,11 +331,25 @@ class OrderBook:
     # -- rollback ------------------------------------------------------------------
 
     def mark(self) -> tuple[int, int]:
-        return (len(self.log), len(self.trades))
+        return (self.log_base + len(self.log), self.trades_base + len(self.trades))
+
+    def trades_since(self, mark: tuple[int, int]) -> list[Trade]:
+        """The trades made since `mark`."""
+        return self.trades[mark[1] - self.trades_base:]
+
+    def settle(self, mark: tuple[int, int]) -> None:
+        """Forget the undo records and trades from before `mark`: nothing before it will
+        be rolled back (the replica settles what is final, core/replica.py `compact`)."""
+        log_cut, trades_cut = mark[0] - self.log_base, mark[1] - self.trades_base
+        assert 0 <= log_cut <= len(self.log) and 0 <= trades_cut <= len(self.trades), mark
+        del self.log[:log_cut]
+        del self.trades[:trades_cut]
+        self.log_base, self.trades_base = mark
 
     def rollback(self, mark: tuple[int, int]) -> None:
         """Undo every mutation since `mark`, newest first."""
-        log_mark, trades_mark = mark
+        log_mark, trades_mark = mark[0] - self.log_base, mark[1] - self.trades_base
+        assert log_mark >= 0 and trades_mark >= 0, "rolled back past what was settled"
         log = self.log
         pop = log.pop
         orders = self.orders

@@ -35,22 +35,58 @@ from .orders import Trade
 GENESIS_DIGEST = hashlib.sha256(b"p2pexchange/digest/v1").digest()
 
 
-class _Applied:
-    """One event in the applied sequence, with what is needed to undo it."""
+class FinalityBroken(AssertionError):
+    """An event with actions sorts before settled (final) entries: the commit rule
+    failed (protocols/finality.md says it cannot). The ledger cannot take it in: its
+    settled entries keep no undo records. Never converted into a rejection."""
 
-    __slots__ = ("book", "digest", "event", "key", "mark", "outcomes", "trades", "trades_upto",
-                 "void")
+
+class _Applied:
+    """One event in the applied sequence, with what is needed to undo it. Once settled
+    (`Ledger.settle`) only what queries and the digest read is kept: no event, no mark."""
+
+    __slots__ = ("acts", "book", "digest", "event", "id", "key", "mark", "outcomes", "trades",
+                 "trades_upto", "void")
 
     def __init__(self, key: OrderKey, event: Event, book: OrderBook | None) -> None:
         self.key = key
-        self.event = event
+        self.id = event.id
+        self.event: Event | None = event
         self.book = book
-        self.mark: tuple[int, int] = (0, 0)
+        self.mark: tuple[int, int] | None = (0, 0)
         self.digest = b""
-        self.trades: list[Trade] = []
+        self.trades: list[Trade] | tuple = []
         self.trades_upto = 0  # trades of the applied sequence up to and including this
-        self.outcomes: list[str] = []  # per action: order status name or cancel result
+        self.outcomes: list[str] | tuple = []  # per action: order status or cancel result
         self.void = False  # its origin was removed before it: applied as empty
+        self.acts = False  # it has actions and is not void (what finality waits on)
+
+
+_SHARED_OUTCOMES: dict[tuple, tuple] = {}
+SHARED_OUTCOMES_MAX = 4096  # distinct outcome lists of settled entries kept as one object
+
+
+def _shared(outcomes: list[str] | tuple) -> tuple:
+    """One tuple object per distinct outcome list (most events have one action, so a
+    handful of lists cover nearly all of them); past the bound, a tuple of its own."""
+    key = tuple(outcomes)
+    found = _SHARED_OUTCOMES.get(key)
+    if found is None:
+        if len(_SHARED_OUTCOMES) >= SHARED_OUTCOMES_MAX:
+            return key
+        _SHARED_OUTCOMES[key] = found = key
+    return found
+
+
+def _chained(previous: bytes, entry: _Applied) -> bytes:
+    h = hashlib.sha256(previous)
+    h.update(entry.id)
+    for t in entry.trades:
+        h.update(t.maker_order)
+        h.update(t.taker_order)
+        h.update(t.price.to_bytes(8, "big"))
+        h.update(t.qty.to_bytes(8, "big"))
+    return h.digest()
 
 
 class Ledger:
@@ -63,6 +99,7 @@ class Ledger:
         self._index: dict[bytes, _Applied] = {}  # event id -> applied entry
         self.trade_count = 0
         self.cuts: dict[bytes, int] = {}  # removed origin -> its last seq that counts
+        self.settled = 0  # the first entries, final, kept without their events (settle)
 
     def __len__(self) -> int:
         return len(self._applied)
@@ -82,8 +119,16 @@ class Ledger:
         entry = self._index.get(event_id)
         return list(entry.outcomes) if entry else []
 
-    def event_ids(self) -> list[bytes]:
-        return [entry.event.id for entry in self._applied]
+    def event_ids(self, acting: bool = False) -> list[bytes]:
+        """Event ids in the applied order; `acting`: only those with actions, not void."""
+        if acting:
+            return [entry.id for entry in self._applied if entry.acts]
+        return [entry.id for entry in self._applied]
+
+    def acts(self, event_id: bytes) -> bool:
+        """Whether an applied event has actions and is not void (it changes the state)."""
+        entry = self._index.get(event_id)
+        return entry is not None and entry.acts
 
     def count_upto(self, key: OrderKey | None) -> int:
         """How many entries have a key at most `key` (they are the first ones)."""
@@ -99,8 +144,10 @@ class Ledger:
         positions = range(len(applied) - 1, start - 1, -1) if backwards else \
             range(start, len(applied))
         for i in positions:
-            if applied[i].event.actions and not applied[i].void:
-                return applied[i].event
+            if applied[i].acts:
+                event = applied[i].event
+                assert event is not None, "asked for a settled event"
+                return event
         return None
 
     def is_void(self, event: Event) -> bool:
@@ -113,14 +160,42 @@ class Ledger:
         assert origin not in self.cuts, "a member is removed once"
         self.cuts[origin] = cut
         applied = self._applied
-        first = next((i for i, entry in enumerate(applied)
-                      if entry.event.origin == origin and entry.event.seq > cut), None)
+        first = next((i for i in range(len(applied))
+                      if applied[i].key[2] == origin and applied[i].key[3] > cut), None)
         if first is None:
             return 0
+        if first < self.settled:  # none of them is final anywhere (finality.md, R1)
+            raise FinalityBroken(f"the removal of {origin.hex()[-8:]} at {cut} voids a "
+                                 f"final event")
         undone = self._undo_to(first)
         for entry in reversed(undone):
-            self._apply(entry.event)
+            self._apply(entry.event)  # type: ignore[arg-type]
         return len(undone)
+
+    def settle(self, count: int) -> None:
+        """Keep the first `count` entries (final: nothing with actions will sort before
+        them again, finality.md) without their events and undo records. The books
+        forget their undo records and trades from before the first entry left."""
+        applied = self._applied
+        count = min(count, len(applied))
+        if count <= self.settled:
+            return
+        marks: dict[str, tuple[int, int]] = {}
+        for i in range(count, len(applied)):  # each book's first entry that stays
+            entry = applied[i]
+            if entry.book is not None and entry.book.market not in marks:
+                marks[entry.book.market] = entry.mark  # type: ignore[assignment]
+                if len(marks) == len(self.books):
+                    break
+        for name, book in self.books.items():
+            book.settle(marks.get(name) or book.mark())
+        for i in range(self.settled, count):
+            entry = applied[i]
+            entry.event = entry.book = entry.mark = None
+            entry.outcomes = _shared(entry.outcomes)
+            if not entry.trades:
+                entry.trades = ()
+        self.settled = count
 
     def apply(self, events: list[Event]) -> tuple[int, list[list[Trade]]]:
         """Apply newly delivered `events`, sorted by key: undo once, down to the earliest
@@ -128,6 +203,14 @@ class Ledger:
         were undone (and applied again) and the trades of each of `events`."""
         if not events:
             return 0, []
+        low = 0
+        while low < len(events) and bisect_left(self._keys, events[low].key) < self.settled:
+            low += 1
+        if low:  # among settled entries: only empty events can (see _insert_settled)
+            self._insert_settled(events[:low])
+            trades_low: list[list[Trade]] = [[] for _ in range(low)]
+            undone_n, trades_rest = self.apply(events[low:])
+            return undone_n, trades_low + trades_rest
         undone = self._undo_to(bisect_left(self._keys, events[0].key))
         redo = [entry.event for entry in reversed(undone)]  # ascending keys
         trades: list[list[Trade]] = []
@@ -141,16 +224,49 @@ class Ledger:
                 j += 1
         return len(undone), trades
 
+    def _insert_settled(self, events: list[Event]) -> None:
+        """Take in events that sort among settled entries. Only an event that changes no
+        book can (a removed member's event beyond its cut, or an empty event: an event
+        with actions never sorts before what is final, finality.md), so no book is
+        rolled back: the entries go in, settled, and the digests after them are chained
+        again. Costs the entries after the first of them; it happens only with an origin
+        that left or was removed."""
+        applied, keys = self._applied, self._keys
+        first = len(applied)
+        for event in events:
+            void = bool(self.cuts) and self.is_void(event)
+            if not void and event.actions:
+                raise FinalityBroken(f"event {event.id.hex()[:12]} with actions sorts before "
+                                     f"final events")
+            entry = _Applied(event.key, event, None)
+            entry.void = void
+            entry.outcomes = _shared(["void"] * len(event.actions))
+            entry.trades = ()
+            entry.event = entry.mark = None
+            position = bisect_left(keys, event.key)
+            applied.insert(position, entry)
+            keys.insert(position, event.key)
+            self._index[entry.id] = entry
+            self.settled += 1
+            first = min(first, position)
+        previous = applied[first - 1] if first else None
+        for i in range(first, len(applied)):
+            entry = applied[i]
+            entry.trades_upto = (previous.trades_upto if previous else 0) + len(entry.trades)
+            entry.digest = _chained(previous.digest if previous else GENESIS_DIGEST, entry)
+            previous = entry
+
     def _undo_to(self, position: int) -> list[_Applied]:
         """Undo applied events from the end down to `position`; newest first."""
+        assert position >= self.settled, "rolled back into settled entries"
         undone = []
         applied = self._applied
         while len(applied) > position:
             entry = applied.pop()
             self._keys.pop()
-            del self._index[entry.event.id]
+            del self._index[entry.id]
             if entry.book is not None:
-                entry.book.rollback(entry.mark)
+                entry.book.rollback(entry.mark)  # type: ignore[arg-type]
             self.trade_count -= len(entry.trades)
             undone.append(entry)
         return undone
@@ -174,8 +290,9 @@ class Ledger:
                 assert isinstance(action, Cancel)
                 code = book.cancel(action.order_id, origin)
                 outcomes.append(code or "cancelled")
-        trades = book.trades[mark[1]:]
+        trades = book.trades_since(mark)
         entry.trades = trades
+        entry.acts = True
         self.trade_count += len(trades)
         self._append(entry)
         return trades
@@ -187,6 +304,7 @@ class Ledger:
             entry.outcomes = ["void"] * len(event.actions)
             self._append(entry)
             return []
+        entry.acts = bool(event.actions)
         seen = set()
         for action in event.actions:
             if action.__class__ is Leave:
@@ -204,14 +322,7 @@ class Ledger:
     def _append(self, entry: _Applied) -> None:
         applied = self._applied
         entry.trades_upto = (applied[-1].trades_upto if applied else 0) + len(entry.trades)
-        h = hashlib.sha256(self.digest)
-        h.update(entry.event.id)
-        for t in entry.trades:
-            h.update(t.maker_order)
-            h.update(t.taker_order)
-            h.update(t.price.to_bytes(8, "big"))
-            h.update(t.qty.to_bytes(8, "big"))
-        entry.digest = h.digest()
+        entry.digest = _chained(self.digest, entry)
         applied.append(entry)
         self._keys.append(entry.key)
-        self._index[entry.event.id] = entry
+        self._index[entry.id] = entry

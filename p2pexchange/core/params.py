@@ -71,6 +71,9 @@ SYNC_BACKOFF_MAX_S = 30.0  # longest pause before pulling again from a failing p
 SYNC_GAP_PULL_INTERVAL_S = 1.0  # pull from a random peer this often while gaps are known
 SYNC_SERVE_STREAMS_MAX = 2  # concurrent sync streams served to one peer
 
+# -- memory --------------------------------------------------------------------------
+COMPACT_EVERY_EVENTS = 1_000  # stored events between two compactions (core/settled.py)
+
 # -- status --------------------------------------------------------------------------
 STATUS_INTERVAL_S = 30.0
 

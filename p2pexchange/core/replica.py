@@ -74,8 +74,9 @@ than one that stops). Everything that grows with peers' input is bounded:
   shell pull more.
 - proofs of equivocation: at most `EQUIVOCATIONS_MAX`.
 Business outcomes (a rejected cancel, a post-only that would take) are recorded
-identically on every replica. The delivered history itself (events, books) is
-the state and grows with what the network trades.
+identically on every replica. The delivered history itself is the state and grows
+with what the network trades; `compact` keeps what is final in a compact form
+(core/settled.py: no actions, bytes or undo records), which changes no answer.
 """
 
 from __future__ import annotations
@@ -110,6 +111,7 @@ from .market import Market
 from .orders import Order, Trade
 from .params import BUFFER_BYTES_MAX, BUFFER_ORIGIN_BYTES_MAX
 from .removal import Past, Removal
+from .settled import Settled, settle_chain
 
 MISSING_RANGES_MAX = 64  # ranges one missing() call or one receipt reports
 EQUIVOCATIONS_MAX = 256  # proofs of equivocation kept (the first ones)
@@ -185,6 +187,7 @@ class Replica:
         self.books = self.ledger.books
         self._clock: dict[bytes, int] = {}
         self._events: dict[bytes, list[Event]] = {}  # origin -> delivered events by seq-1
+        self._settled: dict[bytes, int] = {}  # origin -> its events settled (compact)
         self._by_id: dict[bytes, Event] = {}
         self._lamport = 0
         self._buffer = CausalBuffer(self._clock, buffer_bytes_max, buffer_origin_bytes_max)
@@ -293,9 +296,11 @@ class Replica:
         delivered: at most `MISSING_RANGES_MAX`, origins we delivered from first."""
         return self._claims.ranges(MISSING_RANGES_MAX)
 
-    def events_for(self, their_clock: Mapping[bytes, int], limit: int) -> list[bytes]:
-        """Raw events delivered here that `their_clock` lacks, causes first, at most `limit`.
-        A peer's clock that is not a map of ints asks for nothing."""
+    def events_for(self, their_clock: Mapping[bytes, int], limit: int
+                   ) -> list[bytes | tuple[bytes, int]]:
+        """Raw events delivered here that `their_clock` lacks, causes first, at most `limit`;
+        a settled event (`compact`) as `(origin, seq)`, for the caller to read from its
+        store. A peer's clock that is not a map of ints asks for nothing."""
         if type(limit) is not int or limit <= 0 or not isinstance(their_clock, Mapping):
             return []
         streams = []
@@ -307,7 +312,26 @@ class Replica:
         except Exception:  # an odd mapping from a peer: nothing to send it
             return []
         merged = heapq.merge(*streams, key=lambda e: e.key)
-        return [e.raw for e in islice(merged, min(limit, self._stats["events_delivered"]))]
+        return [(e.origin, e.seq) if type(e) is Settled else e.raw
+                for e in islice(merged, min(limit, self._stats["events_delivered"]))]
+
+    def compact(self) -> int:
+        """Keep what is final in a compact form (core/settled.py): final events as
+        `Settled`, the ledger's final entries without their events and undo records.
+        Changes no answer of this replica but `events_for`'s bytes and `event`'s type.
+        Returns how many events are settled in all."""
+        frontier = self.final_key()
+        if frontier is None:
+            return sum(self._settled.values())
+        by_id = self._by_id
+        for origin, chain in self._events.items():
+            start = self._settled.get(origin, 0)
+            end = settle_chain(chain, start, frontier)
+            for i in range(start, end):
+                by_id[chain[i].id] = chain[i]
+            self._settled[origin] = end
+        self.ledger.settle(self.ledger.count_upto(frontier))
+        return sum(self._settled.values())
 
     # -- inputs ------------------------------------------------------------------
 
@@ -545,8 +569,8 @@ class Replica:
         for o, s in named.items():
             covered = 0 if head is None else head.seq if o == me else head.clock.get(o, 0)
             for event in events[o][covered:s]:
-                if (event.actions and (frontier is None or event.key > frontier)
-                        and not is_void(event)):
+                if ((frontier is None or event.key > frontier) and event.actions
+                        and not is_void(event)):  # (what is final may be settled)
                     return True
         if head is None:
             return False
@@ -690,7 +714,8 @@ class Replica:
             if previous.id == event.id:
                 self._stats["duplicates"] += 1
                 return Receipt("duplicate", event=event)
-            if len(self.equivocations) < EQUIVOCATIONS_MAX:
+            if len(self.equivocations) < EQUIVOCATIONS_MAX and type(previous) is not Settled:
+                # (A settled version's bytes are in the node's store, not here.)
                 self.equivocations.setdefault((origin, seq), (previous.raw, event.raw))
             if not self._displaces(previous, event):
                 return self._reject("equivocation", f"seq {seq} of {short_id(origin)} seen "

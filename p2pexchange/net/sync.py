@@ -2,13 +2,13 @@
 
 Gossip is best-effort; this repairs every gap (protocols/sync.md). The client sends
 its vector clock and a limit; the server answers with the events the clock lacks,
-causes first, in bounded chunks, and says whether there is more; the client repeats
-with its updated clock, at most `SYNC_ROUNDS_MAX` times, all within
-`SYNC_TIMEOUT_S`, each answer within `SYNC_ROUND_TIMEOUT_S`. An exchange that runs out
-of time having delivered something is no failure: the client pulls again at once
-(a late joiner's history takes several exchanges). Messages are
-varint-length-prefixed CBOR (net/wire.py), read with a length limit checked before
-the body is read.
+causes first (settled ones read from the store: `stored`), in bounded chunks, and says
+whether there is more; the client repeats with its updated clock, at most
+`SYNC_ROUNDS_MAX` times, all within `SYNC_TIMEOUT_S`, each answer within
+`SYNC_ROUND_TIMEOUT_S`. An exchange that runs out of time having delivered something is
+no failure: the client pulls again at once (a late joiner's history takes several
+exchanges). Messages are varint-length-prefixed CBOR (net/wire.py), read with a length
+limit checked before the body is read.
 
 Who is pulled from, among connected peers: a peer just found, one whose heartbeat
 shows it ahead, the sender of an event that had to wait for a missing cause, a random
@@ -72,16 +72,14 @@ from .host import short_peer
 log = logging.getLogger("p2pexchange.node")
 
 SYNC_PROTOCOL = TProtocol("/p2pexchange/sync/1.0.0")
-# Events asked for per round from a peer whose answer exceeded a budget or came too
-# late: about what an origin's budget lets in per `SYNC_RATE_PAUSE_S` in events of the
-# usual size, so the answers of a peer serving a flood, or of a slow one, stay small and
-# quick (no round timeout, little to decode and refuse). An answer within budgets
-# brings the peer back to `SYNC_CHUNK_EVENTS`.
+# Events asked for per round from a peer whose answer exceeded a budget or came too late:
+# about what an origin's budget lets in per `SYNC_RATE_PAUSE_S` in events of the usual size,
+# so the answers of a peer serving a flood, or of a slow one, stay small and quick (no
+# round timeout, little to decode and refuse); one within budgets: `SYNC_CHUNK_EVENTS`.
 SYNC_LIMITED_CHUNK_EVENTS = 16
 SMALL_CHUNK_PEERS_MAX = 1024
 
-# One answer's events as a batch: [(raw event, or the event already decoded and
-# verified; where from for logs; sender)] -> receipts
+# One answer's events: [(raw, or decoded and verified; where from, for logs; sender)]
 Receive = Callable[[list[tuple[bytes | Event, str, ID]]], list[Receipt]]
 
 
@@ -98,8 +96,10 @@ class Sync:
 
     def __init__(self, host: Any, replica: Replica, receive: Receive, reject: Reject,
                  peers: Callable[[], set[ID]], rng: random.Random,
-                 heard: Callable[[ID], None] = lambda peer: None) -> None:
+                 heard: Callable[[ID], None] = lambda peer: None,
+                 stored: Callable[[list], list[bytes]] = lambda items: items) -> None:
         self._heard = heard  # an answer is a sign of life of the connection (discovery)
+        self._stored = stored  # `events_for`'s answer, settled events read from the store
         self.host = host
         self.replica = replica
         self._receive = receive
@@ -172,7 +172,7 @@ class Sync:
                 clock, limit = wire.decode_sync_request(request)
             except wire.WireError as exc:
                 raise SyncFailed(exc.code) from None
-            events = self.replica.events_for(clock, limit + 1)
+            events = self._stored(self.replica.events_for(clock, limit + 1))
             more = len(events) > limit
             answer = wire.encode_sync_response(events[:limit], more)
             wait_s = self._served.debit(peer, (len(answer),), time.monotonic())

@@ -35,8 +35,7 @@ def with_actions(replica: Replica) -> list[bytes]:
     may sort anywhere after the leave or the cut, final stretch included: one a member
     signs after its leave is final elsewhere, or one a removed member signed in a
     partition that arrives after its removal (core/finality.py)."""
-    event, void = replica.event, replica.ledger.is_void
-    return [i for i in replica.applied_ids() if event(i).actions and not void(event(i))]
+    return replica.ledger.event_ids(acting=True)
 
 
 class FinalView:
@@ -79,12 +78,11 @@ class FinalView:
         k = start
         while k < len(applied) and event(applied[k]).key <= frontier:
             k += 1
-        void = replica.ledger.is_void
+        acts = replica.ledger.acts
         if start == 0:
-            self.ids = [i for i in applied[:k] if event(i).actions and not void(event(i))]
+            self.ids = [i for i in applied[:k] if acts(i)]
         else:
-            self.ids.extend(i for i in applied[start:k]
-                            if event(i).actions and not void(event(i)))
+            self.ids.extend(i for i in applied[start:k] if acts(i))
         self._stretch = applied[:k]
         for i in self.ids[n:]:
             self.trades.extend(replica.trades_of(i))

@@ -18,6 +18,7 @@ from ..core.events import Action, Event, Place, Vote
 from ..core.market import DEFAULT_MARKETS
 from ..core.removal import Suspicion
 from ..core.replica import OwnHistoryBehind, Receipt, Replica
+from ..core.settled import Settled
 from .checks import FinalView
 from .workload import OrderFlow, peer_id_bytes, seeded_key_pair
 
@@ -80,6 +81,7 @@ class SimNode:
     def remember(self, event: Event) -> None:
         """Note an event this node signed: the sim's decoder, and the flow's orders."""
         self.known[event.raw] = event
+        self.known[("id", event.id)] = event  # type: ignore[index]  # for settled ones
         self.flow.placed([event.order_id(i) for i, a in enumerate(event.actions)
                           if isinstance(a, Place)])
 
@@ -92,7 +94,16 @@ class SimNode:
 
     def store(self) -> list[Event]:
         replica = self.replica
-        return [e for origin in sorted(replica.clock) for e in replica.events_of(origin)]
+        return [self.known[("id", e.id)] if type(e) is Settled else e  # type: ignore[index]
+                for origin in sorted(replica.clock) for e in replica.events_of(origin)]
+
+    def resolve(self, item: bytes | tuple[bytes, int]) -> Event:
+        """The event for an item of `events_for`: raw bytes, or (origin, seq) of a
+        settled event, read from the store as the node's sync server does."""
+        if type(item) is bytes:
+            return self.known[item]
+        origin, seq = item  # type: ignore[misc]
+        return self.known[("id", self.replica.events_of(origin, seq - 1)[0].id)]  # type: ignore[index]
 
     def _rebuilt(self, rng: random.Random) -> Replica:
         # Own events first (each group in a random order): a peer's event that names
@@ -130,6 +141,6 @@ class SimNode:
             event = replica.event(event_id)
             if frontier is not None and event.key <= frontier:
                 return False
-            if event.actions and not replica.ledger.is_void(event):
+            if replica.ledger.acts(event_id):
                 return True
         return False

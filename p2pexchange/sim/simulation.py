@@ -48,6 +48,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..core.events import MEMBERSHIP_MARKET, Event, Join, Leave
+from ..core.ledger import FinalityBroken
 from ..core.market import DEFAULT_MARKETS
 from ..core.params import BATCH_ACTIONS_MAX
 from .adversary import backdated_clock, regressed_clock, sign_with_clock
@@ -66,6 +67,7 @@ BURST_ACTIONS_MAX = min(16, BATCH_ACTIONS_MAX)
 PULL_P = 0.25  # a node pulls from a random peer in a tick (more often with gaps)
 GAP_PULL_P = 0.6
 HINT_P = 0.3  # a node's clock reaches a random peer as a heartbeat hint
+COMPACT_P = 0.2  # a node compacts what is final in a tick (core/settled.py)
 ALIVE_P = 0.5  # a node's heartbeat reaches a reachable peer in a tick (who is heard)
 REMOVE_AFTER_TICKS = 10  # params.REMOVE_AFTER_S, shorter than most faults here
 JOIN_RETRY_TICKS = 10  # a newcomer whose join went void asks another member
@@ -140,6 +142,9 @@ class Simulation:
         self.verbose = verbose
         self.joined: int | None = None  # tick of the latest join of the newcomer
         self.step = -1
+        # Replicas compact what is final (core/settled.py) at random moments, each on
+        # its own: an rng of its own keeps the schedule of every seed as it was.
+        self.compact_rng = random.Random(seed * 1_000_003 + 41)
 
     def run(self) -> SimResult:
         try:
@@ -147,6 +152,9 @@ class Simulation:
                 self.step = tick
                 self._tick(tick)
             self._heal()
+        except FinalityBroken as exc:  # a compacted replica met a late event: a violation
+            raise FinalityViolation(f"seed {self.result.seed}, step {self.step}: {exc}") \
+                from exc
         except AssertionError as exc:
             raise type(exc)(f"seed {self.result.seed}, step {self.step}: {exc}") from exc
         except Exception as exc:  # a crash is a failure of this seed too
@@ -177,6 +185,8 @@ class Simulation:
                 self._pull(node, tick)
         for node in up:
             self._act(node, tick)
+            if self.compact_rng.random() < COMPACT_P:
+                node.replica.compact()
         for node in up:
             if self.rng.random() < HINT_P:
                 peer = self._peer(node, tick)
@@ -226,10 +236,10 @@ class Simulation:
         if peer is not None:
             node.suspicion.heard(peer.origin, tick)
             peer.suspicion.heard(node.origin, tick)
-            raws = peer.replica.events_for(node.replica.clock, SYNC_CHUNK)
-            if raws:
+            items = peer.replica.events_for(node.replica.clock, SYNC_CHUNK)
+            if items:
                 # Every event in a run was signed here: hand over the decoded one.
-                node.replica.receive_many([self.known[raw] for raw in raws])
+                node.replica.receive_many([peer.resolve(item) for item in items])
 
     # -- what a node does in a tick -------------------------------------------------
 

@@ -1,0 +1,92 @@
+"""Settled events: what a replica keeps of a final event once it compacts its history.
+
+Theory of operation. A delivered event is read for three things: its actions (applied
+by the ledger, judged at delivery), its raw bytes (stored, gossiped, served by sync)
+and its place in the causal graph (origin, seq, Lamport time, key, clock, id: the
+delivery checks of later events and the commit rule read these). Once an event is
+final none of the first two is read again by the replica: nothing with actions sorts
+before it any more (protocols/finality.md), so the ledger never applies it again, and
+the node's store holds its bytes. `Replica.compact` therefore replaces each final
+event in its chains by a `Settled`: the causal part alone, which is a fifth of the
+memory. The ledger settles the same entries (ledger.py `settle`) and the books forget
+their undo records (book.py `settle`).
+
+What stays whole: a membership event with actions (joins, leaves and removal votes
+are few, and membership and removal code keep them anyway), and every event that is
+not final. Settled events answer every query the graph needs, so every verdict, the
+frontier and the digest are the same with or without compaction (tests/test_compaction.py
+feeds compacted and whole replicas the same events in many orders). What a settled
+event cannot give, its bytes, the replica reports as a reference `(origin, seq)` for
+the caller to read from its store (`Replica.events_for`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from .clock import OrderKey
+from .events import MEMBERSHIP_MARKET, order_id
+
+if TYPE_CHECKING:
+    from .events import Event
+
+
+_ORIGIN_SETS: dict[tuple[bytes, ...], tuple[bytes, ...]] = {}
+ORIGIN_SETS_MAX = 4096  # distinct clock origin sets shared by settled events
+
+
+class Settled:
+    """A final event without its actions, signature or bytes. Its clock is packed (the
+    origins as one shared tuple, the seqs as 8-byte integers) and unpacked when read,
+    which is rare: the rule and delivery read the latest events, which stay whole."""
+
+    __slots__ = ("_origins", "_seqs", "id", "key", "lamport", "origin", "seq")
+
+    def __init__(self, event: Event) -> None:
+        self.origin = event.origin
+        self.seq = event.seq
+        origins = tuple(event.clock)
+        shared = _ORIGIN_SETS.get(origins)
+        if shared is None and len(_ORIGIN_SETS) < ORIGIN_SETS_MAX:
+            _ORIGIN_SETS[origins] = shared = origins
+        self._origins = shared or origins
+        self._seqs = b"".join(s.to_bytes(8, "big") for s in event.clock.values())
+        self.lamport = event.lamport
+        self.id = event.id
+        self.key: OrderKey = event.key
+
+    @property
+    def clock(self) -> Mapping[bytes, int]:
+        seqs = self._seqs
+        return {o: int.from_bytes(seqs[8 * i:8 * i + 8], "big")
+                for i, o in enumerate(self._origins)}
+
+    def order_id(self, index: int) -> bytes:
+        return order_id(self.id, index)
+
+    def __repr__(self) -> str:
+        return f"Settled({self.origin[-4:].hex()}, {self.seq}, lamport={self.lamport})"
+
+
+def keeps_whole(event: Event) -> bool:
+    """Whether compaction keeps `event` whole: a membership event with actions."""
+    return event.market == MEMBERSHIP_MARKET and bool(event.actions)
+
+
+def settle_chain(chain: list, start: int, frontier: OrderKey) -> int:
+    """Settle `chain[start:]` up to its last event with a key at most `frontier` (keys
+    grow along a chain), the chain's latest event excepted (its origin's head stays
+    whole); returns where the next call starts."""
+    lo, hi = start, max(start, len(chain) - 1)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if chain[mid].key <= frontier:
+            lo = mid + 1
+        else:
+            hi = mid
+    for i in range(start, lo):
+        event = chain[i]
+        if type(event) is not Settled and not keeps_whole(event):
+            chain[i] = Settled(event)
+    return lo

@@ -1,0 +1,139 @@
+"""Compaction (core/settled.py): a replica that keeps what is final in compact form
+answers exactly as one that keeps everything whole, whatever the arrival order and
+whenever it compacts; what compaction cannot keep (an event's bytes) it names for the
+store to supply."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from p2pexchange.core.events import Event, sign_event
+from p2pexchange.core.ledger import FinalityBroken, Ledger
+from p2pexchange.core.market import DEFAULT_MARKETS
+from p2pexchange.core.replica import Replica
+from p2pexchange.core.settled import Settled
+from p2pexchange.sim.workload import OrderFlow, peer_id_bytes, seeded_key_pair
+
+MEMBERS = 4
+
+
+def history(n: int, seed: int, empty_every: int = 5) -> tuple[list[bytes], list[Event]]:
+    """`n` events of `MEMBERS` genesis members, with order flow and an empty event (an
+    acknowledgement) every `empty_every`. Each member has seen a random, growing prefix
+    of the history when it signs, so many events are concurrent and name causes that
+    are no longer their origins' latest events."""
+    keys = [seeded_key_pair(f"compaction-{seed}-{i}") for i in range(MEMBERS)]
+    origins = [peer_id_bytes(k) for k in keys]
+    rng = random.Random(seed)
+    flows = [OrderFlow(random.Random(rng.random())) for _ in range(MEMBERS)]
+    prefix_heads: list[dict[bytes, Event]] = [{}]  # after k events: each origin's latest
+    seen = [0] * MEMBERS  # how much of the history each member has seen
+    own: list[Event | None] = [None] * MEMBERS
+    events: list[Event] = []
+    for k in range(n):
+        i = k % MEMBERS if k < MEMBERS else rng.randrange(MEMBERS)
+        seen[i] = rng.randint(seen[i], k)
+        view = dict(prefix_heads[seen[i]])
+        if own[i] is not None:
+            view[origins[i]] = own[i]
+        empty = k % empty_every == empty_every - 1
+        actions = [] if empty else [flows[i].next_action() for _ in range(rng.randint(1, 3))]
+        event = sign_event(keys[i].private_key, origins[i], own[i].seq + 1 if own[i] else 1,
+                           {o: (e.seq, e.id) for o, e in view.items()},
+                           1 + max((e.lamport for e in view.values()), default=0),
+                           "" if empty else "BTC-USD", actions)
+        own[i] = event
+        flows[i].placed([event.order_id(j) for j in range(len(actions))])
+        events.append(event)
+        prefix_heads.append({**prefix_heads[-1], origins[i]: event})
+    return origins, events
+
+
+def picture(replica: Replica) -> tuple:
+    f = replica.finality()
+    return (replica.digest, replica.trades(), f.frontier, f.final_events, f.final_trades,
+            f.pending_events, f.waiting_for, replica.applied_ids(),
+            {m: b.snapshot() for m, b in replica.books.items()}, replica.clock,
+            [replica.outcomes_of(i) for i in replica.applied_ids()])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_compacting_replica_answers_as_a_whole_one_in_any_order(seed):
+    genesis, events = history(400, seed)
+    rng = random.Random(seed)
+    order = events[:]
+    rng.shuffle(order)  # causes arrive late: buffering, rollbacks, late acknowledgements
+    whole = Replica(DEFAULT_MARKETS, genesis=genesis)
+    compact = Replica(DEFAULT_MARKETS, genesis=genesis)
+    by_id = {e.id: e for e in events}
+    k = 0
+    while k < len(order):
+        batch = order[k:k + rng.randint(1, 40)]
+        k += len(batch)
+        got = [(r.status, r.code, len(r.delivered), r.rolled_back)
+               for r in whole.receive_many([e.raw for e in batch])]
+        assert got == [(r.status, r.code, len(r.delivered), r.rolled_back)
+                       for r in compact.receive_many([e.raw for e in batch])]
+        if rng.random() < 0.5:
+            compact.compact()
+        assert picture(whole) == picture(compact)
+        # Sync answers: the same events, settled ones named for the store to supply.
+        theirs = {o: s // 2 for o, s in whole.clock.items()}
+        served = compact.events_for(theirs, 10_000)
+        assert [i if type(i) is bytes else by_id[compact.events_of(i[0], i[1] - 1)[0].id].raw
+                for i in served] == whole.events_for(theirs, 10_000)
+    settled = compact.compact()
+    assert settled > 200, settled  # most of it was final, and so settled
+    assert sum(type(e) is Settled for o in compact.clock for e in compact.events_of(o)) \
+        == settled
+    assert picture(whole) == picture(compact)
+    compact.check_invariants()
+
+
+def test_an_empty_event_among_settled_entries_only_rechains_the_digest():
+    """An acknowledgement that sorts among final entries (a member that left may still
+    sign one) goes in without rolling a book back; the digest is the one a ledger that
+    settled nothing computes by undoing and applying again."""
+    _, events = history(200, 7, empty_every=4)
+    late = next(e for e in events[100:] if not e.actions)
+    rest = sorted((e for e in events if e is not late), key=lambda e: e.key)
+    whole, settled = Ledger(DEFAULT_MARKETS), Ledger(DEFAULT_MARKETS)
+    whole.apply(rest)
+    settled.apply(rest)
+    settled.settle(len(settled))
+    assert whole.digest == settled.digest
+    undone, _ = whole.apply([late])
+    assert undone > 0  # the whole ledger rolled back and applied again
+    assert settled.apply([late]) == (0, [[]])  # the settled one only chained again
+    assert whole.digest == settled.digest and whole.event_ids() == settled.event_ids()
+    assert [whole.trades_in_first(n) for n in range(len(whole))] == \
+        [settled.trades_in_first(n) for n in range(len(settled))]
+
+
+def test_an_event_with_actions_among_settled_entries_is_a_broken_rule_not_a_state():
+    """The commit rule says it cannot happen; if it did, the ledger stops rather than
+    hold a state that differs from its peers' (the simulation reports it as a
+    finality violation, and so caught the mutations of tests/test_simulation.py)."""
+    _, events = history(200, 8)
+    late = next(e for e in events[100:] if e.actions)
+    rest = sorted((e for e in events if e is not late), key=lambda e: e.key)
+    ledger = Ledger(DEFAULT_MARKETS)
+    ledger.apply(rest)
+    ledger.settle(len(ledger))
+    with pytest.raises(FinalityBroken):
+        ledger.apply([late])
+
+
+def test_settled_books_keep_no_undo_records_for_what_is_final():
+    genesis, events = history(600, 9)
+    replica = Replica(DEFAULT_MARKETS, genesis=genesis)
+    replica.receive_many([e.raw for e in events])
+    book = replica.books["BTC-USD"]
+    log_before = len(book.log)
+    replica.compact()
+    assert len(book.log) < log_before // 10, (len(book.log), log_before)
+    # Rolling back what is not final still works: a late event that is not final yet.
+    replica.check_invariants()
+    book.check_invariants()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 
 import pytest
+import trio
 
 from p2pexchange.core.events import Event, sign_event
 from p2pexchange.core.ledger import FinalityBroken, Ledger
@@ -137,3 +138,42 @@ def test_settled_books_keep_no_undo_records_for_what_is_final():
     # Rolling back what is not final still works: a late event that is not final yet.
     replica.check_invariants()
     book.check_invariants()
+
+
+@pytest.mark.network
+async def test_nodes_that_compact_serve_a_late_joiner_and_a_restart_from_their_store(
+        tmp_path, monkeypatch):
+    """Real hosts: two nodes compact every few stored events; a late joiner's sync is
+    answered with settled events read from the store, and a restarted node replays its
+    store compacting as it goes; all hold one digest."""
+    from harness import network
+
+    import p2pexchange.intake
+    from p2pexchange.core.events import OrderType, Place, Side
+
+    monkeypatch.setattr(p2pexchange.intake, "COMPACT_EVERY_EVENTS", 4)
+    async with network(tmp_path) as net:
+        first = await net.start("n0")
+        other = await net.start("n1", bootstrap=first)
+        for k in range(40):
+            node = first if k % 2 else other
+            node.submit("BTC-USD", Place(Side.BUY if k % 3 else Side.SELL, OrderType.LIMIT,
+                                         9_990 + k % 7, 1))
+            await node.flush()
+        await net.converged(events=40)
+        with trio.fail_after(30):  # acknowledgements make nearly everything final
+            while first.replica.finality().final_events < 40:
+                await trio.sleep(0.1)
+        first.replica.compact()
+        settled = sum(type(e) is Settled for o in first.replica.clock
+                      for e in first.replica.events_of(o))
+        assert settled >= 30, settled
+        late = await net.start("late", bootstrap=first)
+        await net.converged(events=40)
+        assert late.replica.digest == first.replica.digest
+        await net.stop(other)
+        again = await net.start("n1", bootstrap=first)
+        assert sum(type(e) is Settled for o in again.replica.clock
+                   for e in again.replica.events_of(o)) > 0
+        await net.converged(events=40)
+        assert again.replica.digest == first.replica.digest == late.replica.digest

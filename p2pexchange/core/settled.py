@@ -37,11 +37,11 @@ ORIGIN_SETS_MAX = 4096  # distinct clock origin sets shared by settled events
 
 
 class Settled:
-    """A final event without its actions, signature or bytes. Its clock is packed (the
+    """A final event without its actions, signature or bytes (`Event`'s other fields). Its clock is packed (the
     origins as one shared tuple, the seqs as 8-byte integers) and unpacked when read,
     which is rare: the rule and delivery read the latest events, which stay whole."""
 
-    __slots__ = ("_origins", "_seqs", "id", "key", "lamport", "origin", "seq")
+    __slots__ = ("_origins", "_seqs", "id", "key", "lamport", "market", "origin", "seq")
 
     def __init__(self, event: Event) -> None:
         self.origin = event.origin
@@ -53,6 +53,7 @@ class Settled:
         self._origins = shared or origins
         self._seqs = b"".join(s.to_bytes(8, "big") for s in event.clock.values())
         self.lamport = event.lamport
+        self.market = event.market
         self.id = event.id
         self.key: OrderKey = event.key
 

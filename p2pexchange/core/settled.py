@@ -37,9 +37,10 @@ ORIGIN_SETS_MAX = 4096  # distinct clock origin sets shared by settled events
 
 
 class Settled:
-    """A final event without its actions, signature or bytes (`Event`'s other fields). Its clock is packed (the
-    origins as one shared tuple, the seqs as 8-byte integers) and unpacked when read,
-    which is rare: the rule and delivery read the latest events, which stay whole."""
+    """A final event without its actions, signature or bytes (`Event`'s other fields).
+    Its clock is packed (the origins as one shared tuple, the seqs as 8-byte integers)
+    and unpacked when read, which is rare: the rule and delivery read the latest events,
+    which stay whole."""
 
     __slots__ = ("_origins", "_seqs", "id", "key", "lamport", "market", "origin", "seq")
 

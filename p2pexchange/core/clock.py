@@ -51,3 +51,15 @@ def witnesses(members: Sequence[bytes], heads: Sequence[Event],
             return None
         found.append(event_at(p, w))
     return found
+
+
+def last_within(chain: Sequence[Event], lo: int, hi: int, bound: OrderKey) -> int:
+    """The index after the last event of `chain[lo:hi]` whose key is at most `bound`
+    (`lo` if none): keys grow along an origin's chain, so a binary search."""
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if chain[mid].key <= bound:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo

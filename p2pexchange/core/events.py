@@ -43,7 +43,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 from itertools import islice
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import cbor2
 from libp2p.crypto.ed25519 import Ed25519PublicKey
@@ -513,6 +513,7 @@ def _decode_event(raw: bytes, markets: Mapping[str, object]) -> Event:
                  signature, hashlib.sha256(raw).digest(), raw)
 
 
+T = TypeVar("T")
 _INTERNED: dict[bytes, bytes] = {}
 INTERNED_ORIGINS_MAX = 4096  # peer ids kept as one shared object each (~0.3 MB at most)
 
@@ -520,9 +521,15 @@ INTERNED_ORIGINS_MAX = 4096  # peer ids kept as one shared object each (~0.3 MB 
 def _interned(origin: bytes) -> bytes:
     """One shared bytes object per peer id (every event names every origin in its clock:
     some 70 bytes saved per name). Past the bound a peer id is simply not shared."""
-    shared = _INTERNED.get(origin)
+    return intern_bounded(_INTERNED, origin, INTERNED_ORIGINS_MAX)
+
+
+def intern_bounded(table: dict, value: T, bound: int) -> T:
+    """The one object `table` holds equal to `value` (kept from now on while the table
+    has fewer than `bound`); past the bound, `value` itself."""
+    shared = table.get(value)
     if shared is None:
-        if len(_INTERNED) >= INTERNED_ORIGINS_MAX:
-            return origin
-        _INTERNED[origin] = shared = origin
+        if len(table) >= bound:
+            return value
+        table[value] = shared = value
     return shared

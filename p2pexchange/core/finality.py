@@ -43,7 +43,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from .clock import OrderKey, covered_seq, covers, witnesses
+from .clock import OrderKey, covered_seq, covers, last_within, witnesses
 from .events import VOTE_MEMBERS_MAX, Event, Join, Leave
 from .removal import Members, Past, Removal, Removals, statement
 
@@ -295,15 +295,8 @@ def _committed(members: Sequence[bytes], events: Mapping[bytes, Sequence[Event]]
     for origin in [*members, *(o for o in others if events.get(o))]:
         c = min(covered_seq(w, origin) for w in found)
         chain = events[origin]
-        if bound is not None:  # keys grow along a chain: the last one within the bound
-            lo, hi = 0, c
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if chain[mid].key <= bound:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            c = lo
+        if bound is not None:  # the last one within the bound
+            c = last_within(chain, 0, c, bound)
         if c > 0 and (best is None or chain[c - 1].key > best):
             best = chain[c - 1].key
     return best

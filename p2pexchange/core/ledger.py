@@ -28,7 +28,7 @@ from collections.abc import Mapping
 
 from .book import OrderBook
 from .clock import OrderKey
-from .events import MEMBERSHIP_MARKET, Cancel, Event, Join, Leave, Place, Vote
+from .events import MEMBERSHIP_MARKET, Cancel, Event, Join, Leave, Place, Vote, intern_bounded
 from .market import Market
 from .orders import Trade
 
@@ -69,13 +69,7 @@ SHARED_OUTCOMES_MAX = 4096  # distinct outcome lists of settled entries kept as 
 def _shared(outcomes: list[str] | tuple) -> tuple:
     """One tuple object per distinct outcome list (most events have one action, so a
     handful of lists cover nearly all of them); past the bound, a tuple of its own."""
-    key = tuple(outcomes)
-    found = _SHARED_OUTCOMES.get(key)
-    if found is None:
-        if len(_SHARED_OUTCOMES) >= SHARED_OUTCOMES_MAX:
-            return key
-        _SHARED_OUTCOMES[key] = found = key
-    return found
+    return intern_bounded(_SHARED_OUTCOMES, tuple(outcomes), SHARED_OUTCOMES_MAX)
 
 
 def _chained(previous: bytes, entry: _Applied) -> bytes:

@@ -25,8 +25,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from .clock import OrderKey
-from .events import MEMBERSHIP_MARKET, order_id
+from .clock import OrderKey, last_within
+from .events import MEMBERSHIP_MARKET, intern_bounded, order_id
 
 if TYPE_CHECKING:
     from .events import Event
@@ -47,11 +47,7 @@ class Settled:
     def __init__(self, event: Event) -> None:
         self.origin = event.origin
         self.seq = event.seq
-        origins = tuple(event.clock)
-        shared = _ORIGIN_SETS.get(origins)
-        if shared is None and len(_ORIGIN_SETS) < ORIGIN_SETS_MAX:
-            _ORIGIN_SETS[origins] = shared = origins
-        self._origins = shared or origins
+        self._origins = intern_bounded(_ORIGIN_SETS, tuple(event.clock), ORIGIN_SETS_MAX)
         self._seqs = b"".join(s.to_bytes(8, "big") for s in event.clock.values())
         self.lamport = event.lamport
         self.market = event.market
@@ -80,13 +76,7 @@ def settle_chain(chain: list, start: int, frontier: OrderKey) -> int:
     """Settle `chain[start:]` up to its last event with a key at most `frontier` (keys
     grow along a chain), the chain's latest event excepted (its origin's head stays
     whole); returns where the next call starts."""
-    lo, hi = start, max(start, len(chain) - 1)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if chain[mid].key <= frontier:
-            lo = mid + 1
-        else:
-            hi = mid
+    lo = last_within(chain, start, max(start, len(chain) - 1), frontier)
     for i in range(start, lo):
         event = chain[i]
         if type(event) is not Settled and not keeps_whole(event):

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 import trio
 from libp2p.peer.id import ID
 
-from .core.events import Event, short_id
+from .core.events import Event, decode_event, short_id
 from .core.market import DEFAULT_MARKETS
 from .core.orders import Trade
 from .core.params import COMPACT_EVERY_EVENTS
@@ -89,6 +89,8 @@ class Intake:
             if receipt.status == "rejected":
                 self.rejections(f"event via {_where(source, sender)}", receipt.code or "?",
                                 sender)
+                if receipt.code == "equivocation" and receipt.event is not None:
+                    self._prove(receipt.event)
             elif receipt.status == "buffered" and sender is not None:
                 self._want_sync(sender)
             for event, code in receipt.dropped:  # waited here, then failed: its signer's
@@ -109,6 +111,15 @@ class Intake:
             self.log_trades([t for (_, source, _), r in zip(arrivals, receipts, strict=True)
                              if not source.startswith("sync") for t in r.trades], rolled_back)
         return receipts
+
+    def _prove(self, event: Event) -> None:
+        """Keep the proof of an equivocation against a version the replica holds only
+        settled (core/settled.py: without its bytes): the first version is in the store."""
+        if (event.origin, event.seq) in self.replica.equivocations:
+            return
+        stored = self.store.raws([(event.origin, event.seq)])
+        if stored:
+            self.replica.note_equivocation(decode_event(stored[0], DEFAULT_MARKETS), event)
 
     def replay_store(self) -> None:
         """At start: hand the replica every event of the store (applied again)."""

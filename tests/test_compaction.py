@@ -177,3 +177,31 @@ async def test_nodes_that_compact_serve_a_late_joiner_and_a_restart_from_their_s
                    for e in again.replica.events_of(o)) > 0
         await net.converged(events=40)
         assert again.replica.digest == first.replica.digest == late.replica.digest
+
+
+def test_a_second_version_of_a_settled_event_still_makes_a_proof(tmp_path):
+    """The replica keeps no bytes of a settled event; the node's intake takes the first
+    version from its store, so the proof of equivocation is kept all the same."""
+    from p2pexchange.feed import Feed
+    from p2pexchange.intake import Intake
+    from p2pexchange.net.rejections import Rejections
+    from p2pexchange.store import EventStore
+
+    genesis, events = history(200, 11)
+    keys = {peer_id_bytes(k): k for k in
+            (seeded_key_pair(f"compaction-11-{i}") for i in range(MEMBERS))}
+    replica = Replica(DEFAULT_MARKETS, genesis=genesis)
+    store = EventStore(str(tmp_path / "events.sqlite3"))
+    intake = Intake(replica, store, Feed(), Rejections(), want_sync=lambda peer: None)
+    intake.receive([(e.raw, "sync", None) for e in events])
+    replica.compact()
+    first = next(e for e in events if type(replica.events_of(e.origin, e.seq - 1)[0])
+                 is Settled and e.seq > 1)
+    clock = {o: (s, replica.events_of(o, s - 1)[0].id) for o, s in first.clock.items()}
+    second = sign_event(keys[first.origin].private_key, first.origin, first.seq, clock,
+                        first.lamport, "BTC-USD", [OrderFlow(random.Random(1)).next_action()])
+    assert second.id != first.id
+    (receipt,) = intake.receive([(second.raw, "sync", None)])
+    assert receipt.code == "equivocation"
+    assert replica.equivocations[(first.origin, first.seq)] == (first.raw, second.raw)
+    store.close()

@@ -44,6 +44,7 @@ from .core.market import DEFAULT_MARKETS, Market
 from .core.orders import Order, Trade
 from .core.params import (
     BATCH_ACTIONS_MAX,
+    BATCH_INTERVAL_S,
     INBOX_BUSY_EVENTS,
     LOOP_LAG_BUSY_MS,
     PEERS_BEHIND_BUSY_S,
@@ -78,6 +79,7 @@ class NodeConfig:
     seed: int | None = None  # for the node's own random choices (sync targets)
     status_interval_s: float = STATUS_INTERVAL_S
     batch_actions_max: int = BATCH_ACTIONS_MAX  # 1: the one-order-per-event baseline
+    batch_interval_s: float = BATCH_INTERVAL_S  # own actions signed as one event this often
     remove_after_s: float = REMOVE_AFTER_S  # vote out a member silent this long (liveness)
     faults: FaultPlan | None = None  # tests only: loss, delay, duplication (net/faults.py)
 
@@ -127,7 +129,7 @@ class Node:
                                want_sync=self.sync.want, on_genesis=self.admission.on_genesis,
                                heard=self.admission.heard)
         self.batcher = Batcher(self.gossip, self._seal, self._published, config.batch_actions_max,
-                               self.admission.membership_actions)
+                               self.admission.membership_actions, config.batch_interval_s)
         self.loop_lag = LoopLag()  # event-loop scheduling lag, for status and metrics
         self.intake.replay_store()
 

@@ -47,6 +47,7 @@ import trio_websocket
 
 from p2pexchange.core.events import OrderType, Side
 from p2pexchange.core.market import DEFAULT_MARKETS
+from p2pexchange.core.params import BATCH_INTERVAL_S
 from p2pexchange.demo import STOP_TIMEOUT_S, NodeProcess
 from p2pexchange.sim.workload import OrderFlow
 
@@ -57,7 +58,9 @@ DRAIN_TIMEOUT_S = 60.0
 FINAL_WAIT_S = 20.0  # after the drain, for the last events to become final everywhere
 CALL_INTERVAL_S = 0.1  # one POST /orders/batch per node this often (fewer when small)
 BATCH_ORDERS_MAX = 1000  # the API's limit per call
-INFLIGHT_CALLS_MAX = 8  # per node; beyond this the sender waits (the load is not met)
+INFLIGHT_CALLS_MAX = 32  # per node; beyond this the sender waits (the load is not met).
+# A call is answered once its orders are signed, up to a batch interval later: with
+# --batch-interval 0.9 and a call every 0.1 s, nine wait at any time.
 BACKOFF_S = 0.25  # after a 503 (node busy)
 CALL_TIMEOUT_S = 30.0
 SWEEP_RATES = (250, 500, 1000, 2000, 4000, 8000, 16000, 32000)
@@ -90,10 +93,13 @@ def hwm_mib(pid: int) -> float:
 class Cluster:
     """N quiet node processes; `stop` leaves none behind."""
 
-    def __init__(self, nodes: int, batch_actions_max: int | None, log_level: str) -> None:
+    def __init__(self, nodes: int, batch_actions_max: int | None, log_level: str,
+                 batch_interval_s: float | None = None) -> None:
         self.size = nodes
         self.tmp = tempfile.TemporaryDirectory(prefix="p2pexchange-bench-")
         self.extra = ["--log-level", log_level]
+        if batch_interval_s is not None:
+            self.extra += ["--batch-interval", str(batch_interval_s)]
         if batch_actions_max is not None:
             self.extra += ["--batch-actions-max", str(batch_actions_max)]
         self.nodes: list[NodeProcess] = []
@@ -447,7 +453,7 @@ CLUSTERS: list[Cluster] = []  # stopped in main's finally, also on Ctrl-C
 
 
 def with_cluster(nodes: int, batch_actions_max: int | None, args: argparse.Namespace):
-    cluster = Cluster(nodes, batch_actions_max, args.log_level)
+    cluster = Cluster(nodes, batch_actions_max, args.log_level, args.batch_interval)
     CLUSTERS.append(cluster)
     discovery_s = cluster.start()
     return cluster, discovery_s, cluster.idle_cpu()
@@ -486,7 +492,9 @@ def fixed(args: argparse.Namespace) -> int:
         cluster, discovery_s, idle = with_cluster(nodes, None, args)
         try:
             for rate in args.rate:
-                result = {"batch_actions_max": "default", "discovery_s": round(discovery_s, 2),
+                result = {"batch_actions_max": "default",
+                          "batch_interval_s": args.batch_interval or BATCH_INTERVAL_S,
+                          "discovery_s": round(discovery_s, 2),
                           **run_once(cluster, rate, args.duration, args.seed, args.market,
                                      idle)}
                 emit(result, base)
@@ -510,6 +518,7 @@ def sweep(args: argparse.Namespace) -> int:
         try:
             for rate in [r for r in SWEEP_RATES if r <= args.sweep_max]:
                 result = {"sweep": True, "p99_target_ms": target_s(args, nodes) * 1000,
+                          "batch_interval_s": args.batch_interval or BATCH_INTERVAL_S,
                           **run_once(cluster, rate, args.duration, args.seed + rate,
                                      args.market, idle)}
                 emit(result, base)
@@ -565,6 +574,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
                    help="orders/s offered to the one-order-per-event baseline (default 100)")
     p.add_argument("--baseline-duration", type=float, default=10.0)
     p.add_argument("--no-baseline", action="store_true")
+    p.add_argument("--batch-interval", type=float, default=None, metavar="SECONDS",
+                   help="the nodes' --batch-interval (default: theirs, "
+                        f"{BATCH_INTERVAL_S} s)")
     p.add_argument("--sweep", action="store_true",
                    help=f"step the load through {SWEEP_RATES} until the p99 target fails")
     p.add_argument("--sweep-max", type=float, default=max(SWEEP_RATES))

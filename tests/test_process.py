@@ -83,6 +83,8 @@ def test_api_rejects_nonsense_with_a_reason(tmp_path):
     (["--listen", "nonsense"], "malformed multiaddr"),
     (["--market", "DOGE-USD"], "invalid choice"),
     (["--rate", "-1"], "--rate"),
+    (["--batch-interval", "0"], "--batch-interval must be within"),
+    (["--batch-interval", "nan"], "--batch-interval must be within"),
 ])
 def test_nonsense_cli_arguments_give_a_clear_error(tmp_path, args, message):
     result = subprocess.run([sys.executable, "-m", "p2pexchange", "--data-dir", str(tmp_path),

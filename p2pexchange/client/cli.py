@@ -12,7 +12,7 @@ from typing import Any
 import multiaddr
 
 from ..core.market import DEFAULT_MARKETS
-from ..core.params import BATCH_ACTIONS_MAX, REMOVE_AFTER_S
+from ..core.params import BATCH_ACTIONS_MAX, BATCH_INTERVAL_S, REMOVE_AFTER_S
 
 EVENT_ACTIONS_MAX = 1000  # core.events.EVENT_ACTIONS_MAX (imported late: it loads libp2p)
 
@@ -53,6 +53,10 @@ def node_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-actions-max", type=int, default=BATCH_ACTIONS_MAX, metavar="N",
                    help=f"actions per signed event, 1..{EVENT_ACTIONS_MAX} (default "
                         f"{BATCH_ACTIONS_MAX}; 1 is the one-order-per-event baseline)")
+    p.add_argument("--batch-interval", type=float, default=BATCH_INTERVAL_S, metavar="SECONDS",
+                   help=f"sign own actions as one event this often (default "
+                        f"{BATCH_INTERVAL_S}); longer: fewer, larger events, less work per "
+                        f"order on every node, orders wait longer to be signed")
     p.add_argument("--remove-after", type=float, default=REMOVE_AFTER_S, metavar="SECONDS",
                    help="vote to remove a member finality has waited for this long without "
                         f"a word from it (default {REMOVE_AFTER_S:.0f}; liveness only)")
@@ -99,6 +103,8 @@ def parse_node_args(argv: list[str]) -> argparse.Namespace:
         p.error("--status-interval must be positive")
     if not 1 <= args.remove_after <= 86_400:
         p.error("--remove-after must be within 1..86400 seconds")
+    if not 0.01 <= args.batch_interval <= 5:
+        p.error("--batch-interval must be within 0.01..5 seconds")
     if not 1 <= args.batch_actions_max <= EVENT_ACTIONS_MAX:
         p.error(f"--batch-actions-max must be within 1..{EVENT_ACTIONS_MAX}")
     if not 0 <= args.api_port <= 65535:
@@ -123,7 +129,7 @@ def run_node(argv: list[str]) -> int:
             data_dir=args.data_dir, listen=args.listen, bootstrap=args.bootstrap,
             markets=sorted(set(args.market)) or sorted(DEFAULT_MARKETS), seed=args.seed,
             status_interval_s=args.status_interval, batch_actions_max=args.batch_actions_max,
-            remove_after_s=args.remove_after),
+            batch_interval_s=args.batch_interval, remove_after_s=args.remove_after),
             services=[s for s in (api, trader) if s is not None])
     except OSError as exc:
         print(f"error: cannot use data dir {args.data_dir!r}: {exc}", file=sys.stderr)

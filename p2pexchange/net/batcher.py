@@ -1,7 +1,10 @@
 """Batching of own actions: they are not published one by one. `Batcher` queues them
-and, once per `BATCH_INTERVAL_S`, has the node sign each market's queue as one event (at
-most `BATCH_ACTIONS_MAX` actions, or the node's own cap), which it then publishes on
-the market's topic (net/gossip.py); then the membership event due, if any.
+and, once per batch interval (`BATCH_INTERVAL_S` unless the node is told otherwise), has
+the node sign each market's queue as one event (at most `BATCH_ACTIONS_MAX` actions, or
+the node's own cap), which it then publishes on the market's topic (net/gossip.py); then
+the membership event due, if any. A longer interval means fewer, larger events: less
+work per order for every node (py-libp2p's cost is per message), a longer wait before an
+order is signed.
 """
 
 from __future__ import annotations
@@ -27,8 +30,10 @@ class Batcher:
     def __init__(self, gossip: Gossip, seal: Seal, published: Callable[[Event], None],
                  actions_max: int = BATCH_ACTIONS_MAX,
                  membership: Callable[[bool], list[Action] | None] = lambda signed: None,
-                 ) -> None:
+                 interval_s: float = BATCH_INTERVAL_S) -> None:
         assert 1 <= actions_max <= EVENT_ACTIONS_MAX, actions_max
+        assert interval_s > 0, interval_s
+        self.interval_s = interval_s
         self.gossip = gossip
         # After each tick's flush: the membership event to sign now (joins, or [] for an
         # acknowledgement), or None; told whether the tick signed any event already.
@@ -89,7 +94,7 @@ class Batcher:
 
     async def run(self) -> None:
         while True:
-            await trio.sleep(BATCH_INTERVAL_S)
+            await trio.sleep(self.interval_s)
             try:
                 await self.tick()
             except Exception:  # publishing failed: the event is stored, sync spreads it

@@ -10,15 +10,14 @@
     intake (intake.py)       events in: inbox, batches to the replica, store, feed, logs
     replica (core/replica)   the deterministic state; store (store.py) its log on disk
 
-Every event from the network reaches the replica through the intake (intake.py: one
-bounded inbox, handed over in batches) and every other input through the control
-handlers, and whatever a peer sends ends as state or as a counted rejection
-attributed to it, never as an exception in one of the node's tasks. Replica calls
-are synchronous and never awaited in the middle, so trio's task order cannot reach
-the replica's state: only the set of delivered events does. The node knows nothing
-of what drives it: the API, auto-trading or a test are `services` handed to it
-(each started in its nursery once the node is up) or callers of its public
-interface: `submit`, `submit_many` (answers with order ids once signed), `flush`, the
+Every event from the network reaches the replica through the intake (intake.py: one bounded
+inbox, handed over in batches) and every other input through the control handlers, and
+whatever a peer sends ends as state or as a counted rejection attributed to it, never as an
+exception in one of the node's tasks. Replica calls are synchronous and never awaited in the
+middle, so trio's task order cannot reach the replica's state: only the set of delivered
+events does. The node knows nothing of what drives it: the API, auto-trading or a test are
+`services` handed to it (each started in its nursery once the node is up) or callers of its
+public interface: `submit`, `submit_many` (answers with order ids once signed), `flush`, the
 queries, `status`, `subscribe_applied` (feed.py).
 """
 
@@ -109,8 +108,9 @@ class Node:
         self.feed = Feed()
         self._rng = random.Random(config.seed)
         self.host: Any = create_host(self.key_pair, config.listen)
-        self.discovery = Discovery(self.host, on_found=lambda peer: self.sync.found(peer),
-                                   explore=lambda: self.admission.synced_once())
+        self.discovery = Discovery(  # a new connection: pull from it, tell it of us at once
+            self.host, on_found=lambda p: (self.sync.found(p), self.control.announce_soon()),
+            explore=lambda: self.admission.synced_once())
         self.gossip = Gossip(self.host, self.origin, self.rejections, self.replica.precheck,
                              self.discovery.heard)
         self.intake = Intake(self.replica, self.store, self.feed, self.rejections,
@@ -244,8 +244,7 @@ class Node:
         except BaseExceptionGroup as group:
             if not self.stopping.is_set():
                 raise
-            # py-libp2p's pubsub may refuse a message that arrives while it shuts down
-            # (LIBP2P_NOTES). Everything accepted is already in the store: not an error.
+            # Pubsub refusing a message while it shuts down (LIBP2P_NOTES) is no error.
             _, rest = group.split(lambda e: isinstance(e, RuntimeError)
                                   and "closed to new arrivals" in str(e))
             if rest is not None:

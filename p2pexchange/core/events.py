@@ -424,6 +424,20 @@ def _decode_vote(wire: list, index: int) -> Vote:
 
 
 _FIELDS = frozenset("vosclmag")
+# Each field's name as canonical CBOR, in canonical order (one-letter text strings: by
+# their letter); `_canonical_without_signature` joins the encoded fields in this order.
+_FIELD_ORDER = sorted((canonical(k), k) for k in _FIELDS)
+
+
+def _canonical_without_signature(msg: dict) -> tuple[bytes, bytes]:
+    """The canonical CBOR of `msg` less its signature "g" (what is signed) and of `msg`
+    whole, encoding each field once: a canonical map is its header and its encoded
+    entries in key order, so both are joins of the same pieces (n < 24 entries: a
+    one-byte header)."""
+    pieces = [(k, name + canonical(msg[k])) for name, k in _FIELD_ORDER]
+    body = b"".join(p for k, p in pieces if k != "g")
+    whole = b"".join(p for _, p in pieces)
+    return bytes([0xA0 + len(pieces) - 1]) + body, bytes([0xA0 + len(pieces)]) + whole
 
 
 def decode_event(raw: bytes, markets: Mapping[str, object]) -> Event:
@@ -495,9 +509,8 @@ def _decode_event(raw: bytes, markets: Mapping[str, object]) -> Event:
     signature = msg["g"]
     if type(signature) is not bytes or len(signature) > SIGNATURE_BYTES_MAX:
         raise EventRejected("bad_signature", "signature must be bytes")
-    body = {k: v for k, v in msg.items() if k != "g"}
-    body_bytes = canonical(body)
-    if canonical(msg) != raw:
+    body_bytes, whole = _canonical_without_signature(msg)
+    if whole != raw:
         raise EventRejected("non_canonical", "encoding is not canonical CBOR")
     key = public_key_of(origin)
     try:

@@ -62,6 +62,7 @@ class Control:
         # peer -> (the highest seq of ours its last heartbeat said it had, when received)
         self._views_of_mine: dict[bytes, tuple[int, float]] = {}
         self._announced = (-1, 0.0)  # (events delivered, when) at our last heartbeat
+        self._eager_until = 0.0  # heartbeats every tick until then (announce_soon)
         self._sealed_at: deque[tuple[int, float]] = deque(maxlen=SEALED_TIMES_MAX)
         self._final_logged = 0
         self._reject = reject
@@ -177,6 +178,12 @@ class Control:
                 log.exception("heartbeat failed")
             await trio.sleep(HEARTBEAT_INTERVAL_MS / 1000)
 
+    def announce_soon(self) -> None:
+        """A peer connected: heartbeat every tick for a while even if nothing changed, so
+        a newcomer learns our genesis (and that we are ahead) within a second or two once
+        gossip knows its subscription, not a `HEARTBEAT_IDLE_S` later."""
+        self._eager_until = time.monotonic() + 2 * HEARTBEAT_IDLE_S
+
     async def heartbeat(self) -> None:
         """Publish our clock and digest (while nothing changes, only every
         `HEARTBEAT_IDLE_S`: a quiet network costs little); then act on what has become
@@ -184,7 +191,8 @@ class Control:
         replica = self.replica
         delivered = replica.stats()["events_delivered"]
         now = time.monotonic()
-        if delivered == self._announced[0] and now - self._announced[1] < HEARTBEAT_IDLE_S:
+        if (delivered == self._announced[0] and now - self._announced[1] < HEARTBEAT_IDLE_S
+                and now >= self._eager_until):
             return
         self._announced = (delivered, now)
         genesis = replica.membership.genesis if replica.membership is not None else ()

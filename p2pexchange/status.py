@@ -4,7 +4,9 @@
 `membership` this node's own state in it (admission.py), `waiting_for` the members
 whose next event would move finality (empty when nothing waits), `removed` the members
 removed so far (each with the seq after which its events count for nothing),
-`voting_to_remove` the members this node's standing removal votes name.
+`voting_to_remove` the members this node's standing removal votes name,
+`finality_broken` how often the network did what the commit rule rules out (more
+dishonest members than it tolerates: core/ledger.py `broken`; 0 otherwise).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ def node_status(node: Any) -> dict:
         "rejected": {**stats["rejected"], **node.rejections.by_code},
         "rejecting_peers": len(node.rejections.by_peer),
         "divergences": node.control.divergences,
+        "finality_broken": stats["finality_broken"],
         "trade_reports_matched": node.control.trade_reports_matched,
         "digest": node.replica.digest_hex,
         "pending_actions": node.pending_actions,

@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from p2pexchange.core.events import Event, sign_event
-from p2pexchange.core.ledger import FinalityBroken, Ledger
+from p2pexchange.core.ledger import Ledger
 from p2pexchange.core.market import DEFAULT_MARKETS
 from p2pexchange.core.replica import Replica
 from p2pexchange.core.settled import Settled
@@ -113,18 +113,24 @@ def test_an_empty_event_among_settled_entries_only_rechains_the_digest():
         [settled.trades_in_first(n) for n in range(len(settled))]
 
 
-def test_an_event_with_actions_among_settled_entries_is_a_broken_rule_not_a_state():
-    """The commit rule says it cannot happen; if it did, the ledger stops rather than
-    hold a state that differs from its peers' (the simulation reports it as a
-    finality violation, and so caught the mutations of tests/test_simulation.py)."""
+def test_an_event_with_actions_among_settled_entries_is_an_alarm_and_changes_nothing_final():
+    """The commit rule says it cannot happen (only more dishonest members than it
+    tolerates could make it). A settled ledger cannot undo final entries: it takes the
+    event as empty, keeps what was final, and counts and describes the breach for the
+    node's status (the simulation reports it as a finality violation, and so caught the
+    mutations of tests/test_simulation.py)."""
     _, events = history(200, 8)
     late = next(e for e in events[100:] if e.actions)
     rest = sorted((e for e in events if e is not late), key=lambda e: e.key)
     ledger = Ledger(DEFAULT_MARKETS)
     ledger.apply(rest)
     ledger.settle(len(ledger))
-    with pytest.raises(FinalityBroken):
-        ledger.apply([late])
+    trades, books = ledger.trades(), {m: b.snapshot() for m, b in ledger.books.items()}
+    assert ledger.apply([late]) == (0, [[]])
+    assert ledger.broken == 1 and "sorts before final events" in ledger.broken_detail
+    assert ledger.trades() == trades
+    assert {m: b.snapshot() for m, b in ledger.books.items()} == books
+    assert ledger.outcomes_of(late.id) == ["void"] * len(late.actions)
 
 
 def test_settled_books_keep_no_undo_records_for_what_is_final():

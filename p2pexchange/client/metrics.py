@@ -48,12 +48,11 @@ class NodeCollector(Collector):
         for reason, n in sorted(s["rejected"].items()):
             rejected.add_metric([reason], n)
         yield rejected
-        yield CounterMetricFamily("p2pexchange_rollbacks",
-                                  "Late events that re-ordered applied ones",
-                                  value=s["rollbacks"])
-        yield CounterMetricFamily("p2pexchange_divergences",
-                                  "Trade reports that disagreed with our own trades",
-                                  value=s["divergences"])
+        for name, doc in (
+                ("rollbacks", "Late events that re-ordered applied ones"),
+                ("divergences", "Trade reports that disagreed with our own trades"),
+                ("finality_broken", "Events the commit rule rules out, taken as empty (alarm)")):
+            yield CounterMetricFamily(f"p2pexchange_{name}", doc, value=s[name])
         for name, doc, value in (
                 ("peers", "Connected peers", s["peers"]),
                 ("members", "Members of the network as this node knows them",

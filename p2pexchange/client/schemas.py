@@ -166,6 +166,9 @@ class Status(BaseModel):
     rejected: dict[str, int] = Field(description="refused input, by reason")
     rejecting_peers: int
     divergences: int
+    finality_broken: int = Field(description="events the commit rule rules out (a final "
+                                 "event undone, beyond the tolerated dishonest members), "
+                                 "taken as empty: an alarm; 0 otherwise")
     trade_reports_matched: int
     pending_actions: int
     loop_lag_p99_ms: float = Field(description="event-loop scheduling lag, 99th percentile "

@@ -35,12 +35,6 @@ from .orders import Trade
 GENESIS_DIGEST = hashlib.sha256(b"p2pexchange/digest/v1").digest()
 
 
-class FinalityBroken(AssertionError):
-    """An event with actions sorts before settled (final) entries: the commit rule
-    failed (protocols/finality.md says it cannot). The ledger cannot take it in: its
-    settled entries keep no undo records. Never converted into a rejection."""
-
-
 class _Applied:
     """One event in the applied sequence, with what is needed to undo it. Once settled
     (`Ledger.settle`) only what queries and the digest read is kept: no event, no mark."""
@@ -94,6 +88,13 @@ class Ledger:
         self.trade_count = 0
         self.cuts: dict[bytes, int] = {}  # removed origin -> its last seq that counts
         self.settled = 0  # the first entries, final, kept without their events (settle)
+        # What the commit rule says cannot happen, and a settled ledger cannot undo: an
+        # event with actions sorting among final entries, or a removal voiding one
+        # (only with more dishonest members than protocols/finality.md tolerates). Such
+        # an event is taken as empty and what was final stays final; counted and
+        # described here for the node's status and alarm (never silently).
+        self.broken = 0
+        self.broken_detail = ""
 
     def __len__(self) -> int:
         return len(self._applied)
@@ -159,8 +160,12 @@ class Ledger:
         if first is None:
             return 0
         if first < self.settled:  # none of them is final anywhere (finality.md, R1)
-            raise FinalityBroken(f"the removal of {origin.hex()[-8:]} at {cut} voids a "
-                                 f"final event")
+            self._broke(f"the removal of {origin.hex()[-8:]} at seq {cut} would void a "
+                        f"final event: what was final stays")
+            first = next((i for i in range(self.settled, len(applied))
+                          if applied[i].key[2] == origin and applied[i].key[3] > cut), None)
+            if first is None:
+                return 0
         undone = self._undo_to(first)
         for entry in reversed(undone):
             self._apply(entry.event)  # type: ignore[arg-type]
@@ -221,17 +226,19 @@ class Ledger:
     def _insert_settled(self, events: list[Event]) -> None:
         """Take in events that sort among settled entries. Only an event that changes no
         book can (a removed member's event beyond its cut, or an empty event: an event
-        with actions never sorts before what is final, finality.md), so no book is
-        rolled back: the entries go in, settled, and the digests after them are chained
-        again. Costs the entries after the first of them; it happens only with an origin
-        that left or was removed."""
+        with actions never sorts before what is final, finality.md; if one did, it is
+        taken as empty and counted in `broken`), so no book is rolled back: the entries
+        go in, settled, and the digests after them are chained again. Costs the entries
+        after the first of them; it happens only with an origin that left or was
+        removed."""
         applied, keys = self._applied, self._keys
         first = len(applied)
         for event in events:
             void = bool(self.cuts) and self.is_void(event)
             if not void and event.actions:
-                raise FinalityBroken(f"event {event.id.hex()[:12]} with actions sorts before "
-                                     f"final events")
+                self._broke(f"event {event.id.hex()[:12]} with actions sorts before final "
+                            f"events: taken as empty")
+                void = True
             entry = _Applied(event.key, event, None)
             entry.void = void
             entry.outcomes = _shared(["void"] * len(event.actions))
@@ -249,6 +256,10 @@ class Ledger:
             entry.trades_upto = (previous.trades_upto if previous else 0) + len(entry.trades)
             entry.digest = _chained(previous.digest if previous else GENESIS_DIGEST, entry)
             previous = entry
+
+    def _broke(self, detail: str) -> None:
+        self.broken += 1
+        self.broken_detail = detail
 
     def _undo_to(self, position: int) -> list[_Applied]:
         """Undo applied events from the end down to `position`; newest first."""

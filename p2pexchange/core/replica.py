@@ -267,6 +267,7 @@ class Replica:
             "buffer_evicted": self._buffer.evicted,
             "rejected": dict(sorted(self._rejected.items())),
             "trades": self.ledger.trade_count,
+            "finality_broken": self.ledger.broken,  # see Ledger.broken: an alarm
             "resting": {m: b.resting_count() for m, b in self.books.items()},
         }
 

@@ -63,6 +63,7 @@ class Control:
         self._views_of_mine: dict[bytes, tuple[int, float]] = {}
         self._announced = (-1, 0.0)  # (events delivered, when) at our last heartbeat
         self._eager_until = 0.0  # heartbeats every tick until then (announce_soon)
+        self._broken_logged = 0
         self._sealed_at: deque[tuple[int, float]] = deque(maxlen=SEALED_TIMES_MAX)
         self._final_logged = 0
         self._reject = reject
@@ -201,6 +202,11 @@ class Control:
         await self.gossip.publish(CONTROL_TOPIC, wire.encode_heartbeat(hb))
         await self._publish_proofs()
         finality = self.finality()
+        if replica.ledger.broken > self._broken_logged:  # core/ledger.py `broken`
+            self._broken_logged = replica.ledger.broken
+            log.critical("FINALITY BROKEN (%d): %s; more members misbehaved than the commit "
+                         "rule tolerates (protocols/finality.md)", replica.ledger.broken,
+                         replica.ledger.broken_detail)
         self.check_trade_reports()
         await self._report_own_trades()
         if finality.final_trades > self._final_logged:

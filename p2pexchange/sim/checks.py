@@ -71,6 +71,8 @@ class FinalView:
                                     f"{self.frontier} to {frontier}")
         if replica.stats()["frontier_regressions"]:
             raise FinalityViolation(f"{self.name}: the rule's frontier went back")
+        if replica.ledger.broken:  # a compacted replica met what the rule rules out
+            raise FinalityViolation(f"{self.name}: {replica.ledger.broken_detail}")
         if frontier is None:
             return 0
         self.frontier = frontier

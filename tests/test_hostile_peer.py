@@ -20,6 +20,7 @@ from libp2p.utils.varint import encode_uvarint, encode_varint_prefixed
 from p2pexchange.core.events import SEQ_MAX, OrderType, Place, Side, canonical, sign_event
 from p2pexchange.net import wire
 from p2pexchange.net.gossip import CONTROL_TOPIC, TRADES_TOPIC, market_topic
+from p2pexchange.net.host import peer_info
 from p2pexchange.net.sync import SYNC_PROTOCOL
 from p2pexchange.sim.workload import peer_id_bytes, seeded_key_pair
 
@@ -74,6 +75,15 @@ async def garbage_sync_server(stream) -> None:
 async def attack_sync_server(attacker, victim) -> None:
     """Requests to the victim's sync server: garbage, oversize, silent, too many."""
     async def open_stream():
+        # The victim drops its connection to a peer whose sync answer was garbage (it
+        # may have pulled from us already): a hostile peer simply dials again.
+        for _ in range(4):
+            try:
+                return await attacker.host.new_stream(victim.peer_id, [SYNC_PROTOCOL])
+            except Exception:
+                await trio.sleep(0.3)
+                with trio.move_on_after(5):
+                    await attacker.host.connect(peer_info(victim.listen_addr))
         return await attacker.host.new_stream(victim.peer_id, [SYNC_PROTOCOL])
     stream = await open_stream()
     await stream.write(encode_varint_prefixed(b"\xff garbage request"))

@@ -43,12 +43,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 from itertools import islice
-from typing import NamedTuple, TypeVar
+from typing import NamedTuple
 
-import cbor2
 from libp2p.crypto.ed25519 import Ed25519PublicKey
 from libp2p.crypto.keys import PrivateKey, PublicKey
 
+from .cbor import (  # noqa: F401 (re-exported: callers import them from here too)
+    CBOR_DEPTH_MAX,
+    canonical,
+    describe,
+    describe_error,
+    intern_bounded,
+    strict_loads,
+)
 from .market import MARKET_NAME_BYTES_MAX, PRICE_TICKS_MAX, QTY_LOTS_MAX
 
 PROTOCOL_VERSION = 2
@@ -62,8 +69,6 @@ SIGNATURE_DOMAIN = b"p2pexchange/event/v2\x00"
 EVENT_ID_BYTES = 32  # SHA-256 of the encoded event
 ORDER_ID_BYTES = 34  # 32-byte event id + 2-byte big-endian index
 PUBKEY_CACHE_MAX = 4096  # peer id -> extracted public key; oldest dropped first
-CBOR_DEPTH_MAX = 4  # an event nests map -> actions -> action (or map -> clock -> entry): depth 3
-DESCRIBE_CHARS_MAX = 40  # how much of an untrusted value an error message shows
 VOTE_MEMBERS_MAX = 64  # = finality.MEMBERS_MAX: a vote lists the effective members
 
 assert EVENT_ACTIONS_MAX < 2**16, "an order id holds the action index in two bytes"
@@ -189,53 +194,6 @@ def order_id(event_id: bytes, index: int) -> bytes:
     return event_id + index.to_bytes(2, "big")
 
 
-def describe(value: object) -> str:
-    """A short, bounded description of an untrusted value for an error message: its
-    type and a clipped rendering. Never formats anything unbounded; never raises."""
-    try:
-        kind = type(value).__name__[:DESCRIBE_CHARS_MAX]
-        if type(value) is int:
-            if -10**12 < value < 10**12:
-                return f"int {value}"
-            return f"int of {value.bit_length()} bits"
-        if type(value) in (bytes, str):
-            shown = repr(value[:DESCRIBE_CHARS_MAX])[:DESCRIBE_CHARS_MAX]  # type: ignore[index]
-            return f"{kind} of length {len(value)} {shown}"  # type: ignore[arg-type]
-        if type(value) in (list, dict, tuple):
-            return f"{kind} of length {len(value)}"  # type: ignore[arg-type]
-        if value is None or type(value) is bool:
-            return repr(value)
-        return kind
-    except Exception:  # a value so odd that even its type name misbehaves
-        return "a value that cannot be described"
-
-
-def describe_error(exc: BaseException) -> str:
-    """The first characters of an exception's message, or its type if that fails."""
-    try:
-        return str(exc)[:200]
-    except Exception:
-        return type(exc).__name__
-
-
-def _refuse_tag(*_: object) -> object:
-    raise cbor2.CBORDecodeError("CBOR tags are not part of the protocol")
-
-
-# Every tag cbor2 decodes itself (the switch in rust/decoder.rs of cbor2 6.x; a test in
-# tests/test_replica_hostile_input.py checks that no tag escapes); others reach the hook.
-_CBOR_BUILTIN_TAGS = (0, 1, 2, 3, 4, 5, 25, 28, 29, 30, 35, 36, 37, 52, 54, 100, 256, 258,
-                      260, 261, 1004, 43000, 55799)
-_REFUSE_TAGS = dict.fromkeys(_CBOR_BUILTIN_TAGS, _refuse_tag)
-
-
-def strict_loads(data: bytes) -> object:
-    """Decode the protocol's CBOR subset; raises (some cbor2 error) on anything else."""
-    return cbor2.loads(data, tag_hook=_refuse_tag, semantic_decoders=_REFUSE_TAGS,
-                       max_depth=CBOR_DEPTH_MAX, allow_indefinite=False,
-                       allow_duplicate_keys=False, strict_hashable_types=True)
-
-
 def short_id(b: bytes) -> str:
     """A short, human-readable handle for ids in logs."""
     return b.hex()[:12]
@@ -280,10 +238,6 @@ def _actions_fit_market(market: str, actions: tuple[Action, ...]) -> bool:
                 or (len(actions) == 1 and actions[0].__class__ in (Leave, Vote)))
     return bool(actions) and all(a.__class__ is Place or a.__class__ is Cancel
                                  for a in actions)
-
-
-def canonical(obj: object) -> bytes:
-    return cbor2.dumps(obj, canonical=True)
 
 
 def sign_event(private_key: PrivateKey, origin: bytes, seq: int,
@@ -526,7 +480,6 @@ def _decode_event(raw: bytes, markets: Mapping[str, object]) -> Event:
                  signature, hashlib.sha256(raw).digest(), raw)
 
 
-T = TypeVar("T")
 _INTERNED: dict[bytes, bytes] = {}
 INTERNED_ORIGINS_MAX = 4096  # peer ids kept as one shared object each (~0.3 MB at most)
 
@@ -535,14 +488,3 @@ def _interned(origin: bytes) -> bytes:
     """One shared bytes object per peer id (every event names every origin in its clock:
     some 70 bytes saved per name). Past the bound a peer id is simply not shared."""
     return intern_bounded(_INTERNED, origin, INTERNED_ORIGINS_MAX)
-
-
-def intern_bounded(table: dict, value: T, bound: int) -> T:
-    """The one object `table` holds equal to `value` (kept from now on while the table
-    has fewer than `bound`); past the bound, `value` itself."""
-    shared = table.get(value)
-    if shared is None:
-        if len(table) >= bound:
-            return value
-        table[value] = shared = value
-    return shared

@@ -5,12 +5,13 @@ included), which is what the node's SQLite store holds; a restart builds a new
 `Replica` from it, fed in a random order, and the node continues its seq chain from
 there. A twin is the second persona of an equivocating member: the same key, a
 replica rebuilt from the same store, then its own choices. Every event signed in a
-run is remembered by its raw bytes (`known`), so a sync answer (raw bytes) is handed
+run is remembered by its id (`known`), so a sync answer (raw bytes) is handed
 to the replica as the decoded event the node's validator would have produced.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Sequence
 
@@ -80,8 +81,7 @@ class SimNode:
 
     def remember(self, event: Event) -> None:
         """Note an event this node signed: the sim's decoder, and the flow's orders."""
-        self.known[event.raw] = event
-        self.known[("id", event.id)] = event  # type: ignore[index]  # for settled ones
+        self.known[event.id] = event
         self.flow.placed([event.order_id(i) for i, a in enumerate(event.actions)
                           if isinstance(a, Place)])
 
@@ -94,16 +94,16 @@ class SimNode:
 
     def store(self) -> list[Event]:
         replica = self.replica
-        return [self.known[("id", e.id)] if type(e) is Settled else e  # type: ignore[index]
+        return [self.known[e.id] if type(e) is Settled else e
                 for origin in sorted(replica.clock) for e in replica.events_of(origin)]
 
     def resolve(self, item: bytes | tuple[bytes, int]) -> Event:
         """The event for an item of `events_for`: raw bytes, or (origin, seq) of a
         settled event, read from the store as the node's sync server does."""
         if type(item) is bytes:
-            return self.known[item]
+            return self.known[hashlib.sha256(item).digest()]  # an event's id
         origin, seq = item  # type: ignore[misc]
-        return self.known[("id", self.replica.events_of(origin, seq - 1)[0].id)]  # type: ignore[index]
+        return self.known[self.replica.events_of(origin, seq - 1)[0].id]
 
     def _rebuilt(self, rng: random.Random) -> Replica:
         # Own events first (each group in a random order): a peer's event that names

@@ -129,7 +129,7 @@ class Simulation:
         self.schedule = s = draw_schedule(rng, members_n, ticks, kinds)
         draw_leave(random.Random(seed * 1_000_003 + 17), s)
         draw_crash(random.Random(seed * 1_000_003 + 29), s)
-        self.known: dict[bytes, Event] = {}  # every event signed in this run, by raw bytes
+        self.known: dict[bytes, Event] = {}  # every event signed in this run, by id
         self.nodes = [SimNode(seed, i, members_n, random.Random(rng.random()),
                               honest=i != s.dishonest, known=self.known,
                               remove_after=REMOVE_AFTER_TICKS)

@@ -10,8 +10,11 @@ The table `genesis` holds the network's founding members (core/finality.py), fix
 when the node founded the network or first learned it from a peer.
 
 With each batch the node also records its state digest after that batch, keyed by
-the delivery position of the batch's last event (table `digests`, added by
-`CREATE TABLE IF NOT EXISTS`: older stores simply have none before the upgrade).
+the delivery position of the batch's last event (table `digests_v2`, added by
+`CREATE TABLE IF NOT EXISTS`: older stores simply have none before the upgrade). The
+name carries the digest fold (protocols/state_machine.md, section 7): a store written
+by a build of the v1 fold keeps those digests in table `digests`, which nothing reads
+any more (`old_digests` counts them for verify's verdict).
 `python -m p2pexchange verify` replays the events and compares (client/verify.py).
 """
 
@@ -31,7 +34,7 @@ CREATE TABLE IF NOT EXISTS events (
     PRIMARY KEY (origin, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS events_by_delivery ON events (delivered);
-CREATE TABLE IF NOT EXISTS digests (
+CREATE TABLE IF NOT EXISTS digests_v2 (
     delivered INTEGER PRIMARY KEY,
     digest BLOB NOT NULL
 );
@@ -66,7 +69,7 @@ class EventStore:
                 "VALUES (?, ?, ?, ?, ?)",
                 [(o, s, i, self._next + k, r) for k, (o, s, i, r) in enumerate(rows)])
             if digest is not None:
-                self.db.execute("INSERT OR REPLACE INTO digests (delivered, digest) "
+                self.db.execute("INSERT OR REPLACE INTO digests_v2 (delivered, digest) "
                                 "VALUES (?, ?)", (self._next + len(rows) - 1, digest))
         self._next += len(rows)
 
@@ -95,10 +98,21 @@ class EventStore:
 
     def digests(self) -> list[tuple[int, bytes]]:
         """(delivered position, digest after it), in order; [] for an older store."""
-        known = self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'digests'")
-        if known.fetchone() is None:
+        if not self._has_table("digests_v2"):
             return []
-        return list(self.db.execute("SELECT delivered, digest FROM digests ORDER BY delivered"))
+        return list(self.db.execute("SELECT delivered, digest FROM digests_v2 "
+                                    "ORDER BY delivered"))
+
+    def old_digests(self) -> int:
+        """How many digests a build of the v1 fold recorded (never compared: another
+        fold gives other digests for the same events)."""
+        if not self._has_table("digests"):
+            return 0
+        return self.db.execute("SELECT COUNT(*) FROM digests").fetchone()[0]
+
+    def _has_table(self, name: str) -> bool:
+        found = self.db.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (name,))
+        return found.fetchone() is not None
 
     def genesis(self) -> list[bytes]:
         """The network's founding members, as adopted once; [] if not known yet."""

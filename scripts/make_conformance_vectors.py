@@ -763,7 +763,8 @@ def remove_member() -> Scenario:
             step(c2, "c's seq 2, an IOC buy 1@101 beyond the cut, arrives late: delivered "
                  "and void; it sorts among final events and changes nothing (no trade: b's "
                  "later IOC still takes a's lot at 101, a's ask at 102 stays); the events "
-                 "after it are re-applied, the digest extends with its id alone",
+                 "after it are re-applied, the digest stays as it was (a void event does "
+                 "not extend it)",
                  status="delivered", trades=0, outcomes=["void"],
                  check=lambda s: s["final_key"] == key(b5) and s["rolled_back"] > 0
                  and s["books"][BTC]["asks"] == [[102, 1]]

@@ -93,10 +93,12 @@ def test_a_compacting_replica_answers_as_a_whole_one_in_any_order(seed):
     compact.check_invariants()
 
 
-def test_an_empty_event_among_settled_entries_only_rechains_the_digest():
+def test_an_empty_event_among_settled_entries_goes_in_and_changes_no_digest():
     """An acknowledgement that sorts among final entries (a member that left may still
-    sign one) goes in without rolling a book back; the digest is the one a ledger that
-    settled nothing computes by undoing and applying again."""
+    sign one) goes in without rolling a book back, and the digest after it, and after
+    every entry, is the one a ledger that settled nothing computes by undoing and
+    applying again: an event without actions does not extend the digest (state_machine.md
+    section 7), so nothing is chained again."""
     _, events = history(200, 7, empty_every=4)
     late = next(e for e in events[100:] if not e.actions)
     rest = sorted((e for e in events if e is not late), key=lambda e: e.key)
@@ -104,11 +106,17 @@ def test_an_empty_event_among_settled_entries_only_rechains_the_digest():
     whole.apply(rest)
     settled.apply(rest)
     settled.settle(len(settled))
-    assert whole.digest == settled.digest
+    before = settled.digest
+    assert whole.digest == before
     undone, _ = whole.apply([late])
     assert undone > 0  # the whole ledger rolled back and applied again
-    assert settled.apply([late]) == (0, [[]])  # the settled one only chained again
-    assert whole.digest == settled.digest and whole.event_ids() == settled.event_ids()
+    assert settled.apply([late]) == (0, [[]])  # the settled one only put it in place
+    assert whole.digest == settled.digest == before
+    assert whole.event_ids() == settled.event_ids()
+    digests = [e.digest for e in whole._applied]
+    assert digests == [e.digest for e in settled._applied]
+    at = whole.event_ids().index(late.id)
+    assert at > 0 and digests[at] == digests[at - 1]  # the late one left it as it was
     assert [whole.trades_in_first(n) for n in range(len(whole))] == \
         [settled.trades_in_first(n) for n in range(len(settled))]
 

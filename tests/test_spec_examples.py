@@ -27,7 +27,7 @@ PAGE = ROOT / "protocols" / "state_machine.md"
 # The page's constants (§5.3, §6, §7).
 EVENT_FILLS_MAX = 5_000
 FOK_LEVELS_MAX = 64
-D0 = hashlib.sha256(b"p2pexchange/digest/v1").digest()
+D0 = hashlib.sha256(b"p2pexchange/digest/v2").digest()
 BUY, SELL = 0, 1
 LIMIT, IOC, FOK, POST_ONLY, MARKET = range(5)
 EXPIRE_TAKER, EXPIRE_MAKER, EXPIRE_BOTH = range(3)
@@ -182,10 +182,11 @@ def reference_replay(raws):
                     outcomes.append(order.status)
                 else:
                     outcomes.append(book.cancel(action[1], m["o"]))
-        h = hashlib.sha256(digest + event_id)
-        for maker, taker, price, qty in trades:
-            h.update(maker + taker + price.to_bytes(8, "big") + qty.to_bytes(8, "big"))
-        digest = h.digest()
+        if m["a"]:  # an event without actions leaves the digest as it was (§7)
+            h = hashlib.sha256(digest + event_id)
+            for maker, taker, price, qty in trades:
+                h.update(maker + taker + price.to_bytes(8, "big") + qty.to_bytes(8, "big"))
+            digest = h.digest()
         results.append((event_id, outcomes, trades, digest))
     return results
 

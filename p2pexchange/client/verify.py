@@ -66,9 +66,12 @@ def _replay(store: EventStore) -> str:
     for row in digests[checked:]:
         _check_digest(replica, row, "at the end of the log")
     stats = replica.stats()
+    old = store.old_digests()
+    older = (f" ({old} digests an older build recorded with the v1 fold not compared)"
+             if old else "")
     return (f"verified: {events} events replayed, {events} signatures checked, "
-            f"{stats['trades']} trades re-derived, {len(digests)} recorded digests match; "
-            f"digest {replica.digest_hex}")
+            f"{stats['trades']} trades re-derived, {len(digests)} recorded digests "
+            f"match{older}; digest {replica.digest_hex}")
 
 
 def _check_digest(replica: Replica, row: tuple[int, bytes], where: str) -> None:

@@ -8,10 +8,14 @@ state is a function of the set of events it was given, whatever order they came 
   records, book.py), then applies the batch merged with what was undone. The cost
   is the engine's per-event bound times the events undone plus the batch, never
   the size of the book or of the history.
-- Digest. Each entry extends a running SHA-256 over its event id and the trades it
-  produced, so two ledgers given the same events hold the same digest.
+- Digest. Each entry that acts (it has actions and is not void) extends a running
+  SHA-256 over its event id and the trades it produced, so two ledgers given the same
+  events hold the same digest. An empty or void entry leaves the digest as it was: it
+  changes no book, so where it sorts changes nothing either (protocols/state_machine.md,
+  section 7), and one that sorts among final entries costs no re-chaining.
 - Membership events (market "") touch no book: their effect is decided at delivery
-  (finality.py); they are recorded here in the order and the digest all the same.
+  (finality.py); they are recorded here in the order all the same, and those with
+  actions (joins, a leave, a vote) in the digest.
 - Void events. Once a member is removed (finality.py), its events beyond the decided
   cut stay in the order but count as empty: `void` re-applies them so, from the
   earliest of them (none is final anywhere: protocols/finality.md, R1).
@@ -32,7 +36,7 @@ from .events import MEMBERSHIP_MARKET, Cancel, Event, Join, Leave, Place, Vote, 
 from .market import Market
 from .orders import Trade
 
-GENESIS_DIGEST = hashlib.sha256(b"p2pexchange/digest/v1").digest()
+GENESIS_DIGEST = hashlib.sha256(b"p2pexchange/digest/v2").digest()
 
 
 class _Applied:
@@ -227,12 +231,11 @@ class Ledger:
         """Take in events that sort among settled entries. Only an event that changes no
         book can (a removed member's event beyond its cut, or an empty event: an event
         with actions never sorts before what is final, finality.md; if one did, it is
-        taken as empty and counted in `broken`), so no book is rolled back: the entries
-        go in, settled, and the digests after them are chained again. Costs the entries
-        after the first of them; it happens only with an origin that left or was
-        removed."""
+        taken as empty and counted in `broken`), so no book is rolled back and, as such
+        an entry does not extend the digest, no digest after it changes: the entries go
+        in, settled, each carrying the digest and trade count of the entry before it.
+        Costs a binary search and a list insertion per event."""
         applied, keys = self._applied, self._keys
-        first = len(applied)
         for event in events:
             void = bool(self.cuts) and self.is_void(event)
             if not void and event.actions:
@@ -245,17 +248,13 @@ class Ledger:
             entry.trades = ()
             entry.event = entry.mark = None
             position = bisect_left(keys, event.key)
+            previous = applied[position - 1] if position else None
+            entry.trades_upto = previous.trades_upto if previous else 0
+            entry.digest = previous.digest if previous else GENESIS_DIGEST
             applied.insert(position, entry)
             keys.insert(position, event.key)
             self._index[entry.id] = entry
             self.settled += 1
-            first = min(first, position)
-        previous = applied[first - 1] if first else None
-        for i in range(first, len(applied)):
-            entry = applied[i]
-            entry.trades_upto = (previous.trades_upto if previous else 0) + len(entry.trades)
-            entry.digest = _chained(previous.digest if previous else GENESIS_DIGEST, entry)
-            previous = entry
 
     def _broke(self, detail: str) -> None:
         self.broken += 1
@@ -327,7 +326,7 @@ class Ledger:
     def _append(self, entry: _Applied) -> None:
         applied = self._applied
         entry.trades_upto = (applied[-1].trades_upto if applied else 0) + len(entry.trades)
-        entry.digest = _chained(self.digest, entry)
+        entry.digest = _chained(self.digest, entry) if entry.acts else self.digest
         applied.append(entry)
         self._keys.append(entry.key)
         self._index[entry.id] = entry

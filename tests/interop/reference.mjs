@@ -9,7 +9,8 @@
 // allows instead of rollback; it is simple and the test's histories are short.
 // An event marked `void: true` (a removed member's event beyond its cut, event.md
 // "Membership"; replica.mjs marks them in `ordered()`) counts as empty: no book
-// change, no trades, outcome "void" per action, and the digest extends with its id.
+// change, no trades, outcome "void" per action; like an event without actions, it
+// leaves the digest as it was.
 // Levels are plain arrays (O(levels) per step): clarity over speed.
 
 import { concat, hex, orderId, sha256 } from './codec.mjs'
@@ -17,7 +18,7 @@ import { concat, hex, orderId, sha256 } from './codec.mjs'
 export const EVENT_FILLS_MAX = 5000
 export const FOK_LEVELS_MAX = 64
 export const MARKETS = ['BTC-USD', 'ETH-USD']
-export const GENESIS_DIGEST = sha256(new TextEncoder().encode('p2pexchange/digest/v1'))
+export const GENESIS_DIGEST = sha256(new TextEncoder().encode('p2pexchange/digest/v2'))
 
 const BUY = 0
 const [LIMIT, IOC, FOK, POST_ONLY, MARKET] = [0, 1, 2, 3, 4]
@@ -224,7 +225,9 @@ export function stateOf (events, markets = MARKETS) {
         }
       })
     }
-    digest = sha256(concat(digest, event.id, ...trades.flatMap((t) => [t.makerOrder, t.takerOrder, u64(t.price), u64(t.qty)])))
+    if (!event.void && event.actions.length > 0) { // only events that act extend it (§7)
+      digest = sha256(concat(digest, event.id, ...trades.flatMap((t) => [t.makerOrder, t.takerOrder, u64(t.price), u64(t.qty)])))
+    }
     outcomes.set(event.idHex, out)
     allTrades.push(...trades)
     digests.push(hex(digest))

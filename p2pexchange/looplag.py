@@ -1,31 +1,60 @@
-"""Event-loop lag: how late the node's trio loop wakes a task that asked to sleep.
+"""Event-loop lag: how late the node's trio loop wakes a task that asked to sleep, and
+which task steps kept it busy.
 
 A task sleeps `INTERVAL_S` over and over and records the overshoot of each wakeup
 (the time the loop was busy with other tasks when it should have run this one). The
 last `SAMPLES_MAX` overshoots are kept; `p99_ms` and `max_ms` summarise them for the
 status and the metrics. It costs one wakeup per interval and a sort of at most
 `SAMPLES_MAX` numbers per status call.
+
+While it runs, a trio instrument times every task step (the code a task runs between
+two awaits: nothing else runs meanwhile) and keeps the last `SLOW_STEPS_MAX` that took
+at least `SLOW_STEP_MS`, with the task's name: `slow_steps` says what held the loop,
+not only that something did. Two clock reads per step.
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
 
 import trio
 
 INTERVAL_S = 0.1
 SAMPLES_MAX = 600  # the last minute at most (fewer seconds when the loop lags)
+SLOW_STEP_MS = 20.0
+SLOW_STEPS_MAX = 64
+
+
+class _StepTimer(trio.abc.Instrument):
+    def __init__(self, slow: deque[tuple[float, str]]) -> None:
+        self._slow = slow
+        self._started = time.perf_counter()  # added within a step: that one counts from here
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self._started = time.perf_counter()
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        took_ms = (time.perf_counter() - self._started) * 1000
+        if took_ms >= SLOW_STEP_MS:
+            self._slow.append((round(took_ms, 1), task.name))
 
 
 class LoopLag:
     def __init__(self) -> None:
         self.samples_ms: deque[float] = deque(maxlen=SAMPLES_MAX)
+        self.slow: deque[tuple[float, str]] = deque(maxlen=SLOW_STEPS_MAX)
 
     async def run(self) -> None:
-        while True:
-            asked = trio.current_time() + INTERVAL_S
-            await trio.sleep_until(asked)
-            self.samples_ms.append(max(0.0, (trio.current_time() - asked) * 1000))
+        timer = _StepTimer(self.slow)
+        trio.lowlevel.add_instrument(timer)
+        try:
+            while True:
+                asked = trio.current_time() + INTERVAL_S
+                await trio.sleep_until(asked)
+                self.samples_ms.append(max(0.0, (trio.current_time() - asked) * 1000))
+        finally:
+            trio.lowlevel.remove_instrument(timer)
 
     def quantile_ms(self, q: float) -> float:
         """The `q` quantile (0..1) of the recent overshoots in ms; 0 before any sample."""
@@ -33,6 +62,12 @@ class LoopLag:
             return 0.0
         ordered = sorted(self.samples_ms)
         return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
+
+    def slow_steps(self, count: int = 5) -> list[dict]:
+        """The `count` longest of the recent slow task steps, longest first: the task
+        (its function's name, shortened to the last two parts) and the milliseconds."""
+        longest = sorted(self.slow, reverse=True)[:count]
+        return [{"task": ".".join(name.split(".")[-2:]), "ms": ms} for ms, name in longest]
 
     @property
     def last_ms(self) -> float:

@@ -53,6 +53,7 @@ def node_status(node: Any) -> dict:
         "pending_actions": node.pending_actions,
         "loop_lag_p99_ms": node.loop_lag.p99_ms,
         "loop_lag_max_ms": node.loop_lag.max_ms,
+        "loop_slow_steps": node.loop_lag.slow_steps(),
     }
 
 

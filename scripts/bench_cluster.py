@@ -94,8 +94,10 @@ class Cluster:
     """N quiet node processes; `stop` leaves none behind."""
 
     def __init__(self, nodes: int, batch_actions_max: int | None, log_level: str,
-                 batch_interval_s: float | None = None) -> None:
+                 batch_interval_s: float | None = None,
+                 call_interval_s: float = CALL_INTERVAL_S) -> None:
         self.size = nodes
+        self.call_interval_s = call_interval_s  # the load's: one API call per node this often
         self.tmp = tempfile.TemporaryDirectory(prefix="p2pexchange-bench-")
         self.extra = ["--log-level", log_level]
         if batch_interval_s is not None:
@@ -255,9 +257,10 @@ async def post(http: httpx.AsyncClient, orders: list[dict], seen: Observed,
     seen.calls.append((sent, answered, by_event))
 
 
-def call_plan(rate_per_node: float) -> tuple[float, float]:
-    """(seconds between calls, orders per call) for one node's share of the load."""
-    interval = CALL_INTERVAL_S
+def call_plan(rate_per_node: float, every_s: float) -> tuple[float, float]:
+    """(seconds between calls, orders per call) for one node's share of the load, a call
+    every `every_s` unless a call would carry too many orders or less than one."""
+    interval = every_s
     if rate_per_node * interval > BATCH_ORDERS_MAX:
         interval = BATCH_ORDERS_MAX / rate_per_node
     elif rate_per_node * interval < 1:
@@ -265,11 +268,11 @@ def call_plan(rate_per_node: float) -> tuple[float, float]:
     return interval, rate_per_node * interval
 
 
-async def send_load(port: int, rate_per_node: float, duration_s: float, orders: Orders,
-                    seen: Observed) -> None:
+async def send_load(port: int, rate_per_node: float, every_s: float, duration_s: float,
+                    orders: Orders, seen: Observed) -> None:
     """Open loop: a call every interval whatever the previous ones do, at most
     INFLIGHT_CALLS_MAX in flight; a late sender skips slots rather than bursting."""
-    interval, per_call = call_plan(rate_per_node)
+    interval, per_call = call_plan(rate_per_node, every_s)
     limiter = trio.CapacityLimiter(INFLIGHT_CALLS_MAX)
     busy = [0.0]  # until when this node asked us to back off
     limits = httpx.Limits(max_connections=INFLIGHT_CALLS_MAX)
@@ -407,10 +410,12 @@ async def offer(cluster: Cluster, rate: float, duration_s: float, seed: int,
         cpu0, t0 = cluster.cpu(), time.monotonic()
         async with trio.open_nursery() as senders:
             for port in ports:
-                senders.start_soon(send_load, port, rate / cluster.size, duration_s, orders,
-                                   seen)
+                senders.start_soon(send_load, port, rate / cluster.size,
+                                   cluster.call_interval_s, duration_s, orders, seen)
         load_s = time.monotonic() - t0
-        lag = [s.get("loop_lag_p99_ms") for s in cluster.statuses()]
+        after_load = cluster.statuses()
+        lag = [s.get("loop_lag_p99_ms") for s in after_load]
+        slow = [(s.get("loop_slow_steps") or [{}])[0] for s in after_load]
         converged, drain_s, statuses = await drain(cluster)
         cpu1 = cluster.cpu()
         await wait_final(seen)
@@ -419,6 +424,7 @@ async def offer(cluster: Cluster, rate: float, duration_s: float, seed: int,
         "converged": converged, "drain_s": round(drain_s, 2), "load_s": round(load_s, 2),
         "cpu_s": [round(b - a, 2) for a, b in zip(cpu0, cpu1, strict=True)],
         "loop_lag_p99_ms": lag,
+        "slowest_step": [f"{s['task']} {s['ms']} ms" if s else None for s in slow],
         "events": max((s["events"] for s in statuses), default=None),
         "trades": max((s["trades"] for s in statuses), default=None)}
     return seen, figures
@@ -427,7 +433,7 @@ async def offer(cluster: Cluster, rate: float, duration_s: float, seed: int,
 def run_once(cluster: Cluster, rate: float, duration_s: float, seed: int, market: str,
              idle: list[float]) -> dict:
     seen, fig = trio.run(offer, cluster, rate, duration_s, seed, market)
-    interval, per_call = call_plan(rate / cluster.size)
+    interval, per_call = call_plan(rate / cluster.size, cluster.call_interval_s)
     accepted_per_s = seen.accepted / fig["load_s"]
     return {
         "nodes": cluster.size, "offered_target_per_s": rate,
@@ -443,6 +449,7 @@ def run_once(cluster: Cluster, rate: float, duration_s: float, seed: int, market
                                  for c in fig["cpu_s"]],
         "peak_rss_mib": [hwm_mib(n.proc.pid) for n in cluster.nodes],
         "idle_cpu_cores": idle, "loop_lag_p99_ms": fig["loop_lag_p99_ms"],
+        "slowest_step": fig["slowest_step"],
         "delivered_via_sync": delivered_via_sync(cluster)}
 
 
@@ -453,7 +460,8 @@ CLUSTERS: list[Cluster] = []  # stopped in main's finally, also on Ctrl-C
 
 
 def with_cluster(nodes: int, batch_actions_max: int | None, args: argparse.Namespace):
-    cluster = Cluster(nodes, batch_actions_max, args.log_level, args.batch_interval)
+    cluster = Cluster(nodes, batch_actions_max, args.log_level, args.batch_interval,
+                      args.call_interval)
     CLUSTERS.append(cluster)
     discovery_s = cluster.start()
     return cluster, discovery_s, cluster.idle_cpu()
@@ -574,6 +582,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
                    help="orders/s offered to the one-order-per-event baseline (default 100)")
     p.add_argument("--baseline-duration", type=float, default=10.0)
     p.add_argument("--no-baseline", action="store_true")
+    p.add_argument("--call-interval", type=float, default=CALL_INTERVAL_S, metavar="SECONDS",
+                   help="one order-batch API call per node this often (default "
+                        f"{CALL_INTERVAL_S}; longer: fewer, larger calls, less client work)")
     p.add_argument("--batch-interval", type=float, default=None, metavar="SECONDS",
                    help="the nodes' --batch-interval (default: theirs, "
                         f"{BATCH_INTERVAL_S} s)")
@@ -595,6 +606,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
         p.error("rates must be within (0, 100000]")
     if not (1 <= args.duration <= 120 and 1 <= args.baseline_duration <= 120):
         p.error("durations must be within 1..120 s")
+    if not 0.01 <= args.call_interval <= 2:
+        p.error("--call-interval must be within 0.01..2 s")
     return args
 
 

@@ -228,3 +228,34 @@ def test_a_node_whose_peers_lag_behind_its_events_refuses_new_orders(tmp_path):
     assert "behind our events" in node.busy()
     node.control.on_heartbeat(peer, wire.Heartbeat({node.origin: 1}, 1, b"d" * 32, 1))
     assert node.busy() is None  # it caught up
+
+
+async def test_the_loop_lag_monitor_names_the_task_that_held_the_loop():
+    """A task step that blocks the loop (here a 60 ms sleep without an await) shows up
+    in `slow_steps` with its task's name and at least its duration; short steps do not."""
+    import time
+
+    import trio
+
+    from p2pexchange.looplag import SLOW_STEP_MS, LoopLag
+
+    lag = LoopLag()
+
+    async def hog() -> None:
+        await trio.sleep(0.15)
+        time.sleep(0.06)
+
+    async def polite() -> None:
+        for _ in range(20):
+            await trio.sleep(0.01)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lag.run)
+        nursery.start_soon(polite)
+        nursery.start_soon(hog)
+        await trio.sleep(0.4)
+        nursery.cancel_scope.cancel()
+    steps = lag.slow_steps()
+    assert steps and steps[0]["ms"] >= 60 and steps[0]["task"].endswith("hog"), steps
+    assert all(s["ms"] >= SLOW_STEP_MS for s in steps)
+    assert not any(s["task"].endswith("polite") for s in steps), steps

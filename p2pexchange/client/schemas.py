@@ -174,6 +174,8 @@ class Status(BaseModel):
     loop_lag_p99_ms: float = Field(description="event-loop scheduling lag, 99th percentile "
                                    "of the recent wakeups (p2pexchange/looplag.py)")
     loop_lag_max_ms: float
+    loop_slow_steps: list[dict] = Field(description="the longest recent task steps of at "
+                                        "least 20 ms (what held the event loop): task, ms")
     trading: bool | None = Field(description="auto-trading on/off; null: none on this node")
 
 

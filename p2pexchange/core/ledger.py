@@ -177,8 +177,11 @@ class Ledger:
 
     def settle(self, count: int) -> None:
         """Keep the first `count` entries (final: nothing with actions will sort before
-        them again, finality.md) without their events and undo records. The books
-        forget their undo records and trades from before the first entry left."""
+        them again, finality.md) without their events and undo records, and all but the
+        last of them without their digest: nothing is chained again before the last
+        entry that acts among them (an entry that sorts among them later does not act,
+        `_insert_settled`), so only the digest after the last one is read again. The
+        books forget their undo records and trades from before the first entry left."""
         applied = self._applied
         count = min(count, len(applied))
         if count <= self.settled:
@@ -198,6 +201,8 @@ class Ledger:
             entry.outcomes = _shared(entry.outcomes)
             if not entry.trades:
                 entry.trades = ()
+        for i in range(max(0, self.settled - 1), count - 1):
+            applied[i].digest = b""
         self.settled = count
 
     def apply(self, events: list[Event]) -> tuple[int, list[list[Trade]]]:
@@ -233,8 +238,9 @@ class Ledger:
         with actions never sorts before what is final, finality.md; if one did, it is
         taken as empty and counted in `broken`), so no book is rolled back and, as such
         an entry does not extend the digest, no digest after it changes: the entries go
-        in, settled, each carrying the digest and trade count of the entry before it.
-        Costs a binary search and a list insertion per event."""
+        in, settled (with the trade count of the entry before them and, like every
+        settled entry but the last, no digest). Costs a binary search and a list
+        insertion per event."""
         applied, keys = self._applied, self._keys
         for event in events:
             void = bool(self.cuts) and self.is_void(event)
@@ -248,9 +254,7 @@ class Ledger:
             entry.trades = ()
             entry.event = entry.mark = None
             position = bisect_left(keys, event.key)
-            previous = applied[position - 1] if position else None
-            entry.trades_upto = previous.trades_upto if previous else 0
-            entry.digest = previous.digest if previous else GENESIS_DIGEST
+            entry.trades_upto = applied[position - 1].trades_upto if position else 0
             applied.insert(position, entry)
             keys.insert(position, event.key)
             self._index[entry.id] = entry

@@ -10,11 +10,14 @@ status and the metrics. It costs one wakeup per interval and a sort of at most
 While it runs, a trio instrument times every task step (the code a task runs between
 two awaits: nothing else runs meanwhile) and keeps the last `SLOW_STEPS_MAX` that took
 at least `SLOW_STEP_MS`, with the task's name: `slow_steps` says what held the loop,
-not only that something did. Two clock reads per step.
+not only that something did. Two clock reads per step. A pass of the cyclic garbage
+collector that long is kept as well (as `gc generation N`): it runs inside whichever
+step allocated last, and is the collector's time, not that task's.
 """
 
 from __future__ import annotations
 
+import gc
 import time
 from collections import deque
 
@@ -40,6 +43,20 @@ class _StepTimer(trio.abc.Instrument):
             self._slow.append((round(took_ms, 1), task.name))
 
 
+class _CollectorTimer:
+    def __init__(self, slow: deque[tuple[float, str]]) -> None:
+        self._slow = slow
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        took_ms = (time.perf_counter() - self._started) * 1000
+        if took_ms >= SLOW_STEP_MS:
+            self._slow.append((round(took_ms, 1), f"gc generation {info['generation']}"))
+
+
 class LoopLag:
     def __init__(self) -> None:
         self.samples_ms: deque[float] = deque(maxlen=SAMPLES_MAX)
@@ -47,7 +64,9 @@ class LoopLag:
 
     async def run(self) -> None:
         timer = _StepTimer(self.slow)
+        collector = _CollectorTimer(self.slow)
         trio.lowlevel.add_instrument(timer)
+        gc.callbacks.append(collector)
         try:
             while True:
                 asked = trio.current_time() + INTERVAL_S
@@ -55,6 +74,7 @@ class LoopLag:
                 self.samples_ms.append(max(0.0, (trio.current_time() - asked) * 1000))
         finally:
             trio.lowlevel.remove_instrument(timer)
+            gc.callbacks.remove(collector)
 
     def quantile_ms(self, q: float) -> float:
         """The `q` quantile (0..1) of the recent overshoots in ms; 0 before any sample."""

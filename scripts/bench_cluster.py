@@ -415,7 +415,7 @@ async def offer(cluster: Cluster, rate: float, duration_s: float, seed: int,
         load_s = time.monotonic() - t0
         after_load = cluster.statuses()
         lag = [s.get("loop_lag_p99_ms") for s in after_load]
-        slow = [(s.get("loop_slow_steps") or [{}])[0] for s in after_load]
+        slow = [s.get("loop_slow_steps") or [] for s in after_load]
         converged, drain_s, statuses = await drain(cluster)
         cpu1 = cluster.cpu()
         await wait_final(seen)
@@ -424,7 +424,7 @@ async def offer(cluster: Cluster, rate: float, duration_s: float, seed: int,
         "converged": converged, "drain_s": round(drain_s, 2), "load_s": round(load_s, 2),
         "cpu_s": [round(b - a, 2) for a, b in zip(cpu0, cpu1, strict=True)],
         "loop_lag_p99_ms": lag,
-        "slowest_step": [f"{s['task']} {s['ms']} ms" if s else None for s in slow],
+        "slowest_steps": [[f"{s['task']} {s['ms']} ms" for s in steps[:3]] for steps in slow],
         "events": max((s["events"] for s in statuses), default=None),
         "trades": max((s["trades"] for s in statuses), default=None)}
     return seen, figures
@@ -449,7 +449,7 @@ def run_once(cluster: Cluster, rate: float, duration_s: float, seed: int, market
                                  for c in fig["cpu_s"]],
         "peak_rss_mib": [hwm_mib(n.proc.pid) for n in cluster.nodes],
         "idle_cpu_cores": idle, "loop_lag_p99_ms": fig["loop_lag_p99_ms"],
-        "slowest_step": fig["slowest_step"],
+        "slowest_steps": fig["slowest_steps"],
         "delivered_via_sync": delivered_via_sync(cluster)}
 
 

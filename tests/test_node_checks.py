@@ -259,3 +259,33 @@ async def test_the_loop_lag_monitor_names_the_task_that_held_the_loop():
     assert steps and steps[0]["ms"] >= 60 and steps[0]["task"].endswith("hog"), steps
     assert all(s["ms"] >= SLOW_STEP_MS for s in steps)
     assert not any(s["task"].endswith("polite") for s in steps), steps
+
+
+async def test_the_inbox_hands_over_batches_bounded_in_events_and_bytes(tmp_path):
+    """What queued up goes to the replica in arrival order, nothing lost, in batches of
+    at most INBOX_BATCH_MAX events and, past their first, INBOX_BATCH_BYTES_MAX bytes
+    (a backlog of large events is not applied in one step of the event loop)."""
+    import trio
+
+    from p2pexchange.intake import INBOX_BATCH_BYTES_MAX, INBOX_BATCH_MAX
+
+    node = Node(NodeConfig(data_dir=str(tmp_path / "n")))
+    batches: list[list[bytes]] = []
+    node.intake.receive = lambda arrivals: batches.append([a[0] for a in arrivals]) or []
+    stranger = ID.from_pubkey(seeded_key_pair("stranger").public_key)
+    sizes = [100] * 300 + [20_000] * 10 + [INBOX_BATCH_BYTES_MAX + 1] + [10] * 5
+    raws = [bytes([i % 256]) * n for i, n in enumerate(sizes)]
+    for raw in raws:
+        node.intake.offer(stranger, raw)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(node.intake.run)
+        with trio.fail_after(5):
+            while sum(map(len, batches)) < len(raws):
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert [r for b in batches for r in b] == raws
+    assert all(len(b) <= INBOX_BATCH_MAX for b in batches)
+    assert all(sum(map(len, b[1:])) + len(b[0]) <= INBOX_BATCH_BYTES_MAX or len(b) == 1
+               for b in batches), [sum(map(len, b)) for b in batches]
+    assert len(batches[0]) == INBOX_BATCH_MAX  # small events: the count bounds the batch
+    assert any(len(b) == 1 and len(b[0]) > INBOX_BATCH_BYTES_MAX for b in batches)

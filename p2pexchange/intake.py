@@ -128,6 +128,13 @@ class Intake:
                              if not source.startswith("sync") for t in r.trades], rolled_back)
         return receipts
 
+    def prove(self, event: Event) -> None:
+        """Keep the proof that `event`, a decoded and verified second version of a seq
+        this replica holds (gossip's validator refused it before it reached us), makes
+        against its origin: with the version held whole, or the stored one if settled."""
+        if not self.replica.prove_equivocation(event):
+            self._prove(event)
+
     def _prove(self, event: Event) -> None:
         """Keep the proof of an equivocation against a version the replica holds only
         settled (core/settled.py: without its bytes): the first version is in the store."""

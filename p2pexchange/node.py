@@ -112,7 +112,7 @@ class Node:
             self.host, on_found=lambda p: (self.sync.found(p), self.control.announce_soon()),
             explore=lambda: self.admission.synced_once())
         self.gossip = Gossip(self.host, self.origin, self.rejections, self.replica.precheck,
-                             self.discovery.heard)
+                             self.discovery.heard, lambda event: self.intake.prove(event))
         self.intake = Intake(self.replica, self.store, self.feed, self.rejections,
                              want_sync=lambda peer: self.sync.want(peer))
         self.sync = Sync(self.host, self.replica,

@@ -289,3 +289,52 @@ async def test_the_inbox_hands_over_batches_bounded_in_events_and_bytes(tmp_path
                for b in batches), [sum(map(len, b)) for b in batches]
     assert len(batches[0]) == INBOX_BATCH_MAX  # small events: the count bounds the batch
     assert any(len(b) == 1 and len(b[0]) > INBOX_BATCH_BYTES_MAX for b in batches)
+
+
+def test_a_second_version_refused_by_gossips_validator_still_makes_a_proof(tmp_path):
+    """The validator refuses a second signed version of a seq the node holds (it is not
+    forwarded), and the node keeps the proof of equivocation all the same, whether it
+    holds the first version whole or only settled (then from its store), so the proof
+    is published (Control) and the equivocator excluded everywhere."""
+    from types import SimpleNamespace
+
+    from p2pexchange.core.events import sign_event
+
+    node, other, other_key = two_member_node(tmp_path)
+    validator_check = node.gossip._event_check("BTC-USD")
+    o = other.origin
+    first, _ = other.create_event(other_key.private_key, "BTC-USD",
+                                  [Place(Side.SELL, OrderType.LIMIT, 100, 1)])
+    node.intake.receive([(first.raw, "peer", None)])
+    assert node.replica.event(first.id) is not None
+    second = sign_event(other_key.private_key, o, 1, {}, 1, "BTC-USD",
+                        [Place(Side.BUY, OrderType.LIMIT, 90, 1)])
+    try:
+        validator_check(SimpleNamespace(data=second.raw, from_id=o))
+    except Exception as exc:  # counted against the origin, not forwarded
+        assert str(exc) == "equivocation", exc
+    else:
+        raise AssertionError("a second version was accepted for forwarding")
+    assert node.replica.equivocations[(o, 1)] == (first.raw, second.raw)
+
+    # Settled: the first version's bytes are no longer in the replica, only in the store.
+    (tmp_path / "b").mkdir()
+    node2, other2, key2 = two_member_node(tmp_path / "b")
+    o2 = other2.origin
+    first2, _ = other2.create_event(key2.private_key, "BTC-USD",
+                                    [Place(Side.SELL, OrderType.LIMIT, 100, 1)])
+    node2.intake.receive([(first2.raw, "peer", None)])
+    later, _ = other2.create_event(key2.private_key, "", [])  # first2 stops being its head
+    node2.intake.receive([(later.raw, "peer", None)])
+    acknowledge(node2, other2, key2)
+    node2.replica.compact()
+    assert type(node2.replica.events_of(o2)[0]).__name__ == "Settled"
+    second2 = sign_event(key2.private_key, o2, 1, {}, 1, "BTC-USD",
+                         [Place(Side.BUY, OrderType.LIMIT, 90, 1)])
+    try:
+        node2.gossip._event_check("BTC-USD")(SimpleNamespace(data=second2.raw, from_id=o2))
+    except Exception as exc:
+        assert str(exc) == "equivocation", exc
+    else:
+        raise AssertionError("a second version was accepted for forwarding")
+    assert node2.replica.equivocations[(o2, 1)] == (first2.raw, second2.raw)

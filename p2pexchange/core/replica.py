@@ -411,6 +411,16 @@ class Replica(Voting):
                 return verdict[0]
         return None
 
+    def prove_equivocation(self, event: Event) -> bool:
+        """Keep the proof a decoded, verified `event` makes if this replica holds another
+        version of its (origin, seq) whole, delivered or waiting. False if it holds none,
+        the same one, or a settled one (whose bytes the node's store has: the node then
+        builds the proof itself, `note_equivocation`). Changes nothing else."""
+        previous = self._delivered_or_buffered(event.origin, event.seq)
+        if previous is None or type(previous) is Settled:
+            return False
+        return self.note_equivocation(previous, event)
+
     def note_equivocation(self, first: Event, second: Event) -> bool:
         """Keep a proof of equivocation from a peer: two decoded, verified versions of one
         (origin, seq). Changes nothing else. True if it is new here and kept (at most

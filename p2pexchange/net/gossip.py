@@ -84,8 +84,9 @@ class Gossip:
 
     def __init__(self, host: Any, origin: bytes, reject: Reject,
                  precheck: Callable[[Event], str | None] = lambda event: None,
-                 heard: Callable[[ID], None] = lambda peer: None) -> None:
-        self.origin, self.precheck, self._heard = origin, precheck, heard
+                 heard: Callable[[ID], None] = lambda peer: None,
+                 prove: Callable[[Event], None] = lambda event: None) -> None:
+        self.origin, self.precheck, self._heard, self._prove = origin, precheck, heard, prove
         self._decoded: OrderedDict[bytes, Event] = OrderedDict()  # validated, for the reader
         self.router = GossipSub(
             protocols=[GOSSIPSUB_PROTOCOL_ID], degree=GOSSIP_DEGREE,
@@ -133,7 +134,8 @@ class Gossip:
         published by the event's origin (protocols/topics.md); and nothing the replica
         already holds speaks against it (`Replica.precheck`: equivocation, impossible
         clock, and once its causes are here fork, wrong Lamport time, clock regression,
-        not a member), so such events are not forwarded either. The decoded,
+        not a member), so such events are not forwarded either (a second version of a
+        seq still makes a proof of equivocation, `prove`). The decoded,
         verified event is kept for the reader, so it is decoded and verified once."""
         def check(msg: Any) -> Event:
             event = decode_event(msg.data, DEFAULT_MARKETS)
@@ -143,6 +145,8 @@ class Gossip:
             if event.origin != msg.from_id:
                 raise EventRejected("not_origin", "published by another peer than its origin")
             code = self.precheck(event)
+            if code == "equivocation":  # a second signed version: keep (and gossip) the proof
+                self._prove(event)
             if code in ORIGINS_FAULT:  # its verified signer's fault, whoever forwarded it
                 raise CountedAgainst(ID(event.origin), code)
             if code is not None:

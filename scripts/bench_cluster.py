@@ -426,7 +426,11 @@ async def offer(cluster: Cluster, rate: float, duration_s: float, seed: int,
         "loop_lag_p99_ms": lag,
         "slowest_steps": [[f"{s['task']} {s['ms']} ms" for s in steps[:3]] for steps in slow],
         "events": max((s["events"] for s in statuses), default=None),
-        "trades": max((s["trades"] for s in statuses), default=None)}
+        "trades": max((s["trades"] for s in statuses), default=None),
+        # alarms (each node's count since it started): a trade report that disagrees with
+        # what we computed, and what the commit rule rules out (finality undone)
+        "divergences": [s.get("divergences") for s in statuses],
+        "finality_broken": [s.get("finality_broken") for s in statuses]}
     return seen, figures
 
 
@@ -444,6 +448,7 @@ def run_once(cluster: Cluster, rate: float, duration_s: float, seed: int, market
         "duration_s": duration_s, **latencies(seen),
         "drain_s": fig["drain_s"], "converged": fig["converged"],
         "events": fig["events"], "trades": fig["trades"],
+        "divergences": fig["divergences"], "finality_broken": fig["finality_broken"],
         "cpu_us_per_order": [round(c / max(1, seen.accepted) * 1e6, 1) for c in fig["cpu_s"]],
         "cpu_cores_under_load": [round(c / (fig["load_s"] + fig["drain_s"]), 2)
                                  for c in fig["cpu_s"]],

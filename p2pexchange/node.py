@@ -209,7 +209,7 @@ class Node:
         return self.replica.book(market).depth(levels)
 
     def recent_trades(self, limit: int) -> list[Trade]:
-        return self.replica.trades()[-limit:]
+        return self.replica.recent_trades(limit)
 
     def order(self, order_id: bytes) -> Order | None:
         return self.replica.order(order_id)

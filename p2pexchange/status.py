@@ -44,6 +44,7 @@ def node_status(node: Any) -> dict:
         "trades_pending": stats["trades"] - trades_final,
         "resting": stats["resting"],
         "rollbacks": stats["rollbacks"],
+        "events_reapplied": stats["events_reapplied"],
         "rejected": {**stats["rejected"], **node.rejections.by_code},
         "rejecting_peers": len(node.rejections.by_peer),
         "divergences": node.control.divergences,

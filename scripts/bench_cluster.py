@@ -430,7 +430,9 @@ async def offer(cluster: Cluster, rate: float, duration_s: float, seed: int,
         # alarms (each node's count since it started): a trade report that disagrees with
         # what we computed, and what the commit rule rules out (finality undone)
         "divergences": [s.get("divergences") for s in statuses],
-        "finality_broken": [s.get("finality_broken") for s in statuses]}
+        "finality_broken": [s.get("finality_broken") for s in statuses],
+        "rollbacks": [s.get("rollbacks") for s in statuses],  # since each node started
+        "events_reapplied": [s.get("events_reapplied") for s in statuses]}
     return seen, figures
 
 
@@ -449,6 +451,7 @@ def run_once(cluster: Cluster, rate: float, duration_s: float, seed: int, market
         "drain_s": fig["drain_s"], "converged": fig["converged"],
         "events": fig["events"], "trades": fig["trades"],
         "divergences": fig["divergences"], "finality_broken": fig["finality_broken"],
+        "rollbacks": fig["rollbacks"], "events_reapplied": fig["events_reapplied"],
         "cpu_us_per_order": [round(c / max(1, seen.accepted) * 1e6, 1) for c in fig["cpu_s"]],
         "cpu_cores_under_load": [round(c / (fig["load_s"] + fig["drain_s"]), 2)
                                  for c in fig["cpu_s"]],

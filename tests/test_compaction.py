@@ -222,3 +222,17 @@ def test_a_second_version_of_a_settled_event_still_makes_a_proof(tmp_path):
     assert receipt.code == "equivocation"
     assert replica.equivocations[(first.origin, first.seq)] == (first.raw, second.raw)
     store.close()
+
+
+def test_recent_trades_are_the_tail_of_all_trades_settled_or_not():
+    """`recent_trades(n)` reads from the newest entries back (the API's trade list costs
+    what it returns) and equals the last n of every trade, before and after settling."""
+    _, events = history(300, 9)
+    ledger = Ledger(DEFAULT_MARKETS)
+    ledger.apply(sorted(events, key=lambda e: e.key))
+    every = ledger.trades()
+    assert len(every) > 20
+    for settle in (0, len(ledger) // 2):
+        ledger.settle(settle)
+        for n in (0, 1, 7, len(every) // 2, len(every), len(every) + 10):
+            assert ledger.recent_trades(n) == (every[-n:] if n else []), n

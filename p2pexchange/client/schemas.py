@@ -163,6 +163,8 @@ class Status(BaseModel):
     trades_pending: int
     resting: dict[str, int]
     rollbacks: int
+    events_reapplied: int = Field(description="applied events undone and applied again "
+                                  "behind a late one, in all")
     rejected: dict[str, int] = Field(description="refused input, by reason")
     rejecting_peers: int
     divergences: int

@@ -110,6 +110,18 @@ class Ledger:
     def trades(self) -> list[Trade]:
         return [t for entry in self._applied for t in entry.trades]
 
+    def recent_trades(self, limit: int) -> list[Trade]:
+        """The last `limit` trades, oldest first: read from the newest entries back, so
+        it costs what it returns, not the history."""
+        chunks, count = [], 0
+        for entry in reversed(self._applied):
+            if count >= limit:
+                break
+            if entry.trades:
+                chunks.append(entry.trades)
+                count += len(entry.trades)
+        return [t for chunk in reversed(chunks) for t in chunk][-limit:] if limit > 0 else []
+
     def trades_of(self, event_id: bytes) -> list[Trade]:
         entry = self._index.get(event_id)
         return list(entry.trades) if entry else []

@@ -225,6 +225,9 @@ class Replica(Voting):
     def trades(self) -> list[Trade]:
         return self.ledger.trades()
 
+    def recent_trades(self, limit: int) -> list[Trade]:
+        return self.ledger.recent_trades(limit)
+
     def trades_of(self, event_id: bytes) -> list[Trade]:
         return self.ledger.trades_of(event_id)
 

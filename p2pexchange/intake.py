@@ -106,7 +106,7 @@ class Intake:
                 self.rejections(f"event via {_where(source, sender)}", receipt.code or "?",
                                 sender)
                 if receipt.code == "equivocation" and receipt.event is not None:
-                    self._prove(receipt.event)
+                    self.prove(receipt.event)
             elif receipt.status == "buffered" and sender is not None:
                 self._want_sync(sender)
             for event, code in receipt.dropped:  # waited here, then failed: its signer's
@@ -130,15 +130,11 @@ class Intake:
 
     def prove(self, event: Event) -> None:
         """Keep the proof that `event`, a decoded and verified second version of a seq
-        this replica holds (gossip's validator refused it before it reached us), makes
-        against its origin: with the version held whole, or the stored one if settled."""
-        if not self.replica.prove_equivocation(event):
-            self._prove(event)
-
-    def _prove(self, event: Event) -> None:
-        """Keep the proof of an equivocation against a version the replica holds only
-        settled (core/settled.py: without its bytes): the first version is in the store."""
-        if (event.origin, event.seq) in self.replica.equivocations:
+        this replica holds (refused by the replica, or by gossip's validator before it
+        reached us), makes against its origin: with the version the replica holds
+        whole, or, settled (core/settled.py: without its bytes), the stored one."""
+        if (event.origin, event.seq) in self.replica.equivocations or \
+                self.replica.prove_equivocation(event):
             return
         stored = self.store.raws([(event.origin, event.seq)])
         if stored:

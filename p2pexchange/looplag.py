@@ -29,32 +29,36 @@ SLOW_STEP_MS = 20.0
 SLOW_STEPS_MAX = 64
 
 
-class _StepTimer(trio.abc.Instrument):
+class _Timer:
+    """Times what runs between `start` and `stop` and keeps it in `slow` if long."""
+
     def __init__(self, slow: deque[tuple[float, str]]) -> None:
         self._slow = slow
         self._started = time.perf_counter()  # added within a step: that one counts from here
 
-    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+    def start(self) -> None:
         self._started = time.perf_counter()
 
-    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+    def stop(self, name: str) -> None:
         took_ms = (time.perf_counter() - self._started) * 1000
         if took_ms >= SLOW_STEP_MS:
-            self._slow.append((round(took_ms, 1), task.name))
+            self._slow.append((round(took_ms, 1), name))
 
 
-class _CollectorTimer:
-    def __init__(self, slow: deque[tuple[float, str]]) -> None:
-        self._slow = slow
-        self._started = 0.0
+class _StepTimer(_Timer, trio.abc.Instrument):
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.start()
 
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.stop(task.name)
+
+
+class _CollectorTimer(_Timer):
     def __call__(self, phase: str, info: dict) -> None:
         if phase == "start":
-            self._started = time.perf_counter()
-            return
-        took_ms = (time.perf_counter() - self._started) * 1000
-        if took_ms >= SLOW_STEP_MS:
-            self._slow.append((round(took_ms, 1), f"gc generation {info['generation']}"))
+            self.start()
+        else:
+            self.stop(f"gc generation {info['generation']}")
 
 
 class LoopLag:

@@ -116,8 +116,7 @@ class EventStore:
 
     def genesis(self) -> list[bytes]:
         """The network's founding members, as adopted once; [] if not known yet."""
-        known = self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'genesis'")
-        if known.fetchone() is None:
+        if not self._has_table("genesis"):
             return []
         return [m for (m,) in self.db.execute("SELECT member FROM genesis ORDER BY member")]
 

@@ -608,9 +608,8 @@ class Replica(Voting):
             if previous.id == event.id:
                 self._stats["duplicates"] += 1
                 return Receipt("duplicate", event=event)
-            if len(self.equivocations) < EQUIVOCATIONS_MAX and type(previous) is not Settled:
-                # (A settled version's bytes are in the node's store, not here.)
-                self.equivocations.setdefault((origin, seq), (previous.raw, event.raw))
+            if type(previous) is not Settled:  # (a settled version's bytes: the store's)
+                self.note_equivocation(previous, event)
             if not self._displaces(previous, event):
                 return self._reject("equivocation", f"seq {seq} of {short_id(origin)} seen "
                                     f"with other content", event)

@@ -30,12 +30,14 @@ same events end in the same state whatever the arrival order.
    the ledger's (core/ledger.py): an event that sorts before applied ones
    undoes them and applies them again after it, at a cost that grows with the
    events undone, never with the size of the book or of the history.
-4. Digest. The ledger's running SHA-256 over each applied event id and its
-   trades; two replicas with the same delivered set have the same digest.
+4. Digest. The ledger's running SHA-256 over each applied event id that acts and
+   its trades; two replicas with the same delivered set have the same digest.
 5. Finality. core/finality.py: explicit membership (a genesis, joins, leaves) and
    a commit rule over the members' latest delivered events, with no timeout and
    no clock: what it reports final never changes, and a silent member stalls it
-   visibly (`Finality.waiting_for`). `wants_ack` tells the shell when to sign an
+   visibly (`Finality.waiting_for`). The replica's side of it (its frontier,
+   membership queries, the figures) is core/commit.py, a part of `Replica` like the
+   removal votes' side (core/voting.py). `wants_ack` tells the shell when to sign an
    empty event (an acknowledgement) so the rule can progress. Without a genesis
    (replaying tools, tests of order) every origin is admitted and nothing is final.
    Heartbeats are hints for sync only (`on_heartbeat`): nothing they say can
@@ -91,6 +93,7 @@ from libp2p.crypto.keys import PrivateKey
 from .book import OrderBook
 from .buffer import KNOWN_ORIGINS_MAX, CausalBuffer, Claims
 from .clock import OrderKey, VectorClock
+from .commit import Commit
 from .events import (
     CLOCK_ORIGINS_MAX,
     MEMBERSHIP_MARKET,
@@ -103,7 +106,7 @@ from .events import (
     short_id,
     sign_event,
 )
-from .finality import MEMBERS_MAX, Membership, covers
+from .finality import MEMBERS_MAX, Membership
 from .ledger import Ledger
 from .market import Market
 from .orders import Order, Trade
@@ -139,21 +142,7 @@ class Receipt:
     dropped: list[tuple[Event, str]] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class Finality:
-    frontier: OrderKey | None  # events whose key is at most this are final
-    final_events: int
-    pending_events: int
-    final_trades: int
-    pending_trades: int
-    waiting_for: list[bytes]  # members whose next event would move finality
-
-    @property
-    def frontier_lamport(self) -> int | None:
-        return None if self.frontier is None else self.frontier[0]
-
-
-class Replica(Voting):
+class Replica(Voting, Commit):
     """Deterministic replicated state for a set of markets; see the module docstring."""
 
     def __init__(self, markets: Mapping[str, Market], origin: bytes | None = None, *,
@@ -452,62 +441,7 @@ class Replica(Voting):
         except Exception:  # input the checks did not foresee: refused all the same
             return "malformed"
 
-    # -- membership and finality (core/finality.py) -------------------------------------
-
-    def adopt_genesis(self, genesis: Iterable[bytes]) -> None:
-        """Fix the network's founding members, once, before any event is delivered (a
-        newcomer learns them from its peers before it takes any event in)."""
-        assert self.membership is None and not self._stats["events_delivered"]
-        self.membership = Membership(genesis)
-
-    def members(self) -> list[bytes]:
-        """The effective members (genesis first), whose events are delivered."""
-        membership = self.membership
-        if membership is None:
-            return []
-        self.final_key()  # joins are decided as they become final
-        return [m for m in membership.waited_for() if m in membership.effective]
-
-    def is_member(self, peer: bytes) -> bool:
-        """An effective member (its join decided, if it joined) whose leave, if it
-        left, is not final yet."""
-        if self.membership is None:
-            return False
-        self.final_key()  # joins are decided as they become final
-        return self.membership.is_member(peer)
-
-    def final_key(self) -> OrderKey | None:
-        """Events whose key is at most the returned one are final; None: nothing is."""
-        if self.membership is None:
-            return None
-        delivered = self._stats["events_delivered"]
-        if self._final_at[0] != delivered:
-            frontier = self._settle_joins()
-            seen = self._final_seen
-            if seen is not None and (frontier is None or frontier < seen):
-                # The rule is monotone in the delivered set (protocols/finality.md); a
-                # tripwire for tests and the status, and what was final stays final.
-                self._stats["frontier_regressions"] += 1
-                frontier = seen
-            self._final_at = (delivered, frontier)
-            self._final_seen = frontier
-        return self._final_at[1]
-
-    def _settle_joins(self) -> OrderKey | None:
-        """The rule's frontier, once every join it makes final is decided (a refused
-        candidate no longer holds the rule back, so the frontier may move again)."""
-        membership = self.membership
-        assert membership is not None
-        while True:
-            frontier = membership.frontier(self._events)
-            for removal in membership.take_removed():
-                # Its events beyond the cut now count as empty (none is final: R1).
-                undone = self.ledger.void(removal.member, removal.cut)
-                if undone:
-                    self._stats["rollbacks"] += 1
-                    self._stats["events_reapplied"] += undone
-            if not membership.decide(frontier)[1]:
-                return frontier
+    # -- newcomers waiting for their join ------------------------------------------
 
     def _release_parked(self, receipt: Receipt) -> None:
         """Deliver the parked first events of newcomers whose join is now decided
@@ -524,73 +458,6 @@ class Replica(Voting):
                 return
             for origin in ready:  # delivering them may make further joins final
                 self._deliver_chain(self._parked.pop(origin), receipt)
-
-    def finality(self) -> Finality:
-        """Final versus pending events and trades, and whom finality waits for. Costs
-        O(log n) plus the acknowledgements between the frontier and the first pending
-        event with actions, however long finality has stalled."""
-        ledger = self.ledger
-        final = ledger.count_upto(self.final_key())
-        final_trades = ledger.trades_in_first(final)
-        first_pending = ledger.with_actions(final)
-        waiting = (self.membership.waiting_for(self._events, first_pending)
-                   if self.membership is not None else [])
-        return Finality(self.final_key(), final, len(ledger) - final, final_trades,
-                        ledger.trade_count - final_trades, waiting)
-
-    def is_final(self, event_id: bytes) -> bool:
-        event = self._by_id.get(event_id)
-        frontier = self.final_key()
-        return event is not None and frontier is not None and event.key <= frontier
-
-    def wants_ack(self) -> bool:
-        """Whether this member should sign an acknowledgement (an empty event) now: its
-        latest event does not yet cover an event with actions that is not final, or
-        does not cover some member's first acknowledgement of the earliest or the latest
-        such event (the rule's second round). Each pending event asks at most two rounds of every
-        member, so a stalled frontier (a silent member) does not make members
-        acknowledge each other's acknowledgements for ever."""
-        me = self.origin
-        if me is None or not self.is_member(me):
-            return False
-        own = self._events.get(me)
-        head = own[-1] if own else None
-        frontier = self.final_key()
-        events = self._events
-        # Round one: delivered since our head (what it does not cover), a pending
-        # event with actions. Costs what arrived since our last event, not the history.
-        # (While our removal vote stands, only what our next event may name.)
-        named = self._next_past()[0]
-        is_void = self.ledger.is_void
-        for o, s in named.items():
-            covered = 0 if head is None else head.seq if o == me else head.clock.get(o, 0)
-            for event in events[o][covered:s]:
-                if ((frontier is None or event.key > frontier) and event.actions
-                        and not is_void(event)):  # (what is final may be settled)
-                    return True
-        if head is None:
-            return False
-        # A full set of removal votes among us, not decided yet: the rule's second round
-        # over the voters (each voter's first event that covers every vote).
-        for _, voters, votes in self.membership.removals.undecided_sets():  # type: ignore[union-attr]
-            if me in voters:
-                for voter in voters:
-                    first = self._first_covering_all(voter, votes)
-                    if (first is not None and not covers(head, voter, first)
-                            and named.get(voter, 0) >= first):
-                        return True
-        final = self.ledger.count_upto(frontier)
-        earliest = self.ledger.with_actions(final)
-        if earliest is None:
-            return False
-        latest = self.ledger.with_actions(final, backwards=True)
-        for member in self.membership.waited_for():  # type: ignore[union-attr]
-            for pending in (earliest, latest):
-                first = self._first_covering(member, pending)  # type: ignore[arg-type]
-                if (first is not None and not covers(head, member, first)
-                        and named.get(member, 0) >= first):
-                    return True
-        return False
 
     # -- internals: admission ------------------------------------------------------
 

@@ -23,6 +23,7 @@ from collections.abc import Callable
 import trio
 from libp2p.peer.id import ID
 
+from ..core.commit import Finality
 from ..core.events import Event, short_id
 from ..core.params import (
     HEARTBEAT_IDLE_S,
@@ -31,7 +32,7 @@ from ..core.params import (
     TRADE_REPORTS_PEER_MAX,
     TRADE_REPORTS_PENDING_MAX,
 )
-from ..core.replica import Finality, Replica
+from ..core.replica import Replica
 from . import wire
 from .gossip import CONTROL_TOPIC, PROOFS_TOPIC, TRADES_TOPIC, Gossip, Reject
 from .host import short_peer

@@ -97,14 +97,15 @@ def status(node: NodeProcess) -> dict | None:
         return None
 
 
-def proc_figures(pid: int) -> tuple[float, float]:
-    """(CPU seconds, peak RSS MiB) of a live process."""
+def proc_figures(pid: int) -> tuple[float, float, float]:
+    """(CPU seconds, peak RSS MiB, RSS MiB now) of a live process."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     with open(f"/proc/{pid}/status") as f:
-        hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM"))
-    return cpu, hwm / 1024
+        kib = {line.split(":")[0]: int(line.split()[1]) for line in f
+               if line.startswith(("VmHWM", "VmRSS"))}
+    return cpu, kib["VmHWM"] / 1024, kib["VmRSS"] / 1024
 
 
 def run_once(events: int, args: argparse.Namespace, tmp: str) -> dict:
@@ -146,8 +147,8 @@ def run_once(events: int, args: argparse.Namespace, tmp: str) -> dict:
                     caught_up = time.monotonic() - t1
                     break
             time.sleep(POLL_S)
-        cpu, rss = proc_figures(newcomer.proc.pid)
-        cpu0, rss0 = proc_figures(node0.proc.pid)
+        cpu, rss, rss_now = proc_figures(newcomer.proc.pid)
+        cpu0, rss0, rss0_now = proc_figures(node0.proc.pid)
         return {
             "events": events, "members": args.members, "actions_per_event": args.actions,
             "history_build_s": round(build, 2),
@@ -158,7 +159,9 @@ def run_once(events: int, args: argparse.Namespace, tmp: str) -> dict:
             "caught_up_over_baseline": None if caught_up is None else round(caught_up / base, 2),
             "newcomer_events": None if last is None else last["events"],
             "newcomer_cpu_s": round(cpu, 2), "newcomer_peak_rss_mib": round(rss, 1),
+            "newcomer_rss_mib": round(rss_now, 1),
             "node0_cpu_s": round(cpu0, 2), "node0_peak_rss_mib": round(rss0, 1),
+            "node0_rss_mib": round(rss0_now, 1),
         }
     finally:
         for node in nodes:

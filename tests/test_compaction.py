@@ -10,9 +10,11 @@ import random
 import pytest
 import trio
 
-from p2pexchange.core.events import Event, sign_event
+from p2pexchange.core.book import OrderBook
+from p2pexchange.core.events import Event, OrderType, Place, Side, sign_event
 from p2pexchange.core.ledger import Ledger
 from p2pexchange.core.market import DEFAULT_MARKETS
+from p2pexchange.core.orders import CANCEL_NOT_OPEN, CANCEL_NOT_OWNER, ClosedOrder, OrderStatus
 from p2pexchange.core.replica import Replica
 from p2pexchange.core.settled import Settled
 from p2pexchange.sim.workload import OrderFlow, peer_id_bytes, seeded_key_pair
@@ -57,7 +59,8 @@ def picture(replica: Replica) -> tuple:
     return (replica.digest, replica.trades(), f.frontier, f.final_events, f.final_trades,
             f.pending_events, f.waiting_for, replica.applied_ids(),
             {m: b.snapshot() for m, b in replica.books.items()}, replica.clock,
-            [replica.outcomes_of(i) for i in replica.applied_ids()])
+            [replica.outcomes_of(i) for i in replica.applied_ids()],
+            {i: o.as_dict() for b in replica.books.values() for i, o in b.orders.items()})
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -116,10 +119,9 @@ def test_an_empty_event_among_settled_entries_goes_in_and_changes_no_digest():
     digests = [e.digest for e in whole._applied]
     at = whole.event_ids().index(late.id)
     assert at > 0 and digests[at] == digests[at - 1]  # the late one left it as it was
-    # A settled ledger keeps the digest after its last settled entry only: the one that
-    # later entries chain on.
-    kept = [(i, e.digest) for i, e in enumerate(settled._applied) if e.digest]
-    assert kept == [(len(digests) - 1, digests[-1])]
+    # A settled ledger keeps no entry whole and, of the digests, only the one after its
+    # last settled entry: the one that later entries chain on.
+    assert settled._applied == [] and settled._settled_digest == digests[-1]
     assert [whole.trades_in_first(n) for n in range(len(whole))] == \
         [settled.trades_in_first(n) for n in range(len(settled))]
 
@@ -154,6 +156,38 @@ def test_settled_books_keep_no_undo_records_for_what_is_final():
     assert len(book.log) < log_before // 10, (len(book.log), log_before)
     # Rolling back what is not final still works: a late event that is not final yet.
     replica.check_invariants()
+    book.check_invariants()
+
+
+def test_an_order_that_left_the_book_before_the_settled_mark_is_kept_closed():
+    """An order that left the book in a settled step is kept as a `ClosedOrder`, which
+    answers as the order did (its fields, a cancel by its owner or by another origin),
+    unless a step that may still be rolled back names it: a maker that rested in a
+    settled step and was filled after the mark rests again when that fill is undone,
+    and stays cancellable."""
+    alice, bob = b"a" * 38, b"b" * 38
+    book = OrderBook("BTC-USD")
+    gone = book.place(b"g" * 34, alice, Place(Side.BUY, OrderType.LIMIT, 100, 5), b"e1")
+    assert book.cancel(gone.order_id, alice) is None
+    ioc = book.place(b"i" * 34, bob, Place(Side.SELL, OrderType.IOC, 120, 5), b"e2")
+    maker = book.place(b"m" * 34, alice, Place(Side.BUY, OrderType.LIMIT, 110, 5), b"e3")
+    shown = {o.order_id: o.as_dict() for o in (gone, ioc, maker)}
+    mark = book.mark()
+    book.place(b"t" * 34, bob, Place(Side.SELL, OrderType.LIMIT, 110, 5), b"e4")
+    assert maker.status is OrderStatus.FILLED
+    book.settle(mark)
+    kept = book.orders
+    assert type(kept[gone.order_id]) is ClosedOrder and type(kept[ioc.order_id]) is ClosedOrder
+    assert kept[maker.order_id] is maker  # the fill after the mark names it
+    assert {i: kept[i].as_dict() for i in (gone.order_id, ioc.order_id)} == \
+        {i: shown[i] for i in (gone.order_id, ioc.order_id)}
+    assert kept[gone.order_id].remaining == gone.remaining
+    assert book.cancel(gone.order_id, alice) == CANCEL_NOT_OPEN
+    assert book.cancel(ioc.order_id, alice) == CANCEL_NOT_OWNER
+    book.rollback(mark)
+    assert maker.status is OrderStatus.RESTING and book.orders[maker.order_id].as_dict() == \
+        shown[maker.order_id]
+    assert book.cancel(maker.order_id, alice) is None
     book.check_invariants()
 
 

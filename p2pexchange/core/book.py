@@ -97,6 +97,7 @@ from .orders import (
     REASON_STP_TAKER,
     REJECTED,
     RESTING,
+    ClosedOrder,
     Level,
     Order,
     Trade,
@@ -342,9 +343,33 @@ class OrderBook:
         be rolled back (the replica settles what is final, core/replica.py `compact`)."""
         log_cut, trades_cut = mark[0] - self.log_base, mark[1] - self.trades_base
         assert 0 <= log_cut <= len(self.log) and 0 <= trades_cut <= len(self.trades), mark
+        self._close(self.log[:log_cut], self.log[log_cut:])
         del self.log[:log_cut]
         del self.trades[:trades_cut]
         self.log_base, self.trades_base = mark
+
+    def _close(self, records: list, later: list) -> None:
+        """Keep each order that left the book in `records` (undo records about to be
+        forgotten) as a `ClosedOrder`, unless a `later` record names it: undoing that
+        one may still put the order back (an order rested in a settled step and was
+        filled in one that may yet be rolled back). An order leaves in the step of a
+        `_U_NEW_ORDER` (it never rested: its id) or a `_U_UNLINK` (the order), so looking
+        at the orders and ids among the records finds every one. Costs a look at each
+        item of both lists."""
+        orders = self.orders
+        named_later = {id(item) for item in later if item.__class__ is Order}
+        for item in records:
+            cls = item.__class__
+            if cls is Order:
+                order = item
+            elif cls is bytes:
+                order = orders.get(item)
+                if order is None or order.__class__ is not Order:
+                    continue
+            else:
+                continue
+            if order.status not in OPEN_STATUSES and id(order) not in named_later:
+                orders[order.order_id] = ClosedOrder(order)
 
     def rollback(self, mark: tuple[int, int]) -> None:
         """Undo every mutation since `mark`, newest first."""

@@ -40,8 +40,8 @@ GENESIS_DIGEST = hashlib.sha256(b"p2pexchange/digest/v2").digest()
 
 
 class _Applied:
-    """One event in the applied sequence, with what is needed to undo it. Once settled
-    (`Ledger.settle`) only what queries and the digest read is kept: no event, no mark."""
+    """One event in the applied sequence that is not settled, with what is needed to
+    undo it. A settled one (`Ledger.settle`) is kept as a `_settled_record`."""
 
     __slots__ = ("acts", "book", "digest", "event", "id", "key", "mark", "outcomes", "trades",
                  "trades_upto", "void")
@@ -60,14 +60,21 @@ class _Applied:
         self.acts = False  # it has actions and is not void (what finality waits on)
 
 
-_SHARED_OUTCOMES: dict[tuple, tuple] = {}
-SHARED_OUTCOMES_MAX = 4096  # distinct outcome lists of settled entries kept as one object
+_SHARED_RECORDS: dict[tuple, tuple] = {}
+SHARED_RECORDS_MAX = 4096  # distinct records of settled entries without trades kept once
+# A settled entry is kept as (outcomes, trades, acts, void): what queries read of it.
+_OUTCOMES, _TRADES, _ACTS = range(3)
 
 
-def _shared(outcomes: list[str] | tuple) -> tuple:
-    """One tuple object per distinct outcome list (most events have one action, so a
-    handful of lists cover nearly all of them); past the bound, a tuple of its own."""
-    return intern_bounded(_SHARED_OUTCOMES, tuple(outcomes), SHARED_OUTCOMES_MAX)
+def _settled_record(outcomes: list[str] | tuple, trades: list[Trade] | tuple, acts: bool,
+                    void: bool) -> tuple:
+    """What is kept of a settled entry. One object per distinct record without trades
+    (most events have one action, so a handful of records cover nearly all of them;
+    past the bound, a tuple of its own): such an entry costs its id's place in the
+    index and in the order, nothing else."""
+    if trades:
+        return (tuple(outcomes), tuple(trades), acts, void)
+    return intern_bounded(_SHARED_RECORDS, (tuple(outcomes), (), acts, void), SHARED_RECORDS_MAX)
 
 
 def _chained(previous: bytes, entry: _Applied) -> bytes:
@@ -86,12 +93,18 @@ class Ledger:
 
     def __init__(self, markets: Mapping[str, Market]) -> None:
         self.books = {name: OrderBook(name) for name in sorted(markets)}
+        # Entries in ascending key: the first `settled` ones (final: `settle`) as their id
+        # in `_ids`, a record in `_index` and their trades in `_settled_trades`; the
+        # others whole in `_applied`. `_keys` has every entry's key.
         self._applied: list[_Applied] = []
         self._keys: list[OrderKey] = []
-        self._index: dict[bytes, _Applied] = {}  # event id -> applied entry
+        self._index: dict[bytes, _Applied | tuple] = {}  # event id -> entry or record
+        self._ids: list[bytes] = []
+        self._settled_trades: list[Trade] = []
+        self._settled_digest = GENESIS_DIGEST  # the digest after the settled entries
         self.trade_count = 0
         self.cuts: dict[bytes, int] = {}  # removed origin -> its last seq that counts
-        self.settled = 0  # the first entries, final, kept without their events (settle)
+        self.settled = 0
         # What the commit rule says cannot happen, and a settled ledger cannot undo: an
         # event with actions sorting among final entries, or a removal voiding one
         # (only with more dishonest members than protocols/finality.md tolerates). Such
@@ -101,18 +114,20 @@ class Ledger:
         self.broken_detail = ""
 
     def __len__(self) -> int:
-        return len(self._applied)
+        return len(self._keys)
 
     @property
     def digest(self) -> bytes:
-        return self._applied[-1].digest if self._applied else GENESIS_DIGEST
+        return self._applied[-1].digest if self._applied else self._settled_digest
 
     def trades(self) -> list[Trade]:
-        return [t for entry in self._applied for t in entry.trades]
+        return self._settled_trades + [t for entry in self._applied for t in entry.trades]
 
     def recent_trades(self, limit: int) -> list[Trade]:
         """The last `limit` trades, oldest first: read from the newest entries back, so
         it costs what it returns, not the history."""
+        if limit <= 0:
+            return []
         chunks, count = [], 0
         for entry in reversed(self._applied):
             if count >= limit:
@@ -120,26 +135,36 @@ class Ledger:
             if entry.trades:
                 chunks.append(entry.trades)
                 count += len(entry.trades)
-        return [t for chunk in reversed(chunks) for t in chunk][-limit:] if limit > 0 else []
+        if count < limit:
+            chunks.append(self._settled_trades[-(limit - count):])
+        return [t for chunk in reversed(chunks) for t in chunk][-limit:]
 
     def trades_of(self, event_id: bytes) -> list[Trade]:
         entry = self._index.get(event_id)
-        return list(entry.trades) if entry else []
+        if entry is None:
+            return []
+        return list(entry[_TRADES] if type(entry) is tuple else entry.trades)
 
     def outcomes_of(self, event_id: bytes) -> list[str]:
         entry = self._index.get(event_id)
-        return list(entry.outcomes) if entry else []
+        if entry is None:
+            return []
+        return list(entry[_OUTCOMES] if type(entry) is tuple else entry.outcomes)
 
     def event_ids(self, acting: bool = False) -> list[bytes]:
         """Event ids in the applied order; `acting`: only those with actions, not void."""
         if acting:
-            return [entry.id for entry in self._applied if entry.acts]
-        return [entry.id for entry in self._applied]
+            index = self._index
+            return [i for i in self._ids if index[i][_ACTS]] + \
+                [entry.id for entry in self._applied if entry.acts]
+        return self._ids + [entry.id for entry in self._applied]
 
     def acts(self, event_id: bytes) -> bool:
         """Whether an applied event has actions and is not void (it changes the state)."""
         entry = self._index.get(event_id)
-        return entry is not None and entry.acts
+        if entry is None:
+            return False
+        return entry[_ACTS] if type(entry) is tuple else entry.acts
 
     def count_upto(self, key: OrderKey | None) -> int:
         """How many entries have a key at most `key` (they are the first ones)."""
@@ -147,18 +172,25 @@ class Ledger:
 
     def trades_in_first(self, count: int) -> int:
         """Trades produced by the first `count` entries."""
-        return self._applied[count - 1].trades_upto if count else 0
+        settled = self.settled
+        if count > settled:
+            return self._applied[count - settled - 1].trades_upto
+        if count == settled:
+            return len(self._settled_trades)
+        index = self._index  # among settled entries: rare (tests), costs `count`
+        return sum(len(index[i][_TRADES]) for i in self._ids[:count])
 
     def with_actions(self, start: int, backwards: bool = False) -> Event | None:
-        """The first (or last) event with actions from position `start` on."""
+        """The first (or last) event with actions from position `start` on, which is not
+        before the first entry that is not settled."""
+        assert start >= self.settled, "asked for a settled event"
         applied = self._applied
+        start -= self.settled
         positions = range(len(applied) - 1, start - 1, -1) if backwards else \
             range(start, len(applied))
         for i in positions:
             if applied[i].acts:
-                event = applied[i].event
-                assert event is not None, "asked for a settled event"
-                return event
+                return applied[i].event
         return None
 
     def is_void(self, event: Event) -> bool:
@@ -170,16 +202,16 @@ class Ledger:
         are undone and applied again so. Returns how many entries were undone."""
         assert origin not in self.cuts, "a member is removed once"
         self.cuts[origin] = cut
-        applied = self._applied
-        first = next((i for i in range(len(applied))
-                      if applied[i].key[2] == origin and applied[i].key[3] > cut), None)
+        keys = self._keys
+        first = next((i for i in range(len(keys))
+                      if keys[i][2] == origin and keys[i][3] > cut), None)
         if first is None:
             return 0
         if first < self.settled:  # none of them is final anywhere (finality.md, R1)
             self._broke(f"the removal of {origin.hex()[-8:]} at seq {cut} would void a "
                         f"final event: what was final stays")
-            first = next((i for i in range(self.settled, len(applied))
-                          if applied[i].key[2] == origin and applied[i].key[3] > cut), None)
+            first = next((i for i in range(self.settled, len(keys))
+                          if keys[i][2] == origin and keys[i][3] > cut), None)
             if first is None:
                 return 0
         undone = self._undo_to(first)
@@ -189,17 +221,19 @@ class Ledger:
 
     def settle(self, count: int) -> None:
         """Keep the first `count` entries (final: nothing with actions will sort before
-        them again, finality.md) without their events and undo records, and all but the
-        last of them without their digest: nothing is chained again before the last
-        entry that acts among them (an entry that sorts among them later does not act,
-        `_insert_settled`), so only the digest after the last one is read again. The
-        books forget their undo records and trades from before the first entry left."""
+        them again, finality.md) as what queries read of them (`_settled_record`: no
+        event, undo record or digest), and the digest after the last of them: nothing is
+        chained again before the last entry that acts among them (an entry that sorts
+        among them later does not act, `_insert_settled`), so only that digest is read
+        again. The books forget their undo records and trades from before the first
+        entry left."""
         applied = self._applied
-        count = min(count, len(applied))
+        count = min(count, len(self._keys))
         if count <= self.settled:
             return
+        moved = count - self.settled
         marks: dict[str, tuple[int, int]] = {}
-        for i in range(count, len(applied)):  # each book's first entry that stays
+        for i in range(moved, len(applied)):  # each book's first entry that stays
             entry = applied[i]
             if entry.book is not None and entry.book.market not in marks:
                 marks[entry.book.market] = entry.mark  # type: ignore[assignment]
@@ -207,14 +241,14 @@ class Ledger:
                     break
         for name, book in self.books.items():
             book.settle(marks.get(name) or book.mark())
-        for i in range(self.settled, count):
-            entry = applied[i]
-            entry.event = entry.book = entry.mark = None
-            entry.outcomes = _shared(entry.outcomes)
-            if not entry.trades:
-                entry.trades = ()
-        for i in range(max(0, self.settled - 1), count - 1):
-            applied[i].digest = b""
+        index, ids, trades = self._index, self._ids, self._settled_trades
+        for entry in applied[:moved]:
+            index[entry.id] = _settled_record(entry.outcomes, entry.trades, entry.acts,
+                                              entry.void)
+            ids.append(entry.id)
+            trades.extend(entry.trades)
+        self._settled_digest = applied[moved - 1].digest
+        del applied[:moved]
         self.settled = count
 
     def apply(self, events: list[Event]) -> tuple[int, list[list[Trade]]]:
@@ -250,26 +284,20 @@ class Ledger:
         with actions never sorts before what is final, finality.md; if one did, it is
         taken as empty and counted in `broken`), so no book is rolled back and, as such
         an entry does not extend the digest, no digest after it changes: the entries go
-        in, settled (with the trade count of the entry before them and, like every
-        settled entry but the last, no digest). Costs a binary search and a list
-        insertion per event."""
-        applied, keys = self._applied, self._keys
+        in, settled, as records without trades. Costs a binary search and two list
+        insertions per event."""
+        keys = self._keys
         for event in events:
             void = bool(self.cuts) and self.is_void(event)
             if not void and event.actions:
                 self._broke(f"event {event.id.hex()[:12]} with actions sorts before final "
                             f"events: taken as empty")
                 void = True
-            entry = _Applied(event.key, event, None)
-            entry.void = void
-            entry.outcomes = _shared(["void"] * len(event.actions))
-            entry.trades = ()
-            entry.event = entry.mark = None
             position = bisect_left(keys, event.key)
-            entry.trades_upto = applied[position - 1].trades_upto if position else 0
-            applied.insert(position, entry)
             keys.insert(position, event.key)
-            self._index[entry.id] = entry
+            self._ids.insert(position, event.id)
+            self._index[event.id] = _settled_record(["void"] * len(event.actions), (), False,
+                                                    void)
             self.settled += 1
 
     def _broke(self, detail: str) -> None:
@@ -281,7 +309,7 @@ class Ledger:
         assert position >= self.settled, "rolled back into settled entries"
         undone = []
         applied = self._applied
-        while len(applied) > position:
+        while len(self._keys) > position:
             entry = applied.pop()
             self._keys.pop()
             del self._index[entry.id]
@@ -341,7 +369,8 @@ class Ledger:
 
     def _append(self, entry: _Applied) -> None:
         applied = self._applied
-        entry.trades_upto = (applied[-1].trades_upto if applied else 0) + len(entry.trades)
+        entry.trades_upto = (applied[-1].trades_upto if applied else
+                             len(self._settled_trades)) + len(entry.trades)
         entry.digest = _chained(self.digest, entry) if entry.acts else self.digest
         applied.append(entry)
         self._keys.append(entry.key)

@@ -8,8 +8,9 @@ final none of the first two is read again by the replica: nothing with actions s
 before it any more (protocols/finality.md), so the ledger never applies it again, and
 the node's store holds its bytes. `Replica.compact` therefore replaces each final
 event in its chains by a `Settled`: the causal part alone, which is a fifth of the
-memory. The ledger settles the same entries (ledger.py `settle`) and the books forget
-their undo records (book.py `settle`).
+memory. The ledger settles the same entries (ledger.py `settle`: each kept as the
+record its queries read), and the books forget their undo records and keep the orders
+that left them without their links (book.py `settle`, orders.py `ClosedOrder`).
 
 What stays whole: a membership event with actions (joins, leaves and removal votes
 are few, and membership and removal code keep them anyway), and every event that is
@@ -37,22 +38,32 @@ ORIGIN_SETS_MAX = 4096  # distinct clock origin sets shared by settled events
 
 
 class Settled:
-    """A final event without its actions, signature or bytes (`Event`'s other fields).
-    Its clock is packed (the origins as one shared tuple, the seqs as 8-byte integers)
-    and unpacked when read, which is rare: the rule and delivery read the latest events,
+    """A final event without its actions, signature or bytes (`Event`'s other fields;
+    its origin, seq and Lamport time are read from its key). Its clock
+    is packed (the origins as one shared tuple, the seqs as 8-byte integers) and
+    unpacked when read, which is rare: the rule and delivery read the latest events,
     which stay whole."""
 
-    __slots__ = ("_origins", "_seqs", "id", "key", "lamport", "market", "origin", "seq")
+    __slots__ = ("_origins", "_seqs", "id", "key", "market")
 
     def __init__(self, event: Event) -> None:
-        self.origin = event.origin
-        self.seq = event.seq
         self._origins = intern_bounded(_ORIGIN_SETS, tuple(event.clock), ORIGIN_SETS_MAX)
         self._seqs = b"".join(s.to_bytes(8, "big") for s in event.clock.values())
-        self.lamport = event.lamport
         self.market = event.market
         self.id = event.id
         self.key: OrderKey = event.key
+
+    @property
+    def lamport(self) -> int:
+        return self.key[0]
+
+    @property
+    def origin(self) -> bytes:
+        return self.key[2]
+
+    @property
+    def seq(self) -> int:
+        return self.key[3]
 
     @property
     def clock(self) -> Mapping[bytes, int]:

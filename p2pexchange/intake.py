@@ -46,16 +46,13 @@ Arrival = tuple[bytes | Event, str, ID | None]
 
 class Intake:
     def __init__(self, replica: Replica, store: EventStore, feed: Feed,
-                 rejections: Rejections, want_sync: Callable[[ID], None],
-                 compact: Callable[[], None]) -> None:
-        """`compact`: keeps what is final in compact form (archive.py `keep`)."""
+                 rejections: Rejections, want_sync: Callable[[ID], None]) -> None:
         self.replica = replica
         self.store = store
         self.feed = feed
         self.rejections = rejections
         self.received: Counter[tuple[str, str]] = Counter()  # (gossip|sync, receipt status)
         self._want_sync = want_sync
-        self._compact = compact
         self._stored_since_compact = 0
         self._send, self._inbox = trio.open_memory_channel[Arrival](INBOX_MAX)
 
@@ -149,8 +146,8 @@ class Intake:
         for raw in self.store.replay():
             count += self.replica.receive(raw).status == "delivered"
             if count % COMPACT_EVERY_EVENTS == 0:
-                self._compact()
-        self._compact()
+                self.replica.compact()
+        self.replica.compact()
         if count:
             log.info("replayed %d events from the store: own seq %d, digest %s", count,
                      self.replica.clock.get(self.replica.origin or b"", 0),
@@ -166,7 +163,7 @@ class Intake:
         self._stored_since_compact += len(delivered)
         if self._stored_since_compact >= COMPACT_EVERY_EVENTS:
             self._stored_since_compact = 0
-            self._compact()
+            self.replica.compact()
 
     @staticmethod
     def log_trades(trades: list[Trade], rolled_back: int = 0) -> None:

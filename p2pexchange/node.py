@@ -38,10 +38,9 @@ import trio
 from libp2p.peer.id import ID
 
 from .admission import Admission
-from .archive import Archive
 from .core.events import Action, Event
 from .core.market import DEFAULT_MARKETS, Market
-from .core.orders import ClosedOrder, Order, Trade
+from .core.orders import Order, Trade
 from .core.params import (
     BATCH_ACTIONS_MAX,
     BATCH_INTERVAL_S,
@@ -101,9 +100,8 @@ class Node:
         # The replica knows every configured market even when this node follows only
         # some: one seq chain per origin spans all markets, and causal delivery needs
         # every link of it (sync brings the events of markets we do not follow).
-        self.replica = Replica(DEFAULT_MARKETS, self.origin, keep_settled=False)
+        self.replica = Replica(DEFAULT_MARKETS, self.origin)
         self.store = EventStore(os.path.join(config.data_dir, "events.sqlite3"))
-        self.archive = Archive(self.replica, self.store)
         self.listen_addr = ""
         self.rejections = Rejections()
         self.ready, self.stopping, self.finished = trio.Event(), trio.Event(), trio.Event()
@@ -116,8 +114,7 @@ class Node:
         self.gossip = Gossip(self.host, self.origin, self.rejections, self.replica.precheck,
                              self.discovery.heard, lambda event: self.intake.prove(event))
         self.intake = Intake(self.replica, self.store, self.feed, self.rejections,
-                             want_sync=lambda peer: self.sync.want(peer),
-                             compact=self.archive.keep)
+                             want_sync=lambda peer: self.sync.want(peer))
         self.sync = Sync(self.host, self.replica,
                          sync_receive(config.faults, self.intake.receive), self.rejections,
                          lambda: self.discovery.peers, self._rng, self.discovery.heard,
@@ -130,7 +127,7 @@ class Node:
                                    remove_after_s=config.remove_after_s)
         self.control = Control(self.gossip, self.replica, self.origin, self.rejections,
                                want_sync=self.sync.want, on_genesis=self.admission.on_genesis,
-                               heard=self.admission.heard, trades_of=self.archive.trades_of)
+                               heard=self.admission.heard)
         self.batcher = Batcher(self.gossip, self._seal, self._published, config.batch_actions_max,
                                self.admission.membership_actions, config.batch_interval_s)
         self.loop_lag = LoopLag()  # event-loop scheduling lag, for status and metrics
@@ -212,20 +209,23 @@ class Node:
         return self.replica.book(market).depth(levels)
 
     def recent_trades(self, limit: int) -> list[Trade]:
-        return self.archive.recent_trades(limit)
+        return self.replica.recent_trades(limit)
 
-    def order(self, order_id: bytes) -> Order | ClosedOrder | None:
-        return self.archive.order(order_id)
+    def order(self, order_id: bytes) -> Order | None:
+        return self.replica.order(order_id)
 
     def outcomes(self, event_id: bytes) -> list[tuple[bytes, str]]:
-        return self.archive.outcomes(event_id)
+        """(order id, outcome) per action of a delivered event."""
+        if (event := self.replica.event(event_id)) is None:
+            return []
+        return [(event.order_id(i), o) for i, o in enumerate(self.replica.outcomes_of(event_id))]
 
     def is_final(self, event_ids: Sequence[bytes]) -> list[bool]:
         """Per event id: is it final here (its trades can no longer change)?"""
         return [self.replica.is_final(i) for i in event_ids]
 
     def trades_of(self, event_id: bytes) -> list[Trade]:
-        return self.archive.trades_of(event_id)
+        return self.replica.trades_of(event_id)
 
     def open_orders(self, market: str) -> list[Order]:
         return [o for o in self.replica.book(market).resting() if o.origin == self.origin]

@@ -16,12 +16,6 @@ name carries the digest fold (protocols/state_machine.md, section 7): a store wr
 by a build of the v1 fold keeps those digests in table `digests`, which nothing reads
 any more (`old_digests` counts them for verify's verdict).
 `python -m p2pexchange verify` replays the events and compares (client/verify.py).
-
-What compaction takes out of the replica's memory (core/replica.py `take_departed`)
-is kept here for the node's queries (archive.py): each settled event's outcomes and
-trades (table `settled`, by event id, with its key in the total order) and each
-closed order (table `closed_orders`). Both are derived from the events and written
-again, the same, when a restart replays them; a row that exists is kept.
 """
 
 from __future__ import annotations
@@ -29,11 +23,6 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Iterator
-
-import cbor2
-
-from .core.events import STP, OrderType, Side
-from .core.orders import ClosedOrder, OrderStatus, Trade
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -52,25 +41,7 @@ CREATE TABLE IF NOT EXISTS digests_v2 (
 CREATE TABLE IF NOT EXISTS genesis (
     member BLOB PRIMARY KEY
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS settled (
-    id BLOB PRIMARY KEY,
-    lamport INTEGER NOT NULL,
-    rank INTEGER NOT NULL,
-    origin BLOB NOT NULL,
-    seq INTEGER NOT NULL,
-    outcomes BLOB NOT NULL,
-    trades BLOB NOT NULL,
-    trade_count INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS settled_by_key ON settled (lamport, rank, origin, seq);
-CREATE TABLE IF NOT EXISTS closed_orders (
-    order_id BLOB PRIMARY KEY,
-    data BLOB NOT NULL
-) WITHOUT ROWID;
 """
-# A trade or a closed order in its table: its fields in order (enums as integers).
-_TRADE_FIELDS = Trade._fields
-_ORDER_FIELDS = ClosedOrder.__slots__
 
 
 class EventStore:
@@ -155,71 +126,8 @@ class EventStore:
             self.db.executemany("INSERT INTO genesis (member) VALUES (?)",
                                 [(m,) for m in members])
 
-    # -- what compaction handed over -----------------------------------------------------
-
-    def add_settled(self, records: list[tuple[tuple, bytes, tuple[str, ...], tuple[Trade, ...]]],
-                    orders: list[ClosedOrder]) -> None:
-        """Keep settled events' (key, id, outcomes, trades) and closed orders."""
-        if not records and not orders:
-            return
-        with self.db:
-            self.db.executemany(
-                "INSERT OR IGNORE INTO settled (id, lamport, rank, origin, seq, outcomes, "
-                "trades, trade_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [(i, *key, cbor2.dumps(list(outcomes)), cbor2.dumps([list(t) for t in trades]),
-                  len(trades)) for key, i, outcomes, trades in records])
-            self.db.executemany(
-                "INSERT OR IGNORE INTO closed_orders (order_id, data) VALUES (?, ?)",
-                [(o.order_id, cbor2.dumps([getattr(o, f) for f in _ORDER_FIELDS]))
-                 for o in orders])
-
-    def settled(self, event_id: bytes) -> tuple[list[str], list[Trade]] | None:
-        """A settled event's outcomes and trades, if compaction handed them over."""
-        row = self.db.execute("SELECT outcomes, trades FROM settled WHERE id = ?",
-                              (event_id,)).fetchone()
-        return None if row is None else (cbor2.loads(row[0]), _trades(row[1]))
-
-    def settled_trades(self, limit: int) -> list[Trade]:
-        """The last `limit` trades of the settled events kept here, oldest first."""
-        chunks, count = [], 0
-        for (data,) in self.db.execute(
-                "SELECT trades FROM settled WHERE trade_count > 0 "
-                "ORDER BY lamport DESC, rank DESC, origin DESC, seq DESC"):
-            if count >= limit:
-                break
-            chunks.append(_trades(data))
-            count += len(chunks[-1])
-        return [t for chunk in reversed(chunks) for t in chunk][-limit:] if limit > 0 else []
-
-    def settled_history(self) -> tuple[list[bytes], list[Trade]]:
-        """The ids of the settled events kept here, in the total order, and their trades
-        (for tests and tools: it reads the whole table)."""
-        ids, trades = [], []
-        for i, data in self.db.execute("SELECT id, trades FROM settled "
-                                       "ORDER BY lamport, rank, origin, seq"):
-            ids.append(i)
-            trades.extend(_trades(data))
-        return ids, trades
-
-    def closed_order(self, order_id: bytes) -> ClosedOrder | None:
-        row = self.db.execute("SELECT data FROM closed_orders WHERE order_id = ?",
-                              (order_id,)).fetchone()
-        if row is None:
-            return None
-        order = ClosedOrder.__new__(ClosedOrder)
-        for name, value in zip(_ORDER_FIELDS, cbor2.loads(row[0]), strict=True):
-            setattr(order, name, _ORDER_ENUMS[name](value) if name in _ORDER_ENUMS else value)
-        return order
-
     def count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
 
     def close(self) -> None:
         self.db.close()
-
-
-_ORDER_ENUMS = {"side": Side, "type": OrderType, "status": OrderStatus, "stp": STP}
-
-
-def _trades(data: bytes) -> list[Trade]:
-    return [Trade(*fields[:-1], Side(fields[-1])) for fields in cbor2.loads(data)]

@@ -15,8 +15,8 @@ JOIN_TIMEOUT_S = 30.0
 
 def market_events(node: Node) -> int:
     """Delivered events that carry market actions (not joins or acknowledgements)."""
-    replica = node.replica  # (its chains hold every delivered event, compacted or not)
-    return sum(1 for o in replica.clock for e in replica.events_of(o) if e.market)
+    replica = node.replica
+    return sum(1 for i in replica.applied_ids() if replica.event(i).market)
 
 
 class Network:

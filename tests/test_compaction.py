@@ -14,13 +14,7 @@ from p2pexchange.core.book import OrderBook
 from p2pexchange.core.events import Event, OrderType, Place, Side, sign_event
 from p2pexchange.core.ledger import Ledger
 from p2pexchange.core.market import DEFAULT_MARKETS
-from p2pexchange.core.orders import (
-    CANCEL_NOT_OPEN,
-    CANCEL_NOT_OWNER,
-    OPEN_STATUSES,
-    ClosedOrder,
-    OrderStatus,
-)
+from p2pexchange.core.orders import CANCEL_NOT_OPEN, CANCEL_NOT_OWNER, ClosedOrder, OrderStatus
 from p2pexchange.core.replica import Replica
 from p2pexchange.core.settled import Settled
 from p2pexchange.sim.workload import OrderFlow, peer_id_bytes, seeded_key_pair
@@ -249,8 +243,7 @@ def test_a_second_version_of_a_settled_event_still_makes_a_proof(tmp_path):
             (seeded_key_pair(f"compaction-11-{i}") for i in range(MEMBERS))}
     replica = Replica(DEFAULT_MARKETS, genesis=genesis)
     store = EventStore(str(tmp_path / "events.sqlite3"))
-    intake = Intake(replica, store, Feed(), Rejections(), want_sync=lambda peer: None,
-                    compact=replica.compact)
+    intake = Intake(replica, store, Feed(), Rejections(), want_sync=lambda peer: None)
     intake.receive([(e.raw, "sync", None) for e in events])
     replica.compact()
     first = next(e for e in events if type(replica.events_of(e.origin, e.seq - 1)[0])
@@ -263,56 +256,6 @@ def test_a_second_version_of_a_settled_event_still_makes_a_proof(tmp_path):
     assert receipt.code == "equivocation"
     assert replica.equivocations[(first.origin, first.seq)] == (first.raw, second.raw)
     store.close()
-
-
-@pytest.mark.parametrize("seed", range(3))
-def test_what_compaction_hands_to_the_store_is_answered_as_before(tmp_path, seed):
-    """A node's replica keeps neither closed orders nor settled outcomes and trades
-    (`keep_settled=False`); it hands them to the store (archive.py), and the node's
-    queries read them there. Every answer (every order, the outcomes and trades of
-    every event, the latest trades, a cancel of any order by any origin) is the one a
-    replica that keeps everything gives, compacting at random moments, also after a
-    restart that replays the store (the rows are written again, the same)."""
-    from p2pexchange.archive import Archive
-    from p2pexchange.store import EventStore
-
-    genesis, events = history(500, 20 + seed)
-    rng = random.Random(seed)
-    whole = Replica(DEFAULT_MARKETS, genesis=genesis)
-    whole.receive_many([e.raw for e in events])
-    path = str(tmp_path / "events.sqlite3")
-    for run in range(2):  # the second run replays the store, as a restart does
-        store = EventStore(path)
-        lean = Replica(DEFAULT_MARKETS, genesis=genesis, keep_settled=False)
-        archive = Archive(lean, store)
-        k = 0
-        while k < len(events):
-            step = rng.randint(1, 80)
-            lean.receive_many([e.raw for e in events[k:k + step]])
-            k += step
-            if run == 0:
-                store.add([(e.origin, e.seq, e.id, e.raw) for e in events[k - step:k]])
-            archive.keep()
-        held = sum(len(b.orders) for b in lean.books.values())
-        assert store.db.execute("SELECT COUNT(*) FROM closed_orders").fetchone()[0] > held
-        assert lean.digest == whole.digest and lean.ledger.settled > len(events) // 2
-        for event in events:
-            assert archive.outcomes(event.id) == [
-                (event.order_id(i), o) for i, o in enumerate(whole.outcomes_of(event.id))]
-            assert archive.trades_of(event.id) == whole.trades_of(event.id)
-            for i in range(len(event.actions)):
-                order_id = event.order_id(i)
-                found, expected = archive.order(order_id), whole.order(order_id)
-                assert (found and found.as_dict()) == (expected and expected.as_dict())
-                if expected is not None and expected.status not in OPEN_STATUSES:
-                    book = expected.market  # (a cancel of an open order would change it)
-                    for origin in genesis[:2]:
-                        assert lean.books[book].cancel(order_id, origin) == \
-                            whole.books[book].cancel(order_id, origin)
-        for n in (0, 1, 7, 50, len(whole.trades()) + 5):
-            assert archive.recent_trades(n) == whole.recent_trades(n)
-        assert archive.history() == (whole.applied_ids(), whole.trades())
-        store.close()
 
 
 def test_recent_trades_are_the_tail_of_all_trades_settled_or_not():

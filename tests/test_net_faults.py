@@ -26,7 +26,7 @@ SAMPLE_S = 0.1
 def final_trades(node: Node) -> list[Trade]:
     """The node's trades up to its final frontier (final events are a prefix)."""
     replica = node.replica
-    trades = node.archive.history()[1]
+    trades = replica.trades()
     count = 0
     for trade in trades:
         if not replica.is_final(trade.event_id):

@@ -74,7 +74,7 @@ async def test_concurrent_crossing_orders_produce_the_same_trades_everywhere(tmp
             nursery.start_soon(a.flush)
             nursery.start_soon(b.flush)
         await net.converged(events=3)
-        trades = {tuple(n.archive.history()[1]) for n in net.nodes}
+        trades = {tuple(n.replica.trades()) for n in net.nodes}
         assert len(trades) == 1
         (only,) = trades.pop()
         assert only.qty == 5 and only.taker_origin in (a.origin, b.origin)
@@ -87,14 +87,14 @@ async def test_a_late_joiner_catches_up_through_sync(tmp_path):
         for k in range(30):
             (first if k % 2 else other).submit(BTC, limit(Side.BUY, 9_000 + k, 1))
             await (first if k % 2 else other).flush()
-        before = first.archive.history()[0]
+        before = first.replica.applied_ids()
         await net.converged(events=30)
         late = await net.start("late", bootstrap=other)  # waits until it is a member
         await net.converged(events=30)
         assert late.replica.stats()["events_buffered"] == 0
-        assert set(before) <= set(late.archive.history()[0])
+        assert set(before) <= set(late.replica.applied_ids())
         # It was admitted by a join, and its first event came after it.
-        (join,) = [e for e in map(late.replica.event, late.archive.history()[0])
+        (join,) = [e for e in map(late.replica.event, late.replica.applied_ids())
                    if any(getattr(a, "member", None) == late.origin for a in e.actions)]
         own = late.replica.events_of(late.origin)
         assert not own or own[0].clock.get(join.origin, 0) >= join.seq

@@ -164,20 +164,13 @@ def _unlink(level: Level, order: Order) -> None:
 class OrderBook:
     """Price-time priority book for one market; see the module docstring."""
 
-    def __init__(self, market: str, *, fok_levels_max: int = FOK_LEVELS_MAX,
-                 keep_closed: bool = True) -> None:
-        """`fok_levels_max` is for tests of that rule; every replica uses the default.
-        `keep_closed`: whether orders that left the book stay in `orders` once settled
-        (`_close`); without, they go to `departed` and only their origin stays, in
-        `closed`, which is all a cancel reads of them."""
+    def __init__(self, market: str, *, fok_levels_max: int = FOK_LEVELS_MAX) -> None:
+        """`fok_levels_max` is for tests of that rule; every replica uses the default."""
         assert fok_levels_max > 0
         self.market = market
         self.bids: SortedDict = SortedDict()  # key: -price -> Level
         self.asks: SortedDict = SortedDict()  # key: price -> Level
-        self.orders: dict[bytes, Order | ClosedOrder] = {}
-        self.keep_closed = keep_closed
-        self.closed: dict[bytes, bytes] = {}  # order id -> origin, of orders not kept
-        self.departed: list[ClosedOrder] = []
+        self.orders: dict[bytes, Order] = {}
         self.trades: list[Trade] = []
         self.log: list = []  # flat undo records, see _U_NEW_ORDER
         # What `settle` dropped from the front of `log` and `trades`: marks stay absolute.
@@ -227,7 +220,7 @@ class OrderBook:
         order = Order(order_id, origin, self.market, side, otype, price, qty, stp)
         log = self.log
         orders = self.orders
-        if order_id in orders or (self.closed and order_id in self.closed):
+        if order_id in orders:
             order.status = REJECTED
             order.reason = REASON_DUPLICATE_ID
             return order
@@ -305,10 +298,7 @@ class OrderBook:
         """Cancel an open order of `origin`; returns None or a reject code."""
         order = self.orders.get(order_id)
         if order is None:
-            owner = self.closed.get(order_id)
-            if owner is None:
-                return CANCEL_UNKNOWN
-            return CANCEL_NOT_OWNER if owner != origin else CANCEL_NOT_OPEN
+            return CANCEL_UNKNOWN
         if order.origin != origin:
             return CANCEL_NOT_OWNER
         if order.status not in OPEN_STATUSES:
@@ -360,20 +350,18 @@ class OrderBook:
 
     def _close(self, records: list, later: list) -> None:
         """Keep each order that left the book in `records` (undo records about to be
-        forgotten) as a `ClosedOrder` (or hand it over: `keep_closed`), unless a `later`
-        record names it: undoing that one may still put the order back (an order rested
-        in a settled step and was filled in one that may yet be rolled back). An order
-        leaves in the step of a `_U_NEW_ORDER` (it never rested: its id) or a `_U_UNLINK`
-        (the order), so looking at the orders and ids among the records finds every one.
-        Costs a look at each item of both lists."""
+        forgotten) as a `ClosedOrder`, unless a `later` record names it: undoing that
+        one may still put the order back (an order rested in a settled step and was
+        filled in one that may yet be rolled back). An order leaves in the step of a
+        `_U_NEW_ORDER` (it never rested: its id) or a `_U_UNLINK` (the order), so looking
+        at the orders and ids among the records finds every one. Costs a look at each
+        item of both lists."""
         orders = self.orders
         named_later = {id(item) for item in later if item.__class__ is Order}
         for item in records:
             cls = item.__class__
             if cls is Order:
                 order = item
-                if orders.get(order.order_id) is not order:  # met before in `records`
-                    continue
             elif cls is bytes:
                 order = orders.get(item)
                 if order is None or order.__class__ is not Order:
@@ -381,12 +369,7 @@ class OrderBook:
             else:
                 continue
             if order.status not in OPEN_STATUSES and id(order) not in named_later:
-                if self.keep_closed:
-                    orders[order.order_id] = ClosedOrder(order)
-                else:
-                    del orders[order.order_id]
-                    self.closed[order.order_id] = order.origin
-                    self.departed.append(ClosedOrder(order))
+                orders[order.order_id] = ClosedOrder(order)
 
     def rollback(self, mark: tuple[int, int]) -> None:
         """Undo every mutation since `mark`, newest first."""

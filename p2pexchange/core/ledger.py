@@ -91,24 +91,17 @@ def _chained(previous: bytes, entry: _Applied) -> bytes:
 class Ledger:
     """The applied sequence of one replica; see the module docstring."""
 
-    def __init__(self, markets: Mapping[str, Market], keep_settled: bool = True) -> None:
-        """`keep_settled`: whether settled entries (and the books' closed orders) stay
-        here, for queries; without, they go to `departed` for the caller to keep."""
-        self.books = {name: OrderBook(name, keep_closed=keep_settled)
-                      for name in sorted(markets)}
+    def __init__(self, markets: Mapping[str, Market]) -> None:
+        self.books = {name: OrderBook(name) for name in sorted(markets)}
         # Entries in ascending key: the first `settled` ones (final: `settle`) as their id
-        # in `_ids`, a record in `_index` and their trades in `_settled_trades` (or, not
-        # kept, in `departed`); the others whole in `_applied`. `_keys` has every key.
+        # in `_ids`, a record in `_index` and their trades in `_settled_trades`; the
+        # others whole in `_applied`. `_keys` has every entry's key.
         self._applied: list[_Applied] = []
         self._keys: list[OrderKey] = []
         self._index: dict[bytes, _Applied | tuple] = {}  # event id -> entry or record
         self._ids: list[bytes] = []
         self._settled_trades: list[Trade] = []
-        self._settled_trade_count = 0
         self._settled_digest = GENESIS_DIGEST  # the digest after the settled entries
-        self.keep_settled = keep_settled
-        # Settled entries not kept: (key, event id, outcomes, trades).
-        self.departed: list[tuple[OrderKey, bytes, tuple[str, ...], tuple[Trade, ...]]] = []
         self.trade_count = 0
         self.cuts: dict[bytes, int] = {}  # removed origin -> its last seq that counts
         self.settled = 0
@@ -128,13 +121,7 @@ class Ledger:
         return self._applied[-1].digest if self._applied else self._settled_digest
 
     def trades(self) -> list[Trade]:
-        """The trades in the applied order (of entries not settled, if those are not
-        kept)."""
         return self._settled_trades + [t for entry in self._applied for t in entry.trades]
-
-    def holds(self, event_id: bytes) -> bool:
-        """Whether the queries below know `event_id` (applied, and kept if settled)."""
-        return event_id in self._index
 
     def recent_trades(self, limit: int) -> list[Trade]:
         """The last `limit` trades, oldest first: read from the newest entries back, so
@@ -165,8 +152,7 @@ class Ledger:
         return list(entry[_OUTCOMES] if type(entry) is tuple else entry.outcomes)
 
     def event_ids(self, acting: bool = False) -> list[bytes]:
-        """Event ids in the applied order (of entries not settled, if those are not kept);
-        `acting`: only those with actions, not void."""
+        """Event ids in the applied order; `acting`: only those with actions, not void."""
         if acting:
             index = self._index
             return [i for i in self._ids if index[i][_ACTS]] + \
@@ -190,8 +176,7 @@ class Ledger:
         if count > settled:
             return self._applied[count - settled - 1].trades_upto
         if count == settled:
-            return self._settled_trade_count
-        assert self.keep_settled, "asked about entries not kept"
+            return len(self._settled_trades)
         index = self._index  # among settled entries: rare (tests), costs `count`
         return sum(len(index[i][_TRADES]) for i in self._ids[:count])
 
@@ -258,16 +243,10 @@ class Ledger:
             book.settle(marks.get(name) or book.mark())
         index, ids, trades = self._index, self._ids, self._settled_trades
         for entry in applied[:moved]:
-            self._settled_trade_count += len(entry.trades)
-            if self.keep_settled:
-                index[entry.id] = _settled_record(entry.outcomes, entry.trades, entry.acts,
-                                                  entry.void)
-                ids.append(entry.id)
-                trades.extend(entry.trades)
-            else:
-                del index[entry.id]
-                self.departed.append((entry.key, entry.id, tuple(entry.outcomes),
-                                      tuple(entry.trades)))
+            index[entry.id] = _settled_record(entry.outcomes, entry.trades, entry.acts,
+                                              entry.void)
+            ids.append(entry.id)
+            trades.extend(entry.trades)
         self._settled_digest = applied[moved - 1].digest
         del applied[:moved]
         self.settled = count
@@ -316,12 +295,9 @@ class Ledger:
                 void = True
             position = bisect_left(keys, event.key)
             keys.insert(position, event.key)
-            outcomes = ("void",) * len(event.actions)
-            if self.keep_settled:
-                self._ids.insert(position, event.id)
-                self._index[event.id] = _settled_record(outcomes, (), False, void)
-            else:
-                self.departed.append((event.key, event.id, outcomes, ()))
+            self._ids.insert(position, event.id)
+            self._index[event.id] = _settled_record(["void"] * len(event.actions), (), False,
+                                                    void)
             self.settled += 1
 
     def _broke(self, detail: str) -> None:
@@ -394,7 +370,7 @@ class Ledger:
     def _append(self, entry: _Applied) -> None:
         applied = self._applied
         entry.trades_upto = (applied[-1].trades_upto if applied else
-                             self._settled_trade_count) + len(entry.trades)
+                             len(self._settled_trades)) + len(entry.trades)
         entry.digest = _chained(self.digest, entry) if entry.acts else self.digest
         applied.append(entry)
         self._keys.append(entry.key)

@@ -109,7 +109,7 @@ from .events import (
 from .finality import MEMBERS_MAX, Membership
 from .ledger import Ledger
 from .market import Market
-from .orders import ClosedOrder, Order, Trade
+from .orders import Order, Trade
 from .params import BUFFER_BYTES_MAX, BUFFER_ORIGIN_BYTES_MAX
 from .settled import Settled, settle_chain
 from .voting import CannotSign, Voting
@@ -148,16 +148,13 @@ class Replica(Voting, Commit):
     def __init__(self, markets: Mapping[str, Market], origin: bytes | None = None, *,
                  genesis: Iterable[bytes] | None = None,
                  buffer_bytes_max: int = BUFFER_BYTES_MAX,
-                 buffer_origin_bytes_max: int = BUFFER_ORIGIN_BYTES_MAX,
-                 keep_settled: bool = True) -> None:
-        """`keep_settled`: whether `compact` keeps what queries read of final entries
-        and closed orders, or hands them over (`take_departed`) for a store to keep."""
+                 buffer_origin_bytes_max: int = BUFFER_ORIGIN_BYTES_MAX) -> None:
         self.markets = dict(markets)
         # Without a genesis the replica admits every origin and reports nothing final:
         # for replaying and comparing histories (verify, benchmarks, tests of order).
         self.membership = Membership(genesis) if genesis is not None else None
         self.origin = origin
-        self.ledger = Ledger(self.markets, keep_settled)
+        self.ledger = Ledger(self.markets)
         self.books = self.ledger.books
         self._clock: dict[bytes, int] = {}
         self._events: dict[bytes, list[Event]] = {}  # origin -> delivered events by seq-1
@@ -310,18 +307,6 @@ class Replica(Voting, Commit):
             self._settled[origin] = end
         self.ledger.settle(self.ledger.count_upto(frontier))
         return sum(self._settled.values())
-
-    def take_departed(self) -> tuple[list[tuple[OrderKey, bytes, tuple[str, ...],
-                                                tuple[Trade, ...]]], list[ClosedOrder]]:
-        """What compaction took out of this replica since the last call, without
-        `keep_settled`: (key, event id, outcomes, trades) of settled entries, and closed
-        orders. A query about them answers as for an unknown id here."""
-        records, self.ledger.departed = self.ledger.departed, []
-        orders = []
-        for book in self.books.values():
-            orders.extend(book.departed)
-            book.departed = []
-        return records, orders
 
     # -- inputs ------------------------------------------------------------------
 

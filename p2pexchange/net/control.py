@@ -25,7 +25,6 @@ from libp2p.peer.id import ID
 
 from ..core.commit import Finality
 from ..core.events import Event, short_id
-from ..core.orders import Trade
 from ..core.params import (
     HEARTBEAT_IDLE_S,
     HEARTBEAT_INTERVAL_MS,
@@ -51,13 +50,9 @@ class Control:
     def __init__(self, gossip: Gossip, replica: Replica, origin: bytes, reject: Reject,
                  want_sync: Callable[[ID], None],
                  on_genesis: Callable[[ID, tuple[bytes, ...]], None],
-                 heard: Callable[[bytes], None] = lambda peer: None,
-                 trades_of: Callable[[bytes], list[Trade]] | None = None) -> None:
-        """`trades_of`: an event's trades, also once compaction took them out of the
-        replica (archive.py); the replica's own answer by default."""
+                 heard: Callable[[bytes], None] = lambda peer: None) -> None:
         self.gossip = gossip
         self.replica = replica
-        self._trades_of = trades_of or replica.trades_of
         self.origin = origin
         self.divergences = 0
         self.trade_reports_matched = 0
@@ -161,7 +156,7 @@ class Control:
             if event.origin != key[0]:
                 self._reject("trade report", "not_reporters_event", sender)
                 continue
-            mine = self._trades_of(event_id)
+            mine = self.replica.trades_of(event_id)
             if len(mine) == report.trades and wire.trades_hash(mine) == report.hash:
                 self.trade_reports_matched += 1
             else:
@@ -232,7 +227,7 @@ class Control:
             if event.id in self._reported or not self.replica.is_final(event.id):
                 continue
             self._reported.add(event.id)
-            trades = self._trades_of(event.id)
+            trades = self.replica.trades_of(event.id)
             if trades:
                 report = wire.TradeReport(event.id, len(trades), wire.trades_hash(trades))
                 await self.gossip.publish(TRADES_TOPIC, wire.encode_trade_report(report))

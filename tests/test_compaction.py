@@ -14,7 +14,7 @@ from p2pexchange.core.book import OrderBook
 from p2pexchange.core.events import Event, OrderType, Place, Side, sign_event
 from p2pexchange.core.ledger import Ledger
 from p2pexchange.core.market import DEFAULT_MARKETS
-from p2pexchange.core.orders import CANCEL_NOT_OPEN, CANCEL_NOT_OWNER, ClosedOrder, OrderStatus
+from p2pexchange.core.orders import CANCEL_NOT_OPEN, CANCEL_NOT_OWNER, OrderStatus
 from p2pexchange.core.replica import Replica
 from p2pexchange.core.settled import Settled
 from p2pexchange.sim.workload import OrderFlow, peer_id_bytes, seeded_key_pair
@@ -159,12 +159,12 @@ def test_settled_books_keep_no_undo_records_for_what_is_final():
     book.check_invariants()
 
 
-def test_an_order_that_left_the_book_before_the_settled_mark_is_kept_closed():
-    """An order that left the book in a settled step is kept as a `ClosedOrder`, which
-    answers as the order did (its fields, a cancel by its owner or by another origin),
-    unless a step that may still be rolled back names it: a maker that rested in a
-    settled step and was filled after the mark rests again when that fill is undone,
-    and stays cancellable."""
+def test_an_order_that_left_the_book_before_the_settled_mark_is_unlinked():
+    """An order that left the book in a settled step loses its links to where it stood
+    (they kept the levels it left alive) and answers as before (its fields, a cancel by
+    its owner or by another origin). One that rested in a settled step and was filled in
+    a step that may still be rolled back keeps them: undoing the fill puts it back, and
+    it stays cancellable."""
     alice, bob = b"a" * 38, b"b" * 38
     book = OrderBook("BTC-USD")
     gone = book.place(b"g" * 34, alice, Place(Side.BUY, OrderType.LIMIT, 100, 5), b"e1")
@@ -175,18 +175,16 @@ def test_an_order_that_left_the_book_before_the_settled_mark_is_kept_closed():
     mark = book.mark()
     book.place(b"t" * 34, bob, Place(Side.SELL, OrderType.LIMIT, 110, 5), b"e4")
     assert maker.status is OrderStatus.FILLED
+    assert gone.prev is not None
     book.settle(mark)
-    kept = book.orders
-    assert type(kept[gone.order_id]) is ClosedOrder and type(kept[ioc.order_id]) is ClosedOrder
-    assert kept[maker.order_id] is maker  # the fill after the mark names it
-    assert {i: kept[i].as_dict() for i in (gone.order_id, ioc.order_id)} == \
+    assert gone.prev is gone.next is None
+    assert maker.prev is not None and maker.next is not None  # the fill after the mark
+    assert {o.order_id: o.as_dict() for o in (gone, ioc)} == \
         {i: shown[i] for i in (gone.order_id, ioc.order_id)}
-    assert kept[gone.order_id].remaining == gone.remaining
     assert book.cancel(gone.order_id, alice) == CANCEL_NOT_OPEN
     assert book.cancel(ioc.order_id, alice) == CANCEL_NOT_OWNER
     book.rollback(mark)
-    assert maker.status is OrderStatus.RESTING and book.orders[maker.order_id].as_dict() == \
-        shown[maker.order_id]
+    assert maker.status is OrderStatus.RESTING and maker.as_dict() == shown[maker.order_id]
     assert book.cancel(maker.order_id, alice) is None
     book.check_invariants()
 

@@ -97,7 +97,6 @@ from .orders import (
     REASON_STP_TAKER,
     REJECTED,
     RESTING,
-    ClosedOrder,
     Level,
     Order,
     Trade,
@@ -143,6 +142,7 @@ _U_FILL = 3  # level, order, fill: undo a maker's partial fill
 _U_UNLINK = 4  # level, order, filled: relink an open order that left its level (filled,
 #                expired by STP or cancelled) and reopen it with `filled` lots filled; if
 #                the level is empty, it left its tree with that order and goes back first
+_RECORD_ITEMS = {_U_NEW_ORDER: 2, _U_APPEND: 3, _U_NEW_LEVEL: 4, _U_FILL: 4, _U_UNLINK: 4}
 
 
 def _unlink(level: Level, order: Order) -> None:
@@ -343,33 +343,36 @@ class OrderBook:
         be rolled back (the replica settles what is final, core/replica.py `compact`)."""
         log_cut, trades_cut = mark[0] - self.log_base, mark[1] - self.trades_base
         assert 0 <= log_cut <= len(self.log) and 0 <= trades_cut <= len(self.trades), mark
-        self._close(self.log[:log_cut], self.log[log_cut:])
+        self._close(self.log[:log_cut])
         del self.log[:log_cut]
         del self.trades[:trades_cut]
         self.log_base, self.trades_base = mark
 
-    def _close(self, records: list, later: list) -> None:
-        """Keep each order that left the book in `records` (undo records about to be
-        forgotten) as a `ClosedOrder`, unless a `later` record names it: undoing that
-        one may still put the order back (an order rested in a settled step and was
-        filled in one that may yet be rolled back). An order leaves in the step of a
-        `_U_NEW_ORDER` (it never rested: its id) or a `_U_UNLINK` (the order), so looking
-        at the orders and ids among the records finds every one. Costs a look at each
-        item of both lists."""
+    def _close(self, records: list) -> None:
+        """Unlink each order that left the book in `records` (undo records about to be
+        forgotten: nothing will roll them back) from where it stood: its `prev`/`next`,
+        kept for its undo record, would keep the levels it left alive, with their
+        per-origin totals. An order leaves in the step of a `_U_NEW_ORDER` record (it
+        never rested) or of a `_U_UNLINK` record (it left its level: filled, expired or
+        cancelled), and only undoing that record could put it back. The records are
+        read from the end, each ending with its kind: a look at each record, not at each
+        item. (Replacing each closed order by a smaller object saved 16 more bytes per
+        event and cost four times as long, most of it freeing the old objects.)"""
         orders = self.orders
-        named_later = {id(item) for item in later if item.__class__ is Order}
-        for item in records:
-            cls = item.__class__
-            if cls is Order:
-                order = item
-            elif cls is bytes:
-                order = orders.get(item)
-                if order is None or order.__class__ is not Order:
-                    continue
+        i = len(records) - 1
+        while i >= 0:
+            kind = records[i]
+            if kind == _U_NEW_ORDER:
+                order = orders.get(records[i - 1])
+            elif kind == _U_UNLINK:
+                order = records[i - 2]
             else:
+                i -= _RECORD_ITEMS[kind]
                 continue
-            if order.status not in OPEN_STATUSES and id(order) not in named_later:
-                orders[order.order_id] = ClosedOrder(order)
+            i -= _RECORD_ITEMS[kind]
+            if order is not None:
+                assert order.status not in OPEN_STATUSES, order
+                order.prev = order.next = None
 
     def rollback(self, mark: tuple[int, int]) -> None:
         """Undo every mutation since `mark`, newest first."""

@@ -95,35 +95,6 @@ class Order:
                 f"{self.qty}@{self.price}, filled={self.filled}, {self.status.name})")
 
 
-class ClosedOrder:
-    """What a book keeps of an order that left it once nothing can roll that back
-    (`OrderBook.settle`): its fields as an `Order` shows them, without the links to
-    where it stood (which kept the levels it left alive) or a `remaining` of its own."""
-
-    __slots__ = ("order_id", "origin", "side", "type", "price", "qty", "filled", "status",
-                 "reason", "stp", "market")
-
-    def __init__(self, order: Order) -> None:
-        self.order_id = order.order_id
-        self.origin = order.origin
-        self.market = order.market
-        self.side = order.side
-        self.type = order.type
-        self.price = order.price
-        self.qty = order.qty
-        self.filled = order.filled
-        self.status = order.status
-        self.reason = order.reason
-        self.stp = order.stp
-
-    @property
-    def remaining(self) -> int:
-        return self.qty - self.filled
-
-    as_dict = Order.as_dict
-    __repr__ = Order.__repr__
-
-
 class Level:
     """One price level: the sentinel of a circular list of its resting orders, oldest
     first (`next` is the head, `prev` the tail), and its totals over them: `live`

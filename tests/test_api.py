@@ -121,6 +121,30 @@ async def test_each_documented_error_names_the_field_and_the_reason(tmp_path, mo
         assert busy.json()["error"]["reason"] == "node_busy"
 
 
+async def test_a_cancel_of_an_order_closed_long_ago_is_still_not_open(tmp_path, monkeypatch):
+    """Once a cancel is final the books forget the cancelled order (compaction), and the
+    replica keeps none of our own (OWN_CLOSED_MAX 0 here): DELETE still answers 409
+    `not_open` to its owner and 403 `not_my_order` to another node, never 404."""
+    monkeypatch.setattr("p2pexchange.core.replica.OWN_CLOSED_MAX", 0)
+    async with network(tmp_path) as net, api_node(net, "a") as a, \
+            api_node(net, "b", bootstrap=a.node) as b:
+        mine = (await a.call("POST", "/orders", json=BUY)).json()["order_id"]
+        await a.call("DELETE", f"/orders/{mine}", "/orders/{order_id}")
+
+        async def forgotten(client) -> bool:
+            client.node.replica.compact()
+            return client.node.order(bytes.fromhex(mine)) is None
+        await eventually(lambda: forgotten(a), "the cancel final on A and compacted")
+        await eventually(lambda: forgotten(b), "the cancel final on B and compacted")
+        for client, code, reason in ((a, 409, "not_open"), (b, 403, "not_my_order")):
+            reply = await client.call("DELETE", f"/orders/{mine}", "/orders/{order_id}")
+            assert reply.status_code == code, reply.text
+            assert reply.json()["error"]["reason"] == reason, reply.text
+        other = mine[:-4] + "0007"  # an index that placed nothing
+        reply = await a.call("DELETE", f"/orders/{other}", "/orders/{order_id}")
+        assert reply.status_code == 404, reply.text
+
+
 async def _known(client, order_id: str) -> bool:
     return client.node.order(bytes.fromhex(order_id)) is not None
 

@@ -11,10 +11,10 @@ import pytest
 import trio
 
 from p2pexchange.core.book import OrderBook
-from p2pexchange.core.events import Event, OrderType, Place, Side, sign_event
+from p2pexchange.core.events import Cancel, Event, OrderType, Place, Side, sign_event
 from p2pexchange.core.ledger import Ledger
 from p2pexchange.core.market import DEFAULT_MARKETS
-from p2pexchange.core.orders import CANCEL_NOT_OPEN, CANCEL_NOT_OWNER, OrderStatus
+from p2pexchange.core.orders import CANCEL_NOT_OPEN, CANCEL_NOT_OWNER, CANCEL_UNKNOWN, OrderStatus
 from p2pexchange.core.replica import Replica
 from p2pexchange.core.settled import Settled
 from p2pexchange.sim.workload import OrderFlow, peer_id_bytes, seeded_key_pair
@@ -59,8 +59,23 @@ def picture(replica: Replica) -> tuple:
     return (replica.digest, replica.trades(), f.frontier, f.final_events, f.final_trades,
             f.pending_events, f.waiting_for, replica.applied_ids(),
             {m: b.snapshot() for m, b in replica.books.items()}, replica.clock,
-            [replica.outcomes_of(i) for i in replica.applied_ids()],
-            {i: o.as_dict() for b in replica.books.values() for i, o in b.orders.items()})
+            [replica.outcomes_of(i) for i in replica.applied_ids()])
+
+
+def orders(replica: Replica) -> dict[bytes, dict]:
+    return {i: o.as_dict() for b in replica.books.values() for i, o in b.orders.items()}
+
+
+def assert_same_orders(whole: Replica, compact: Replica) -> None:
+    """The compacting replica's books know each order as the whole one's do, except the
+    orders that left in a final step, which they forget (a cancel of one has the same
+    outcome all the same: `picture` compares every outcome)."""
+    known, every = orders(compact), orders(whole)
+    assert known == {i: every[i] for i in known}
+    final = {i for i in compact.applied_ids()[:compact.ledger.settled]}
+    for i in every.keys() - known.keys():
+        assert every[i]["status"] in ("filled", "cancelled", "rejected"), every[i]
+        assert i[:32] in final, every[i]
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -83,6 +98,7 @@ def test_a_compacting_replica_answers_as_a_whole_one_in_any_order(seed):
         if rng.random() < 0.5:
             compact.compact()
         assert picture(whole) == picture(compact)
+        assert_same_orders(whole, compact)
         # Sync answers: the same events, settled ones named for the store to supply.
         theirs = {o: s // 2 for o, s in whole.clock.items()}
         served = compact.events_for(theirs, 10_000)
@@ -93,6 +109,8 @@ def test_a_compacting_replica_answers_as_a_whole_one_in_any_order(seed):
     assert sum(type(e) is Settled for o in compact.clock for e in compact.events_of(o)) \
         == settled
     assert picture(whole) == picture(compact)
+    assert_same_orders(whole, compact)
+    assert len(orders(compact)) < len(orders(whole)) // 2  # most orders were final
     compact.check_invariants()
 
 
@@ -159,12 +177,12 @@ def test_settled_books_keep_no_undo_records_for_what_is_final():
     book.check_invariants()
 
 
-def test_an_order_that_left_the_book_before_the_settled_mark_is_unlinked():
-    """An order that left the book in a settled step loses its links to where it stood
-    (they kept the levels it left alive) and answers as before (its fields, a cancel by
-    its owner or by another origin). One that rested in a settled step and was filled in
-    a step that may still be rolled back keeps them: undoing the fill puts it back, and
-    it stays cancellable."""
+def test_a_book_forgets_the_orders_that_left_it_before_the_settled_mark():
+    """An order that left the book in a settled step (it never rested, or it left its
+    level) is forgotten, its links to where it stood cleared, and handed back to the
+    caller as it was. One that rested in a settled step and was filled in a step that
+    may still be rolled back is kept: undoing the fill puts it back, and it stays
+    cancellable."""
     alice, bob = b"a" * 38, b"b" * 38
     book = OrderBook("BTC-USD")
     gone = book.place(b"g" * 34, alice, Place(Side.BUY, OrderType.LIMIT, 100, 5), b"e1")
@@ -176,17 +194,60 @@ def test_an_order_that_left_the_book_before_the_settled_mark_is_unlinked():
     book.place(b"t" * 34, bob, Place(Side.SELL, OrderType.LIMIT, 110, 5), b"e4")
     assert maker.status is OrderStatus.FILLED
     assert gone.prev is not None
-    book.settle(mark)
+    closed = book.settle(mark)
+    assert sorted(o.order_id for o in closed) == [gone.order_id, ioc.order_id]
     assert gone.prev is gone.next is None
-    assert maker.prev is not None and maker.next is not None  # the fill after the mark
-    assert {o.order_id: o.as_dict() for o in (gone, ioc)} == \
+    assert {o.order_id: o.as_dict() for o in closed} == \
         {i: shown[i] for i in (gone.order_id, ioc.order_id)}
-    assert book.cancel(gone.order_id, alice) == CANCEL_NOT_OPEN
-    assert book.cancel(ioc.order_id, alice) == CANCEL_NOT_OWNER
+    assert gone.order_id not in book.orders and ioc.order_id not in book.orders
+    assert book.cancel(gone.order_id, alice) == CANCEL_UNKNOWN  # the ledger answers it
+    assert maker.prev is not None and maker.next is not None  # the fill after the mark
     book.rollback(mark)
     assert maker.status is OrderStatus.RESTING and maker.as_dict() == shown[maker.order_id]
     assert book.cancel(maker.order_id, alice) is None
     book.check_invariants()
+
+
+def test_a_cancel_of_a_forgotten_order_has_the_outcome_it_had_before():
+    """Once its book forgot an order (it left in a final step), a cancel naming it is
+    answered from the ledger's record of the event that placed it: `not_open` for its
+    origin, `not_owner` for another; an id that no place made (another market, the index
+    of a cancel, an index past the event's actions, a void event) stays `unknown_order`.
+    The same cancels on a ledger that settled nothing give the same outcomes."""
+    keys = [seeded_key_pair(f"forgotten-{i}") for i in range(2)]
+    alice, bob = (peer_id_bytes(k) for k in keys)
+    limit = Place(Side.BUY, OrderType.LIMIT, 10_000, 1)
+    placed = sign_event(keys[0].private_key, alice, 1, {}, 1, "BTC-USD",
+                        [limit, Cancel(b"x" * 34), limit])
+    eth = sign_event(keys[0].private_key, alice, 2, {alice: (1, placed.id)}, 2, "ETH-USD",
+                     [limit])
+    names = [placed.order_id(0), placed.order_id(1), placed.order_id(2), placed.order_id(3),
+             eth.order_id(0), b"z" * 34]
+    closing = sign_event(keys[0].private_key, alice, 3, {alice: (2, eth.id)}, 3, "BTC-USD",
+                         [Cancel(placed.order_id(0)), Cancel(placed.order_id(2))])
+    later = [sign_event(keys[k].private_key, (alice, bob)[k], (4, 1)[k],
+                        {alice: (3, closing.id)}, 4, "BTC-USD", [Cancel(i) for i in names])
+             for k in (0, 1)]
+    whole, settled = Ledger(DEFAULT_MARKETS), Ledger(DEFAULT_MARKETS)
+    for ledger in (whole, settled):
+        ledger.apply([placed, eth, closing])
+    assert whole.outcomes_of(closing.id) == ["cancelled", "cancelled"]
+    forgotten = settled.settle(len(settled))
+    assert {o.order_id for o in forgotten} == {placed.order_id(0), placed.order_id(2)}
+    book = settled.books["BTC-USD"]
+    assert placed.order_id(0) not in book.orders and placed.order_id(2) not in book.orders
+    for ledger in (whole, settled):
+        ledger.apply(sorted(later, key=lambda e: e.key))
+    expected = [CANCEL_NOT_OPEN, CANCEL_UNKNOWN, CANCEL_NOT_OPEN, CANCEL_UNKNOWN,
+                CANCEL_UNKNOWN, CANCEL_UNKNOWN]
+    assert settled.outcomes_of(later[0].id) == whole.outcomes_of(later[0].id) == expected
+    assert settled.outcomes_of(later[1].id) == whole.outcomes_of(later[1].id) == \
+        [CANCEL_NOT_OWNER if code == CANCEL_NOT_OPEN else code for code in expected]
+    assert settled.digest == whole.digest
+    assert settled.settled_placer(placed.order_id(2)) == alice
+    assert settled.settled_placer(placed.order_id(1)) is None  # a cancel's index
+    assert settled.settled_placer(eth.order_id(0)) == alice
+    assert settled.settled_placer(eth.order_id(0), "BTC-USD") is None
 
 
 @pytest.mark.network
@@ -268,3 +329,25 @@ def test_recent_trades_are_the_tail_of_all_trades_settled_or_not():
         ledger.settle(settle)
         for n in (0, 1, 7, len(every) // 2, len(every), len(every) + 10):
             assert ledger.recent_trades(n) == (every[-n:] if n else []), n
+
+
+def test_a_replica_still_shows_its_own_last_forgotten_orders(monkeypatch):
+    """The books forget closed orders; a replica keeps its own origin's last
+    OWN_CLOSED_MAX of them for queries (the API's list of the orders it placed), and
+    none of another origin's."""
+    import p2pexchange.core.replica as replica_module
+
+    monkeypatch.setattr(replica_module, "OWN_CLOSED_MAX", 5)
+    genesis, events = history(400, 12)
+    me = genesis[0]
+    whole = Replica(DEFAULT_MARKETS, genesis=genesis)
+    compact = Replica(DEFAULT_MARKETS, origin=me, genesis=genesis)
+    for replica in (whole, compact):
+        replica.receive_many([e.raw for e in events])
+    compact.compact()
+    forgotten = orders(whole).keys() - orders(compact).keys()
+    mine = [i for i in forgotten if whole.order(i).origin == me]
+    assert len(mine) > 5 and len(forgotten) > len(mine)
+    shown = [i for i in forgotten if compact.order(i) is not None]
+    assert len(shown) == 5 and all(compact.order(i).origin == me for i in shown)
+    assert all(compact.order(i).as_dict() == whole.order(i).as_dict() for i in shown)

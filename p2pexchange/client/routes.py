@@ -79,14 +79,16 @@ async def cancel_order(order_id: str, request: Request) -> Cancelled:
     if len(oid) != ORDER_ID_BYTES:
         raise ApiError(422, "bad_order_id", "order id must be 68 hex characters", "order_id")
     order = api.node.order(oid)
-    if order is None:
+    # The books forget orders that closed in a final step: who placed one is still known.
+    placer = order.origin if order is not None else api.node.replica.placed_by(oid)
+    if placer is None:
         raise ApiError(404, "unknown_order", "no such order on this node", "order_id")
-    if order.origin != api.node.origin:
+    if placer != api.node.origin:
         raise ApiError(403, "not_my_order", "only the node that placed an order can cancel "
                        "it", "order_id")
-    if order.status.name.lower() not in ("resting", "partially_filled"):
-        raise ApiError(409, "not_open", f"the order is {order.status.name.lower()}",
-                       "order_id")
+    if order is None or order.status.name.lower() not in ("resting", "partially_filled"):
+        status = order.status.name.lower() if order is not None else "closed (final)"
+        raise ApiError(409, "not_open", f"the order is {status}", "order_id")
     return (await api.cancel([oid]))[0]
 
 

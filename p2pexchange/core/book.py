@@ -170,6 +170,7 @@ class OrderBook:
         self.market = market
         self.bids: SortedDict = SortedDict()  # key: -price -> Level
         self.asks: SortedDict = SortedDict()  # key: price -> Level
+        # Every order placed here, except those that left in a settled step (`settle`).
         self.orders: dict[bytes, Order] = {}
         self.trades: list[Trade] = []
         self.log: list = []  # flat undo records, see _U_NEW_ORDER
@@ -338,41 +339,48 @@ class OrderBook:
         """The trades made since `mark`."""
         return self.trades[mark[1] - self.trades_base:]
 
-    def settle(self, mark: tuple[int, int]) -> None:
-        """Forget the undo records and trades from before `mark`: nothing before it will
-        be rolled back (the replica settles what is final, core/replica.py `compact`)."""
+    def settle(self, mark: tuple[int, int]) -> list[Order]:
+        """Forget the undo records and trades from before `mark` (nothing before it will
+        be rolled back: the replica settles what is final, core/replica.py `compact`),
+        and the orders that left the book in those steps; returns those orders, in the
+        order they left. A cancel that names one of them is then `unknown_order` here:
+        the ledger, which keeps what every settled event placed, answers it instead
+        (ledger.py `_forgotten`)."""
         log_cut, trades_cut = mark[0] - self.log_base, mark[1] - self.trades_base
         assert 0 <= log_cut <= len(self.log) and 0 <= trades_cut <= len(self.trades), mark
-        self._close(self.log[:log_cut])
+        closed = self._forget_closed(log_cut)
         del self.log[:log_cut]
         del self.trades[:trades_cut]
         self.log_base, self.trades_base = mark
+        return closed
 
-    def _close(self, records: list) -> None:
-        """Unlink each order that left the book in `records` (undo records about to be
-        forgotten: nothing will roll them back) from where it stood: its `prev`/`next`,
-        kept for its undo record, would keep the levels it left alive, with their
-        per-origin totals. An order leaves in the step of a `_U_NEW_ORDER` record (it
-        never rested) or of a `_U_UNLINK` record (it left its level: filled, expired or
-        cancelled), and only undoing that record could put it back. The records are
-        read from the end, each ending with its kind: a look at each record, not at each
-        item. (Replacing each closed order by a smaller object saved 16 more bytes per
-        event and cost four times as long, most of it freeing the old objects.)"""
-        orders = self.orders
-        i = len(records) - 1
+    def _forget_closed(self, end: int) -> list[Order]:
+        """Forget each order that left the book in `log[:end]` (undo records about to be
+        forgotten: nothing will roll them back). An order leaves in the step of a
+        `_U_NEW_ORDER` record (it never rested) or of a `_U_UNLINK` record (it left its
+        level: filled, expired or cancelled), and only undoing that record could put it
+        back; no later record names it. The records are read from the end, each ending
+        with its kind: a look at each record, not at each item. Its `prev`/`next` (kept
+        for its undo record) are cleared, so it holds nothing alive and no cycle."""
+        log, orders = self.log, self.orders
+        closed = []
+        i = end - 1
         while i >= 0:
-            kind = records[i]
+            kind = log[i]
             if kind == _U_NEW_ORDER:
-                order = orders.get(records[i - 1])
+                order = orders.pop(log[i - 1])
             elif kind == _U_UNLINK:
-                order = records[i - 2]
+                order = log[i - 2]
+                del orders[order.order_id]
             else:
                 i -= _RECORD_ITEMS[kind]
                 continue
             i -= _RECORD_ITEMS[kind]
-            if order is not None:
-                assert order.status not in OPEN_STATUSES, order
-                order.prev = order.next = None
+            assert order.status not in OPEN_STATUSES, order
+            order.prev = order.next = None
+            closed.append(order)
+        closed.reverse()  # in the order they left
+        return closed
 
     def rollback(self, mark: tuple[int, int]) -> None:
         """Undo every mutation since `mark`, newest first."""

@@ -34,7 +34,7 @@ from .book import OrderBook
 from .clock import OrderKey
 from .events import MEMBERSHIP_MARKET, Cancel, Event, Join, Leave, Place, Vote, intern_bounded
 from .market import Market
-from .orders import Trade
+from .orders import CANCEL_NOT_OPEN, CANCEL_NOT_OWNER, CANCEL_UNKNOWN, Order, OrderStatus, Trade
 
 GENESIS_DIGEST = hashlib.sha256(b"p2pexchange/digest/v2").digest()
 
@@ -62,19 +62,31 @@ class _Applied:
 
 _SHARED_RECORDS: dict[tuple, tuple] = {}
 SHARED_RECORDS_MAX = 4096  # distinct records of settled entries without trades kept once
-# A settled entry is kept as (outcomes, trades, acts, void): what queries read of it.
-_OUTCOMES, _TRADES, _ACTS = range(3)
+# A settled entry is kept as (outcomes, trades, acts, void, market, origin, places): what
+# queries read of it, and what answers a cancel of an order it placed once the book has
+# forgotten that order (`places`: a bit per action index that placed an order).
+_OUTCOMES, _TRADES, _ACTS, _VOID, _MARKET, _ORIGIN, _PLACES = range(7)
+# Each place's outcome is its status's name: one shared string per status.
+_OUTCOME_OF = {status: status.name.lower() for status in OrderStatus}
 
 
-def _settled_record(outcomes: list[str] | tuple, trades: list[Trade] | tuple, acts: bool,
-                    void: bool) -> tuple:
+def _settled_record(entry: _Applied) -> tuple:
     """What is kept of a settled entry. One object per distinct record without trades
     (most events have one action, so a handful of records cover nearly all of them;
     past the bound, a tuple of its own): such an entry costs its id's place in the
     index and in the order, nothing else."""
-    if trades:
-        return (tuple(outcomes), tuple(trades), acts, void)
-    return intern_bounded(_SHARED_RECORDS, (tuple(outcomes), (), acts, void), SHARED_RECORDS_MAX)
+    event = entry.event
+    assert event is not None
+    places = 0
+    if entry.acts and event.market != MEMBERSHIP_MARKET:
+        for index, action in enumerate(event.actions):
+            if action.__class__ is Place:
+                places |= 1 << index
+    record = (tuple(entry.outcomes), tuple(entry.trades), entry.acts, entry.void,
+              event.market, event.origin, places)
+    if entry.trades:
+        return record
+    return intern_bounded(_SHARED_RECORDS, record, SHARED_RECORDS_MAX)
 
 
 def _chained(previous: bytes, entry: _Applied) -> bytes:
@@ -219,18 +231,18 @@ class Ledger:
             self._apply(entry.event)  # type: ignore[arg-type]
         return len(undone)
 
-    def settle(self, count: int) -> None:
+    def settle(self, count: int) -> list[Order]:
         """Keep the first `count` entries (final: nothing with actions will sort before
         them again, finality.md) as what queries read of them (`_settled_record`: no
         event, undo record or digest), and the digest after the last of them: nothing is
         chained again before the last entry that acts among them (an entry that sorts
         among them later does not act, `_insert_settled`), so only that digest is read
         again. The books forget their undo records and trades from before the first
-        entry left."""
+        entry left, and the orders that left them in settled steps: returns those."""
         applied = self._applied
         count = min(count, len(self._keys))
         if count <= self.settled:
-            return
+            return []
         moved = count - self.settled
         marks: dict[str, tuple[int, int]] = {}
         for i in range(moved, len(applied)):  # each book's first entry that stays
@@ -239,17 +251,18 @@ class Ledger:
                 marks[entry.book.market] = entry.mark  # type: ignore[assignment]
                 if len(marks) == len(self.books):
                     break
+        closed = []
         for name, book in self.books.items():
-            book.settle(marks.get(name) or book.mark())
+            closed += book.settle(marks.get(name) or book.mark())
         index, ids, trades = self._index, self._ids, self._settled_trades
         for entry in applied[:moved]:
-            index[entry.id] = _settled_record(entry.outcomes, entry.trades, entry.acts,
-                                              entry.void)
+            index[entry.id] = _settled_record(entry)
             ids.append(entry.id)
             trades.extend(entry.trades)
         self._settled_digest = applied[moved - 1].digest
         del applied[:moved]
         self.settled = count
+        return closed
 
     def apply(self, events: list[Event]) -> tuple[int, list[list[Trade]]]:
         """Apply newly delivered `events`, sorted by key: undo once, down to the earliest
@@ -296,9 +309,29 @@ class Ledger:
             position = bisect_left(keys, event.key)
             keys.insert(position, event.key)
             self._ids.insert(position, event.id)
-            self._index[event.id] = _settled_record(["void"] * len(event.actions), (), False,
-                                                    void)
+            entry = _Applied(event.key, event, None)
+            entry.outcomes, entry.void = ["void"] * len(event.actions), void
+            self._index[event.id] = _settled_record(entry)
             self.settled += 1
+
+    def _forgotten(self, market: str, order_id: bytes, origin: bytes) -> str:
+        """A cancel's outcome for an order its book does not know: `unknown_order`, or,
+        if a settled entry placed it (the book forgot it once it left in a settled step),
+        what the book would have answered: `not_owner` or `not_open` (it is closed)."""
+        placer = self.settled_placer(order_id, market)
+        if placer is None:
+            return CANCEL_UNKNOWN
+        return CANCEL_NOT_OWNER if placer != origin else CANCEL_NOT_OPEN
+
+    def settled_placer(self, order_id: bytes, market: str | None = None) -> bytes | None:
+        """The origin of the settled event that placed `order_id` (in `market`, if
+        given), or None. An order's id is its event's id and its action index (2 bytes)."""
+        record = self._index.get(order_id[:32])
+        if type(record) is not tuple or len(order_id) != 34 or \
+                not (record[_PLACES] >> int.from_bytes(order_id[32:], "big")) & 1 or \
+                (market is not None and record[_MARKET] != market):
+            return None
+        return record[_ORIGIN]
 
     def _broke(self, detail: str) -> None:
         self.broken += 1
@@ -333,10 +366,12 @@ class Ledger:
             if action.__class__ is Place:
                 order = book.place(event_id + index.to_bytes(2, "big"), origin, action, event_id,
                                    budget)
-                outcomes.append(order.status.name.lower())
+                outcomes.append(_OUTCOME_OF[order.status])
             else:
                 assert isinstance(action, Cancel)
                 code = book.cancel(action.order_id, origin)
+                if code == CANCEL_UNKNOWN and self.settled:
+                    code = self._forgotten(book.market, action.order_id, origin)
                 outcomes.append(code or "cancelled")
         trades = book.trades_since(mark)
         entry.trades = trades

@@ -84,6 +84,7 @@ with what the network trades; `compact` keeps what is final in a compact form
 from __future__ import annotations
 
 import heapq
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
@@ -117,6 +118,7 @@ from .voting import CannotSign, Voting
 MISSING_RANGES_MAX = 64  # ranges one missing() call or one receipt reports
 EQUIVOCATIONS_MAX = 256  # proofs of equivocation kept (the first ones)
 PARKED_MAX = 256  # newcomers' first events waiting for their join to be decided
+OWN_CLOSED_MAX = 10_000  # our own closed orders kept for queries once the books forget them
 
 assert MISSING_RANGES_MAX <= KNOWN_ORIGINS_MAX
 
@@ -159,6 +161,9 @@ class Replica(Voting, Commit):
         self._clock: dict[bytes, int] = {}
         self._events: dict[bytes, list[Event]] = {}  # origin -> delivered events by seq-1
         self._settled: dict[bytes, int] = {}  # origin -> its events settled (compact)
+        # Our own orders the books forgot at `compact` (closed in a final step), newest
+        # last, at most OWN_CLOSED_MAX: what the node's API still shows of them.
+        self._own_closed: OrderedDict[bytes, Order] = OrderedDict()
         self._by_id: dict[bytes, Event] = {}
         self._lamport = 0
         self._buffer = CausalBuffer(self._clock, buffer_bytes_max, buffer_origin_bytes_max)
@@ -198,11 +203,17 @@ class Replica(Voting, Commit):
         return self.books[market]
 
     def order(self, order_id: bytes) -> Order | None:
+        """An order known to a book, or one of our own recently forgotten (`compact`)."""
         for book in self.books.values():
             found = book.orders.get(order_id)
             if found is not None:
                 return found
-        return None
+        return self._own_closed.get(order_id)
+
+    def placed_by(self, order_id: bytes) -> bytes | None:
+        """The origin that placed a known order, also one the books forgot."""
+        order = self.order(order_id)
+        return order.origin if order is not None else self.ledger.settled_placer(order_id)
 
     def event(self, event_id: bytes) -> Event | None:
         return self._by_id.get(event_id)
@@ -292,8 +303,12 @@ class Replica(Voting, Commit):
 
     def compact(self) -> int:
         """Keep what is final in a compact form (core/settled.py): final events as
-        `Settled`, the ledger's final entries without their events and undo records.
-        Changes no answer of this replica but `events_for`'s bytes and `event`'s type.
+        `Settled`, the ledger's final entries without their events and undo records, the
+        books without the orders that left them in final steps (a cancel of one is
+        answered from the ledger's records). Changes no outcome, digest or verdict; of
+        the queries, `events_for` names settled events instead of giving their bytes,
+        `event` gives a `Settled`, and `order` knows only our own last OWN_CLOSED_MAX of
+        the forgotten orders.
         Returns how many events are settled in all."""
         frontier = self.final_key()
         if frontier is None:
@@ -305,7 +320,12 @@ class Replica(Voting, Commit):
             for i in range(start, end):
                 by_id[chain[i].id] = chain[i]
             self._settled[origin] = end
-        self.ledger.settle(self.ledger.count_upto(frontier))
+        own, me = self._own_closed, self.origin
+        for order in self.ledger.settle(self.ledger.count_upto(frontier)):
+            if order.origin == me:
+                own[order.order_id] = order
+        while len(own) > OWN_CLOSED_MAX:
+            own.popitem(last=False)
         return sum(self._settled.values())
 
     # -- inputs ------------------------------------------------------------------

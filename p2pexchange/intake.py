@@ -25,7 +25,7 @@ from libp2p.peer.id import ID
 from .core.events import Event, decode_event, short_id
 from .core.market import DEFAULT_MARKETS
 from .core.orders import Trade
-from .core.params import COMPACT_EVERY_EVENTS
+from .core.params import COMPACT_EVERY_ACTIONS, COMPACT_EVERY_EVENTS
 from .core.replica import Receipt, Replica
 from .feed import Feed
 from .net.host import short_peer
@@ -54,6 +54,7 @@ class Intake:
         self.received: Counter[tuple[str, str]] = Counter()  # (gossip|sync, receipt status)
         self._want_sync = want_sync
         self._stored_since_compact = 0
+        self._actions_since_compact = 0
         self._send, self._inbox = trio.open_memory_channel[Arrival](INBOX_MAX)
 
     @property
@@ -161,8 +162,10 @@ class Intake:
         # What is final and stored is kept in a compact form (core/settled.py); sync
         # reads those events' bytes from the store.
         self._stored_since_compact += len(delivered)
-        if self._stored_since_compact >= COMPACT_EVERY_EVENTS:
-            self._stored_since_compact = 0
+        self._actions_since_compact += sum(len(e.actions) for e in delivered)
+        if self._stored_since_compact >= COMPACT_EVERY_EVENTS or \
+                self._actions_since_compact >= COMPACT_EVERY_ACTIONS:
+            self._stored_since_compact = self._actions_since_compact = 0
             self.replica.compact()
 
     @staticmethod

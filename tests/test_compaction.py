@@ -351,3 +351,30 @@ def test_a_replica_still_shows_its_own_last_forgotten_orders(monkeypatch):
     shown = [i for i in forgotten if compact.order(i) is not None]
     assert len(shown) == 5 and all(compact.order(i).origin == me for i in shown)
     assert all(compact.order(i).as_dict() == whole.order(i).as_dict() for i in shown)
+
+
+def test_the_intake_compacts_after_so_many_actions_as_well_as_events(tmp_path, monkeypatch):
+    """Under load an event carries hundreds of orders: the intake compacts every
+    COMPACT_EVERY_ACTIONS stored actions too, so one compaction never frees the orders
+    of a thousand such events at once."""
+    import p2pexchange.intake
+    from p2pexchange.feed import Feed
+    from p2pexchange.intake import Intake
+    from p2pexchange.net.rejections import Rejections
+    from p2pexchange.store import EventStore
+
+    genesis, events = history(200, 13)
+    actions = sum(len(e.actions) for e in events)
+    monkeypatch.setattr(p2pexchange.intake, "COMPACT_EVERY_EVENTS", 10_000)
+    settled = []
+    for every in (actions * 10, 40):
+        monkeypatch.setattr(p2pexchange.intake, "COMPACT_EVERY_ACTIONS", every)
+        replica = Replica(DEFAULT_MARKETS, genesis=genesis)
+        store = EventStore(str(tmp_path / f"events-{every}.sqlite3"))
+        intake = Intake(replica, store, Feed(), Rejections(), want_sync=lambda peer: None)
+        for k in range(0, len(events), 10):
+            intake.receive([(e.raw, "sync", None) for e in events[k:k + 10]])
+        settled.append(sum(type(e) is Settled for o in replica.clock
+                           for e in replica.events_of(o)))
+        store.close()
+    assert settled[0] == 0 and settled[1] > 100, settled

@@ -75,9 +75,9 @@ SYNC_SERVE_STREAMS_MAX = 2  # concurrent sync streams served to one peer
 COMPACT_EVERY_EVENTS = 1_000  # stored events between two compactions (core/settled.py)
 # ... or stored actions, whichever comes first: a compaction frees the orders that closed
 # in what became final, so under load (events of hundreds of orders) it runs often
-# enough that one call stays short: 50 ms for 50,000 actions here (README, "Join
-# benchmark"), so about 20 ms at this bound.
-COMPACT_EVERY_ACTIONS = 20_000
+# enough that one call stays short: 19 ms in-process for 20,000 actions in events of 100
+# (README, "Join benchmark"), so about 10 ms at this bound.
+COMPACT_EVERY_ACTIONS = 10_000
 
 # -- status --------------------------------------------------------------------------
 STATUS_INTERVAL_S = 30.0

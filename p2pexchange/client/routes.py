@@ -105,7 +105,9 @@ async def cancel_all(request: Request, market: str | None = None) -> CancelledAl
 async def my_orders(request: Request, status: Literal["open", "all"] = "open",
                     market: str | None = None) -> Orders:
     """This node's open orders (all its origin's, auto-trading included); `all` adds
-    the orders placed through this API during this run, whatever their status."""
+    the last 10,000 orders placed through this API during this run, whatever their
+    status (a closed one while it is among the node's last 10,000 closed orders: older
+    ones are forgotten once final)."""
     node = api_of(request).node
     markets = [market_of(node, market).name] if market else sorted(node.markets)
     orders = {o.order_id: o for m in markets for o in node.open_orders(m)}

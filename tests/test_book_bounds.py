@@ -13,6 +13,7 @@ import pytest
 from test_book_properties import undo_kinds
 
 from p2pexchange.core import book as engine
+from p2pexchange.core import undo
 from p2pexchange.core.book import EVENT_FILLS_MAX, FillBudget, OrderBook
 from p2pexchange.core.events import STP, OrderType, Place, Side
 from p2pexchange.core.market import DEFAULT_MARKETS
@@ -31,7 +32,7 @@ from p2pexchange.core.orders import (
 from p2pexchange.core.replica import Replica
 from p2pexchange.sim.workload import peer_id_bytes, seeded_key_pair
 
-UNDO_KINDS = {name for name in vars(engine) if name.startswith("_U_")}  # every kind of record
+UNDO_KINDS = {name for name in vars(undo) if name.startswith("U_")}  # every kind of record
 
 EVENT = bytes(32)
 DEEP = 50_000
@@ -118,7 +119,7 @@ def test_cancel_at_the_back_of_a_deep_level_touches_only_its_neighbours(counted)
         assert code is None
         costs[depth] = (orders, levels)
         # One undo record, the level still there and its totals updated in place.
-        assert undo_kinds(book.log, log_before) == ["_U_UNLINK"]
+        assert undo_kinds(book.log, log_before) == ["U_UNLINK"]
         level = book.asks[100]
         assert (level.live, level.total, level.lots_of) == (depth - 1, depth - 1,
                                                            {MAKER: depth - 1})

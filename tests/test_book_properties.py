@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from p2pexchange.core import book as book_module
+from p2pexchange.core import undo
 from p2pexchange.core.book import FillBudget, OrderBook
 from p2pexchange.core.events import STP, OrderType, Place, Side
 from p2pexchange.core.orders import (
@@ -138,14 +138,13 @@ def test_engine_invariants_hold_after_every_action(program):
         assert order.qty == order.filled + resting + cancelled
 
 
-UNDO_RECORD_FIELDS = {book_module._U_NEW_ORDER: 1, book_module._U_APPEND: 2,
-                      book_module._U_NEW_LEVEL: 3, book_module._U_FILL: 3,
-                      book_module._U_UNLINK: 3}
+UNDO_RECORD_FIELDS = {undo.U_NEW_ORDER: 1, undo.U_APPEND: 2, undo.U_NEW_LEVEL: 3,
+                      undo.U_FILL: 3, undo.U_UNLINK: 3}
 
 
 def undo_kinds(log: list, since: int) -> list[str]:
     """The names of the kinds of the undo records after position `since`, newest first."""
-    names = {kind: name for name, kind in vars(book_module).items() if name.startswith("_U_")}
+    names = {kind: name for name, kind in vars(undo).items() if name.startswith("U_")}
     kinds, end = [], len(log)
     while end > since:
         kinds.append(names[log[end - 1]])

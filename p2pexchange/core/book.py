@@ -15,14 +15,8 @@ would leave cancelled entries for later takers to skip, and a taker re-applied a
 each rollback would skip them again: its cost would follow the level's history, not
 the event.)
 
-Every mutation appends an undo record to `self.log` (a flat list, see
-`_U_NEW_ORDER`), so the replica can roll the book back to any earlier mark in
-time proportional to what it undoes, not to the size of the book or of its
-history. Records are applied in exact reverse order, which is what makes the
-links sound: an order taken out of its level keeps its own `prev`/`next`, and
-putting it back (`prev.next = next.prev = order`) is exact because everything
-done after it has been undone first ("dancing links"); a level that emptied goes
-back into its tree with the undo of its last order.
+Every mutation appends an undo record to `self.log`, so the replica can roll the book
+back to any earlier mark in time proportional to what it undoes (undo.py).
 
 Outcomes are values, not exceptions: a place returns its `Order` with a final
 status for this step (resting, partially filled, filled, cancelled, rejected) and
@@ -100,6 +94,15 @@ from .orders import (
     Level,
     Order,
     Trade,
+    unlink,
+)
+from .undo import (
+    U_APPEND,
+    U_FILL,
+    U_NEW_LEVEL,
+    U_NEW_ORDER,
+    U_UNLINK,
+    UndoLog,
 )
 
 # A protocol constant like EVENT_ACTIONS_MAX: every replica must use the same value.
@@ -128,40 +131,9 @@ class FillBudget:
 _new_trade = tuple.__new__  # builds a Trade without the named tuple's Python-level __new__
 _new_level = object.__new__  # a Level's attributes are set where it opens
 
-# The undo log is flat: a record is its fields pushed in order, then its kind, so that
-# recording one allocates nothing the garbage collector must later scan (a temporary
-# tuple passed to `extend` is freed at once). Rollback pops the kind, then the fields
-# in reverse. An open order's status follows from its fill (resting, or partially
-# filled) and its reason is empty, so records keep only what else changed.
-_U_NEW_ORDER = 0  # order_id: forget an order the step created that does not rest
-_U_APPEND = 1  # level, order: unlink and forget an order the step rested at the back
-#                of an existing level
-_U_NEW_LEVEL = 2  # tree, key, order_id: delete the level the step created for the order
-#                   it rested, and forget that order
-_U_FILL = 3  # level, order, fill: undo a maker's partial fill
-_U_UNLINK = 4  # level, order, filled: relink an open order that left its level (filled,
-#                expired by STP or cancelled) and reopen it with `filled` lots filled; if
-#                the level is empty, it left its tree with that order and goes back first
-_RECORD_ITEMS = {_U_NEW_ORDER: 2, _U_APPEND: 3, _U_NEW_LEVEL: 4, _U_FILL: 4, _U_UNLINK: 4}
 
 
-def _unlink(level: Level, order: Order) -> None:
-    """Take `order` out of `level` and out of its totals (its state is the caller's)."""
-    prev, nxt = order.prev, order.next
-    prev.next = nxt
-    nxt.prev = prev
-    level.live -= 1
-    lots = order.remaining
-    level.total -= lots
-    lots_of = level.lots_of
-    left = lots_of[order.origin] - lots
-    if left:
-        lots_of[order.origin] = left
-    else:
-        del lots_of[order.origin]
-
-
-class OrderBook:
+class OrderBook(UndoLog):
     """Price-time priority book for one market; see the module docstring."""
 
     def __init__(self, market: str, *, fok_levels_max: int = FOK_LEVELS_MAX) -> None:
@@ -173,7 +145,7 @@ class OrderBook:
         # Every order placed here, except those that left in a settled step (`settle`).
         self.orders: dict[bytes, Order] = {}
         self.trades: list[Trade] = []
-        self.log: list = []  # flat undo records, see _U_NEW_ORDER
+        self.log: list = []  # flat undo records, see U_NEW_ORDER
         # What `settle` dropped from the front of `log` and `trades`: marks stay absolute.
         self.log_base = 0
         self.trades_base = 0
@@ -239,7 +211,7 @@ class OrderBook:
             if otype is _POST_ONLY:
                 order.status = REJECTED
                 order.reason = REASON_POST_ONLY
-                log.extend((order_id, _U_NEW_ORDER))
+                log.extend((order_id, U_NEW_ORDER))
                 return order
             left = EVENT_FILLS_MAX if budget is None else budget.left
             if otype is _FOK:
@@ -247,19 +219,19 @@ class OrderBook:
                 if refusal is not None:
                     order.status = CANCELLED
                     order.reason = refusal
-                    log.extend((order_id, _U_NEW_ORDER))
+                    log.extend((order_id, U_NEW_ORDER))
                     return order
             left = self._match(order, opposite, limit_key, event_id, left)
             if budget is not None:
                 budget.left = left
             if order.status is CANCELLED:  # expired by self-trade prevention, or budget
-                log.extend((order_id, _U_NEW_ORDER))
+                log.extend((order_id, U_NEW_ORDER))
                 return order
             assert otype is not _FOK or order.remaining == 0, order
         remaining = order.remaining
         if remaining == 0:
             order.status = FILLED
-            log.extend((order_id, _U_NEW_ORDER))
+            log.extend((order_id, U_NEW_ORDER))
             return order
         if otype is _LIMIT or otype is _POST_ONLY:
             if order.filled:
@@ -273,7 +245,7 @@ class OrderBook:
                 level.total = remaining
                 level.lots_of = {origin: remaining}
                 own[own_key] = level
-                log.extend((own, own_key, order_id, _U_NEW_LEVEL))
+                log.extend((own, own_key, order_id, U_NEW_LEVEL))
             else:
                 tail = level.prev
                 order.prev = tail
@@ -283,7 +255,7 @@ class OrderBook:
                 level.total += remaining
                 lots_of = level.lots_of
                 lots_of[origin] = lots_of.get(origin, 0) + remaining
-                log.extend((level, order, _U_APPEND))
+                log.extend((level, order, U_APPEND))
             return order
         order.status = CANCELLED
         if otype is _MARKET:
@@ -292,7 +264,7 @@ class OrderBook:
             order.reason = REASON_FOK_UNFILLABLE
         else:
             order.reason = REASON_IOC_REMAINDER
-        log.extend((order_id, _U_NEW_ORDER))
+        log.extend((order_id, U_NEW_ORDER))
         return order
 
     def cancel(self, order_id: bytes, origin: bytes) -> str | None:
@@ -309,7 +281,7 @@ class OrderBook:
         else:
             tree, key = self.asks, order.price
         level = tree[key]
-        self.log.extend((level, order, order.filled, _U_UNLINK))
+        self.log.extend((level, order, order.filled, U_UNLINK))
         # `_unlink`, inlined with `origin` already in hand: a cancel touches only the
         # order and its two neighbours (tests/test_book_bounds.py counts the accesses).
         prev, nxt = order.prev, order.next
@@ -329,109 +301,6 @@ class OrderBook:
         order.status = CANCELLED  # from RESTING or PARTIALLY_FILLED: both legal
         order.reason = REASON_CANCELLED
         return None
-
-    # -- rollback ------------------------------------------------------------------
-
-    def mark(self) -> tuple[int, int]:
-        return (self.log_base + len(self.log), self.trades_base + len(self.trades))
-
-    def trades_since(self, mark: tuple[int, int]) -> list[Trade]:
-        """The trades made since `mark`."""
-        return self.trades[mark[1] - self.trades_base:]
-
-    def settle(self, mark: tuple[int, int]) -> list[Order]:
-        """Forget the undo records and trades from before `mark` (nothing before it will
-        be rolled back: the replica settles what is final, core/replica.py `compact`),
-        and the orders that left the book in those steps; returns those orders, in the
-        order they left. A cancel that names one of them is then `unknown_order` here:
-        the ledger, which keeps what every settled event placed, answers it instead
-        (ledger.py `_forgotten`)."""
-        log_cut, trades_cut = mark[0] - self.log_base, mark[1] - self.trades_base
-        assert 0 <= log_cut <= len(self.log) and 0 <= trades_cut <= len(self.trades), mark
-        closed = self._forget_closed(log_cut)
-        del self.log[:log_cut]
-        del self.trades[:trades_cut]
-        self.log_base, self.trades_base = mark
-        return closed
-
-    def _forget_closed(self, end: int) -> list[Order]:
-        """Forget each order that left the book in `log[:end]` (undo records about to be
-        forgotten: nothing will roll them back). An order leaves in the step of a
-        `_U_NEW_ORDER` record (it never rested) or of a `_U_UNLINK` record (it left its
-        level: filled, expired or cancelled), and only undoing that record could put it
-        back; no later record names it. The records are read from the end, each ending
-        with its kind: a look at each record, not at each item. Its `prev`/`next` (kept
-        for its undo record) are cleared, so it holds nothing alive and no cycle."""
-        log, orders = self.log, self.orders
-        closed = []
-        i = end - 1
-        while i >= 0:
-            kind = log[i]
-            if kind == _U_NEW_ORDER:
-                order = orders.pop(log[i - 1])
-            elif kind == _U_UNLINK:
-                order = log[i - 2]
-                del orders[order.order_id]
-            else:
-                i -= _RECORD_ITEMS[kind]
-                continue
-            i -= _RECORD_ITEMS[kind]
-            assert order.status not in OPEN_STATUSES, order
-            order.prev = order.next = None
-            closed.append(order)
-        closed.reverse()  # in the order they left
-        return closed
-
-    def rollback(self, mark: tuple[int, int]) -> None:
-        """Undo every mutation since `mark`, newest first."""
-        log_mark, trades_mark = mark[0] - self.log_base, mark[1] - self.trades_base
-        assert log_mark >= 0 and trades_mark >= 0, "rolled back past what was settled"
-        log = self.log
-        pop = log.pop
-        orders = self.orders
-        while len(log) > log_mark:
-            kind = pop()
-            if kind == _U_UNLINK:
-                filled = pop()
-                order = pop()
-                level = pop()
-                if not level.live:  # the order was its last: the level left its tree
-                    if order.side is _BUY:
-                        self.bids[-order.price] = level
-                    else:
-                        self.asks[order.price] = level
-                order.filled = filled
-                lots = order.remaining = order.qty - filled
-                order.status = PARTIALLY_FILLED if filled else RESTING
-                order.reason = ""
-                order.prev.next = order
-                order.next.prev = order
-                level.live += 1
-                level.total += lots
-                lots_of = level.lots_of
-                lots_of[order.origin] = lots_of.get(order.origin, 0) + lots
-            elif kind == _U_FILL:
-                fill = pop()
-                order = pop()
-                level = pop()
-                order.filled -= fill
-                order.remaining += fill
-                order.status = PARTIALLY_FILLED if order.filled else RESTING
-                level.total += fill
-                level.lots_of[order.origin] += fill
-            elif kind == _U_APPEND:
-                order = pop()
-                _unlink(pop(), order)
-                del orders[order.order_id]
-            elif kind == _U_NEW_LEVEL:
-                del orders[pop()]
-                key = pop()
-                del pop()[key]
-            elif kind == _U_NEW_ORDER:
-                del orders[pop()]
-            else:
-                raise AssertionError(f"unknown undo record kind {kind!r}")
-        del self.trades[trades_mark:]
 
     # -- internals -----------------------------------------------------------------
 
@@ -493,8 +362,8 @@ class OrderBook:
                     nxt = maker.next
                     if stp is not _EXPIRE_TAKER:
                         fills_left -= 1
-                        log.extend((level, maker, maker.filled, _U_UNLINK))
-                        _unlink(level, maker)
+                        log.extend((level, maker, maker.filled, U_UNLINK))
+                        unlink(level, maker)
                         assert maker.status in MAY_BECOME_CANCELLED, maker
                         maker.status = CANCELLED
                         maker.reason = REASON_STP_MAKER
@@ -520,7 +389,7 @@ class OrderBook:
                     nxt = maker.next
                     level.next = nxt
                     nxt.prev = level
-                    log.extend((level, maker, maker.filled, _U_UNLINK))
+                    log.extend((level, maker, maker.filled, U_UNLINK))
                     assert maker.status in MAY_BECOME_FILLED, maker
                     maker.status = FILLED
                     maker.filled += lots
@@ -542,7 +411,7 @@ class OrderBook:
                     trades.append(_new_trade(Trade, (market, event_id, maker.order_id,
                                                      taker_id, maker_origin, origin,
                                                      maker.price, need, side)))
-                    log.extend((level, maker, need, _U_FILL))
+                    log.extend((level, maker, need, U_FILL))
                     assert maker.status in MAY_BECOME_PARTIALLY_FILLED, maker
                     maker.status = PARTIALLY_FILLED
                     maker.filled += need

@@ -5,7 +5,8 @@ once it rests (a new order may take any status on its first step). A `Level` is 
 sentinel of one price level's circular list of resting orders, oldest first, with
 the level's totals. A `Trade` is one fill, always at the maker's price. Reasons and
 cancel codes are stable strings, recorded identically on every replica. The engine
-that mutates these is `book.py`.
+that mutates these is `book.py` (and its undo log, `undo.py`); `unlink` takes an order
+out of its level, for both.
 """
 
 from __future__ import annotations
@@ -127,3 +128,19 @@ class Trade(NamedTuple):
                 "maker_order": self.maker_order.hex(), "taker_order": self.taker_order.hex(),
                 "maker_origin": self.maker_origin.hex(), "taker_origin": self.taker_origin.hex(),
                 "price": self.price, "qty": self.qty, "taker_side": self.taker_side.name.lower()}
+
+
+def unlink(level: Level, order: Order) -> None:
+    """Take `order` out of `level` and out of its totals (its state is the caller's)."""
+    prev, nxt = order.prev, order.next
+    prev.next = nxt
+    nxt.prev = prev
+    level.live -= 1
+    lots = order.remaining
+    level.total -= lots
+    lots_of = level.lots_of
+    left = lots_of[order.origin] - lots
+    if left:
+        lots_of[order.origin] = left
+    else:
+        del lots_of[order.origin]

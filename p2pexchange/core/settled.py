@@ -9,8 +9,8 @@ before it any more (protocols/finality.md), so the ledger never applies it again
 the node's store holds its bytes. `Replica.compact` therefore replaces each final
 event in its chains by a `Settled`: the causal part alone, which is a fifth of the
 memory. The ledger settles the same entries (ledger.py `settle`: each kept as the
-record its queries read), and the books forget their undo records and unlink the orders
-that left them from where they stood (book.py `settle`).
+record its queries read), and the books forget their undo records and the orders that
+left them (undo.py `settle`).
 
 What stays whole: a membership event with actions (joins, leaves and removal votes
 are few, and membership and removal code keep them anyway), and every event that is

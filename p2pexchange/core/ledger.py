@@ -62,15 +62,17 @@ class _Applied:
 
 _SHARED_RECORDS: dict[tuple, tuple] = {}
 SHARED_RECORDS_MAX = 4096  # distinct records of settled entries without trades kept once
-# A settled entry is kept as (outcomes, trades, acts, void, market, origin, places): what
-# queries read of it, and what answers a cancel of an order it placed once the book has
-# forgotten that order (`places`: a bit per action index that placed an order).
-_OUTCOMES, _TRADES, _ACTS, _VOID, _MARKET, _ORIGIN, _PLACES = range(7)
+# A settled entry is kept as (outcomes, first, count, acts, void, market, origin, places):
+# what queries read of it (its trades are `_settled_trades[first:first + count]`), and
+# what answers a cancel of an order it placed once the book has forgotten that order
+# (`places`: a bit per action index that placed an order). Every item is a string, bytes,
+# a number or a tuple of strings, so the collector stops scanning the record.
+_OUTCOMES, _FIRST, _COUNT, _ACTS, _VOID, _MARKET, _ORIGIN, _PLACES = range(8)
 # Each place's outcome is its status's name: one shared string per status.
 _OUTCOME_OF = {status: status.name.lower() for status in OrderStatus}
 
 
-def _settled_record(entry: _Applied) -> tuple:
+def _settled_record(entry: _Applied, first: int) -> tuple:
     """What is kept of a settled entry. One object per distinct record without trades
     (most events have one action, so a handful of records cover nearly all of them;
     past the bound, a tuple of its own): such an entry costs its id's place in the
@@ -82,9 +84,10 @@ def _settled_record(entry: _Applied) -> tuple:
         for index, action in enumerate(event.actions):
             if action.__class__ is Place:
                 places |= 1 << index
-    record = (tuple(entry.outcomes), tuple(entry.trades), entry.acts, entry.void,
+    count = len(entry.trades)
+    record = (tuple(entry.outcomes), first if count else 0, count, entry.acts, entry.void,
               event.market, event.origin, places)
-    if entry.trades:
+    if count:
         return record
     return intern_bounded(_SHARED_RECORDS, record, SHARED_RECORDS_MAX)
 
@@ -155,7 +158,10 @@ class Ledger:
         entry = self._index.get(event_id)
         if entry is None:
             return []
-        return list(entry[_TRADES] if type(entry) is tuple else entry.trades)
+        if type(entry) is tuple:
+            first = entry[_FIRST]
+            return self._settled_trades[first:first + entry[_COUNT]]
+        return list(entry.trades)
 
     def outcomes_of(self, event_id: bytes) -> list[str]:
         entry = self._index.get(event_id)
@@ -190,7 +196,7 @@ class Ledger:
         if count == settled:
             return len(self._settled_trades)
         index = self._index  # among settled entries: rare (tests), costs `count`
-        return sum(len(index[i][_TRADES]) for i in self._ids[:count])
+        return sum(index[i][_COUNT] for i in self._ids[:count])
 
     def with_actions(self, start: int, backwards: bool = False) -> Event | None:
         """The first (or last) event with actions from position `start` on, which is not
@@ -256,7 +262,7 @@ class Ledger:
             closed += book.settle(marks.get(name) or book.mark())
         index, ids, trades = self._index, self._ids, self._settled_trades
         for entry in applied[:moved]:
-            index[entry.id] = _settled_record(entry)
+            index[entry.id] = _settled_record(entry, len(trades))
             ids.append(entry.id)
             trades.extend(entry.trades)
         self._settled_digest = applied[moved - 1].digest
@@ -311,7 +317,7 @@ class Ledger:
             self._ids.insert(position, event.id)
             entry = _Applied(event.key, event, None)
             entry.outcomes, entry.void = ["void"] * len(event.actions), void
-            self._index[event.id] = _settled_record(entry)
+            self._index[event.id] = _settled_record(entry, 0)
             self.settled += 1
 
     def _forgotten(self, market: str, order_id: bytes, origin: bytes) -> str:

@@ -38,7 +38,7 @@ import trio
 from libp2p.peer.id import ID
 
 from .admission import Admission
-from .core.events import Action, Event
+from .core.events import Action, Event, Place
 from .core.market import DEFAULT_MARKETS, Market
 from .core.orders import Order, Trade
 from .core.params import (
@@ -146,11 +146,11 @@ class Node:
         return await self.batcher.flush()
 
     async def submit_many(self, actions: Sequence[tuple[str, Action]]) -> list[tuple[bytes, str]]:
-        """Queue `actions` (all or none: ValueError, OverflowError when full or `busy`),
-        wait for the batch tick to sign them; (order id, outcome after local matching)
-        per action."""
-        reason = self.busy()
-        if reason is not None:
+        """Queue `actions` (all or none: ValueError, OverflowError when full or `busy`,
+        which refuses no cancel: it only lightens the book), wait for the batch tick to
+        sign them; (order id, outcome after local matching) per action."""
+        places = any(type(action) is Place for _, action in actions)
+        if (reason := self.busy() if places else self.admission.busy()) is not None:
             raise OverflowError(reason)
         room = PENDING_ACTIONS_MAX - self.pending_actions
         return await self.feed.submit(actions, self.markets, room, self.batcher.submit)

@@ -79,6 +79,7 @@ async def test_a_batch_of_a_thousand_orders_is_one_call_and_more_is_refused(tmp_
         assert too_many.status_code == 422
         assert too_many.json()["error"]["field"] == "orders"
         cancelled = await a.call("DELETE", "/orders?market=BTC-USD")
+        assert "cancelled" in cancelled.json(), cancelled.text
         assert len(cancelled.json()["cancelled"]) == 1000
 
 
@@ -143,6 +144,19 @@ async def test_a_cancel_of_an_order_closed_long_ago_is_still_not_open(tmp_path, 
         other = mine[:-4] + "0007"  # an index that placed nothing
         reply = await a.call("DELETE", f"/orders/{other}", "/orders/{order_id}")
         assert reply.status_code == 404, reply.text
+
+
+async def test_a_busy_node_refuses_new_orders_but_takes_cancels(tmp_path, monkeypatch):
+    """Backpressure is for new orders: a cancel only lightens the book, so a busy node
+    (here: its event loop counts as late whatever the lag) still takes it."""
+    async with network(tmp_path) as net, api_node(net, "a") as a:
+        mine = (await a.call("POST", "/orders", json=BUY)).json()["order_id"]
+        monkeypatch.setattr("p2pexchange.node.LOOP_LAG_BUSY_MS", -1.0)
+        refused = await a.call("POST", "/orders", json=BUY)
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"]["reason"] == "node_busy"
+        taken = await a.call("DELETE", f"/orders/{mine}", "/orders/{order_id}")
+        assert taken.status_code == 200 and taken.json()["outcome"] == "cancelled", taken.text
 
 
 async def _known(client, order_id: str) -> bool:

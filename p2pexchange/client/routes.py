@@ -11,6 +11,7 @@ from libp2p.peer.id import ID
 
 from ..core.events import ORDER_ID_BYTES
 from ..core.market import DEFAULT_MARKETS
+from ..core.orders import OPEN_STATUSES
 from .metrics import CONTENT_TYPE
 from .orders import ApiError, market_of
 from .schemas import (
@@ -86,7 +87,7 @@ async def cancel_order(order_id: str, request: Request) -> Cancelled:
     if placer != api.node.origin:
         raise ApiError(403, "not_my_order", "only the node that placed an order can cancel "
                        "it", "order_id")
-    if order is None or order.status.name.lower() not in ("resting", "partially_filled"):
+    if order is None or order.status not in OPEN_STATUSES:
         status = order.status.name.lower() if order is not None else "closed (final)"
         raise ApiError(409, "not_open", f"the order is {status}", "order_id")
     return (await api.cancel([oid]))[0]

@@ -125,9 +125,10 @@ class Commit:
                         ledger.trade_count - final_trades, waiting)
 
     def is_final(self, event_id: bytes) -> bool:
-        event = self._by_id.get(event_id)
+        event = self._by_id.get(event_id)  # an Event, or a settled one packed (settled.py)
         frontier = self.final_key()
-        return event is not None and frontier is not None and event.key <= frontier
+        return event is not None and frontier is not None and \
+            (event[4] if type(event) is tuple else event.key) <= frontier
 
     def wants_ack(self) -> bool:
         """Whether this member should sign an acknowledgement (an empty event) now: its

@@ -32,7 +32,17 @@ from collections.abc import Mapping
 
 from .book import OrderBook
 from .clock import OrderKey
-from .events import MEMBERSHIP_MARKET, Cancel, Event, Join, Leave, Place, Vote, intern_bounded
+from .events import (
+    MEMBERSHIP_MARKET,
+    Cancel,
+    Event,
+    Join,
+    Leave,
+    Place,
+    Side,
+    Vote,
+    intern_bounded,
+)
 from .market import Market
 from .orders import CANCEL_NOT_OPEN, CANCEL_NOT_OWNER, CANCEL_UNKNOWN, Order, OrderStatus, Trade
 
@@ -92,6 +102,17 @@ def _settled_record(entry: _Applied, first: int) -> tuple:
     return intern_bounded(_SHARED_RECORDS, record, SHARED_RECORDS_MAX)
 
 
+def _packed_trade(trade: Trade) -> tuple:
+    """A settled trade as a plain tuple (its side as an int), which the collector stops
+    scanning, unlike a `Trade` (its `Side` member is an object it tracks)."""
+    return (*trade[:-1], int(trade.taker_side))
+
+
+def _trades(packed: list[tuple]) -> list[Trade]:
+    """Settled trades as `Trade`s again."""
+    return [Trade(m, e, mo, to, mg, tg, p, q, Side(s)) for m, e, mo, to, mg, tg, p, q, s in packed]
+
+
 def _chained(previous: bytes, entry: _Applied) -> bytes:
     h = hashlib.sha256(previous)
     h.update(entry.id)
@@ -115,7 +136,7 @@ class Ledger:
         self._keys: list[OrderKey] = []
         self._index: dict[bytes, _Applied | tuple] = {}  # event id -> entry or record
         self._ids: list[bytes] = []
-        self._settled_trades: list[Trade] = []
+        self._settled_trades: list[tuple] = []  # packed (_packed_trade)
         self._settled_digest = GENESIS_DIGEST  # the digest after the settled entries
         self.trade_count = 0
         self.cuts: dict[bytes, int] = {}  # removed origin -> its last seq that counts
@@ -136,7 +157,7 @@ class Ledger:
         return self._applied[-1].digest if self._applied else self._settled_digest
 
     def trades(self) -> list[Trade]:
-        return self._settled_trades + [t for entry in self._applied for t in entry.trades]
+        return _trades(self._settled_trades) + [t for entry in self._applied for t in entry.trades]
 
     def recent_trades(self, limit: int) -> list[Trade]:
         """The last `limit` trades, oldest first: read from the newest entries back, so
@@ -151,7 +172,7 @@ class Ledger:
                 chunks.append(entry.trades)
                 count += len(entry.trades)
         if count < limit:
-            chunks.append(self._settled_trades[-(limit - count):])
+            chunks.append(_trades(self._settled_trades[-(limit - count):]))
         return [t for chunk in reversed(chunks) for t in chunk][-limit:]
 
     def trades_of(self, event_id: bytes) -> list[Trade]:
@@ -160,7 +181,7 @@ class Ledger:
             return []
         if type(entry) is tuple:
             first = entry[_FIRST]
-            return self._settled_trades[first:first + entry[_COUNT]]
+            return _trades(self._settled_trades[first:first + entry[_COUNT]])
         return list(entry.trades)
 
     def outcomes_of(self, event_id: bytes) -> list[str]:
@@ -264,7 +285,7 @@ class Ledger:
         for entry in applied[:moved]:
             index[entry.id] = _settled_record(entry, len(trades))
             ids.append(entry.id)
-            trades.extend(entry.trades)
+            trades.extend(map(_packed_trade, entry.trades))
         self._settled_digest = applied[moved - 1].digest
         del applied[:moved]
         self.settled = count

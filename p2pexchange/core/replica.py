@@ -23,6 +23,8 @@ same events end in the same state whatever the arrival order.
    event's (`clock_regression`: an origin cannot take back what it acknowledged);
    and with a genesis, its origin must be a member (`not_member`, core/finality.py)
    that has not left (`left`: after its leave, an origin's events carry no actions).
+   Admission's stateful checks, the buffering and the delivery are core/delivery.py,
+   a part of `Replica` like core/commit.py and core/voting.py.
 3. Total order. Delivered events are applied in order of `Event.key`:
    `(lamport, rank, origin, seq)`, where `rank` puts cancels-only events
    before concurrent places, and membership events last. This order extends
@@ -86,7 +88,6 @@ from __future__ import annotations
 import heapq
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from itertools import islice
 
 from libp2p.crypto.keys import PrivateKey
@@ -95,6 +96,7 @@ from .book import OrderBook
 from .buffer import KNOWN_ORIGINS_MAX, CausalBuffer, Claims
 from .clock import OrderKey, VectorClock
 from .commit import Commit
+from .delivery import MISSING_RANGES_MAX, PARKED_MAX, Delivery, Receipt
 from .events import (
     CLOCK_ORIGINS_MAX,
     MEMBERSHIP_MARKET,
@@ -104,7 +106,6 @@ from .events import (
     Event,
     EventRejected,
     decode_event,
-    short_id,
     sign_event,
 )
 from .finality import MEMBERS_MAX, Membership
@@ -112,12 +113,10 @@ from .ledger import Ledger
 from .market import Market
 from .orders import Order, Trade
 from .params import BUFFER_BYTES_MAX, BUFFER_ORIGIN_BYTES_MAX
-from .settled import Settled, settle_chain
+from .settled import Chain, Settled, settle_chain
 from .voting import CannotSign, Voting
 
-MISSING_RANGES_MAX = 64  # ranges one missing() call or one receipt reports
 EQUIVOCATIONS_MAX = 256  # proofs of equivocation kept (the first ones)
-PARKED_MAX = 256  # newcomers' first events waiting for their join to be decided
 OWN_CLOSED_MAX = 10_000  # our own closed orders kept for queries once the books forget them
 
 assert MISSING_RANGES_MAX <= KNOWN_ORIGINS_MAX
@@ -128,23 +127,7 @@ class OwnHistoryBehind(Exception):
     its store lost history, and a new event would reuse a seq. Sync first."""
 
 
-@dataclass
-class Receipt:
-    status: str  # "delivered" | "buffered" | "duplicate" | "rejected"
-    code: str | None = None
-    detail: str = ""
-    event: Event | None = None
-    delivered: list[Event] = field(default_factory=list)
-    rolled_back: int = 0
-    trades: list[Trade] = field(default_factory=list)
-    # For a buffered event: the seq ranges it still waits for (at most MISSING_RANGES_MAX).
-    missing: dict[bytes, tuple[int, int]] = field(default_factory=dict)
-    # Buffered events this input released that then failed a check at delivery, with
-    # the code: their origin signed them, so the shell holds it to account.
-    dropped: list[tuple[Event, str]] = field(default_factory=list)
-
-
-class Replica(Voting, Commit):
+class Replica(Delivery, Voting, Commit):
     """Deterministic replicated state for a set of markets; see the module docstring."""
 
     def __init__(self, markets: Mapping[str, Market], origin: bytes | None = None, *,
@@ -159,12 +142,12 @@ class Replica(Voting, Commit):
         self.ledger = Ledger(self.markets)
         self.books = self.ledger.books
         self._clock: dict[bytes, int] = {}
-        self._events: dict[bytes, list[Event]] = {}  # origin -> delivered events by seq-1
+        self._events: dict[bytes, Chain] = {}  # origin -> delivered events by seq-1
         self._settled: dict[bytes, int] = {}  # origin -> its events settled (compact)
         # Our own orders the books forgot at `compact` (closed in a final step), newest
         # last, at most OWN_CLOSED_MAX: what the node's API still shows of them.
         self._own_closed: OrderedDict[bytes, Order] = OrderedDict()
-        self._by_id: dict[bytes, Event] = {}
+        self._by_id: dict[bytes, Event | tuple] = {}  # a settled one packed (settled.py)
         self._lamport = 0
         self._buffer = CausalBuffer(self._clock, buffer_bytes_max, buffer_origin_bytes_max)
         self._claims = Claims(self._clock, KNOWN_ORIGINS_MAX)
@@ -215,8 +198,9 @@ class Replica(Voting, Commit):
         order = self.order(order_id)
         return order.origin if order is not None else self.ledger.settled_placer(order_id)
 
-    def event(self, event_id: bytes) -> Event | None:
-        return self._by_id.get(event_id)
+    def event(self, event_id: bytes) -> Event | Settled | None:
+        found = self._by_id.get(event_id)
+        return Settled(found) if type(found) is tuple else found
 
     def events_of(self, origin: bytes, after_seq: int = 0) -> list[Event]:
         """Delivered events of `origin` with seq > `after_seq`, in seq order."""
@@ -313,13 +297,9 @@ class Replica(Voting, Commit):
         frontier = self.final_key()
         if frontier is None:
             return sum(self._settled.values())
-        by_id = self._by_id
         for origin, chain in self._events.items():
-            start = self._settled.get(origin, 0)
-            end = settle_chain(chain, start, frontier)
-            for i in range(start, end):
-                by_id[chain[i].id] = chain[i]
-            self._settled[origin] = end
+            self._settled[origin] = settle_chain(chain, self._settled.get(origin, 0),
+                                                 frontier, self._by_id)
         own, me = self._own_closed, self.origin
         for order in self.ledger.settle(self.ledger.count_upto(frontier)):
             if order.origin == me:
@@ -461,94 +441,11 @@ class Replica(Voting, Commit):
         except Exception:  # input the checks did not foresee: refused all the same
             return "malformed"
 
-    # -- newcomers waiting for their join ------------------------------------------
-
-    def _release_parked(self, receipt: Receipt) -> None:
-        """Deliver the parked first events of newcomers whose join is now decided
-        effective; refuse those whose join was refused."""
-        membership = self.membership
-        while self._parked:
-            self.final_key()  # decides the joins that are final
-            assert membership is not None
-            ready = [o for o in self._parked if o in membership.effective]
-            for origin in [o for o in self._parked if o in membership.refused]:
-                self._reject("not_member", "its join was refused: the network is full",
-                             self._parked.pop(origin))
-            if not ready:
-                return
-            for origin in ready:  # delivering them may make further joins final
-                self._deliver_chain(self._parked.pop(origin), receipt)
-
     # -- internals: admission ------------------------------------------------------
 
     def _reject(self, code: str, detail: str, event: Event | None = None) -> Receipt:
         self._rejected[code] = self._rejected.get(code, 0) + 1
         return Receipt("rejected", code=code, detail=detail, event=event)
-
-    def _check(self, event: Event) -> Receipt | None:
-        """Every stateful check before the event may change anything: a verdict, or None."""
-        if type(event) is not Event:
-            return self._reject("malformed", "not a decoded event")
-        origin, seq = event.origin, event.seq
-        previous = self._delivered_or_buffered(origin, seq)
-        if previous is not None:
-            if previous.id == event.id:
-                self._stats["duplicates"] += 1
-                return Receipt("duplicate", event=event)
-            if type(previous) is not Settled:  # (a settled version's bytes: the store's)
-                self.note_equivocation(previous, event)
-            if not self._displaces(previous, event):
-                return self._reject("equivocation", f"seq {seq} of {short_id(origin)} seen "
-                                    f"with other content", event)
-            self._buffer.remove(origin, seq)  # the proof is kept; the version that can
-            self._stats["displaced"] += 1     # be delivered now takes its place
-        me = self.origin
-        if me is not None:
-            if origin == me:
-                self._own_signed = max(self._own_signed, seq)  # signed by our own key
-            elif event.clock.get(me, 0) > self._own_history():
-                return self._reject("impossible_clock", f"{short_id(origin)} claims our seq "
-                                    f"{event.clock[me]}, we signed {self._own_history()}",
-                                    event)
-        return None
-
-    def _displaces(self, previous: Event, event: Event) -> bool:
-        """Whether `event`, another version of a seq whose first version only waits in
-        the buffer, takes that version's place: it does when all its causes are here
-        and the buffered one's are not. Otherwise an equivocator could sign a version
-        naming a cause that never exists, let it reach a node first, and so keep that
-        node from ever delivering the version everyone else holds."""
-        seq = previous.seq
-        if seq <= self._clock.get(previous.origin, 0):
-            return False  # delivered: never displaced
-        return (self._buffer.first_unmet(event) is None
-                and self._buffer.first_unmet(previous) is not None)
-
-    def _own_history(self) -> int:
-        """The highest seq our own key is known to have signed."""
-        assert self.origin is not None
-        return max(self._clock.get(self.origin, 0), self._own_signed)
-
-    def _delivered_or_buffered(self, origin: bytes, seq: int) -> Event | None:
-        if seq <= self._clock.get(origin, 0):
-            return self._events[origin][seq - 1]
-        return self._buffer.get(origin, seq)
-
-    def _buffer_event(self, event: Event, pos: int, dep: tuple[bytes, int]) -> Receipt:
-        if not self._buffer.add(event, pos, dep):
-            return self._reject("buffer_full", f"no room for {short_id(event.origin)} seq "
-                                f"{event.seq}; it comes back through sync", event)
-        claims = self._claims
-        for o, s in event.clock.items():
-            claims.note(o, s)
-        missing = {}
-        for o, s in islice(event.clock.items(), pos, None):
-            have = self._clock.get(o, 0)
-            if have < s:
-                missing[o] = (have + 1, s)
-                if len(missing) >= MISSING_RANGES_MAX:
-                    break
-        return Receipt("buffered", event=event, missing=missing)
 
     def _on_heartbeat(self, origin: bytes, clock: Mapping[bytes, int]) -> str | None:
         if (type(origin) is not bytes or not 0 < len(origin) <= ORIGIN_BYTES_MAX
@@ -565,120 +462,6 @@ class Replica(Voting, Commit):
         for o, s in sorted(clean.items()):
             self._claims.note(o, s)
         return None
-
-    # -- internals: delivery -----------------------------------------------------
-
-    def _deliver_chain(self, first: Event, receipt: Receipt) -> Receipt | None:
-        """Deliver `first` and every buffered event that becomes ready, then apply them
-        together (or leave them to `receive_many`, which applies its whole batch)."""
-        ready = [first]
-        rejected = None
-        start = len(receipt.delivered)
-        while ready:
-            event = ready.pop()
-            verdict = self._delivery_verdict(event)
-            if verdict is not None and verdict[0] == "undecided":
-                self._park(event)
-                continue
-            if verdict is not None:
-                rejected = self._reject(*verdict, event)
-                if event is not first:
-                    receipt.dropped.append((event, verdict[0]))
-                continue
-            self._deliver(event, receipt)
-            ready.extend(reversed(self._buffer.release(event.origin, event.seq)))
-        delivered = [(event, receipt) for event in receipt.delivered[start:]]
-        if self._deferred is not None:
-            self._deferred.extend(delivered)
-        else:
-            self._apply_delivered(delivered)
-        return rejected
-
-    def _park(self, event: Event) -> None:
-        """Keep a newcomer's first event until its join is decided; at most
-        `PARKED_MAX` (the rest come back through sync once their joins are decided)."""
-        if event.origin in self._parked or len(self._parked) < PARKED_MAX:
-            self._parked[event.origin] = event
-        else:
-            self._stats["parked_dropped"] += 1
-
-    def _delivery_verdict(self, event: Event) -> tuple[str, str] | None:
-        """Why an event whose causes are all delivered may not be delivered, or None:
-        a cause it names by id is another version than the one delivered here (`fork`:
-        someone equivocated), its Lamport time is not 1 + the largest among its causes
-        (`bad_lamport`), its clock is behind its origin's previous event's
-        (`clock_regression`), or its origin was admitted by no join in its causal past
-        (`not_member`). Each is judged from the event's causal past alone."""
-        events = self._events
-        heads = event.heads
-        top = 0
-        for o, s in event.clock.items():
-            cause = events[o][s - 1]
-            if cause.id != heads[o]:
-                return "fork", (f"names seq {s} of {short_id(o)} as {short_id(heads[o])}; "
-                                f"delivered here: {short_id(cause.id)}")
-            if cause.lamport > top:
-                top = cause.lamport
-        if event.lamport != top + 1:
-            return "bad_lamport", f"lamport {event.lamport} but its clock implies {top + 1}"
-        if event.seq > 1:
-            clock = event.clock
-            for o, s in events[event.origin][event.seq - 2].clock.items():
-                if clock.get(o, 0) < s:
-                    return "clock_regression", (f"names seq {clock.get(o, 0)} of {short_id(o)}"
-                                                f"; its previous event named {s}")
-        if self.membership is not None:
-            leave = self.membership.left(event.origin)
-            if leave is not None and event.actions:
-                return "left", (f"{short_id(event.origin)} left the network at seq "
-                                f"{leave.seq}: its later events may carry no actions")
-            code = self.membership.admissible(event)
-            if code == "undecided":
-                return code, "its join is not final yet"
-            if code is not None:
-                return code, f"{short_id(event.origin)} was admitted by no join it saw"
-            return self.membership.verdict(event, self._events)
-        return None
-
-    def _deliver(self, event: Event, receipt: Receipt) -> None:
-        origin = event.origin
-        events = self._events
-        heads = event.heads
-        for o, s in event.clock.items():  # name each cause by the id object it holds
-            heads[o] = events[o][s - 1].id  # (equal bytes: some 65 bytes saved a name)
-        events.setdefault(origin, []).append(event)
-        self._clock[origin] = event.seq
-        if origin in self._claims.highest:
-            self._claims.settle(origin, event.seq)
-        self._by_id[event.id] = event
-        self._lamport = max(self._lamport, event.lamport)
-        self._stats["events_delivered"] += 1
-        if (self._final_seen is not None and event.key <= self._final_seen
-                and event.actions and not self.ledger.is_void(event)):
-            # The rule says this cannot happen. (An event without actions can: a member
-            # whose leave is final acknowledges no more, but whatever it still signs
-            # changes nothing, wherever it sorts.)
-            self._stats["late_after_final"] += 1
-        if self.membership is not None:
-            self.membership.on_delivered(event)
-        receipt.delivered.append(event)
-
-    def _apply_delivered(self, delivered: list[tuple[Event, Receipt]]) -> None:
-        """Apply newly delivered events in the total order (ledger.py): one rollback,
-        down to the earliest of them. Each event's trades go to the receipt it was
-        delivered under; the rollback to the receipt of the earliest."""
-        if not delivered:
-            return
-        delivered.sort(key=lambda item: item[0].key)
-        undone, trades = self.ledger.apply([event for event, _ in delivered])
-        if undone:
-            self._stats["rollbacks"] += 1
-            self._stats["events_reapplied"] += undone
-            delivered[0][1].rolled_back += undone
-        for (_, receipt), made in zip(delivered, trades, strict=True):
-            receipt.trades.extend(made)
-        if self.membership is not None and self.membership.removals.undecided():
-            self.final_key()  # a removal voids events: decided as soon as it can be
 
 
 def replay(markets: Mapping[str, Market], raws: Iterable[bytes],

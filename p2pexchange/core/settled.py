@@ -7,10 +7,12 @@ delivery checks of later events and the commit rule read these). Once an event i
 final none of the first two is read again by the replica: nothing with actions sorts
 before it any more (protocols/finality.md), so the ledger never applies it again, and
 the node's store holds its bytes. `Replica.compact` therefore replaces each final
-event in its chains by a `Settled`: the causal part alone, which is a fifth of the
-memory. The ledger settles the same entries (ledger.py `settle`: each kept as the
-record its queries read), and the books forget their undo records and the orders that
-left them (undo.py `settle`).
+event in its chains by its causal part alone, packed in a plain tuple (`pack`) and read
+back as a `Settled`: a fifth of the memory, and nothing the collector keeps scanning
+(its full passes then grow with the open orders, not with the history). The ledger
+settles the same entries (ledger.py `settle`: each kept as the record its queries read,
+its trades as plain tuples too), and the books forget their undo records and the orders
+that left them (undo.py `settle`).
 
 What stays whole: a membership event with actions (joins, leaves and removal votes
 are few, and membership and removal code keep them anyway), and every event that is
@@ -24,7 +26,7 @@ the caller to read from its store (`Replica.events_for`).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .clock import OrderKey, last_within
 from .events import MEMBERSHIP_MARKET, intern_bounded, order_id
@@ -37,21 +39,27 @@ _ORIGIN_SETS: dict[tuple[bytes, ...], tuple[bytes, ...]] = {}
 ORIGIN_SETS_MAX = 4096  # distinct clock origin sets shared by settled events
 
 
+def pack(event: Event) -> tuple:
+    """What a chain keeps of a settled event: a plain tuple of its causal part (clock
+    origins as one shared tuple, clock seqs as 8-byte integers, market, id, key).
+    Every item is a string, bytes, an integer or a tuple of them, so the collector
+    stops scanning it after its first pass: what compaction keeps does not lengthen
+    the collector's passes as history grows."""
+    return (intern_bounded(_ORIGIN_SETS, tuple(event.clock), ORIGIN_SETS_MAX),
+            b"".join(s.to_bytes(8, "big") for s in event.clock.values()),
+            event.market, event.id, event.key)
+
+
 class Settled:
-    """A final event without its actions, signature or bytes (`Event`'s other fields;
-    its origin, seq and Lamport time are read from its key). Its clock
-    is packed (the origins as one shared tuple, the seqs as 8-byte integers) and
-    unpacked when read, which is rare: the rule and delivery read the latest events,
-    which stay whole."""
+    """A final event without its actions, signature or bytes, as read from its packed
+    form (`pack`): `Event`'s other fields (its origin, seq and Lamport time are read from
+    its key; its clock is unpacked when read, which is rare: the rule and delivery read
+    the latest events, which stay whole). Made when read, short-lived."""
 
     __slots__ = ("_origins", "_seqs", "id", "key", "market")
 
-    def __init__(self, event: Event) -> None:
-        self._origins = intern_bounded(_ORIGIN_SETS, tuple(event.clock), ORIGIN_SETS_MAX)
-        self._seqs = b"".join(s.to_bytes(8, "big") for s in event.clock.values())
-        self.market = event.market
-        self.id = event.id
-        self.key: OrderKey = event.key
+    def __init__(self, packed: tuple) -> None:
+        self._origins, self._seqs, self.market, self.id, self.key = packed
 
     @property
     def lamport(self) -> int:
@@ -78,18 +86,43 @@ class Settled:
         return f"Settled({self.origin[-4:].hex()}, {self.seq}, lamport={self.lamport})"
 
 
+class Chain(list):
+    """An origin's delivered events by seq - 1: whole `Event`s, and the settled ones
+    packed (`pack`), read as `Settled` (by index, slice or iteration alike)."""
+
+    __slots__ = ()
+
+    def __getitem__(self, index):  # type: ignore[override]
+        item = list.__getitem__(self, index)
+        if type(index) is slice:
+            return [Settled(e) if type(e) is tuple else e for e in item]
+        return Settled(item) if type(item) is tuple else item
+
+    def __iter__(self):  # type: ignore[override]
+        for item in list.__iter__(self):
+            yield Settled(item) if type(item) is tuple else item
+
+    def __reversed__(self):  # type: ignore[override]
+        for item in list.__reversed__(self):
+            yield Settled(item) if type(item) is tuple else item
+
+
 def keeps_whole(event: Event) -> bool:
     """Whether compaction keeps `event` whole: a membership event with actions."""
     return event.market == MEMBERSHIP_MARKET and bool(event.actions)
 
 
-def settle_chain(chain: list, start: int, frontier: OrderKey) -> int:
+def settle_chain(chain: Chain, start: int, frontier: OrderKey,
+                 by_id: dict[bytes, Any]) -> int:
     """Settle `chain[start:]` up to its last event with a key at most `frontier` (keys
     grow along a chain), the chain's latest event excepted (its origin's head stays
-    whole); returns where the next call starts."""
+    whole), in `chain` and in `by_id` (event id -> event, or its packed form); returns
+    where the next call starts."""
     lo = last_within(chain, start, max(start, len(chain) - 1), frontier)
     for i in range(start, lo):
-        event = chain[i]
-        if type(event) is not Settled and not keeps_whole(event):
-            chain[i] = Settled(event)
+        event = list.__getitem__(chain, i)
+        if type(event) is not tuple and not keeps_whole(event):
+            packed = pack(event)
+            list.__setitem__(chain, i, packed)
+            by_id[event.id] = packed
     return lo

@@ -131,10 +131,10 @@ class Admission:
         replica = self.replica
         if replica.is_member(self.origin):
             return "leaving"  # not signed yet, or not final yet
-        last = replica.events_of(self.origin)[-1]
+        last = replica.last_events(self.origin, 1)[-1]
         for member in replica.members():
             # What it has of us shows in its events, or else in its heartbeats.
-            head = replica.events_of(member)[-1:]
+            head = replica.last_events(member, 1)
             if ((not head or not covers(head[0], self.origin, last.seq))
                     and self._seen_by(member) < last.seq):
                 return "leaving"

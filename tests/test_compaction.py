@@ -116,6 +116,10 @@ def test_a_compacting_replica_answers_as_a_whole_one_in_any_order(seed):
     assert [(compact.event(i).key, compact.is_final(i), compact.trades_of(i)) for i in ids] \
         == [(whole.event(i).key, whole.is_final(i), whole.trades_of(i)) for i in ids]
     assert compact.recent_trades(25) == whole.recent_trades(25)
+    for o in whole.clock:
+        for count in (1, 5, 10_000):
+            assert [e.id for e in compact.last_events(o, count)] \
+                == [e.id for e in whole.events_of(o)[-count:]]
     compact.check_invariants()
 
 

@@ -78,6 +78,13 @@ async def test_concurrent_crossing_orders_produce_the_same_trades_everywhere(tmp
         assert len(trades) == 1
         (only,) = trades.pop()
         assert only.qty == 5 and only.taker_origin in (a.origin, b.origin)
+        # Once final, the taker reports the trade (its heartbeat reads its own latest
+        # events) and the others find the report matches what they computed.
+        others = [n for n in net.nodes if n.origin != only.taker_origin]
+        with trio.fail_after(30):
+            while not all(n.control.trade_reports_matched >= 1 for n in others):
+                await trio.sleep(0.2)
+        assert all(n.control.divergences == 0 for n in net.nodes)
 
 
 async def test_a_late_joiner_catches_up_through_sync(tmp_path):

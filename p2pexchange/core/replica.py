@@ -206,6 +206,12 @@ class Replica(Delivery, Voting, Commit):
         """Delivered events of `origin` with seq > `after_seq`, in seq order."""
         return self._events.get(origin, [])[max(0, after_seq):]
 
+    def last_events(self, origin: bytes, count: int) -> list[Event]:
+        """The latest `count` delivered events of `origin` (fewer if it has fewer), in
+        seq order: costs `count`, not the history (settled ones are made when read)."""
+        chain = self._events.get(origin, [])
+        return chain[max(0, len(chain) - count):]
+
     def trades(self) -> list[Trade]:
         return self.ledger.trades()
 

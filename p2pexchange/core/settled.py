@@ -88,7 +88,9 @@ class Settled:
 
 class Chain(list):
     """An origin's delivered events by seq - 1: whole `Event`s, and the settled ones
-    packed (`pack`), read as `Settled` (by index, slice or iteration alike)."""
+    packed (`pack`), read as `Settled` (by index, slice or iteration alike). Each read
+    of a settled one makes a new `Settled`, so compare events by id, never by identity,
+    and read a chain's tail by index (`Replica.last_events`), not by slicing it whole."""
 
     __slots__ = ()
 

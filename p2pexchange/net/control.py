@@ -223,7 +223,7 @@ class Control:
                 await self.gossip.publish(PROOFS_TOPIC, wire.encode_proof(first, second))
 
     async def _report_own_trades(self) -> None:
-        for event in self.replica.events_of(self.origin)[-OWN_TRADE_REPORTS_SCAN:]:
+        for event in self.replica.last_events(self.origin, OWN_TRADE_REPORTS_SCAN):
             if event.id in self._reported or not self.replica.is_final(event.id):
                 continue
             self._reported.add(event.id)

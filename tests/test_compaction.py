@@ -17,7 +17,7 @@ from p2pexchange.core.ledger import Ledger
 from p2pexchange.core.market import DEFAULT_MARKETS
 from p2pexchange.core.orders import CANCEL_NOT_OPEN, CANCEL_NOT_OWNER, CANCEL_UNKNOWN, OrderStatus
 from p2pexchange.core.replica import Replica
-from p2pexchange.core.settled import Settled
+from p2pexchange.core.settled import Chain, Settled, pack
 from p2pexchange.sim.workload import OrderFlow, peer_id_bytes, seeded_key_pair
 
 MEMBERS = 4
@@ -142,6 +142,29 @@ def test_what_compaction_keeps_is_not_scanned_by_the_collector():
                if type(x) is tuple and gc.is_tracked(x)]
     assert tracked == []
     assert replica.trades() == whole_of(genesis, events).trades()  # read back as Trades
+
+
+def test_a_chain_reads_a_packed_event_as_settled_however_it_is_read():
+    """By index (also from the end), by slice, forwards and backwards, a chain gives
+    whole events as they are and packed ones as `Settled` with the event's fields."""
+    _, events = history(12, 3)
+    origin = events[0].origin
+    own = [e for e in events if e.origin == origin]
+    assert len(own) >= 3
+    chain = Chain(own)
+    list.__setitem__(chain, 0, pack(own[0]))
+    list.__setitem__(chain, 1, pack(own[1]))
+    reads = [chain[0], chain[-len(own)], chain[:2][0], next(iter(chain)), list(reversed(chain))[-1]]
+    for read in reads:
+        assert type(read) is Settled
+        assert (read.id, read.key, read.lamport, read.origin, read.seq, read.market,
+                dict(read.clock), read.order_id(3)) == \
+            (own[0].id, own[0].key, own[0].lamport, own[0].origin, own[0].seq, own[0].market,
+             dict(own[0].clock), own[0].order_id(3))
+    assert own[1].clock and dict(chain[1].clock) == dict(own[1].clock)
+    assert chain[1].key == own[1].key and chain[2] is own[2] and chain[-1] is own[-1]
+    assert [e.id for e in chain] == [e.id for e in own] == [e.id for e in chain[:]]
+    assert [type(e) for e in chain[1:3]] == [Settled, Event]
 
 
 def whole_of(genesis: list[bytes], events: list[Event]) -> Replica:

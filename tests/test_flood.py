@@ -17,8 +17,11 @@ Asserted: honest throughput during the flood is at least half the same measureme
 without it (without the budgets it fell to 40%); what honest nodes delivered of the
 chain stayed within the origin's budgets (gossip's plus sync's: rate x duration +
 burst), far below what was offered; the excess was refused as `rate_limited` on the
-event, heartbeat and join topics, and every rejection names the attacker (no honest
-peer is ever refused); the honest nodes stay up and converge once the attacker left.
+event topics, and on the heartbeat and join topics each node took at most its budget of
+what reached it (refusing the rest; a node failed once the excess reached it with the
+heartbeat budget switched off), every rejection naming the attacker
+(no honest peer is ever refused); the honest nodes stay up and converge once the
+attacker left.
 Marked `soak`: about 40 s. Numbers depend on the machine's load (printed).
 """
 
@@ -32,6 +35,7 @@ import pathlib
 import random
 import subprocess
 import sys
+from collections import Counter
 
 import pytest
 import trio
@@ -46,6 +50,7 @@ from p2pexchange.net.budget import (
     HEARTBEAT,
     JOIN_REQUEST,
     ORIGIN_ACTIONS,
+    PUBLISHER_RATES,
     SYNC_ORIGIN_RATES,
     TRADE_REPORT,
     Budget,
@@ -133,6 +138,30 @@ async def measure(nodes: list[Node], origins: list[bytes], seed: int,
     return per_s
 
 
+def count_reaching_budgets(nodes: list[Node], publisher: bytes) -> list[Counter]:
+    """From now on, count per node and topic class the messages of `publisher` that
+    reach the node's gossip budgets (after py-libp2p, before any decoding)."""
+    counts: list[Counter] = []
+    for node in nodes:
+        admit, count = node.gossip.budgets.admit, Counter()
+
+        def counting(what, forwarder, origin, size, now, _admit=admit, _count=count):
+            if origin == publisher:
+                _count[what] += 1
+            return _admit(what, forwarder, origin, size, now)
+
+        node.gossip.budgets.admit = counting  # type: ignore[method-assign]
+        counts.append(count)
+    return counts
+
+
+def refusals(node: Node) -> dict[str, int]:
+    """Messages a node's gossip budgets refused so far, by topic class."""
+    budgets = node.gossip.budgets
+    return {what: budgets.publishers[what].refused + budgets.forwarders[what].refused
+            for what in (HEARTBEAT, JOIN_REQUEST)}
+
+
 class Attacker:
     """The attacker node in a process of its own (its CPU is not the honest nodes'),
     driven by lines: it prints `member <peer id>`, floods on `flood`, prints what it
@@ -192,10 +221,19 @@ async def test_a_member_flooding_valid_events_is_rate_limited_and_honest_nodes_k
             own_before = max(len(n.replica.events_of(attacker_origin)) for n in honest)
             await attacker.say("prepare")
             assert await attacker.line() == "ready"
+            reaching = count_reaching_budgets(honest, attacker_origin)
+            refusals_before = [refusals(n) for n in honest]
+            counting_started = trio.current_time()
             await attacker.say("flood")
             flood_started = trio.current_time()
             flood_per_s = await measure(honest, origins, 200, refused)
             flood_s = trio.current_time() - flood_started
+            counted_s = trio.current_time() - counting_started
+            reached = [dict(counts) for counts in reaching]  # during the flood
+            refused_during = [{what: after[what] - before[what] for what in after}
+                              for before, after in zip(refusals_before,
+                                                       [refusals(n) for n in honest],
+                                                       strict=True)]
             delivered = [len(n.replica.events_of(attacker_origin)) - own_before
                          for n in honest]
             sent = json.loads(await attacker.line())
@@ -250,8 +288,19 @@ async def test_a_member_flooding_valid_events_is_rate_limited_and_honest_nodes_k
                       for what in (EVENT, HEARTBEAT, JOIN_REQUEST, TRADE_REPORT)}
         refused_by[EVENT] += sum(n.gossip.budgets.origin_actions.refused
                                  + n.sync.budget.origins.refused for n in honest)
-        for what in (EVENT, HEARTBEAT, JOIN_REQUEST):  # trade reports' burst is 512
-            assert refused_by[what] > 0, (what, refused_by, report)
+        assert refused_by[EVENT] > 0, (refused_by, report)
+        # Heartbeats and join requests: of the attacker's that reached a node's budget
+        # during the flood, the node took at most its publisher budget (burst, then
+        # rate), refusing the rest. Under load py-libp2p's queues may shed the excess
+        # before it reaches the budget (CI once saw none refused at load 5.3); what
+        # reached is then within the budget, and the check still holds.
+        for what in (HEARTBEAT, JOIN_REQUEST):  # trade reports' burst is 512
+            rate = PUBLISHER_RATES[what][0]
+            allowed = rate.burst + rate.per_s * counted_s
+            for came, refused_now in zip(reached, refused_during, strict=True):
+                took = came.get(what, 0) - refused_now[what]
+                assert 0 < came.get(what, 0) and took <= allowed, \
+                    (what, came, refused_now, allowed, report)
 
 
 @pytest.mark.network

@@ -22,6 +22,7 @@ from .finality import Membership, covers
 if TYPE_CHECKING:
     from .events import Event
     from .ledger import Ledger
+    from .settled import Settled
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class Commit:
 
     if TYPE_CHECKING:  # the replica's own (core/replica.py, core/voting.py)
         def _next_past(self) -> tuple[dict[bytes, int], Any]: ...
+        def event(self, event_id: bytes) -> Event | Settled | None: ...
         def _first_covering(self, member: bytes, event: Event) -> int | None: ...
         def _first_covering_all(self, member: bytes, targets: Sequence[Event]
                                 ) -> int | None: ...
@@ -125,10 +127,9 @@ class Commit:
                         ledger.trade_count - final_trades, waiting)
 
     def is_final(self, event_id: bytes) -> bool:
-        event = self._by_id.get(event_id)  # an Event, or a settled one packed (settled.py)
+        event = self.event(event_id)
         frontier = self.final_key()
-        return event is not None and frontier is not None and \
-            (event[4] if type(event) is tuple else event.key) <= frontier
+        return event is not None and frontier is not None and event.key <= frontier
 
     def wants_ack(self) -> bool:
         """Whether this member should sign an acknowledgement (an empty event) now: its

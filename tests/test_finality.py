@@ -10,6 +10,7 @@ to the chosen replicas. Nothing reads a clock; the order of every step is the te
 from __future__ import annotations
 
 import random
+from bisect import bisect_right
 from collections.abc import Iterable, Mapping
 
 import pytest
@@ -1160,6 +1161,40 @@ def names_below_final(replica: Replica, event: Event) -> list[tuple[bytes, int, 
             if named.get(o, 0) < s]
 
 
+class PrefixStates:
+    """Checks `Replica.prefix_state` (membership and each origin's latest event as the
+    final prefix up to a key decides them): for every key final on some replica, each
+    replica that holds it final reports the same state, when it first does and at
+    random later steps (a few keys a step, to stay fast)."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.seen: dict[OrderKey, tuple] = {}
+        self.checked: dict[int, set[OrderKey]] = {}
+        self.count = 0  # comparisons with another replica's or an earlier report
+
+    def check(self, replicas: Iterable[Replica]) -> None:
+        replicas = list(replicas)
+        for r in replicas:
+            frontier = r.final_key()
+            if frontier is not None and frontier not in self.seen:
+                self.seen[frontier] = r.prefix_state(frontier)
+                self.checked.setdefault(id(r), set()).add(frontier)
+        keys = sorted(self.seen)
+        for r in replicas:
+            frontier = r.final_key()
+            if frontier is None:
+                continue
+            done = self.checked.setdefault(id(r), set())
+            held = keys[:bisect_right(keys, frontier)]
+            due = [k for k in held if k not in done]
+            due += self.rng.sample(held, min(3, len(held)))
+            for key in due:
+                assert r.prefix_state(key) == self.seen[key], key
+                done.add(key)
+                self.count += 1
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_a_members_event_not_yet_delivered_names_no_cause_older_than_what_is_final(seed):
     """Among a fixed set of members, every event a replica has not delivered yet, however
@@ -1169,10 +1204,12 @@ def test_a_members_event_not_yet_delivered_names_no_cause_older_than_what_is_fin
     member covers its previous one's clock (`clock_regression`). So a snapshot of the
     final prefix only needs each origin's latest final (seq, id, Lamport time) to judge
     what members sign after it; a newcomer's first event is the exception (next test).
-    Checked on every replica before each delivery: thousands of (event, replica) pairs."""
+    Checked on every replica before each delivery: thousands of (event, replica) pairs.
+    After each step, the replicas' prefix states agree (`PrefixStates`)."""
     rng = random.Random(seed)
     net = Net("abcd")
     names = list(net.replicas)
+    prefixes = PrefixStates(rng)
     checked = 0  # checks against another origin's final events (the others are trivial)
 
     def deliver(event: Event, to: Iterable[str]) -> None:
@@ -1208,12 +1245,15 @@ def test_a_members_event_not_yet_delivered_names_no_cause_older_than_what_is_fin
             events = [decode_event(raw, DEFAULT_MARKETS) for raw in raws]
             for event in events:  # causes first: each is delivered as it comes
                 deliver(event, [dst])
+        prefixes.check(net.replicas.values())
     net.sync()
     net.acks_until_quiet()
     for r in net.replicas.values():
         assert r.finality().waiting_for == [] and pending_with_actions(r) == []
     assert len({r.digest for r in net.replicas.values()}) == 1
+    prefixes.check(net.replicas.values())
     assert checked > 200  # the check ran against final events, not on a few deliveries
+    assert prefixes.count > 200 and len(prefixes.seen) >= 5
 
 
 def test_a_newcomers_first_event_may_name_a_cause_older_than_what_is_final():

@@ -11,6 +11,7 @@ import random
 import pytest
 from test_finality import (
     Net,
+    PrefixStates,
     assert_final_histories_consistent,
     buy,
     delivered_raws,
@@ -279,9 +280,11 @@ def test_a_removal_whose_votes_are_final_is_decided_alike_wherever_they_are_fina
     acknowledgement (its rounds may die, or its events be void). After every step, for
     every removal decided anywhere, every replica on which all of its votes are
     delivered and final has decided it with that cut. (With the cut taken as what a
-    replica delivered of e, instead of what the votes cover, 5 of the 12 seeds fail.)"""
+    replica delivered of e, instead of what the votes cover, 5 of the 12 seeds fail.)
+    And the live replicas' prefix states agree (`PrefixStates`), removals included."""
     rng = random.Random(seed)
     net, live = crashed_network()
+    prefixes = PrefixStates(rng)
     decided: dict[tuple[bytes, int], list[bytes]] = {}  # (member, cut) -> vote ids
     checked = 0
 
@@ -300,6 +303,7 @@ def test_a_removal_whose_votes_are_final_is_decided_alike_wherever_they_are_fina
                                                 for e in held):
                     assert mine.get(member) == cut, (name, cut, mine)
                     checked += 1
+        prefixes.check(net[n] for n in live)
 
     def some(names: list[str]) -> list[str]:
         return rng.sample(names, rng.randrange(len(names) + 1))
@@ -330,3 +334,4 @@ def test_a_removal_whose_votes_are_final_is_decided_alike_wherever_they_are_fina
     assert len({net[n].digest for n in live}) == 1
     assert_final_histories_consistent(net[n] for n in live)
     assert checked > 0 and decided  # some removal was decided and checked
+    assert any(state[0].removed for state in prefixes.seen.values())

@@ -16,8 +16,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .clock import OrderKey
-from .finality import Membership, covers
+from .clock import OrderKey, last_within
+from .finality import Membership, PrefixMembership, covers
 
 if TYPE_CHECKING:
     from .events import Event
@@ -112,6 +112,31 @@ class Commit:
                     self._stats["events_reapplied"] += undone
             if not membership.decide(frontier)[1]:
                 return frontier
+
+    def prefix_state(self, key: OrderKey) -> tuple[PrefixMembership,
+                                                   tuple[tuple[bytes, int, bytes], ...]]:
+        """What the final prefix up to `key` (at most the frontier) decides besides the
+        books: its membership, and each origin's latest event in it (origin, seq, id),
+        origins ascending. A function of that prefix alone: every replica holding `key`
+        final reports the same, whatever it delivered beyond (a snapshot's part:
+        docs/snapshot_design.md). A removed member's events beyond its cut, and a member's
+        after its leave, change nothing and may still arrive and sort anywhere after the
+        cut or the leave, final stretch included: its latest is counted up to them."""
+        frontier = self.final_key()
+        membership = self.membership
+        assert membership is not None and frontier is not None and key <= frontier
+        latest = []
+        for origin in sorted(self._events):
+            chain = self._events[origin]
+            seq = last_within(chain, 0, len(chain), key)
+            removal, leave = membership.removed(origin), membership.left(origin)
+            if removal is not None:
+                seq = min(seq, removal.cut)
+            if leave is not None and leave.key <= key:
+                seq = min(seq, leave.seq)
+            if seq:
+                latest.append((origin, seq, chain[seq - 1].id))
+        return self.membership.at(key), tuple(latest)
 
     def finality(self) -> Finality:
         """Final versus pending events and trades, and whom finality waits for. Costs

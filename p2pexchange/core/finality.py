@@ -42,6 +42,7 @@ the rule stops waiting for it after its cut, and its events beyond the cut are v
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 from .clock import OrderKey, covered_seq, covers, last_within, witnesses
 from .events import VOTE_MEMBERS_MAX, Event, Join, Leave
@@ -49,6 +50,17 @@ from .removal import Members, Past, Removal, Removals, statement
 
 MEMBERS_MAX = 64  # a protocol constant: joins beyond it are refused in the final order
 assert MEMBERS_MAX == VOTE_MEMBERS_MAX
+
+
+@dataclass(frozen=True)
+class PrefixMembership:
+    """Membership as the final prefix up to a key decides it, whatever was delivered
+    beyond: what a snapshot of that prefix records (docs/snapshot_design.md)."""
+
+    effective: tuple[bytes, ...]  # the genesis (ascending), then decided joins in key order
+    refused: tuple[bytes, ...]  # in the order of their joins
+    left: tuple[tuple[bytes, int], ...]  # (member, seq of its leave), ascending
+    removed: tuple[tuple[bytes, int], ...]  # (member, cut) of removals voted in the prefix
 
 
 class Membership:
@@ -72,6 +84,7 @@ class Membership:
         # member -> its joins: (sponsor, seq, key) of each event that admitted it
         self._joins: dict[bytes, list[tuple[bytes, int, OrderKey]]] = {}
         self._joined_at: dict[bytes, OrderKey] = {}  # member -> key of its earliest join
+        self._refused_at: dict[bytes, OrderKey] = {}  # refused member -> that key
         self._left_at: dict[bytes, Event] = {}  # member -> its (delivered) leave event
         # Members whose leave is final: the rule no longer waits for them (a leave, like
         # everything final, is never undone).
@@ -205,9 +218,29 @@ class Membership:
                 admitted.append(member)
             else:
                 self.refused.add(member)
-                del self.members[member], self._joined_at[member]
+                self._refused_at[member] = self._joined_at.pop(member)
+                del self.members[member]
                 refused.append(member)
         return admitted, refused
+
+    def at(self, key: OrderKey) -> PrefixMembership:
+        """Membership as decided by the events up to `key`, which must be final (at most
+        the frontier, and `decide` called with it): joins there are all decided (in key
+        order), leaves there are final (one beyond its member's cut is void: it changes
+        nothing, and may arrive late anywhere after the cut), and a removal counts if all
+        its votes lie there
+        (every replica holding them final decided it, with the same cut:
+        tests/test_removal.py). A function of that prefix alone, so every replica that
+        holds `key` final reports the same, now and later."""
+        joined = sorted((k, m) for m, k in self._joined_at.items()
+                        if k <= key and m in self.effective)
+        return PrefixMembership(
+            tuple(sorted(self.genesis)) + tuple(m for _, m in joined),
+            tuple(m for _, m in sorted((k, m) for m, k in self._refused_at.items() if k <= key)),
+            tuple(sorted((m, e.seq) for m, e in self._left_at.items()
+                         if e.key <= key and not self.is_void(e))),
+            tuple(sorted((m, r.cut) for m, r in self.removals.decided.items()
+                         if all(v.key <= key for v in r.votes))))
 
     def frontier(self, events: Mapping[bytes, Sequence[Event]]) -> OrderKey | None:
         """The key of the highest committed event (everything up to it is final), or

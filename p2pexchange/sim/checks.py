@@ -9,10 +9,17 @@ prefix of them (it may only grow), and the final key may never go down. The
 `Ledger` holds the longest final history any honest replica has reported; every
 view must be a prefix of it or extend it, so two honest replicas never hold
 different final histories. Both compare lists of ids and trade tuples (C-speed
-list equality), so a check costs O(history) per replica and step.
+list equality), so a check costs O(history) per replica and step. The `Ledger` also
+keeps the prefix state first reported for each key final somewhere (membership and each
+origin's latest event as that final prefix decides them, `Replica.prefix_state`: what a
+snapshot of it would record); every honest replica holding the key final must report
+the same.
 """
 
 from __future__ import annotations
+
+from bisect import bisect_right, insort
+from collections.abc import Sequence
 
 from ..core.clock import OrderKey
 from ..core.orders import Trade
@@ -47,6 +54,7 @@ class FinalView:
         self.trades: list[Trade] = []
         self.frontier: OrderKey | None = None
         self._stretch: list[bytes] = []  # every final event id, acknowledgements included
+        self.prefixes_upto: OrderKey | None = None  # prefix states compared up to here
 
     def observe(self, replica: Replica) -> int:
         """Check `replica` against the record, extend the record; returns how many
@@ -92,11 +100,42 @@ class FinalView:
 
 
 class Ledger:
-    """The longest final history any honest replica has reported."""
+    """The longest final history any honest replica has reported, and the prefix
+    state (`Replica.prefix_state`: membership, each origin's latest event) first
+    reported for each key final somewhere."""
 
     def __init__(self) -> None:
         self.ids: list[bytes] = []
         self.trades: dict[bytes, tuple[Trade, ...]] = {}
+        self.prefixes: dict[OrderKey, tuple] = {}
+        self._prefix_keys: list[OrderKey] = []  # sorted
+        self.prefix_checks = 0
+
+    def agree_prefixes(self, honest: Sequence[tuple[FinalView, Replica]]) -> None:
+        """Every honest replica that holds a key final (one final somewhere) reports the
+        prefix state first reported for it: compared once per key and replica, when the
+        key is first seen or when the replica's frontier passes it."""
+        new = []
+        for view, replica in honest:
+            if view.frontier is not None and view.frontier not in self.prefixes:
+                self.prefixes[view.frontier] = replica.prefix_state(view.frontier)
+                insort(self._prefix_keys, view.frontier)
+                new.append(view.frontier)
+        keys = self._prefix_keys
+        for view, replica in honest:
+            frontier, upto = view.frontier, view.prefixes_upto
+            if frontier is None:
+                continue
+            due = keys[bisect_right(keys, upto):bisect_right(keys, frontier)] \
+                if upto is not None else keys[:bisect_right(keys, frontier)]
+            due += [k for k in new if upto is not None and k <= upto]
+            for key in due:
+                if replica.prefix_state(key) != self.prefixes[key]:
+                    raise FinalityViolation(f"{view.name}: the membership or the latest "
+                                            f"events of the final prefix up to {key} "
+                                            "differ from another honest replica's")
+                self.prefix_checks += 1
+            view.prefixes_upto = frontier
 
     def agree(self, view: FinalView, replica: Replica, new: int) -> None:
         """`view` just grew by `new` events; they must match the ledger where it has

@@ -90,6 +90,8 @@ class SimResult:
     stalled: bool = False  # finality or convergence did not resume (see `stall`)
     stall: str = ""  # why: "equivocation", or "two members out" (protocols/finality.md)
     final_events: int = 0  # length of the longest final history
+    prefix_checks: int = 0  # prefix states compared with another honest replica's
+    prefix_changes: int = 0  # membership changes (joins, leaves, removals) among them
     voided: int = 0  # events of removed members beyond their cut (they count as empty)
     rejected: dict[str, int] = field(default_factory=dict)  # over honest replicas
     log: list[str] = field(default_factory=list)
@@ -159,6 +161,8 @@ class Simulation:
         r = self.result
         r.messages_sent, r.messages_lost = self.net.sent, self.net.lost
         r.final_events = len(self.ledger.ids)
+        r.prefix_checks = self.ledger.prefix_checks
+        r.prefix_changes = max(0, len({m for m, _ in self.ledger.prefixes.values()}) - 1)
         if r.network:
             replica = r.network[0].replica
             r.voided = sum(1 for i in replica.applied_ids()
@@ -353,6 +357,7 @@ class Simulation:
                 new = node.view.observe(node.replica)
                 if new:
                     self.ledger.agree(node.view, node.replica, new)
+        self.ledger.agree_prefixes([(n.view, n.replica) for n in self.nodes if n.honest])
 
     def _heal(self) -> None:
         s = self.schedule

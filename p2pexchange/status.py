@@ -6,7 +6,9 @@ whose next event would move finality (empty when nothing waits), `removed` the m
 removed so far (each with the seq after which its events count for nothing),
 `voting_to_remove` the members this node's standing removal votes name,
 `finality_broken` how often the network did what the commit rule rules out (more
-dishonest members than it tolerates: core/ledger.py `broken`; 0 otherwise).
+dishonest members than it tolerates: core/ledger.py `broken`; 0 otherwise),
+`checkpoint` the latest checkpoint the node took (core/checkpoint.py: n and the hash of
+the state after the n-th final event that acts, the same on every node that took it).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ def node_status(node: Any) -> dict:
     stats = node.replica.stats()
     finality = node.control.finality()
     trades_final = finality.final_trades
+    checkpoint = node.replica.checkpoint
     return {
         "peer_id": str(node.peer_id),
         "addr": node.listen_addr,
@@ -30,6 +33,8 @@ def node_status(node: Any) -> dict:
         "waiting_for": sorted(str(ID(o)) for o in finality.waiting_for),
         "final_frontier": finality.frontier_lamport,
         "events_final": finality.final_events,
+        "checkpoint": (None if checkpoint is None else
+                       {"n": checkpoint.n, "hash": checkpoint.hash.hex()}),
         "equivocations": len(node.replica.equivocations),
         "removed": [{"member": str(ID(r.member)), "cut": r.cut, "round": r.round,
                      "equivocated": any(o == r.member for o, _ in node.replica.equivocations)}

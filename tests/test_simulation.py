@@ -41,11 +41,12 @@ def test_nothing_reported_final_ever_changes_under_faults(start):
     """Every step of every seed is checked inside the run (checks.py); after healing,
     every seed without an equivocation converges with everything final, except the
     documented limit of removal (two members out at once: protocols/finality.md)."""
-    prefix_checks = prefix_changes = 0
+    prefix_checks = prefix_changes = checkpoints = 0
     for seed in range(start, min(start + CHUNK, SIM_START + SIM_SEEDS)):
         result = run_simulation(seed)
         prefix_checks += result.prefix_checks
         prefix_changes += result.prefix_changes
+        checkpoints += result.checkpoints
         if result.schedule.kind != "equivocation" and not result.stalled:
             assert result.converged, f"seed {seed}"
             assert not any(n.pending_actions() for n in result.network), f"seed {seed}"
@@ -75,6 +76,7 @@ def test_nothing_reported_final_ever_changes_under_faults(start):
     # The prefix states (membership and latest events as the final prefix decides them:
     # docs/snapshot_design.md) were compared, across joins, leaves and removals too.
     assert prefix_checks > 0 and prefix_changes > 0
+    assert checkpoints > 0  # taken, and compared across the honest replicas (checks.py)
 
 
 def test_a_member_that_crashes_for_good_is_removed_and_finality_resumes():

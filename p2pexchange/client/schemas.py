@@ -129,6 +129,12 @@ class Removed(BaseModel):
                               "versions of one seq (GET /misbehaviour shows it)")
 
 
+class Checkpoint(BaseModel):
+    n: int = Field(description="the state after the n-th final event that acts")
+    hash: str = Field(description="SHA-256 of that state, encoded (hex): every node that "
+                      "took checkpoint n holds the same (docs/snapshot_design.md)")
+
+
 class Status(BaseModel):
     peer_id: str
     addr: str
@@ -148,6 +154,9 @@ class Status(BaseModel):
                                        "event (every event with a lower Lamport time is "
                                        "final); null while nothing is")
     events_final: int = Field(description="events final here, in the applied order")
+    checkpoint: Checkpoint | None = Field(description="the latest checkpoint taken: the "
+                                          "state after every 4,096th final event that "
+                                          "acts, hashed (null before the first)")
     equivocations: int = Field(description="proofs of equivocation kept: (origin, seq) "
                                "pairs seen signed in two versions (at most 256)")
     removed: list[Removed] = Field(description="members removed from the network, in "

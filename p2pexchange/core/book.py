@@ -178,6 +178,15 @@ class OrderBook(UndoLog):
                   for key, level in tree.items())
             for tree in (self.bids, self.asks))
 
+    def state(self) -> list:
+        """The resting state in full, for a checkpoint (core/checkpoint.py): bids best
+        first, then asks, each level as [price, its orders in priority order], each order
+        as [id, origin, side, type, qty, remaining, stp], all integers and bytes."""
+        return [[[abs(key), [[o.order_id, o.origin, int(o.side), int(o.type), o.qty,
+                               o.remaining, int(o.stp)] for o in level]]
+                 for key, level in tree.items()]
+                for tree in (self.bids, self.asks)]
+
     @staticmethod
     def event_budget() -> FillBudget:
         """A fresh budget for one event's places (the replica's `_apply` takes one)."""

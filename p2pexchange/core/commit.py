@@ -16,8 +16,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .checkpoint import Checkpoint, make_checkpoint
 from .clock import OrderKey, last_within
 from .finality import Membership, PrefixMembership, covers
+from .params import CHECKPOINTS_KEPT
 
 if TYPE_CHECKING:
     from .events import Event
@@ -50,6 +52,10 @@ class Commit:
     _stats: dict[str, int]
     _final_at: tuple[int, OrderKey | None]
     _final_seen: OrderKey | None
+    checkpoint_every: int
+    checkpoint: Checkpoint | None  # the latest taken, in full
+    checkpoints: dict[int, bytes]  # n -> H_N of the latest CHECKPOINTS_KEPT taken
+    _checkpoint_n: int  # the n of the latest checkpoint taken or passed over
 
     if TYPE_CHECKING:  # the replica's own (core/replica.py, core/voting.py)
         def _next_past(self) -> tuple[dict[bytes, int], Any]: ...
@@ -137,6 +143,33 @@ class Commit:
             if seq:
                 latest.append((origin, seq, chain[seq - 1].id))
         return self.membership.at(key), tuple(latest)
+
+    def _take_checkpoints(self) -> None:
+        """Take every checkpoint now final and not taken yet (core/checkpoint.py), before
+        compaction settles past it: one whose event is settled already (a replica that
+        did not compact through `compact`) is passed over."""
+        frontier = self.final_key()
+        ledger = self.ledger
+        final = ledger.count_upto(frontier)
+        while True:
+            n = self._checkpoint_n + self.checkpoint_every
+            count = ledger.nth_acting(n)
+            if count is None:
+                if n > ledger.settled_acts:
+                    return  # not applied yet
+                self._checkpoint_n = n  # settled before it could be taken
+                continue
+            if count > final:
+                return
+            key = ledger.key_at(count)
+            membership, latest = self.prefix_state(key)
+            books, digest = ledger.capture_at(count, lambda: (
+                {m: b.state() for m, b in ledger.books.items()}, ledger.digest))
+            self.checkpoint = make_checkpoint(n, key, digest, books, membership, latest)
+            self.checkpoints[n] = self.checkpoint.hash
+            while len(self.checkpoints) > CHECKPOINTS_KEPT:
+                del self.checkpoints[next(iter(self.checkpoints))]
+            self._checkpoint_n = n
 
     def finality(self) -> Finality:
         """Final versus pending events and trades, and whom finality waits for. Costs

@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import hashlib
 from bisect import bisect_left, bisect_right
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 from .book import OrderBook
 from .clock import OrderKey
@@ -47,14 +48,15 @@ from .market import Market
 from .orders import CANCEL_NOT_OPEN, CANCEL_NOT_OWNER, CANCEL_UNKNOWN, Order, OrderStatus, Trade
 
 GENESIS_DIGEST = hashlib.sha256(b"p2pexchange/digest/v2").digest()
+T = TypeVar("T")
 
 
 class _Applied:
     """One event in the applied sequence that is not settled, with what is needed to
     undo it. A settled one (`Ledger.settle`) is kept as a `_settled_record`."""
 
-    __slots__ = ("acts", "book", "digest", "event", "id", "key", "mark", "outcomes", "trades",
-                 "trades_upto", "void")
+    __slots__ = ("acts", "acts_upto", "book", "digest", "event", "id", "key", "mark", "outcomes",
+                 "trades", "trades_upto", "void")
 
     def __init__(self, key: OrderKey, event: Event, book: OrderBook | None) -> None:
         self.key = key
@@ -68,6 +70,7 @@ class _Applied:
         self.outcomes: list[str] | tuple = []  # per action: order status or cancel result
         self.void = False  # its origin was removed before it: applied as empty
         self.acts = False  # it has actions and is not void (what finality waits on)
+        self.acts_upto = 0  # entries that act in the applied sequence up to this one
 
 
 _SHARED_RECORDS: dict[tuple, tuple] = {}
@@ -138,6 +141,7 @@ class Ledger:
         self._ids: list[bytes] = []
         self._settled_trades: list[tuple] = []  # packed (_packed_trade)
         self._settled_digest = GENESIS_DIGEST  # the digest after the settled entries
+        self._settled_acts = 0  # settled entries that act
         self.trade_count = 0
         self.cuts: dict[bytes, int] = {}  # removed origin -> its last seq that counts
         self.settled = 0
@@ -219,6 +223,34 @@ class Ledger:
         index = self._index  # among settled entries: rare (tests), costs `count`
         return sum(index[i][_COUNT] for i in self._ids[:count])
 
+    @property
+    def settled_acts(self) -> int:
+        """Settled entries that act."""
+        return self._settled_acts
+
+    def key_at(self, count: int) -> OrderKey:
+        """The key of the `count`-th entry (count >= 1)."""
+        return self._keys[count - 1]
+
+    def nth_acting(self, n: int) -> int | None:
+        """How many entries lead up to and include the `n`-th one that acts (n >= 1), or
+        None if that one is settled or not applied yet."""
+        if n <= self._settled_acts:
+            return None
+        applied = self._applied
+        i = bisect_left(applied, n, key=lambda entry: entry.acts_upto)
+        return self.settled + i + 1 if i < len(applied) else None
+
+    def capture_at(self, count: int, capture: Callable[[], T]) -> T:
+        """`capture()` as the ledger stood after its first `count` entries (none of the
+        later ones settled): those are undone, captured, and applied again as a rollback
+        does, so nothing changes."""
+        undone = self._undo_to(count)
+        captured = capture()
+        for entry in reversed(undone):
+            self._apply(entry.event)  # type: ignore[arg-type]
+        return captured
+
     def with_actions(self, start: int, backwards: bool = False) -> Event | None:
         """The first (or last) event with actions from position `start` on, which is not
         before the first entry that is not settled."""
@@ -287,6 +319,7 @@ class Ledger:
             ids.append(entry.id)
             trades.extend(map(_packed_trade, entry.trades))
         self._settled_digest = applied[moved - 1].digest
+        self._settled_acts = applied[moved - 1].acts_upto
         del applied[:moved]
         self.settled = count
         return closed
@@ -431,6 +464,7 @@ class Ledger:
 
     def _append(self, entry: _Applied) -> None:
         applied = self._applied
+        entry.acts_upto = (applied[-1].acts_upto if applied else self._settled_acts) + entry.acts
         entry.trades_upto = (applied[-1].trades_upto if applied else
                              len(self._settled_trades)) + len(entry.trades)
         entry.digest = _chained(self.digest, entry) if entry.acts else self.digest

@@ -79,6 +79,10 @@ COMPACT_EVERY_EVENTS = 1_000  # stored events between two compactions (core/sett
 # (README, "Join benchmark"), so about 10 ms at this bound.
 COMPACT_EVERY_ACTIONS = 10_000
 
+# -- checkpoints (core/checkpoint.py) ---------------------------------------------------
+CHECKPOINT_EVERY = 4096  # final events that act between two checkpoints
+CHECKPOINTS_KEPT = 16  # the latest checkpoints' hashes a replica keeps (the last in full)
+
 # -- status --------------------------------------------------------------------------
 STATUS_INTERVAL_S = 30.0
 

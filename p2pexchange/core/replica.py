@@ -112,7 +112,7 @@ from .finality import MEMBERS_MAX, Membership
 from .ledger import Ledger
 from .market import Market
 from .orders import Order, Trade
-from .params import BUFFER_BYTES_MAX, BUFFER_ORIGIN_BYTES_MAX
+from .params import BUFFER_BYTES_MAX, BUFFER_ORIGIN_BYTES_MAX, CHECKPOINT_EVERY
 from .settled import Chain, Settled, settle_chain
 from .voting import CannotSign, Voting
 
@@ -163,6 +163,10 @@ class Replica(Delivery, Voting, Commit):
         # Evidence against origins: (origin, seq) -> the two signed versions (raw bytes).
         self.equivocations: dict[tuple[bytes, int], tuple[bytes, bytes]] = {}
         self._rejected: dict[str, int] = {}
+        self.checkpoint_every = CHECKPOINT_EVERY  # smaller in tests and the simulation
+        self.checkpoint = None
+        self.checkpoints = {}
+        self._checkpoint_n = 0
 
     # -- queries -----------------------------------------------------------------
 
@@ -303,6 +307,8 @@ class Replica(Delivery, Voting, Commit):
         frontier = self.final_key()
         if frontier is None:
             return sum(self._settled.values())
+        if self.membership is not None:
+            self._take_checkpoints()
         for origin, chain in self._events.items():
             self._settled[origin] = settle_chain(chain, self._settled.get(origin, 0),
                                                  frontier, self._by_id)

@@ -110,6 +110,18 @@ class Ledger:
         self.prefixes: dict[OrderKey, tuple] = {}
         self._prefix_keys: list[OrderKey] = []  # sorted
         self.prefix_checks = 0
+        self.checkpoints: dict[int, bytes] = {}  # n -> H_N first taken
+        self.checkpoint_checks = 0
+
+    def agree_checkpoints(self, name: str, replica: Replica) -> None:
+        """Each checkpoint the replica took (core/checkpoint.py) has the hash the first
+        honest replica to take it computed."""
+        for n, digest in replica.checkpoints.items():
+            first = self.checkpoints.setdefault(n, digest)
+            if first != digest:
+                raise FinalityViolation(f"{name}: checkpoint {n} differs from another "
+                                        "honest replica's")
+            self.checkpoint_checks += 1
 
     def agree_prefixes(self, honest: Sequence[tuple[FinalView, Replica]]) -> None:
         """Every honest replica that holds a key final (one final somewhere) reports the

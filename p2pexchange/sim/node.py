@@ -23,6 +23,8 @@ from ..core.settled import Settled
 from .checks import FinalView
 from .workload import OrderFlow, peer_id_bytes, seeded_key_pair
 
+CHECKPOINT_EVERY = 4  # final events that act between checkpoints (the node's: 4,096)
+
 
 class SimNode:
     def __init__(self, seed: int, index: int, members_n: int, rng: random.Random,
@@ -35,6 +37,7 @@ class SimNode:
         self.genesis = [peer_id_bytes(seeded_key_pair(f"sim-{seed}-{i}"))
                         for i in range(members_n)]
         self.replica = Replica(DEFAULT_MARKETS, self.origin, genesis=self.genesis)
+        self.replica.checkpoint_every = CHECKPOINT_EVERY
         self.flow = OrderFlow(rng)
         self.honest = honest
         self.view = FinalView(f"node {index}")
@@ -116,6 +119,7 @@ class SimNode:
         rng.shuffle(others)
         events = own + others
         replica = Replica(DEFAULT_MARKETS, self.origin, genesis=self.genesis)
+        replica.checkpoint_every = CHECKPOINT_EVERY
         replica.receive_many(events)
         assert replica.digest == self.replica.digest, "a replay from the store differs"
         return replica

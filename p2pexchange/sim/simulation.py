@@ -91,6 +91,7 @@ class SimResult:
     stall: str = ""  # why: "equivocation", or "two members out" (protocols/finality.md)
     final_events: int = 0  # length of the longest final history
     prefix_checks: int = 0  # prefix states compared with another honest replica's
+    checkpoints: int = 0  # checkpoints taken (each compared across honest replicas)
     prefix_changes: int = 0  # membership changes (joins, leaves, removals) among them
     voided: int = 0  # events of removed members beyond their cut (they count as empty)
     rejected: dict[str, int] = field(default_factory=dict)  # over honest replicas
@@ -162,6 +163,7 @@ class Simulation:
         r.messages_sent, r.messages_lost = self.net.sent, self.net.lost
         r.final_events = len(self.ledger.ids)
         r.prefix_checks = self.ledger.prefix_checks
+        r.checkpoints = len(self.ledger.checkpoints)
         r.prefix_changes = max(0, len({m for m, _ in self.ledger.prefixes.values()}) - 1)
         if r.network:
             replica = r.network[0].replica
@@ -187,6 +189,8 @@ class Simulation:
             self._act(node, tick)
             if self.compact_rng.random() < COMPACT_P:
                 node.replica.compact()
+                if node.honest:
+                    self.ledger.agree_checkpoints(node.view.name, node.replica)
         for node in up:
             if self.rng.random() < HINT_P:
                 peer = self._peer(node, tick)

@@ -1,0 +1,98 @@
+"""Checkpoints (core/checkpoint.py): the state after every K-th final event that acts,
+encoded and hashed alike by every replica that holds it final, whatever order its
+events came in and whenever it compacted. The simulation checks the same on every step
+of its runs (p2pexchange/sim/checks.py `agree_checkpoints`)."""
+
+from __future__ import annotations
+
+import random
+
+import cbor2
+from test_finality import Net, buy, sell
+
+from p2pexchange.core.events import OrderType, decode_event
+from p2pexchange.core.market import DEFAULT_MARKETS
+from p2pexchange.core.replica import Replica
+
+MARKET = "BTC-USD"
+EVERY = 3
+
+
+def trading(seed: int) -> tuple[Net, list[bytes]]:
+    """Three members trading (rests, crosses and partial fills) in partial rounds, then
+    everything final; every replica takes a checkpoint every `EVERY` events that act. a
+    and c compact at random points, b only at the end. Returns the net and every event's
+    bytes (b's, before it compacts)."""
+    rng = random.Random(seed)
+    net = Net("abc")
+    for r in net.replicas.values():
+        r.checkpoint_every = EVERY
+    names = list(net.replicas)
+    for _ in range(40):
+        name = rng.choice(names)
+        if rng.random() < 0.5:
+            net.act(name, [sell(rng.randrange(98, 103), rng.randrange(1, 9))])
+        else:
+            net.act(name, [buy(rng.randrange(98, 103), rng.randrange(1, 9),
+                               rng.choice((OrderType.LIMIT, OrderType.IOC)))])
+        if rng.random() < 0.3:
+            net.ack_round()
+        if rng.random() < 0.2:
+            net[rng.choice("ac")].compact()
+    net.acks_until_quiet()
+    b = net["b"]
+    raws = [e.raw for o in b.clock for e in b.events_of(o)]
+    for r in net.replicas.values():
+        r.compact()
+    return net, raws
+
+
+def test_a_checkpoint_is_the_state_after_its_event():
+    """S_N holds what a replica that received only the events up to the N-th that acts
+    holds: the digest, every resting order in priority order, each origin's latest
+    event; and taking it changed nothing (the ledger undid the later entries and applied
+    them again): the replica's state equals a twin's that never compacted."""
+    net, every = trading(3)
+    a = net["a"]
+    assert a.checkpoint is not None and a.checkpoint.n >= 3 * EVERY
+    state = cbor2.loads(a.checkpoint.encoded)
+    key = tuple(state["k"])
+    raws = [raw for raw in every if decode_event(raw, DEFAULT_MARKETS).key <= key]
+    assert len(raws) < len(every)  # some events sort after it
+    prefix = Replica(DEFAULT_MARKETS, None, genesis=net.genesis)
+    prefix.receive_many(raws)
+    assert sum(prefix.clock.values()) == len(raws)  # all delivered: causes sort before
+    assert state["n"] == a.checkpoint.n == sum(1 for i in prefix.applied_ids()
+                                                if prefix.ledger.acts(i))
+    assert state["d"] == prefix.digest
+    assert state["b"] == {m: b.state() for m, b in prefix.books.items()}
+    assert any(level for book in state["b"].values() for side in book for level in side)
+    assert state["o"] == [[o, s, i] for o, s, i in a.prefix_state(key)[1]]
+    twin = Replica(DEFAULT_MARKETS, None, genesis=net.genesis)
+    twin.receive_many(every)
+    assert twin.digest == a.digest and twin.trades() == a.trades()
+    assert {m: b.snapshot() for m, b in twin.books.items()} == \
+        {m: b.snapshot() for m, b in a.books.items()}
+
+
+def test_every_replica_takes_the_same_checkpoints_whatever_the_order_and_compaction():
+    """Replicas given the same events in different orders, compacting at different
+    points (each time taking the checkpoints final by then), hold the same hashes."""
+    net, raws = trading(5)
+    expected = dict(net["a"].checkpoints)
+    assert len(expected) >= 3
+    rng = random.Random(11)
+    for _ in range(4):
+        order = raws[:]
+        rng.shuffle(order)
+        r = Replica(DEFAULT_MARKETS, None, genesis=net.genesis)
+        r.checkpoint_every = EVERY
+        for i in range(0, len(order), 7):
+            r.receive_many(order[i:i + 7])
+            if rng.random() < 0.5:
+                r.compact()
+        r.compact()
+        assert r.digest == net["a"].digest
+        assert {n: h for n, h in r.checkpoints.items() if n in expected} == \
+            {n: h for n, h in expected.items() if n in r.checkpoints}
+        assert set(r.checkpoints) & set(expected)

@@ -8,7 +8,10 @@ removed so far (each with the seq after which its events count for nothing),
 `finality_broken` how often the network did what the commit rule rules out (more
 dishonest members than it tolerates: core/ledger.py `broken`; 0 otherwise),
 `checkpoint` the latest checkpoint the node took (core/checkpoint.py: n and the hash of
-the state after the n-th final event that acts, the same on every node that took it).
+the state after the n-th final event that acts, the same on every node that took it)
+and how many other members' heartbeats attest it, `checkpoints_matched` how many members'
+attested checkpoints this node compared with its own and found equal (a difference
+counts in `divergences`).
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ def node_status(node: Any) -> dict:
         "final_frontier": finality.frontier_lamport,
         "events_final": finality.final_events,
         "checkpoint": (None if checkpoint is None else
-                       {"n": checkpoint.n, "hash": checkpoint.hash.hex()}),
+                       {"n": checkpoint.n, "hash": checkpoint.hash.hex(),
+                        "attested_by": node.control.attesting()}),
+        "checkpoints_matched": node.control.checkpoints_matched,
         "equivocations": len(node.replica.equivocations),
         "removed": [{"member": str(ID(r.member)), "cut": r.cut, "round": r.round,
                      "equivocated": any(o == r.member for o, _ in node.replica.equivocations)}

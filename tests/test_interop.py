@@ -153,6 +153,8 @@ async def test_js_libp2p_peer_joins_trades_and_agrees_on_the_digest(
         n1 = await net.start("n1", bootstrap=n0)
         n2 = await net.start("n2", bootstrap=n0)
         await net.discovered()
+        for node in (n0, n1, n2):  # heartbeats then carry checkpoints (heartbeat.md `k`)
+            node.replica.checkpoint_every = 2
         await _history([n0, n1, n2])
         await net.converged(events=7)
         timings["python network ready"] = time.monotonic() - started
@@ -301,6 +303,11 @@ async def _check(net, js: JsPeer, nodes: list[Node], tmp_path: pathlib.Path,
     own = len(n0.replica.events_of(js_id.to_bytes()))  # place, cancel, acknowledgements
     assert stats["events_verified"] >= len(python_ids) - own  # all but its own
     assert stats["heartbeats_verified"] > 0
+    # ... including heartbeats that attest a checkpoint, each as the sender took it.
+    assert stats["heartbeat_checkpoints"], stats
+    for peer, (n, digest) in stats["heartbeat_checkpoints"].items():
+        sender = next(node for node in everyone if str(node.peer_id) == peer)
+        assert sender.replica.checkpoints.get(n, bytes(32)).hex() == digest, (peer, n)
     with trio.move_on_after(5):  # the JS peer prints its state every 0.5 s
         while str(late.peer_id) not in js.last("status")["stats"]["sync_served"]:
             await js.changed.wait()

@@ -8,6 +8,7 @@ import trio
 from harness import network
 
 from p2pexchange.core.events import OrderType, Place, Side, canonical
+from p2pexchange.net import wire
 from p2pexchange.net.gossip import market_topic
 
 pytestmark = pytest.mark.network
@@ -85,6 +86,44 @@ async def test_concurrent_crossing_orders_produce_the_same_trades_everywhere(tmp
             while not all(n.control.trade_reports_matched >= 1 for n in others):
                 await trio.sleep(0.2)
         assert all(n.control.divergences == 0 for n in net.nodes)
+
+
+async def test_members_attest_the_same_checkpoints_and_a_different_hash_is_a_divergence(
+        tmp_path):
+    """Each node takes a checkpoint every 2 final events that act (4,096 in production)
+    and its heartbeats attest the latest: every node finds every other member attesting
+    its own latest checkpoint, and the hashes it compared match. A member's heartbeat
+    attesting another hash for a checkpoint we took counts as a divergence."""
+    async with network(tmp_path) as net:
+        first = await net.start("n0")
+        for name in ("a", "b"):
+            await net.start(name, bootstrap=first)
+        await net.discovered()
+        for node in net.nodes:
+            node.replica.checkpoint_every = 2
+        for i, node in enumerate(net.nodes):
+            for k in range(2):
+                node.submit(BTC, limit(Side.SELL if (i + k) % 2 else Side.BUY, 10_000, 1))
+                await node.flush()
+        await net.converged(events=6)
+        # 8 events act: the 6 orders and the joins of a and b (finality.md, Membership).
+        with trio.fail_after(30):
+            while not all(n.status()["checkpoint"] is not None
+                          and n.status()["checkpoint"]["n"] == 8
+                          and n.status()["checkpoint"]["attested_by"] == 2
+                          for n in net.nodes):
+                await trio.sleep(0.2)
+        assert len({n.status()["checkpoint"]["hash"] for n in net.nodes}) == 1
+        assert all(n.control.checkpoints_matched >= 2 and n.control.divergences == 0
+                   for n in net.nodes)
+        # A member attesting a different hash for checkpoint 8 (as its heartbeat would):
+        victim, liar = net.nodes[0], net.nodes[1]
+        lie = wire.Heartbeat(liar.replica.clock, liar.replica.lamport, liar.replica.digest,
+                             liar.replica.stats()["events_delivered"],
+                             tuple(sorted(liar.replica.membership.genesis)), (8, b"x" * 32))
+        victim.control.on_heartbeat(liar.peer_id, lie)
+        assert victim.control.divergences == 1
+        assert victim.status()["checkpoint"]["attested_by"] == 1
 
 
 async def test_a_late_joiner_catches_up_through_sync(tmp_path):

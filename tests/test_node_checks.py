@@ -98,6 +98,18 @@ def test_identity_survives_a_restart(tmp_path):
 def test_wire_messages_round_trip_and_reject_garbage():
     hb = wire.Heartbeat({b"\x00\x24" + b"a" * 36: 3}, 7, b"d" * 32, 12, (b"g1", b"g2"))
     assert wire.decode_heartbeat(wire.encode_heartbeat(hb)) == hb
+    attested = wire.Heartbeat({}, 7, b"d" * 32, 12, (), (4096, b"h" * 32))  # a checkpoint
+    assert wire.decode_heartbeat(wire.encode_heartbeat(attested)) == attested
+    for bad_k in ([4096], [0, b"h" * 32], [4096, b"h" * 31], [-1, b"h" * 32], (4096,),
+                  [4096, "h" * 32], [4096, b"h" * 32, 1]):
+        bad = wire.canonical({"v": wire.VERSION, "c": {}, "l": 1, "d": b"d" * 32, "n": 1,
+                              "g": [], "k": bad_k})
+        try:
+            wire.decode_heartbeat(bad)
+        except wire.WireError as exc:
+            assert exc.code in ("bad_schema", "bad_type"), exc
+        else:
+            raise AssertionError(f"accepted the checkpoint {bad_k!r}")
     assert wire.decode_join_request(wire.encode_join_request(b"sponsor")) == b"sponsor"
     for bad_genesis in ([b"g2", b"g1"], [b"g1", b"g1"], [1], b"g"):
         bad = wire.canonical({"v": wire.VERSION, "c": {}, "l": 1, "d": b"d" * 32, "n": 1,

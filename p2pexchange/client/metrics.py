@@ -50,7 +50,9 @@ class NodeCollector(Collector):
         yield rejected
         for name, doc in (
                 ("rollbacks", "Late events that re-ordered applied ones"),
-                ("divergences", "Trade reports that disagreed with our own trades"),
+                ("divergences", "Trade reports or members' checkpoints that disagreed "
+                 "with our own"),
+                ("checkpoints_matched", "Members' checkpoints equal to our own"),
                 ("finality_broken", "Events the commit rule rules out, taken as empty (alarm)")):
             yield CounterMetricFamily(f"p2pexchange_{name}", doc, value=s[name])
         for name, doc, value in (

@@ -133,6 +133,8 @@ class Checkpoint(BaseModel):
     n: int = Field(description="the state after the n-th final event that acts")
     hash: str = Field(description="SHA-256 of that state, encoded (hex): every node that "
                       "took checkpoint n holds the same (docs/snapshot_design.md)")
+    attested_by: int = Field(description="other members whose latest heartbeat attests "
+                             "this checkpoint, with the same hash")
 
 
 class Status(BaseModel):
@@ -177,6 +179,9 @@ class Status(BaseModel):
     rejected: dict[str, int] = Field(description="refused input, by reason")
     rejecting_peers: int
     divergences: int
+    checkpoints_matched: int = Field(description="members' attested checkpoints compared "
+                                     "with ours and found equal (a difference counts in "
+                                     "divergences)")
     finality_broken: int = Field(description="events the commit rule rules out (a final "
                                  "event undone, beyond the tolerated dishonest members), "
                                  "taken as empty: an alarm; 0 otherwise")

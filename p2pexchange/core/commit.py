@@ -144,10 +144,10 @@ class Commit:
                 latest.append((origin, seq, chain[seq - 1].id))
         return self.membership.at(key), tuple(latest)
 
-    def _take_checkpoints(self) -> None:
-        """Take every checkpoint now final and not taken yet (core/checkpoint.py), before
-        compaction settles past it: one whose event is settled already (a replica that
-        did not compact through `compact`) is passed over."""
+    def take_checkpoints(self) -> None:
+        """Take every checkpoint now final and not taken yet (core/checkpoint.py). Called
+        between batches (the node: at each heartbeat) and by `compact` before it settles
+        anything past one; one whose event is settled already is passed over."""
         frontier = self.final_key()
         ledger = self.ledger
         final = ledger.count_upto(frontier)

@@ -308,7 +308,7 @@ class Replica(Delivery, Voting, Commit):
         if frontier is None:
             return sum(self._settled.values())
         if self.membership is not None:
-            self._take_checkpoints()
+            self.take_checkpoints()
         for origin, chain in self._events.items():
             self._settled[origin] = settle_chain(chain, self._settled.get(origin, 0),
                                                  frontier, self._by_id)

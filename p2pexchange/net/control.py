@@ -1,15 +1,17 @@
 """Control messages: heartbeats, finality, and trade reports with the divergence alarm.
 
 Every `HEARTBEAT_INTERVAL_MS` (every `HEARTBEAT_IDLE_S` while it delivers nothing) the
-node publishes its vector clock, Lamport time,
-digest, event count and the network's genesis on the control topic
+node publishes its vector clock, Lamport time, digest, event count, the network's
+genesis and its latest checkpoint (core/checkpoint.py) on the control topic
 (protocols/heartbeat.md). A peer's heartbeat is a hint only: one that shows the peer
 ahead asks sync to pull from it, and a newcomer learns the genesis from it
 (admission.py). Finality is the replica's, from delivered events alone
 (core/finality.py). After each heartbeat the node acts on what became final: it
 reports the trades of its own final taker events on the trades topic
 (protocols/trade_report.md) and compares the reports of others with what it computed
-itself; a mismatch is logged as `DIVERGENCE`.
+itself; a mismatch is logged as `DIVERGENCE`. So is a member's attested checkpoint whose
+hash differs from ours for the same n (`compare_checkpoints`): the same final events
+left the two states different.
 """
 
 from __future__ import annotations
@@ -72,6 +74,10 @@ class Control:
         self._on_genesis = on_genesis
         self._heard = heard  # a peer is alive (removal votes wait for silence)
         self._proofs_sent: set[tuple[bytes, int]] = set()  # proofs published or received
+        # member -> the latest checkpoint (n, H_N) its heartbeats attested, and whether we
+        # compared it with ours (the divergence alarm: core/checkpoint.py)
+        self.attested: dict[bytes, tuple[int, bytes, bool]] = {}
+        self.checkpoints_matched = 0
 
     # -- in ------------------------------------------------------------------------
 
@@ -92,6 +98,36 @@ class Control:
         views[sender.to_bytes()] = (hb.clock.get(self.origin, 0), time.monotonic())
         while len(views) > PEER_VIEWS_MAX:
             del views[next(iter(views))]
+        if hb.checkpoint is not None:
+            n, digest = hb.checkpoint
+            known = self.attested.get(sender.to_bytes())
+            if known is None or known[:2] != (n, digest):
+                self.attested[sender.to_bytes()] = (n, digest, False)
+                self.compare_checkpoints()
+
+    def compare_checkpoints(self) -> None:
+        """Compare each member's latest attested checkpoint with ours of the same n, once
+        we hold it: a different hash means the member's state after the same final
+        events differs from ours (a divergence alarm, like a trade report's)."""
+        mine = self.replica.checkpoints
+        for peer, (n, digest, compared) in list(self.attested.items()):
+            if compared or n not in mine:
+                continue
+            self.attested[peer] = (n, digest, True)
+            if mine[n] == digest:
+                self.checkpoints_matched += 1
+            else:
+                self.divergences += 1
+                log.error("DIVERGENCE: member %s attests checkpoint %d as %s, we computed %s",
+                          short_peer(ID(peer)), n, digest.hex()[:16], mine[n].hex()[:16])
+
+    def attesting(self) -> int:
+        """Members whose latest attested checkpoint is ours (same n and hash)."""
+        checkpoint = self.replica.checkpoint
+        if checkpoint is None:
+            return 0
+        return sum(1 for n, digest, _ in self.attested.values()
+                   if n == checkpoint.n and digest == checkpoint.hash)
 
     def on_proof(self, sender: ID, proof: tuple[Event, Event]) -> None:
         """A peer's proof of equivocation (both events verified by the decoder): kept,
@@ -198,8 +234,12 @@ class Control:
             return
         self._announced = (delivered, now)
         genesis = replica.membership.genesis if replica.membership is not None else ()
+        if replica.membership is not None:
+            replica.take_checkpoints()
+        checkpoint = replica.checkpoint
         hb = wire.Heartbeat(replica.clock, replica.lamport, replica.digest,
-                            replica.stats()["events_delivered"], tuple(sorted(genesis)))
+                            replica.stats()["events_delivered"], tuple(sorted(genesis)),
+                            None if checkpoint is None else (checkpoint.n, checkpoint.hash))
         await self.gossip.publish(CONTROL_TOPIC, wire.encode_heartbeat(hb))
         await self._publish_proofs()
         finality = self.finality()
@@ -209,6 +249,7 @@ class Control:
                          "rule tolerates (protocols/finality.md)", replica.ledger.broken,
                          replica.ledger.broken_detail)
         self.check_trade_reports()
+        self.compare_checkpoints()
         await self._report_own_trades()
         if finality.final_trades > self._final_logged:
             log.info("trades final: %d (+%d), pending: %d", finality.final_trades,

@@ -72,7 +72,8 @@ def _guarded(decode: Callable[[bytes], Decoded]) -> Callable[[bytes], Decoded]:
     return guarded
 
 
-def _load(data: bytes, size_max: int, fields: frozenset[str]) -> dict:
+def _load(data: bytes, size_max: int, fields: frozenset[str],
+          optional: frozenset[str] = frozenset()) -> dict:
     if not isinstance(data, (bytes, bytearray)):
         raise WireError("bad_type", "a message must be bytes")
     if len(data) > size_max:
@@ -81,8 +82,9 @@ def _load(data: bytes, size_max: int, fields: frozenset[str]) -> dict:
         msg = strict_loads(bytes(data))
     except Exception as exc:  # cbor2 raises several types on garbage
         raise WireError("bad_cbor", describe_error(exc)[:120]) from None
-    if type(msg) is not dict or set(msg) != fields:
-        raise WireError("bad_schema", f"expected a map with keys {sorted(fields)}")
+    if type(msg) is not dict or not fields <= set(msg) <= fields | optional:
+        raise WireError("bad_schema", f"expected a map with keys {sorted(fields)}"
+                        + (f" and optionally {sorted(optional)}" if optional else ""))
     if type(msg["v"]) is not int or msg["v"] != VERSION:
         raise WireError("bad_version", describe(msg["v"]))
     if canonical(msg) != data:  # one encoding per message: sorted keys, shortest ints
@@ -120,16 +122,21 @@ class Heartbeat:
     digest: bytes
     events: int
     genesis: tuple[bytes, ...] = ()  # the network's founding members; () if not known yet
+    # The sender's latest checkpoint (core/checkpoint.py): (n, H_N); None before its first.
+    checkpoint: tuple[int, bytes] | None = None
 
 
 def encode_heartbeat(hb: Heartbeat) -> bytes:
-    return canonical({"v": VERSION, "c": hb.clock, "l": hb.lamport, "d": hb.digest,
-                      "n": hb.events, "g": sorted(hb.genesis)})
+    msg = {"v": VERSION, "c": hb.clock, "l": hb.lamport, "d": hb.digest, "n": hb.events,
+           "g": sorted(hb.genesis)}
+    if hb.checkpoint is not None:
+        msg["k"] = list(hb.checkpoint)
+    return canonical(msg)
 
 
 @_guarded
 def decode_heartbeat(data: bytes) -> Heartbeat:
-    msg = _load(data, HEARTBEAT_BYTES_MAX, frozenset("vcldng"))
+    msg = _load(data, HEARTBEAT_BYTES_MAX, frozenset("vcldng"), frozenset("k"))
     if type(msg["d"]) is not bytes or len(msg["d"]) != 32:
         raise WireError("bad_type", "digest must be 32 bytes")
     genesis = msg["g"]
@@ -138,8 +145,17 @@ def decode_heartbeat(data: bytes) -> Heartbeat:
     members = tuple(_peer_id(m, "a genesis member") for m in genesis)
     if list(members) != sorted(set(members)):
         raise WireError("bad_schema", "genesis members must be sorted and distinct")
+    checkpoint = None
+    if "k" in msg:
+        k = msg["k"]
+        if type(k) is not list or len(k) != 2 or type(k[1]) is not bytes or len(k[1]) != 32:
+            raise WireError("bad_type", "k must be [n, the 32-byte checkpoint hash]")
+        n = _uint(k[0], "checkpoint n")
+        if n == 0:
+            raise WireError("bad_type", "checkpoint n must be at least 1")
+        checkpoint = (n, k[1])
     return Heartbeat(_clock(msg["c"]), _uint(msg["l"], "lamport"), msg["d"],
-                     _uint(msg["n"], "events"), members)
+                     _uint(msg["n"], "events"), members, checkpoint)
 
 
 def encode_join_request(sponsor: bytes) -> bytes:

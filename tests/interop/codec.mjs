@@ -336,7 +336,8 @@ function clockOfSeqs (value) {
 
 export function decodeHeartbeat (bytes) {
   const msg = strictDecode(bytes, HEARTBEAT_BYTES_MAX)
-  schema(msg, ['v', 'c', 'l', 'd', 'n', 'g'])
+  // `k` (the sender's latest checkpoint) is optional: absent before its first
+  schema(msg, msg instanceof Map && msg.has('k') ? ['v', 'c', 'l', 'd', 'n', 'g', 'k'] : ['v', 'c', 'l', 'd', 'n', 'g'])
   const d = msg.get('d')
   if (!(d instanceof Uint8Array) || d.length !== 32) throw new Rejected('bad_type', 'digest')
   const g = msg.get('g')
@@ -345,7 +346,15 @@ export function decodeHeartbeat (bytes) {
   for (let i = 1; i < g.length; i++) {
     if (compareBytes(g[i - 1], g[i]) >= 0) throw new Rejected('bad_schema', 'g not sorted and distinct')
   }
-  const hb = { clock: clockOfSeqs(msg.get('c')), lamport: uint(msg.get('l'), 'l', 0, SEQ_MAX), digest: d, events: uint(msg.get('n'), 'n', 0, SEQ_MAX), genesis: g }
+  let checkpoint = null
+  if (msg.has('k')) {
+    const k = msg.get('k')
+    if (!Array.isArray(k) || k.length !== 2 || !(k[1] instanceof Uint8Array) || k[1].length !== 32) {
+      throw new Rejected('bad_type', 'k must be [n, the 32-byte checkpoint hash]')
+    }
+    checkpoint = { n: uint(k[0], 'checkpoint n', 1, SEQ_MAX), hash: k[1] }
+  }
+  const hb = { clock: clockOfSeqs(msg.get('c')), lamport: uint(msg.get('l'), 'l', 0, SEQ_MAX), digest: d, events: uint(msg.get('n'), 'n', 0, SEQ_MAX), genesis: g, checkpoint }
   requireCanonical(msg, bytes)
   return hb
 }

@@ -114,6 +114,7 @@ const stats = {
   events_by_source: { gossip: 0, sync: 0 },
   rejected: {}, // what:code -> count (messages refused by our validators)
   heartbeats_verified: 0,
+  heartbeat_checkpoints: {}, // peer -> the latest checkpoint [n, hash hex] its heartbeats attest
   join_requests_verified: 0,
   trade_reports_verified: 0,
   sync_pulls: [], // { peer, rounds, events, delivered }
@@ -207,6 +208,7 @@ pubsub.addEventListener('message', (evt) => {
       const hb = decodeHeartbeat(msg.data)
       stats.heartbeats_verified++
       stats.heartbeat_digests[msg.from.toString()] = hex(hb.digest)
+      if (hb.checkpoint !== null) stats.heartbeat_checkpoints[msg.from.toString()] = [hb.checkpoint.n, hex(hb.checkpoint.hash)]
       if (replica.genesis === null && hb.genesis.length > 0) {
         replica.adoptGenesis(hb.genesis)
         say('genesis', { from: msg.from.toString(), members: hb.genesis.map(peerName) })

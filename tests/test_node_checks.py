@@ -100,26 +100,19 @@ def test_wire_messages_round_trip_and_reject_garbage():
     assert wire.decode_heartbeat(wire.encode_heartbeat(hb)) == hb
     attested = wire.Heartbeat({}, 7, b"d" * 32, 12, (), (4096, b"h" * 32))  # a checkpoint
     assert wire.decode_heartbeat(wire.encode_heartbeat(attested)) == attested
-    for bad_k in ([4096], [0, b"h" * 32], [4096, b"h" * 31], [-1, b"h" * 32], (4096,),
-                  [4096, "h" * 32], [4096, b"h" * 32, 1]):
-        bad = wire.canonical({"v": wire.VERSION, "c": {}, "l": 1, "d": b"d" * 32, "n": 1,
-                              "g": [], "k": bad_k})
-        try:
-            wire.decode_heartbeat(bad)
-        except wire.WireError as exc:
-            assert exc.code in ("bad_schema", "bad_type"), exc
-        else:
-            raise AssertionError(f"accepted the checkpoint {bad_k!r}")
     assert wire.decode_join_request(wire.encode_join_request(b"sponsor")) == b"sponsor"
-    for bad_genesis in ([b"g2", b"g1"], [b"g1", b"g1"], [1], b"g"):
+    bad_fields = [("g", g) for g in ([b"g2", b"g1"], [b"g1", b"g1"], [1], b"g")] + \
+        [("k", k) for k in ([4096], [0, b"h" * 32], [4096, b"h" * 31], [-1, b"h" * 32],
+                            [4096, "h" * 32], [4096, b"h" * 32, 1])]
+    for field, value in bad_fields:
         bad = wire.canonical({"v": wire.VERSION, "c": {}, "l": 1, "d": b"d" * 32, "n": 1,
-                              "g": bad_genesis})
+                              "g": [], field: value})
         try:
             wire.decode_heartbeat(bad)
         except wire.WireError as exc:
             assert exc.code in ("bad_schema", "bad_type"), exc
         else:
-            raise AssertionError(f"accepted the genesis {bad_genesis!r}")
+            raise AssertionError(f"accepted {field} = {value!r}")
     report = wire.TradeReport(b"e" * 32, 2, b"h" * 32)
     assert wire.decode_trade_report(wire.encode_trade_report(report)) == report
     assert wire.decode_sync_request(wire.encode_sync_request({}, 10_000)) == ({}, 256)

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 from .checkpoint import Checkpoint, make_checkpoint
 from .clock import OrderKey, last_within
 from .finality import Membership, PrefixMembership, covers
-from .params import CHECKPOINTS_KEPT
 
 if TYPE_CHECKING:
     from .events import Event
@@ -54,7 +53,8 @@ class Commit:
     _final_seen: OrderKey | None
     checkpoint_every: int
     checkpoint: Checkpoint | None  # the latest taken, in full
-    checkpoints: dict[int, bytes]  # n -> H_N of the latest CHECKPOINTS_KEPT taken
+    checkpoints: dict[int, bytes]  # n -> H_N of the latest `checkpoints_kept` taken
+    checkpoints_kept: int
     _checkpoint_n: int  # the n of the latest checkpoint taken or passed over
 
     if TYPE_CHECKING:  # the replica's own (core/replica.py, core/voting.py)
@@ -145,29 +145,33 @@ class Commit:
         return self.membership.at(key), tuple(latest)
 
     def take_checkpoints(self) -> None:
-        """Take every checkpoint now final and not taken yet (core/checkpoint.py). Called
-        between batches (the node: at each heartbeat) and by `compact` before it settles
-        anything past one; one whose event is settled already is passed over."""
-        frontier = self.final_key()
+        """Take every checkpoint now final and not taken yet (core/checkpoint.py), in one
+        pass over the ledger however many are due. Called between batches (the node: at
+        each heartbeat) and by `compact` before it settles anything past one; one whose
+        event is settled already is passed over."""
         ledger = self.ledger
-        final = ledger.count_upto(frontier)
+        final = ledger.count_upto(self.final_key())
+        due: list[tuple[int, int]] = []  # (n, entries up to its event)
+        n = self._checkpoint_n
         while True:
-            n = self._checkpoint_n + self.checkpoint_every
+            n += self.checkpoint_every
             count = ledger.nth_acting(n)
-            if count is None:
-                if n > ledger.settled_acts:
-                    return  # not applied yet
+            if count is None and n <= ledger.settled_acts:
                 self._checkpoint_n = n  # settled before it could be taken
                 continue
-            if count > final:
-                return
+            if count is None or count > final:
+                break
+            due.append((n, count))
+        if not due:
+            return
+        books = ledger.capture_at([count for _, count in due], lambda: (
+            {m: b.state() for m, b in ledger.books.items()}, ledger.digest))
+        for (n, count), (state, digest) in zip(due, books, strict=True):
             key = ledger.key_at(count)
             membership, latest = self.prefix_state(key)
-            books, digest = ledger.capture_at(count, lambda: (
-                {m: b.state() for m, b in ledger.books.items()}, ledger.digest))
-            self.checkpoint = make_checkpoint(n, key, digest, books, membership, latest)
+            self.checkpoint = make_checkpoint(n, key, digest, state, membership, latest)
             self.checkpoints[n] = self.checkpoint.hash
-            while len(self.checkpoints) > CHECKPOINTS_KEPT:
+            while len(self.checkpoints) > self.checkpoints_kept:
                 del self.checkpoints[next(iter(self.checkpoints))]
             self._checkpoint_n = n
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import hashlib
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
 from .book import OrderBook
@@ -241,14 +241,21 @@ class Ledger:
         i = bisect_left(applied, n, key=lambda entry: entry.acts_upto)
         return self.settled + i + 1 if i < len(applied) else None
 
-    def capture_at(self, count: int, capture: Callable[[], T]) -> T:
-        """`capture()` as the ledger stood after its first `count` entries (none of the
-        later ones settled): those are undone, captured, and applied again as a rollback
-        does, so nothing changes."""
-        undone = self._undo_to(count)
-        captured = capture()
-        for entry in reversed(undone):
-            self._apply(entry.event)  # type: ignore[arg-type]
+    def capture_at(self, counts: Sequence[int], capture: Callable[[], T]) -> list[T]:
+        """`capture()` as the ledger stood after its first `count` entries, for each of
+        `counts` (ascending, none among settled entries), in one pass: the entries after
+        the first are undone, then applied again as a rollback does, capturing at each
+        count on the way, so nothing changes."""
+        undone = self._undo_to(counts[0])
+        redo = [entry.event for entry in reversed(undone)]  # ascending keys
+        captured, done = [], 0
+        for count in counts:
+            while len(self._keys) < count:
+                self._apply(redo[done])  # type: ignore[arg-type]
+                done += 1
+            captured.append(capture())
+        for event in redo[done:]:
+            self._apply(event)  # type: ignore[arg-type]
         return captured
 
     def with_actions(self, start: int, backwards: bool = False) -> Event | None:

@@ -112,7 +112,12 @@ from .finality import MEMBERS_MAX, Membership
 from .ledger import Ledger
 from .market import Market
 from .orders import Order, Trade
-from .params import BUFFER_BYTES_MAX, BUFFER_ORIGIN_BYTES_MAX, CHECKPOINT_EVERY
+from .params import (
+    BUFFER_BYTES_MAX,
+    BUFFER_ORIGIN_BYTES_MAX,
+    CHECKPOINT_EVERY,
+    CHECKPOINTS_KEPT,
+)
 from .settled import Chain, Settled, settle_chain
 from .voting import CannotSign, Voting
 
@@ -164,6 +169,7 @@ class Replica(Delivery, Voting, Commit):
         self.equivocations: dict[tuple[bytes, int], tuple[bytes, bytes]] = {}
         self._rejected: dict[str, int] = {}
         self.checkpoint_every = CHECKPOINT_EVERY  # smaller in tests and the simulation
+        self.checkpoints_kept = CHECKPOINTS_KEPT
         self.checkpoint = None
         self.checkpoints = {}
         self._checkpoint_n = 0

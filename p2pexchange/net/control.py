@@ -122,12 +122,14 @@ class Control:
                           short_peer(ID(peer)), n, digest.hex()[:16], mine[n].hex()[:16])
 
     def attesting(self) -> int:
-        """Members whose latest attested checkpoint is ours (same n and hash)."""
+        """Members (still members) whose latest attested checkpoint is ours (same n and
+        hash)."""
         checkpoint = self.replica.checkpoint
         if checkpoint is None:
             return 0
-        return sum(1 for n, digest, _ in self.attested.values()
-                   if n == checkpoint.n and digest == checkpoint.hash)
+        return sum(1 for peer, (n, digest, _) in self.attested.items()
+                   if n == checkpoint.n and digest == checkpoint.hash
+                   and self.replica.is_member(peer))
 
     def on_proof(self, sender: ID, proof: tuple[Event, Event]) -> None:
         """A peer's proof of equivocation (both events verified by the decoder): kept,

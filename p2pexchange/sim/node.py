@@ -24,6 +24,7 @@ from .checks import FinalView
 from .workload import OrderFlow, peer_id_bytes, seeded_key_pair
 
 CHECKPOINT_EVERY = 4  # final events that act between checkpoints (the node's: 4,096)
+CHECKPOINTS_KEPT = 1_000_000  # every hash kept, so that every one is compared (checks.py)
 
 
 class SimNode:
@@ -38,6 +39,7 @@ class SimNode:
                         for i in range(members_n)]
         self.replica = Replica(DEFAULT_MARKETS, self.origin, genesis=self.genesis)
         self.replica.checkpoint_every = CHECKPOINT_EVERY
+        self.replica.checkpoints_kept = CHECKPOINTS_KEPT
         self.flow = OrderFlow(rng)
         self.honest = honest
         self.view = FinalView(f"node {index}")
@@ -120,12 +122,14 @@ class SimNode:
         events = own + others
         replica = Replica(DEFAULT_MARKETS, self.origin, genesis=self.genesis)
         replica.checkpoint_every = CHECKPOINT_EVERY
+        replica.checkpoints_kept = CHECKPOINTS_KEPT
         replica.receive_many(events)
         assert replica.digest == self.replica.digest, "a replay from the store differs"
         return replica
 
     def restart(self, rng: random.Random) -> None:
         self.replica = self._rebuilt(rng)
+        self.view.prefixes_upto = None  # the rebuilt replica's prefix states: all again
 
     def twin(self, index: int, rng: random.Random) -> SimNode:
         """The second persona of this node: same key, same store, its own choices."""

@@ -5,12 +5,13 @@ of its runs (p2pexchange/sim/checks.py `agree_checkpoints`)."""
 
 from __future__ import annotations
 
+import hashlib
 import random
 
 import cbor2
 from test_finality import Net, buy, sell
 
-from p2pexchange.core.events import OrderType, decode_event
+from p2pexchange.core.events import OrderType, Side, decode_event
 from p2pexchange.core.market import DEFAULT_MARKETS
 from p2pexchange.core.replica import Replica
 
@@ -101,3 +102,34 @@ def test_every_replica_takes_the_same_checkpoints_whatever_the_order_and_compact
         r.compact()
         assert r.digest == net["a"].digest
         assert r.checkpoints == expected  # every one taken, none skipped, the same hashes
+
+
+def test_the_checkpoint_bytes_are_those_heartbeat_md_describes():
+    """S_N rebuilt from protocols/heartbeat.md's description alone, with the replica's
+    public queries and cbor2 (not core/checkpoint.py nor `OrderBook.state`), is the
+    checkpoint's encoding byte for byte, and H_N its SHA-256."""
+    net, every = trading(7)
+    a = net["a"]
+    taken = a.checkpoint
+    assert taken is not None
+    key = taken.key
+    prefix = Replica(DEFAULT_MARKETS, None, genesis=net.genesis)
+    prefix.receive_many([raw for raw in every if decode_event(raw, DEFAULT_MARKETS).key <= key])
+    books = {}
+    for market in DEFAULT_MARKETS:  # every market of the protocol, empty ones too
+        sides: list[list] = [[], []]  # bids best first, then asks best first
+        for order in prefix.books[market].resting():
+            levels = sides[0 if order.side == Side.BUY else 1]
+            if not levels or levels[-1][0] != order.price:
+                levels.append([order.price, []])
+            levels[-1][1].append([order.order_id, order.origin, int(order.side),
+                                  int(order.type), order.qty, order.remaining,
+                                  int(order.stp)])
+        books[market] = sides
+    page = {"v": 1, "n": taken.n, "k": list(key), "d": prefix.digest, "b": books,
+            "m": [sorted(net.genesis), [], [], []],
+            "o": [[o, len(prefix.events_of(o)), prefix.events_of(o)[-1].id]
+                  for o in sorted(prefix.clock)]}
+    encoded = cbor2.dumps(page, canonical=True)
+    assert encoded == taken.encoded
+    assert hashlib.sha256(encoded).digest() == taken.hash == a.checkpoints[taken.n]

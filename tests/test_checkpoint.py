@@ -48,6 +48,14 @@ def trading(seed: int) -> tuple[Net, list[bytes]]:
     return net, raws
 
 
+def up_to(net: Net, every: list[bytes], key: tuple) -> tuple[Replica, list[bytes]]:
+    """A replica given only the events that sort at or before `key`, and those events."""
+    raws = [raw for raw in every if decode_event(raw, DEFAULT_MARKETS).key <= key]
+    prefix = Replica(DEFAULT_MARKETS, None, genesis=net.genesis)
+    prefix.receive_many(raws)
+    return prefix, raws
+
+
 def test_a_checkpoint_is_the_state_after_its_event():
     """S_N holds what a replica that received only the events up to the N-th that acts
     holds: the digest, every resting order in priority order, each origin's latest
@@ -58,10 +66,8 @@ def test_a_checkpoint_is_the_state_after_its_event():
     assert a.checkpoint is not None and a.checkpoint.n >= 3 * EVERY
     state = cbor2.loads(a.checkpoint.encoded)
     key = tuple(state["k"])
-    raws = [raw for raw in every if decode_event(raw, DEFAULT_MARKETS).key <= key]
+    prefix, raws = up_to(net, every, key)
     assert len(raws) < len(every)  # some events sort after it
-    prefix = Replica(DEFAULT_MARKETS, None, genesis=net.genesis)
-    prefix.receive_many(raws)
     assert sum(prefix.clock.values()) == len(raws)  # all delivered: causes sort before
     assert state["n"] == a.checkpoint.n == sum(1 for i in prefix.applied_ids()
                                                 if prefix.ledger.acts(i))
@@ -113,8 +119,7 @@ def test_the_checkpoint_bytes_are_those_heartbeat_md_describes():
     taken = a.checkpoint
     assert taken is not None
     key = taken.key
-    prefix = Replica(DEFAULT_MARKETS, None, genesis=net.genesis)
-    prefix.receive_many([raw for raw in every if decode_event(raw, DEFAULT_MARKETS).key <= key])
+    prefix, _ = up_to(net, every, key)
     books = {}
     for market in DEFAULT_MARKETS:  # every market of the protocol, empty ones too
         sides: list[list] = [[], []]  # bids best first, then asks best first

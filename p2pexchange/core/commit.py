@@ -142,7 +142,7 @@ class Commit:
                 seq = min(seq, leave.seq)
             if seq:
                 latest.append((origin, seq, chain[seq - 1].id))
-        return self.membership.at(key), tuple(latest)
+        return membership.at(key), tuple(latest)
 
     def take_checkpoints(self) -> None:
         """Take every checkpoint now final and not taken yet (core/checkpoint.py), in one

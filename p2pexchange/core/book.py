@@ -187,6 +187,32 @@ class OrderBook(UndoLog):
                  for key, level in tree.items()]
                 for tree in (self.bids, self.asks)]
 
+    def restore(self, state: list) -> None:
+        """Rest the orders of a checkpoint's `state()` of this market in an empty book,
+        in their priority order, without undo records: what a replica started from a
+        checkpoint holds (`Replica.install`). The state was checked by the caller
+        (core/checkpoint.py `decode_checkpoint`)."""
+        assert not self.orders and not self.log, "restore into an empty book"
+        for tree, sign, side in ((self.bids, -1, Side.BUY), (self.asks, 1, Side.SELL)):
+            for price, orders in state[0 if side is _BUY else 1]:
+                level = _new_level(Level)
+                level.prev = level.next = level
+                level.live, level.total, level.lots_of = 0, 0, {}
+                for oid, origin, _, otype, qty, remaining, stp in orders:
+                    order = Order(oid, origin, self.market, side, OrderType(otype), price,
+                                  qty, STP(stp))
+                    order.remaining, order.filled = remaining, qty - remaining
+                    if order.filled:
+                        order.status = PARTIALLY_FILLED
+                    tail = level.prev
+                    order.prev, order.next = tail, level
+                    tail.next = level.prev = order
+                    level.live += 1
+                    level.total += remaining
+                    level.lots_of[origin] = level.lots_of.get(origin, 0) + remaining
+                    self.orders[oid] = order
+                tree[sign * price] = level
+
     @staticmethod
     def event_budget() -> FillBudget:
         """A fresh budget for one event's places (the replica's `_apply` takes one)."""

@@ -60,10 +60,11 @@ _CBOR_BUILTIN_TAGS = (0, 1, 2, 3, 4, 5, 25, 28, 29, 30, 35, 36, 37, 52, 54, 100,
 _REFUSE_TAGS = dict.fromkeys(_CBOR_BUILTIN_TAGS, _refuse_tag)
 
 
-def strict_loads(data: bytes) -> object:
-    """Decode the protocol's CBOR subset; raises (some cbor2 error) on anything else."""
+def strict_loads(data: bytes, depth: int = CBOR_DEPTH_MAX) -> object:
+    """Decode the protocol's CBOR subset, nested at most `depth` deep; raises (some cbor2
+    error) on anything else."""
     return cbor2.loads(data, tag_hook=_refuse_tag, semantic_decoders=_REFUSE_TAGS,
-                       max_depth=CBOR_DEPTH_MAX, allow_indefinite=False,
+                       max_depth=depth, allow_indefinite=False,
                        allow_duplicate_keys=False, strict_hashable_types=True)
 
 

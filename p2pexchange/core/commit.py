@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from .checkpoint import Checkpoint, make_checkpoint
 from .clock import OrderKey, last_within
 from .finality import Membership, PrefixMembership, covers
+from .settled import BeforeSnapshot
 
 if TYPE_CHECKING:
     from .events import Event
@@ -51,6 +52,7 @@ class Commit:
     _stats: dict[str, int]
     _final_at: tuple[int, OrderKey | None]
     _final_seen: OrderKey | None
+    _final_floor: OrderKey | None  # started from a checkpoint (`Replica.install`): its key
     checkpoint_every: int
     checkpoint: Checkpoint | None  # the latest taken, in full
     checkpoints: dict[int, bytes]  # n -> H_N of the latest `checkpoints_kept` taken
@@ -92,7 +94,14 @@ class Commit:
             return None
         delivered = self._stats["events_delivered"]
         if self._final_at[0] != delivered:
-            frontier = self._settle_joins()
+            try:
+                frontier = self._settle_joins()
+            except BeforeSnapshot:  # a witness below our checkpoint's segments: the
+                frontier = None     # rule cannot run here until sync fills it (alarm)
+                self._stats["before_snapshot"] = self._stats.get("before_snapshot", 0) + 1
+            floor = self._final_floor
+            if floor is not None and (frontier is None or frontier < floor):
+                frontier = floor  # started from a checkpoint: everything up to it is final
             seen = self._final_seen
             if seen is not None and (frontier is None or frontier < seen):
                 # The rule is monotone in the delivered set (protocols/finality.md); a
@@ -134,7 +143,7 @@ class Commit:
         latest = []
         for origin in sorted(self._events):
             chain = self._events[origin]
-            seq = last_within(chain, 0, len(chain), key)
+            seq = last_within(chain, chain.base, len(chain), key)
             removal, leave = membership.removed(origin), membership.left(origin)
             if removal is not None:
                 seq = min(seq, removal.cut)
@@ -214,7 +223,7 @@ class Commit:
         is_void = self.ledger.is_void
         for o, s in named.items():
             covered = 0 if head is None else head.seq if o == me else head.clock.get(o, 0)
-            for event in events[o][covered:s]:
+            for event in events[o][max(covered, events[o].base):s]:  # (below: final)
                 if ((frontier is None or event.key > frontier) and event.actions
                         and not is_void(event)):  # (what is final may be settled)
                     return True

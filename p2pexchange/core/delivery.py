@@ -18,7 +18,7 @@ from itertools import islice
 from typing import TYPE_CHECKING
 
 from .events import Event, short_id
-from .settled import Chain, Settled
+from .settled import BeforeSnapshot, Chain, Settled
 
 if TYPE_CHECKING:
     from .buffer import CausalBuffer, Claims
@@ -76,6 +76,10 @@ class Delivery:
         if type(event) is not Event:
             return self._reject("malformed", "not a decoded event")
         origin, seq = event.origin, event.seq
+        chain = self._events.get(origin)
+        if chain is not None and seq <= chain.base:
+            return self._reject("before_snapshot", f"seq {seq} of {short_id(origin)} is below "
+                                f"the checkpoint this replica started from", event)
         previous = self._delivered_or_buffered(origin, seq)
         if previous is not None:
             if previous.id == event.id:
@@ -196,13 +200,17 @@ class Delivery:
         events = self._events
         heads = event.heads
         top = 0
-        for o, s in event.clock.items():
-            cause = events[o][s - 1]
-            if cause.id != heads[o]:
-                return "fork", (f"names seq {s} of {short_id(o)} as {short_id(heads[o])}; "
-                                f"delivered here: {short_id(cause.id)}")
-            if cause.lamport > top:
-                top = cause.lamport
+        try:
+            for o, s in event.clock.items():
+                cause = events[o][s - 1]
+                if cause.id != heads[o]:
+                    return "fork", (f"names seq {s} of {short_id(o)} as {short_id(heads[o])}"
+                                    f"; delivered here: {short_id(cause.id)}")
+                if cause.lamport > top:
+                    top = cause.lamport
+        except BeforeSnapshot:  # (a replica started from a checkpoint lacks it)
+            return "before_snapshot", ("names a cause below the checkpoint this replica "
+                                       "started from")
         if event.lamport != top + 1:
             return "bad_lamport", f"lamport {event.lamport} but its clock implies {top + 1}"
         if event.seq > 1:

@@ -143,6 +143,10 @@ class Membership:
         leave = self._left_at.get(member)
         return leave is not None and past.has(member, leave.seq)
 
+    def joins_of(self, member: bytes) -> list[tuple[bytes, int, OrderKey]]:
+        """The joins delivered that admit `member`: (sponsor, seq, key) of each event."""
+        return list(self._joins.get(member, ()))
+
     def removed(self, member: bytes) -> Removal | None:
         return self.removals.decided.get(member)
 
@@ -242,6 +246,36 @@ class Membership:
             tuple(sorted((m, r.cut) for m, r in self.removals.decided.items()
                          if all(v.key <= key for v in r.votes))))
 
+    def restore(self, prefix: PrefixMembership, events: Iterable[Event]) -> None:
+        """Start from a checkpoint's membership (`Replica.install`), with the prefix events
+        the replica was given (verified along their chains): their joins of effective
+        members (a silent member's first event must cover one) and the leaves the
+        membership names. Joins and refusals take placeholder keys below every real key,
+        in the prefix's order: they are decided, and everything up to the checkpoint is
+        final, so no boundary of the rule below it matters, only their order."""
+        assert len(self.members) == len(self.genesis) and not self._joins, "restore once"
+        assert prefix.effective[:len(self.genesis)] == tuple(sorted(self.genesis))
+        assert not prefix.removed, "a checkpoint with removals is not installed"
+        for i, member in enumerate(prefix.effective[len(self.genesis):]):
+            self._joined_at[member] = (0, 0, b"", i + 1)
+        for i, member in enumerate(prefix.refused):
+            self._refused_at[member] = (0, 0, b"", i + 1)
+        self.members = dict.fromkeys(prefix.effective)
+        self.effective = set(prefix.effective)
+        self.refused = set(prefix.refused)
+        leaves = dict(prefix.left)
+        for event in sorted(events, key=lambda e: e.key):
+            first = event.actions[0] if event.actions else None
+            if first.__class__ is Join:
+                for action in event.actions:
+                    if action.member in self.effective and action.member not in self.genesis:
+                        self._joins.setdefault(action.member, []).append(
+                            (event.origin, event.seq, event.key))
+            elif first.__class__ is Leave and leaves.get(event.origin) == event.seq:
+                self._left_at[event.origin] = event
+        assert set(self._left_at) == set(leaves), "every leave comes with its event"
+        self.gone = set(leaves)
+
     def frontier(self, events: Mapping[bytes, Sequence[Event]]) -> OrderKey | None:
         """The key of the highest committed event (everything up to it is final), or
         None while nothing is. `events` holds each origin's delivered events by seq.
@@ -328,8 +362,9 @@ def _committed(members: Sequence[bytes], events: Mapping[bytes, Sequence[Event]]
     for origin in [*members, *(o for o in others if events.get(o))]:
         c = min(covered_seq(w, origin) for w in found)
         chain = events[origin]
+        base = getattr(chain, "base", 0)  # (started from a checkpoint: final below)
         if bound is not None:  # the last one within the bound
-            c = last_within(chain, 0, c, bound)
-        if c > 0 and (best is None or chain[c - 1].key > best):
+            c = last_within(chain, base, max(c, base), bound)
+        if c > base and (best is None or chain[c - 1].key > best):
             best = chain[c - 1].key
     return best

@@ -145,6 +145,9 @@ class Ledger:
         self.trade_count = 0
         self.cuts: dict[bytes, int] = {}  # removed origin -> its last seq that counts
         self.settled = 0
+        # Started from a checkpoint (`restore`): its key. Everything at or before it is
+        # final and not held here; an event that sorts there goes in as a settled entry.
+        self.floor: OrderKey | None = None
         # What the commit rule says cannot happen, and a settled ledger cannot undo: an
         # event with actions sorting among final entries, or a removal voiding one
         # (only with more dishonest members than protocols/finality.md tolerates). Such
@@ -331,14 +334,29 @@ class Ledger:
         self.settled = count
         return closed
 
+    def restore(self, acting: int, key: OrderKey, digest: bytes,
+                books: Mapping[str, list]) -> None:
+        """Start an empty ledger from a checkpoint: the state after the `acting`-th event
+        that acts, whose key is `key`, with digest `digest` and books `books` (a state
+        per market, `OrderBook.state`). The entries up to it are not held: queries know
+        only the trades from here on, and a cancel of an order that closed before it is
+        `unknown_order` here (docs/snapshot_design.md, "What is not built")."""
+        assert not self._keys and self.floor is None, "restore into an empty ledger"
+        for name, book in self.books.items():
+            book.restore(books[name])
+        self._settled_digest = digest
+        self._settled_acts = acting
+        self.floor = key
+
     def apply(self, events: list[Event]) -> tuple[int, list[list[Trade]]]:
         """Apply newly delivered `events`, sorted by key: undo once, down to the earliest
         of them, then apply them merged with what was undone. Returns how many entries
         were undone (and applied again) and the trades of each of `events`."""
         if not events:
             return 0, []
-        low = 0
-        while low < len(events) and bisect_left(self._keys, events[low].key) < self.settled:
+        low, floor = 0, self.floor
+        while low < len(events) and (bisect_left(self._keys, events[low].key) < self.settled
+                                     or (floor is not None and events[low].key <= floor)):
             low += 1
         if low:  # among settled entries: only empty events can (see _insert_settled)
             self._insert_settled(events[:low])

@@ -86,27 +86,51 @@ class Settled:
         return f"Settled({self.origin[-4:].hex()}, {self.seq}, lamport={self.lamport})"
 
 
+class BeforeSnapshot(LookupError):
+    """A read of an event below a chain's `base`: a replica started from a checkpoint
+    (`Replica.install`) holds no event of the prefix below the segments it was given."""
+
+
+# What a chain holds for each seq below its `base`: one shared object, 8 bytes a seq.
+ABSENT = ("absent",)
+
+
 class Chain(list):
     """An origin's delivered events by seq - 1: whole `Event`s, and the settled ones
     packed (`pack`), read as `Settled` (by index, slice or iteration alike). Each read
     of a settled one makes a new `Settled`, so compare events by id, never by identity,
-    and read a chain's tail by index (`Replica.last_events`), not by slicing it whole."""
+    and read a chain's tail by index (`Replica.last_events`), not by slicing it whole.
 
-    __slots__ = ()
+    A replica started from a checkpoint holds an origin's chain only from a seq on:
+    `base` is how many seqs below it it lacks (0 otherwise), each held as `ABSENT`;
+    reading one raises `BeforeSnapshot`, and searches along a chain start at `base`."""
+
+    __slots__ = ("base",)
+
+    def __init__(self, events=(), base: int = 0) -> None:
+        list.__init__(self, [ABSENT] * base if base else ())
+        self.extend(events)
+        self.base = base
 
     def __getitem__(self, index):  # type: ignore[override]
         item = list.__getitem__(self, index)
         if type(index) is slice:
-            return [Settled(e) if type(e) is tuple else e for e in item]
-        return Settled(item) if type(item) is tuple else item
+            return [_read(e) if type(e) is tuple else e for e in item]
+        return _read(item) if type(item) is tuple else item
 
     def __iter__(self):  # type: ignore[override]
         for item in list.__iter__(self):
-            yield Settled(item) if type(item) is tuple else item
+            yield _read(item) if type(item) is tuple else item
 
     def __reversed__(self):  # type: ignore[override]
         for item in list.__reversed__(self):
-            yield Settled(item) if type(item) is tuple else item
+            yield _read(item) if type(item) is tuple else item
+
+
+def _read(item: tuple) -> Settled:
+    if item is ABSENT:
+        raise BeforeSnapshot("an event below the checkpoint this replica started from")
+    return Settled(item)
 
 
 def keeps_whole(event: Event) -> bool:

@@ -119,7 +119,7 @@ class Voting:
         capped = {}
         for o, s in clock.items():
             chain = self._events[o]
-            lo, hi = 0, s
+            lo, hi = chain.base, s
             while lo < hi:
                 mid = (lo + hi) // 2
                 if all(covered_seq(chain[mid], t) <= b for t, b in bounds.items()):
@@ -137,11 +137,13 @@ class Voting:
 
     def _first_covering(self, member: bytes, event: Event) -> int | None:
         """The seq of `member`'s first delivered event that covers `event`, or None."""
-        chain = self._events.get(member, [])
+        chain = self._events.get(member)
+        if chain is None:
+            return None
         if member == event.origin:
             return event.seq if len(chain) >= event.seq else None
         origin, seq = event.origin, event.seq
-        lo, hi = 0, len(chain)  # clocks only grow along a chain: binary search
+        lo, hi = chain.base, len(chain)  # clocks only grow along a chain: binary search
         while lo < hi:
             mid = (lo + hi) // 2
             if chain[mid].clock.get(origin, 0) >= seq:

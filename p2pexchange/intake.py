@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 import trio
 from libp2p.peer.id import ID
 
+from .core.checkpoint import decode_checkpoint
 from .core.events import Event, decode_event, short_id
 from .core.market import DEFAULT_MARKETS
 from .core.orders import Trade
@@ -142,9 +143,14 @@ class Intake:
             self.replica.note_equivocation(decode_event(stored[0], DEFAULT_MARKETS), event)
 
     def replay_store(self) -> None:
-        """At start: hand the replica every event of the store (applied again)."""
+        """At start: hand the replica every event of the store (applied again), after the
+        checkpoint it started from, if it did (`start_from_store`)."""
+        skip = start_from_store(self.replica, self.store)
         count = 0
         for raw in self.store.replay():
+            if skip:
+                skip -= 1
+                continue
             count += self.replica.receive(raw).status == "delivered"
             if count % COMPACT_EVERY_EVENTS == 0:
                 self.replica.compact()
@@ -190,3 +196,19 @@ def _where(source: str, sender: ID | None) -> str:
     """Where an event came from, for logs: gossip arrivals name their sender only when
     a line is actually written."""
     return f"peer {short_peer(sender)}" if source == "peer" and sender is not None else source
+
+
+def start_from_store(replica: Replica, store: EventStore) -> int:
+    """Install the checkpoint the store's node started from (net/snapshot.py), with its
+    segments, the first events stored; returns how many those are (0: the store holds the
+    whole history). The store's bytes were checked when they came in; a store that no
+    longer fits them raises `CheckpointRejected` or `EventRejected` (a damaged data dir:
+    the node does not start on it)."""
+    start = store.start()
+    if start is None:
+        return 0
+    _, encoded, segments = start
+    raws = [raw for _, raw in zip(range(segments), store.replay(), strict=False)]
+    replica.install(decode_checkpoint(encoded, DEFAULT_MARKETS),
+                    [decode_event(raw, DEFAULT_MARKETS) for raw in raws])
+    return segments

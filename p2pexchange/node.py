@@ -4,8 +4,10 @@
     discovery (net/discovery) Kademlia DHT, bootstrap, dialing; the set of peers
     gossip (net/gossip)      topics, validators, readers; batching of own actions
     sync (net/sync)          pull what we lack; serve what others lack
+    snapshots (net/snapshot) serve a checkpoint and its segments; fetch one (start.py)
     control (net/control)    heartbeats, finality, trade reports
     admission (admission.py) genesis, joining, admitting newcomers, when to trade
+    start (start.py)         a newcomer starts from an attested checkpoint, or the history
     rejections (net/rejections) every refused input, counted by code and by peer
     intake (intake.py)       events in: inbox, batches to the replica, store, feed, logs
     replica (core/replica)   the deterministic state; store (store.py) its log on disk
@@ -44,6 +46,7 @@ from .core.orders import Order, Trade
 from .core.params import (
     BATCH_ACTIONS_MAX,
     BATCH_INTERVAL_S,
+    CHECKPOINT_EVERY,
     INBOX_BUSY_EVENTS,
     LOOP_LAG_BUSY_MS,
     PEERS_BEHIND_BUSY_S,
@@ -62,7 +65,9 @@ from .net.faults import FaultPlan, gossip_handlers, sync_receive
 from .net.gossip import Gossip
 from .net.host import create_host, load_or_create_key
 from .net.rejections import Rejections
+from .net.snapshot import Snapshots
 from .net.sync import Sync
+from .start import Start
 from .status import node_status, status_line
 from .store import EventStore
 
@@ -81,6 +86,7 @@ class NodeConfig:
     batch_interval_s: float = BATCH_INTERVAL_S  # own actions signed as one event this often
     remove_after_s: float = REMOVE_AFTER_S  # vote out a member silent this long (liveness)
     faults: FaultPlan | None = None  # tests only: loss, delay, duplication (net/faults.py)
+    checkpoint_every: int = CHECKPOINT_EVERY  # final events that act per checkpoint (tests)
 
 
 class Service(Protocol):
@@ -101,6 +107,7 @@ class Node:
         # some: one seq chain per origin spans all markets, and causal delivery needs
         # every link of it (sync brings the events of markets we do not follow).
         self.replica = Replica(DEFAULT_MARKETS, self.origin)
+        self.replica.checkpoint_every = config.checkpoint_every
         self.store = EventStore(os.path.join(config.data_dir, "events.sqlite3"))
         self.listen_addr = ""
         self.rejections = Rejections()
@@ -118,7 +125,9 @@ class Node:
         self.sync = Sync(self.host, self.replica,
                          sync_receive(config.faults, self.intake.receive), self.rejections,
                          lambda: self.discovery.peers, self._rng, self.discovery.heard,
-                         self.store.raws)
+                         self.store.raws, hold=lambda: self.start.holding())
+        self.snapshots = Snapshots(self.host, self.replica, self.rejections, self.store.raws,
+                                   DEFAULT_MARKETS)
         self.admission = Admission(self.replica, self.store, self.origin, self.gossip,
                                    self.rejections, bootstrap_peers(config.bootstrap),
                                    peers=lambda: self.discovery.peers,
@@ -128,6 +137,9 @@ class Node:
         self.control = Control(self.gossip, self.replica, self.origin, self.rejections,
                                want_sync=self.sync.want, on_genesis=self.admission.on_genesis,
                                heard=self.admission.heard)
+        self.start = Start(self.replica, self.store, self.control, self.snapshots,
+                           self.rejections, lambda: self.host.get_connected_peers(),
+                           wanted=bool(config.bootstrap) and self.store.count() == 0)
         self.batcher = Batcher(self.gossip, self._seal, self._published, config.batch_actions_max,
                                self.admission.membership_actions, config.batch_interval_s)
         self.loop_lag = LoopLag()  # event-loop scheduling lag, for status and metrics
@@ -272,7 +284,7 @@ class Node:
                 for service in self.services:
                     await nursery.start(service.run, self)
                 for loop in (self.intake.run, self.discovery.run, self.discovery.keepalive,
-                             self.sync.run,
+                             self.start.run, self.sync.run,
                              self.batcher.run, self.control.run, self._status_loop,
                              self.loop_lag.run, self.admission.run):
                     nursery.start_soon(loop)

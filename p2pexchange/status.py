@@ -40,6 +40,7 @@ def node_status(node: Any) -> dict:
                        {"n": checkpoint.n, "hash": checkpoint.hash.hex(),
                         "attested_by": node.control.attesting()}),
         "checkpoints_matched": node.control.checkpoints_matched,
+        "started_from": node.start.outcome,
         "equivocations": len(node.replica.equivocations),
         "removed": [{"member": str(ID(r.member)), "cut": r.cut, "round": r.round,
                      "equivocated": any(o == r.member for o, _ in node.replica.equivocations)}

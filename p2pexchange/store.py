@@ -41,6 +41,11 @@ CREATE TABLE IF NOT EXISTS digests_v2 (
 CREATE TABLE IF NOT EXISTS genesis (
     member BLOB PRIMARY KEY
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS start (
+    n INTEGER PRIMARY KEY,
+    checkpoint BLOB NOT NULL,
+    segments INTEGER NOT NULL
+);
 """
 
 
@@ -125,6 +130,28 @@ class EventStore:
         with self.db:
             self.db.executemany("INSERT INTO genesis (member) VALUES (?)",
                                 [(m,) for m in members])
+
+    def start(self) -> tuple[int, bytes, int] | None:
+        """The checkpoint this node started from instead of the history (n and S_N), and
+        how many of the first stored events are its segments; None for a node that holds
+        the whole history."""
+        if not self._has_table("start"):
+            return None
+        row = self.db.execute("SELECT n, checkpoint, segments FROM start").fetchone()
+        return None if row is None else (row[0], row[1], row[2])
+
+    def set_start(self, n: int, checkpoint: bytes,
+                  rows: list[tuple[bytes, int, bytes, bytes]]) -> None:
+        """Record that this node starts from checkpoint `n` (S_N bytes) with `rows`, the
+        segments' events (origin, seq, id, raw), stored first, in one transaction."""
+        assert not self.count() and self.start() is None, "a node starts once"
+        with self.db:
+            self.db.execute("INSERT INTO start (n, checkpoint, segments) VALUES (?, ?, ?)",
+                            (n, checkpoint, len(rows)))
+            self.db.executemany(
+                "INSERT INTO events (origin, seq, id, delivered, raw) VALUES (?, ?, ?, ?, ?)",
+                [(o, s, i, self._next + k, r) for k, (o, s, i, r) in enumerate(rows)])
+        self._next += len(rows)
 
     def count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM events").fetchone()[0]

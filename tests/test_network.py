@@ -276,3 +276,45 @@ async def test_only_noise_and_yamux_are_accepted(tmp_path):
                     pass
                 connected[name] = node.peer_id in client.get_connected_peers()
         assert connected == {"plaintext": False, "mplex": False, "noise+yamux": True}
+
+
+async def test_a_newcomer_starts_from_the_checkpoint_the_members_attest(tmp_path):
+    """Two members take a checkpoint every 2 final events that act and attest it. A
+    newcomer starts from the latest one its genesis member attests, with the chain
+    segments it needs and not the history before them (net/snapshot.py, start.py); it
+    then syncs what follows, joins, trades, and holds the members' digest. Restarted, it
+    installs the same checkpoint again from its own store and catches up."""
+    async with network(tmp_path) as net:
+        first = await net.start("n0", checkpoint_every=2)
+        other = await net.start("a", bootstrap=first, checkpoint_every=2)
+        for k in range(16):
+            node = first if k % 2 else other
+            node.submit(BTC, limit(Side.SELL if k % 3 else Side.BUY, 10_000 + k % 4, 1))
+            await node.flush()
+        await net.converged(events=16)
+        with trio.fail_after(30):
+            while not all(n.status()["checkpoint"] is not None
+                          and n.status()["checkpoint"]["n"] >= 16
+                          and n.status()["checkpoint"]["attested_by"] == 1 for n in net.nodes):
+                await trio.sleep(0.2)
+        late = await net.start("late", bootstrap=other, checkpoint_every=2)
+        started = late.status()["started_from"]
+        assert started.startswith("checkpoint "), started
+        n = int(started.split()[1])
+        assert n >= 16
+        _, _, segments = late.store.start()
+        assert segments < first.replica.events_delivered  # not the history
+        assert late.replica.ledger.floor is not None
+        assert other.snapshots.served + first.snapshots.served == 1
+        late.submit(BTC, limit(Side.BUY, 10_003, 2))
+        await late.flush()
+        await net.converged()
+        assert late.replica.final_key() is not None
+        await net.stop(late)
+        again = await net.start("late", bootstrap=other, checkpoint_every=2)
+        assert again.status()["started_from"] == started
+        assert again.replica.stats()["rejected"] == {}
+        await net.converged()
+        for node in net.nodes:  # nothing refused on the way, "before_snapshot" least
+            assert not any("snapshot" in what for what, _, _ in node.rejections.recent)
+            assert "before_snapshot" not in node.rejections.by_code, node.rejections.by_code

@@ -70,6 +70,12 @@ SYNC_ROUND_TIMEOUT_S = 3.0  # one answer; a peer that stalls is backed off
 SYNC_BACKOFF_MAX_S = 30.0  # longest pause before pulling again from a failing peer
 SYNC_GAP_PULL_INTERVAL_S = 1.0  # pull from a random peer this often while gaps are known
 SYNC_SERVE_STREAMS_MAX = 2  # concurrent sync streams served to one peer
+# A newcomer starts from a checkpoint (net/snapshot.py) that more than half the members
+# attest in their heartbeats; it waits this long for such attestations before it
+# replays the whole history instead.
+SNAPSHOT_WAIT_S = 5.0  # over one idle heartbeat interval (HEARTBEAT_IDLE_S)
+SNAPSHOT_TIMEOUT_S = 60.0  # one whole snapshot exchange, server or client side
+SNAPSHOT_SERVE_STREAMS_MAX = 2  # snapshot streams served at once (to all peers)
 
 # -- memory --------------------------------------------------------------------------
 COMPACT_EVERY_EVENTS = 1_000  # stored events between two compactions (core/settled.py)

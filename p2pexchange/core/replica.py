@@ -450,6 +450,19 @@ class Replica(Delivery, Voting, Commit):
                 return f"{o.hex()[-8:]}: events below our own checkpoint's segments are named"
         return checkpoint, {o: (low[o], latest[o]) for o in sorted(latest)}
 
+    def segment_events(self, segments: Mapping[bytes, tuple[int, int]]
+                       ) -> list[bytes | tuple[bytes, int]]:
+        """The events of `segments` (`snapshot_segments`), in origin and seq order: raw
+        bytes, or `(origin, seq)` for a settled one, for the caller to read from its
+        store (as `events_for`)."""
+        out: list[bytes | tuple[bytes, int]] = []
+        for origin, (first, last) in segments.items():
+            chain = self._events[origin]
+            for seq in range(first, last + 1):
+                event = chain[seq - 1]
+                out.append((origin, seq) if type(event) is Settled else event.raw)
+        return out
+
     # -- inputs ------------------------------------------------------------------
 
     def receive(self, raw: bytes) -> Receipt:

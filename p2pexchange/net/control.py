@@ -98,8 +98,10 @@ class Control:
         views[sender.to_bytes()] = (hb.clock.get(self.origin, 0), time.monotonic())
         while len(views) > PEER_VIEWS_MAX:
             del views[next(iter(views))]
-        if hb.checkpoint is not None:
-            n, digest = hb.checkpoint
+        # (0, b""): it attests no checkpoint yet (a young network: a newcomer need not
+        # wait for one, start.py)
+        n, digest = hb.checkpoint if hb.checkpoint is not None else (0, b"")
+        if n or sender.to_bytes() not in self.attested:
             known = self.attested.get(sender.to_bytes())
             if known is None or known[:2] != (n, digest):
                 self.attested[sender.to_bytes()] = (n, digest, False)
@@ -130,6 +132,25 @@ class Control:
         return sum(1 for peer, (n, digest, _) in self.attested.items()
                    if n == checkpoint.n and digest == checkpoint.hash
                    and self.replica.is_member(peer))
+
+    def attested_checkpoint(self) -> tuple[int, bytes, list[ID]] | None:
+        """The highest checkpoint (n, H_N) that more than half of the members attest as
+        their latest, with those members (most recent attestation first); n = 0 if more
+        than half attest none yet; None while neither holds: what a newcomer may start
+        from (net/snapshot.py). One honest member among them is
+        enough for S_N to be the state after the final prefix up to n, so this trusts an
+        honest majority of the members the newcomer knows (its genesis, before it holds
+        anything)."""
+        members = set(self.replica.members())
+        votes: dict[tuple[int, bytes], list[bytes]] = {}
+        for peer, (n, digest, _) in self.attested.items():
+            if peer in members:
+                votes.setdefault((n, digest), []).append(peer)
+        quorum = len(members) // 2 + 1
+        best = max((k for k, v in votes.items() if len(v) >= quorum), default=None)
+        if best is None:
+            return None
+        return best[0], best[1], [ID(p) for p in reversed(votes[best])]
 
     def on_proof(self, sender: ID, proof: tuple[Event, Event]) -> None:
         """A peer's proof of equivocation (both events verified by the decoder): kept,

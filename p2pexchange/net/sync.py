@@ -97,7 +97,9 @@ class Sync:
     def __init__(self, host: Any, replica: Replica, receive: Receive, reject: Reject,
                  peers: Callable[[], set[ID]], rng: random.Random,
                  heard: Callable[[ID], None] = lambda peer: None,
-                 stored: Callable[[list], list[bytes]] = lambda items: items) -> None:
+                 stored: Callable[[list], list[bytes]] = lambda items: items,
+                 hold: Callable[[], bool] = lambda: False) -> None:
+        self._hold = hold  # pull nothing while true (a newcomer deciding how to start)
         self._heard = heard  # an answer is a sign of life of the connection (discovery)
         self._stored = stored  # `events_for`'s answer, settled events read from the store
         self.host = host
@@ -235,8 +237,9 @@ class Sync:
             with trio.move_on_after(0.5):
                 await self._wakeup.wait()
             self._wakeup = trio.Event()
-            if self.replica.membership is None:
-                continue  # no genesis yet: no event can be judged (admission.py)
+            if self.replica.membership is None or self._hold():
+                continue  # no genesis yet: no event can be judged (admission.py); or a
+                # newcomer still deciding whether to start from a checkpoint (start.py)
             targets = list(self._wanted)
             self._wanted.clear()
             now = time.monotonic()

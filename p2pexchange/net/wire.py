@@ -234,9 +234,47 @@ def encode_sync_response(events: list[bytes], more: bool) -> bytes:
 @_guarded
 def decode_sync_response(data: bytes) -> tuple[list[bytes], bool]:
     msg = _load(data, SYNC_RESPONSE_BYTES_MAX, frozenset({"v", "e", "more"}))
+    return _events_and_more(msg)
+
+
+def _events_and_more(msg: dict) -> tuple[list[bytes], bool]:
+    """An answer's events (at most `SYNC_EVENTS_MAX`, each bytes) and its `more` flag."""
     events, more = msg["e"], msg["more"]
     if type(events) is not list or len(events) > SYNC_EVENTS_MAX or type(more) is not bool:
         raise WireError("bad_schema", "e must be a list of events, more a bool")
     if not all(type(e) is bytes for e in events):
         raise WireError("bad_type", "events must be bytes")
     return events, more
+
+
+# -- the snapshot protocol (protocols/sync.md, "Snapshot") -----------------------------
+SNAPSHOT_REQUEST_BYTES_MAX = 64
+SNAPSHOT_PART_BYTES = 1024 * 1024  # of S_N, per response message
+SNAPSHOT_RESPONSE_BYTES_MAX = SNAPSHOT_PART_BYTES + SYNC_RESPONSE_BYTES_MAX
+CHECKPOINT_BYTES_MAX = 64 * 1024 * 1024  # S_N in all (a client stops reading beyond)
+SNAPSHOT_EVENTS_MAX = 1 << 17  # segment events in all
+
+
+def encode_snapshot_request(n: int) -> bytes:
+    return canonical({"v": VERSION, "n": n})
+
+
+@_guarded
+def decode_snapshot_request(data: bytes) -> int:
+    msg = _load(data, SNAPSHOT_REQUEST_BYTES_MAX, frozenset("vn"))
+    return _uint(msg["n"], "n")
+
+
+def encode_snapshot_response(n: int, part: bytes, events: list[bytes], more: bool) -> bytes:
+    """One message of an answer: checkpoint `n` (0: not served), a part of S_N, some of
+    the segments' events, and whether more messages follow."""
+    return canonical({"v": VERSION, "n": n, "p": part, "e": events, "more": more})
+
+
+@_guarded
+def decode_snapshot_response(data: bytes) -> tuple[int, bytes, list[bytes], bool]:
+    msg = _load(data, SNAPSHOT_RESPONSE_BYTES_MAX, frozenset({"v", "n", "p", "e", "more"}))
+    n, part = _uint(msg["n"], "n"), msg["p"]
+    if type(part) is not bytes or len(part) > SNAPSHOT_PART_BYTES:
+        raise WireError("bad_type", f"p must be at most {SNAPSHOT_PART_BYTES} bytes")
+    return (n, part, *_events_and_more(msg))

@@ -4,10 +4,9 @@
     discovery (net/discovery) Kademlia DHT, bootstrap, dialing; the set of peers
     gossip (net/gossip)      topics, validators, readers; batching of own actions
     sync (net/sync)          pull what we lack; serve what others lack
-    snapshots (net/snapshot) serve a checkpoint and its segments; fetch one (start.py)
     control (net/control)    heartbeats, finality, trade reports
     admission (admission.py) genesis, joining, admitting newcomers, when to trade
-    start (start.py)         a newcomer starts from an attested checkpoint, or the history
+    start (start.py)         a newcomer starts from an attested checkpoint (net/snapshot)
     rejections (net/rejections) every refused input, counted by code and by peer
     intake (intake.py)       events in: inbox, batches to the replica, store, feed, logs
     replica (core/replica)   the deterministic state; store (store.py) its log on disk
@@ -65,10 +64,9 @@ from .net.faults import FaultPlan, gossip_handlers, sync_receive
 from .net.gossip import Gossip
 from .net.host import create_host, load_or_create_key
 from .net.rejections import Rejections
-from .net.snapshot import Snapshots
 from .net.sync import Sync
 from .start import Start
-from .status import node_status, status_line
+from .status import log_status, node_status, status_line
 from .store import EventStore
 
 log = logging.getLogger("p2pexchange.node")
@@ -103,11 +101,10 @@ class Node:
         self.key_pair = load_or_create_key(config.data_dir)
         self.peer_id = ID.from_pubkey(self.key_pair.public_key)
         self.origin = self.peer_id.to_bytes()
-        # The replica knows every configured market even when this node follows only
-        # some: one seq chain per origin spans all markets, and causal delivery needs
-        # every link of it (sync brings the events of markets we do not follow).
-        self.replica = Replica(DEFAULT_MARKETS, self.origin)
-        self.replica.checkpoint_every = config.checkpoint_every
+        # The replica knows every market even when this node follows only some: one seq
+        # chain per origin spans them all, and causal delivery needs every link of it.
+        every = config.checkpoint_every
+        self.replica = Replica(DEFAULT_MARKETS, self.origin, checkpoint_every=every)
         self.store = EventStore(os.path.join(config.data_dir, "events.sqlite3"))
         self.listen_addr = ""
         self.rejections = Rejections()
@@ -126,8 +123,6 @@ class Node:
                          sync_receive(config.faults, self.intake.receive), self.rejections,
                          lambda: self.discovery.peers, self._rng, self.discovery.heard,
                          self.store.raws, hold=lambda: self.start.holding())
-        self.snapshots = Snapshots(self.host, self.replica, self.rejections, self.store.raws,
-                                   DEFAULT_MARKETS)
         self.admission = Admission(self.replica, self.store, self.origin, self.gossip,
                                    self.rejections, bootstrap_peers(config.bootstrap),
                                    peers=lambda: self.discovery.peers,
@@ -137,8 +132,7 @@ class Node:
         self.control = Control(self.gossip, self.replica, self.origin, self.rejections,
                                want_sync=self.sync.want, on_genesis=self.admission.on_genesis,
                                heard=self.admission.heard)
-        self.start = Start(self.replica, self.store, self.control, self.snapshots,
-                           self.rejections, lambda: self.host.get_connected_peers(),
+        self.start = Start(self.host, self.replica, self.store, self.control, self.rejections,
                            wanted=bool(config.bootstrap) and self.store.count() == 0)
         self.batcher = Batcher(self.gossip, self._seal, self._published, config.batch_actions_max,
                                self.admission.membership_actions, config.batch_interval_s)
@@ -284,9 +278,9 @@ class Node:
                 for service in self.services:
                     await nursery.start(service.run, self)
                 for loop in (self.intake.run, self.discovery.run, self.discovery.keepalive,
-                             self.start.run, self.sync.run,
-                             self.batcher.run, self.control.run, self._status_loop,
-                             self.loop_lag.run, self.admission.run):
+                             self.start.run, self.sync.run, self.batcher.run, self.control.run,
+                             functools.partial(log_status, self), self.loop_lag.run,
+                             self.admission.run):
                     nursery.start_soon(loop)
                 self.ready.set()
                 task_status.started(self)
@@ -295,11 +289,6 @@ class Node:
                 log.info("stopping: %s", self.status_line())
                 nursery.cancel_scope.cancel()
 
-    async def _status_loop(self) -> None:
-        while True:
-            await trio.sleep(self.config.status_interval_s)
-            log.info(self.status_line())
-
     # -- own events ------------------------------------------------------------------------
 
     def _seal(self, market: str, actions: list[Action]) -> Event | None:
@@ -307,8 +296,7 @@ class Node:
         if not self.replica.is_member(self.origin):
             return None  # admission.py: a non-member's event would be refused everywhere
         try:
-            event, receipt = self.replica.create_event(self.key_pair.private_key, market,
-                                                       actions)
+            event, receipt = self.replica.create_event(self.key_pair.private_key, market, actions)
         except (OwnHistoryBehind, CannotSign) as exc:
             log.warning("not signing now: %s", exc)
             return None

@@ -21,13 +21,13 @@ network whose genesis members have mostly left gives no quorum: full replay.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import trio
 from libp2p.peer.id import ID
 
 from .core.checkpoint import CheckpointRejected
+from .core.market import DEFAULT_MARKETS
 from .core.params import SNAPSHOT_WAIT_S
 from .core.replica import Replica
 from .net.control import Control
@@ -40,15 +40,14 @@ log = logging.getLogger("p2pexchange.node")
 
 
 class Start:
-    def __init__(self, replica: Replica, store: EventStore, control: Control,
-                 snapshots: Snapshots, rejections: Rejections, connected: Callable[[], Any],
-                 wanted: bool, wait_s: float = SNAPSHOT_WAIT_S) -> None:
+    def __init__(self, host: Any, replica: Replica, store: EventStore, control: Control,
+                 rejections: Rejections, wanted: bool, wait_s: float = SNAPSHOT_WAIT_S) -> None:
         self.replica = replica
         self.store = store
         self.control = control
-        self.snapshots = snapshots
+        self.snapshots = Snapshots(host, replica, rejections, store.raws, DEFAULT_MARKETS)
         self._reject = rejections
-        self._connected = connected
+        self._connected = host.get_connected_peers
         self._wait_s = wait_s
         self.decided = trio.Event()
         if not wanted:

@@ -16,16 +16,19 @@ counts in `divergences`).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import trio
 from libp2p.peer.id import ID
+
+log = logging.getLogger("p2pexchange.node")
 
 
 def node_status(node: Any) -> dict:
     """The node's status as its drivers and logs show it (`Node.status`)."""
     stats = node.replica.stats()
     finality = node.control.finality()
-    trades_final = finality.final_trades
     checkpoint = node.replica.checkpoint
     return {
         "peer_id": str(node.peer_id),
@@ -51,8 +54,8 @@ def node_status(node: Any) -> dict:
         "buffered": stats["events_buffered"],
         "own_seq": node.replica.clock.get(node.origin, 0),
         "trades": stats["trades"],
-        "trades_final": trades_final,
-        "trades_pending": stats["trades"] - trades_final,
+        "trades_final": finality.final_trades,
+        "trades_pending": stats["trades"] - finality.final_trades,
         "resting": stats["resting"],
         "rollbacks": stats["rollbacks"],
         "events_reapplied": stats["events_reapplied"],
@@ -67,6 +70,13 @@ def node_status(node: Any) -> dict:
         "loop_lag_max_ms": node.loop_lag.max_ms,
         "loop_slow_steps": node.loop_lag.slow_steps(),
     }
+
+
+async def log_status(node: Any) -> None:
+    """Log the status line every `status_interval_s` (the node's config)."""
+    while True:
+        await trio.sleep(node.config.status_interval_s)
+        log.info(status_line(node.status()))
 
 
 def status_line(s: dict) -> str:

@@ -59,7 +59,7 @@ def test_the_core_imports_no_io_no_clock_no_randomness_and_nothing_above_it(path
 
 NODE_LEVEL = [PACKAGE / name
               for name in ("node.py", "store.py", "feed.py", "status.py", "intake.py",
-                           "looplag.py")]
+                           "looplag.py", "start.py")]
 
 
 @pytest.mark.parametrize("path", [*modules("net"), *NODE_LEVEL], ids=lambda p: p.name)

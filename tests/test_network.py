@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+
 import cbor2
 import pytest
 import trio
 from harness import network
 
+from p2pexchange.client.verify import verify
 from p2pexchange.core.events import OrderType, Place, Side, canonical
 from p2pexchange.net import wire
 from p2pexchange.net.gossip import market_topic
@@ -305,7 +309,7 @@ async def test_a_newcomer_starts_from_the_checkpoint_the_members_attest(tmp_path
         _, _, segments = late.store.start()
         assert segments < first.replica.events_delivered  # not the history
         assert late.replica.ledger.floor is not None
-        assert other.snapshots.served + first.snapshots.served == 1
+        assert other.start.snapshots.served + first.start.snapshots.served == 1
         late.submit(BTC, limit(Side.BUY, 10_003, 2))
         await late.flush()
         await net.converged()
@@ -315,6 +319,63 @@ async def test_a_newcomer_starts_from_the_checkpoint_the_members_attest(tmp_path
         assert again.status()["started_from"] == started
         assert again.replica.stats()["rejected"] == {}
         await net.converged()
+        await net.stop(again)  # its store verifies: the checkpoint, then every event
+        assert verify(str(tmp_path / "late")).startswith(
+            f"verified: started from {started} (")
         for node in net.nodes:  # nothing refused on the way, "before_snapshot" least
             assert not any("snapshot" in what for what, _, _ in node.rejections.recent)
             assert "before_snapshot" not in node.rejections.by_code, node.rejections.by_code
+
+
+async def test_a_newcomer_refuses_a_forged_checkpoint_or_segments_and_falls_back(tmp_path):
+    """Both members serve a checkpoint whose bytes are not the attested hash, then (to
+    the next newcomer) segments that stop short of the event the checkpoint names. Each
+    newcomer refuses what it got from each, counts it against that peer
+    (`wrong_checkpoint`, `bad_segments`), and replays the whole history instead. So does
+    a newcomer that hears no attester at all (the genesis member stopped)."""
+    async with network(tmp_path) as net:
+        first = await net.start("n0", checkpoint_every=2)
+        other = await net.start("a", bootstrap=first, checkpoint_every=2)
+        for k in range(8):
+            node = first if k % 2 else other
+            node.submit(BTC, limit(Side.SELL if k % 3 else Side.BUY, 10_000 + k % 4, 1))
+            await node.flush()
+        await net.converged(events=8)
+        with trio.fail_after(30):
+            while not all(n.status()["checkpoint"] is not None
+                          and n.status()["checkpoint"]["attested_by"] == 1 for n in net.nodes):
+                await trio.sleep(0.2)
+        honest = {}
+
+        def forged_bytes(node):  # a well-formed S_N with another digest
+            checkpoint, segments = honest[node]()
+            state = cbor2.loads(checkpoint.encoded)
+            state["d"] = bytes(32)
+            return dataclasses.replace(checkpoint, encoded=canonical(state)), segments
+
+        def short_segments(node):
+            checkpoint, segments = honest[node]()
+            o, (lo, hi) = max(segments.items(), key=lambda item: item[1][1] - item[1][0])
+            return checkpoint, {**segments, o: (lo, hi - 1)}
+
+        for lie, code in ((forged_bytes, "wrong_checkpoint"), (short_segments, "bad_segments")):
+            for node in net.nodes:  # every member lies, the earlier newcomer too
+                honest.setdefault(node, node.replica.snapshot_segments)
+                node.replica.snapshot_segments = functools.partial(lie, node)
+            liars = {str(node.peer_id) for node in net.nodes}
+            late = await net.start(f"late-{code}", bootstrap=other, checkpoint_every=2)
+            assert late.status()["started_from"] == "history"
+            assert set(late.rejections.by_code) == {code}
+            assert {p for _, c, p in late.rejections.recent if c == code} <= liars
+            await net.converged()
+        for node, serve in honest.items():
+            node.replica.snapshot_segments = serve
+        await net.stop(first)
+        alone = await net.start("late-alone", bootstrap=other, member=False,
+                                checkpoint_every=2)
+        with trio.fail_after(20):
+            while alone.status()["started_from"] == "":
+                await trio.sleep(0.2)
+        assert alone.status()["started_from"] == "history"
+        assert alone.store.start() is None
+        await net.converged(nodes=[other, alone])

@@ -143,7 +143,8 @@ class Replica(Delivery, Voting, Commit):
     def __init__(self, markets: Mapping[str, Market], origin: bytes | None = None, *,
                  genesis: Iterable[bytes] | None = None,
                  buffer_bytes_max: int = BUFFER_BYTES_MAX,
-                 buffer_origin_bytes_max: int = BUFFER_ORIGIN_BYTES_MAX) -> None:
+                 buffer_origin_bytes_max: int = BUFFER_ORIGIN_BYTES_MAX,
+                 checkpoint_every: int = CHECKPOINT_EVERY) -> None:
         self.markets = dict(markets)
         # Without a genesis the replica admits every origin and reports nothing final:
         # for replaying and comparing histories (verify, benchmarks, tests of order).
@@ -173,7 +174,7 @@ class Replica(Delivery, Voting, Commit):
         # Evidence against origins: (origin, seq) -> the two signed versions (raw bytes).
         self.equivocations: dict[tuple[bytes, int], tuple[bytes, bytes]] = {}
         self._rejected: dict[str, int] = {}
-        self.checkpoint_every = CHECKPOINT_EVERY  # smaller in tests and the simulation
+        self.checkpoint_every = checkpoint_every  # smaller in tests and the simulation
         self.checkpoints_kept = CHECKPOINTS_KEPT
         self.checkpoint = None
         self.checkpoints = {}

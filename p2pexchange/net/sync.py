@@ -99,9 +99,8 @@ class Sync:
                  heard: Callable[[ID], None] = lambda peer: None,
                  stored: Callable[[list], list[bytes]] = lambda items: items,
                  hold: Callable[[], bool] = lambda: False) -> None:
-        self._hold = hold  # pull nothing while true (a newcomer deciding how to start)
-        self._heard = heard  # an answer is a sign of life of the connection (discovery)
-        self._stored = stored  # `events_for`'s answer, settled events read from the store
+        self._hold, self._heard = hold, heard  # (start.py; an answer is a sign of life)
+        self._stored = stored  # `events_for`'s answer, settled ones read from the store
         self.host = host
         self.replica = replica
         self._receive = receive
@@ -129,11 +128,10 @@ class Sync:
 
     def found(self, peer: ID) -> None:
         """A new connection to `peer`: pull from it now if it failed only by being
-        unreachable (that was the old connection's; after a partition heals, this is the
-        first pull), and ask it for full chunks again (its timeouts were the old
-        connection's too: small chunks after a heal cost a re-order of everything since
-        the partition per 16 events). A peer whose last answer was bad keeps its
-        backoff: reconnecting must not let it take the sync loop's time again and again."""
+        unreachable (the old connection's; after a partition heals, the first pull), and
+        ask it for full chunks again (its timeouts were the old connection's too). A peer
+        whose last answer was bad keeps its backoff: reconnecting must not let it take
+        the sync loop's time again and again."""
         if peer not in self._misbehaved:
             self._failures.pop(peer, None)
             self._small_chunks.pop(peer, None)
@@ -238,8 +236,7 @@ class Sync:
                 await self._wakeup.wait()
             self._wakeup = trio.Event()
             if self.replica.membership is None or self._hold():
-                continue  # no genesis yet: no event can be judged (admission.py); or a
-                # newcomer still deciding whether to start from a checkpoint (start.py)
+                continue  # no genesis yet: no event can be judged (admission.py)
             targets = list(self._wanted)
             self._wanted.clear()
             now = time.monotonic()

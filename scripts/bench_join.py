@@ -66,7 +66,7 @@ def build_history(events: int, members: int, actions: int, seed: int) -> tuple[l
         assert receipt.status == "delivered", (receipt.status, receipt.code)
         flows[i].placed([event.order_id(k) for k in range(len(acts))])
         history.append(event)
-    return [keys[0], history], replica
+    return [keys, history], replica
 
 
 def baseline_s(history: list[Event], genesis: list[bytes]) -> tuple[float, str]:
@@ -110,13 +110,14 @@ def proc_figures(pid: int) -> tuple[float, float, float]:
 
 def run_once(events: int, args: argparse.Namespace, tmp: str) -> dict:
     t = time.perf_counter()
-    (key0, history), replica = build_history(events, args.members, args.actions, args.seed)
+    (keys, history), replica = build_history(events, args.members, args.actions, args.seed)
     build = time.perf_counter() - t
     genesis = replica.members()
     base, base_digest = baseline_s(history, genesis)
     assert base_digest == replica.digest_hex
     root = os.path.join(tmp, f"h{events}")
-    write_node0(os.path.join(root, "node0"), key0, history, genesis, replica.digest)
+    for i in range(args.online):
+        write_node0(os.path.join(root, f"node{i}"), keys[i], history, genesis, replica.digest)
     quiet = ["--log-level", "warning", "--listen", "/ip4/127.0.0.1/tcp/0"]
     nodes = []
     try:
@@ -125,11 +126,22 @@ def run_once(events: int, args: argparse.Namespace, tmp: str) -> dict:
         nodes.append(node0)
         if not node0.ready.wait(START_TIMEOUT_S) or node0.addr is None:
             raise RuntimeError("node0 did not start:\n" + "\n".join(node0.tail))
+        for i in range(1, args.online):  # the other members online, from their stores
+            nodes.append(NodeProcess(i, os.path.join(root, f"node{i}"),
+                                     [*quiet, "--bootstrap", node0.addr], echo=False))
+            if not nodes[-1].ready.wait(START_TIMEOUT_S):
+                raise RuntimeError(f"node{i} did not start:\n" + "\n".join(nodes[-1].tail))
         node0_start = time.monotonic() - t0
         s0 = status(node0)
-        assert s0 is not None and s0["events"] == events, s0
+        assert s0 is not None and s0["events"] >= events, s0
+        attested_wait = time.monotonic()
+        while args.online > 1 and time.monotonic() - attested_wait < START_TIMEOUT_S:
+            s0 = status(node0)  # a checkpoint attested by the others (net/control.py)
+            if s0 and s0["checkpoint"] and s0["checkpoint"]["attested_by"] >= args.online - 1:
+                break
+            time.sleep(POLL_S)
         t1 = time.monotonic()
-        newcomer = NodeProcess(1, os.path.join(root, "node1"),
+        newcomer = NodeProcess(args.online, os.path.join(root, "newcomer"),
                                [*quiet, "--bootstrap", node0.addr], echo=False)
         nodes.append(newcomer)
         api_ready = caught_up = None
@@ -142,8 +154,10 @@ def run_once(events: int, args: argparse.Namespace, tmp: str) -> dict:
             s = status(newcomer) if newcomer.api_port else None
             if s is not None:
                 last = s
-                # node0 signs a few events of its own meanwhile (it admits the newcomer)
-                if s["events"] >= events and s["digest"] == (status(node0) or {}).get("digest"):
+                # node0 signs a few events of its own meanwhile (it admits the newcomer);
+                # one that started from a checkpoint holds fewer events than the history
+                if (s["events"] >= events or s["started_from"].startswith("checkpoint")) \
+                        and s["digest"] == (status(node0) or {}).get("digest"):
                     caught_up = time.monotonic() - t1
                     break
             time.sleep(POLL_S)
@@ -158,6 +172,8 @@ def run_once(events: int, args: argparse.Namespace, tmp: str) -> dict:
             "newcomer_caught_up_s": None if caught_up is None else round(caught_up, 2),
             "caught_up_over_baseline": None if caught_up is None else round(caught_up / base, 2),
             "newcomer_events": None if last is None else last["events"],
+            "online_members": args.online,
+            "newcomer_started_from": None if last is None else last["started_from"],
             "newcomer_cpu_s": round(cpu, 2), "newcomer_peak_rss_mib": round(rss, 1),
             "newcomer_rss_mib": round(rss_now, 1),
             "node0_cpu_s": round(cpu0, 2), "node0_peak_rss_mib": round(rss0, 1),
@@ -177,12 +193,17 @@ def main(argv: list[str]) -> int:
     p.add_argument("--members", type=int, default=5, help="genesis members (default 5)")
     p.add_argument("--actions", type=int, default=1,
                    help="actions per event (default 1, as auto-trading nodes sign them)")
+    p.add_argument("--online", type=int, default=1,
+                   help="members online, each holding the history (default 1); a newcomer "
+                        "starts from a checkpoint that more than half of them attest")
     p.add_argument("--seed", type=int, default=1)
     args = p.parse_args(argv)
     if any(not 1 <= n <= 1_000_000 for n in args.events):
         p.error("--events must be within 1..1000000")
     if not 1 <= args.members <= 64 or not 1 <= args.actions <= 500:
         p.error("--members must be within 1..64, --actions within 1..500")
+    if not 1 <= args.online <= args.members:
+        p.error("--online must be within 1..--members")
     with tempfile.TemporaryDirectory(prefix="p2pexchange-join-") as tmp:
         for n in args.events:
             print(json.dumps(run_once(n, args, tmp)), flush=True)

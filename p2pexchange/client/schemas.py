@@ -182,6 +182,9 @@ class Status(BaseModel):
     checkpoints_matched: int = Field(description="members' attested checkpoints compared "
                                      "with ours and found equal (a difference counts in "
                                      "divergences)")
+    started_from: str = Field(description="how this node started: 'checkpoint N' (one more "
+                              "than half of the members attested, instead of the history "
+                              "before it), 'history', or '' while a newcomer decides")
     finality_broken: int = Field(description="events the commit rule rules out (a final "
                                  "event undone, beyond the tolerated dishonest members), "
                                  "taken as empty: an alarm; 0 otherwise")

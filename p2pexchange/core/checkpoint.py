@@ -15,10 +15,11 @@ the ledger undoes the entries after the N-th, captures the books, and applies th
 non-final tail costs, plus one pass over the resting orders, once per
 `CHECKPOINT_EVERY` events that act.
 
-H_N is what members will attest in their heartbeats, and S_N what a newcomer will
-install instead of replaying the history (steps 2 and 3 of the design; not built yet).
-Today the checkpoints are a check: every honest replica must compute the same H_N for
-the same N (the simulation checks it on every step, restarts included).
+H_N is what members attest in their heartbeats (the divergence alarm), and S_N what a
+newcomer installs instead of replaying the history once more than half of the members
+it knows attest it (`decode_checkpoint` here, `Replica.install`; protocols/sync.md,
+"Snapshot protocol"). Every honest replica must compute the same H_N for the same N
+(the simulation checks it on every step, restarts included).
 """
 
 from __future__ import annotations

@@ -78,6 +78,7 @@ class Admission:
                  rejections: Rejections, bootstrap: set[bytes],
                  peers: Callable[[], set[ID]], syncs_completed: Callable[[], int],
                  seen_by: Callable[[bytes], int] = lambda peer: 0,
+                 deciding: Callable[[], bool] = lambda: False,
                  remove_after_s: float = REMOVE_AFTER_S) -> None:
         self.replica = replica
         self.store = store
@@ -87,6 +88,7 @@ class Admission:
         self._peers = peers
         self._syncs_completed = syncs_completed
         self._seen_by = seen_by  # our highest seq a peer's heartbeat says it has
+        self._deciding = deciding  # how to start (start.py): no event gossip meanwhile
         self._bootstrap = bootstrap  # the peers whose word on the genesis we take
         self._other_networks: set[bytes] = set()  # peers seen with another genesis (logged)
         self._started = time.monotonic()
@@ -154,13 +156,14 @@ class Admission:
     async def follow_events(self, follow: Callable[[], Awaitable[None]],
                             task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Start reading the event topics (`follow`): a founder at once, before it is
-        started; a node started with `--bootstrap` once `synced_once`. Sync alone
+        started; a node started with `--bootstrap` once `synced_once` and its start is
+        decided (start.py: a checkpoint installs into an empty replica only). Sync alone
         brings history faster: a newcomer catching up on 10,000 events spent about 40%
         of its time reading the members' live gossip (py-spy), which sync brings again
         anyway (docs/faults.md)."""
         if self._bootstrap:
             task_status.started()
-            while not self.synced_once():
+            while not self.synced_once() or self._deciding():
                 await trio.sleep(0.05)
         await follow()
         if not self._bootstrap:

@@ -101,8 +101,7 @@ class Node:
         self.key_pair = load_or_create_key(config.data_dir)
         self.peer_id = ID.from_pubkey(self.key_pair.public_key)
         self.origin = self.peer_id.to_bytes()
-        # The replica knows every market even when this node follows only some: one seq
-        # chain per origin spans them all, and causal delivery needs every link of it.
+        # Every market, followed or not: one seq chain per origin spans them all.
         every = config.checkpoint_every
         self.replica = Replica(DEFAULT_MARKETS, self.origin, checkpoint_every=every)
         self.store = EventStore(os.path.join(config.data_dir, "events.sqlite3"))
@@ -128,6 +127,7 @@ class Node:
                                    peers=lambda: self.discovery.peers,
                                    syncs_completed=lambda: self.sync.completed,
                                    seen_by=lambda peer: self.control.view_of_mine(peer),
+                                   deciding=lambda: self.start.holding(),
                                    remove_after_s=config.remove_after_s)
         self.control = Control(self.gossip, self.replica, self.origin, self.rejections,
                                want_sync=self.sync.want, on_genesis=self.admission.on_genesis,

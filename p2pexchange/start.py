@@ -12,10 +12,14 @@ younger than one checkpoint, too few members heard, removal votes in the prefix,
 attester failing) it replays the whole history through sync, as before.
 
 Trust: one honest member among the attesters is enough for S_N to be the state after
-the final prefix (every honest member computes the same S_N: core/checkpoint.py), and
-the segments are checked against S_N by their ids; so this trusts an honest majority
-of the members the newcomer knows, which before it holds anything is its genesis. A
-network whose genesis members have mostly left gives no quorum: full replay.
+the final prefix (every honest member computes the same S_N: core/checkpoint.py); so
+this trusts an honest majority of the members the newcomer knows, which before it holds
+anything is its genesis (itself learned from the bootstrap peer, admission.py). A
+network whose genesis members have mostly left gives no quorum: full replay. The
+segments are checked against S_N by their ids, and must reach what the latest events
+and joins name; how much further down events still to come name is the server's word
+(protocols/sync.md): a server that cuts that short leaves the newcomer refusing such
+events as `before_snapshot` (its status shows them), a limit not closed yet.
 """
 
 from __future__ import annotations
@@ -107,6 +111,10 @@ class Start:
             log.info("checkpoint %d from %s failed: %s", n, short_peer(peer), exc)
             return False
         except CheckpointRejected as exc:
+            if self.replica.events_delivered or self.replica.stats()["events_buffered"]:
+                log.info("not starting from checkpoint %d: events came in meanwhile", n)
+                self.outcome = "history"  # (no fault of the peer)
+                return True
             self._reject("snapshot response", "bad_segments", peer)
             log.info("checkpoint %d from %s refused: %s", n, short_peer(peer), exc)
             return False

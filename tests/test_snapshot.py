@@ -251,6 +251,7 @@ def test_a_checkpoint_and_segments_that_do_not_fit_are_refused_and_change_nothin
         "the segments are not the checkpoint's origins": [e for e in events
                                                           if e.origin != b],
         "not in the prefix": events + [net["a"].events_of(a)[-1]],
+        "does not reach": [got[-1] for got in by_origin.values()],  # cut at the bottom
     }
     replica = Replica(DEFAULT_MARKETS, None, genesis=net.genesis)
     for why, offer in offers.items():

@@ -75,7 +75,7 @@ SYNC_SERVE_STREAMS_MAX = 2  # concurrent sync streams served to one peer
 # replays the whole history instead.
 SNAPSHOT_WAIT_S = 5.0  # over one idle heartbeat interval (HEARTBEAT_IDLE_S)
 SNAPSHOT_TIMEOUT_S = 60.0  # one whole snapshot exchange, server or client side
-SNAPSHOT_SERVE_STREAMS_MAX = 2  # snapshot streams served at once (to all peers)
+SNAPSHOT_SERVE_STREAMS_MAX = 4  # snapshot streams served at once, one per peer
 
 # -- memory --------------------------------------------------------------------------
 COMPACT_EVERY_EVENTS = 1_000  # stored events between two compactions (core/settled.py)

@@ -385,10 +385,18 @@ class Replica(Delivery, Voting, Commit):
             if top is None or top.seq != seq or not top.actions \
                     or top.actions[0].__class__ is not Leave:
                 raise CheckpointRejected(f"{member.hex()[-8:]}: its leave is missing")
-        joined = {a.member for e in events if e.actions and e.actions[0].__class__ is Join
-                  for a in e.actions}
+        joins = [e for e in events if e.actions and e.actions[0].__class__ is Join]
+        joined = {a.member for e in joins for a in e.actions}
         if any(m not in latest and m not in joined for m in prefix.effective[len(genesis):]):
             raise CheckpointRejected("a member that never spoke comes without its join")
+        # What the segments must reach down to, as far as these events show it: every
+        # cause the latest events and the joins name (the server also names what the
+        # events past them name, which only it holds: protocols/sync.md).
+        for event in [got[-1] for got in chains.values()] + joins:
+            for o, s in event.clock.items():
+                if o in chains and s < chains[o][0].seq:
+                    raise CheckpointRejected(f"{o.hex()[-8:]}: its segment does not reach "
+                                             f"seq {s}, which a latest event or a join names")
         self.ledger.restore(snapshot.n, snapshot.key, snapshot.digest, snapshot.books)
         for origin, got in chains.items():
             chain = self._events[origin] = Chain(got, base=got[0].seq - 1)

@@ -104,6 +104,7 @@ class Control:
         if n or sender.to_bytes() not in self.attested:
             known = self.attested.get(sender.to_bytes())
             if known is None or known[:2] != (n, digest):
+                self.attested.pop(sender.to_bytes(), None)  # most recent last
                 self.attested[sender.to_bytes()] = (n, digest, False)
                 self.compare_checkpoints()
 

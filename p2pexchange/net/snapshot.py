@@ -65,7 +65,7 @@ class Snapshots:
         self._reject = reject
         self._stored = stored
         self._markets = markets
-        self._serving = 0
+        self._peers: set[ID] = set()  # being served now: one stream each
         self.served = 0  # snapshots served in full
         host.set_stream_handler(SNAPSHOT_PROTOCOL, self.serve)
 
@@ -73,12 +73,13 @@ class Snapshots:
 
     async def serve(self, stream: Any) -> None:
         peer = stream.muxed_conn.peer_id
-        if self._serving >= SNAPSHOT_SERVE_STREAMS_MAX:
-            self._reject("snapshot request", "too_many_streams", peer)
-            with trio.move_on_after(1):
+        if peer in self._peers or len(self._peers) >= SNAPSHOT_SERVE_STREAMS_MAX:
+            if peer in self._peers:  # its own second stream: its doing
+                self._reject("snapshot request", "too_many_streams", peer)
+            with trio.move_on_after(1):  # (busy with others: nobody's fault)
                 await stream.reset()
             return
-        self._serving += 1
+        self._peers.add(peer)
         try:
             with trio.fail_after(SNAPSHOT_TIMEOUT_S):
                 await self._answer(stream, peer)
@@ -87,7 +88,7 @@ class Snapshots:
         except Exception as exc:  # a peer that vanished or stalled mid-stream
             log.debug("serving a snapshot to %s ended: %r", short_peer(peer), exc)
         finally:
-            self._serving -= 1
+            self._peers.discard(peer)
             with trio.move_on_after(1):
                 await stream.close()
 
@@ -96,21 +97,24 @@ class Snapshots:
             n = wire.decode_snapshot_request(await _read(stream, wire.SNAPSHOT_REQUEST_BYTES_MAX))
         except wire.WireError as exc:
             raise SnapshotFailed(exc.code) from None
-        offer = self.replica.snapshot_segments()
-        if type(offer) is str or offer[0].n != n:
-            why = offer if type(offer) is str else f"our latest checkpoint is {offer[0].n}"
-            log.info("no snapshot %d for %s: %s", n, short_peer(peer), why)
+        latest = self.replica.checkpoint
+        offer = self.replica.snapshot_segments() if latest is not None and latest.n == n \
+            else f"our latest checkpoint is {None if latest is None else latest.n}"
+        raws: list[bytes] = []
+        if type(offer) is not str:
+            wanted = self.replica.segment_events(offer[1])
+            if len(wanted) > wire.SNAPSHOT_EVENTS_MAX:  # (a member that left long ago)
+                offer = f"segments of {len(wanted)} events, over the limit"
+            elif len(raws := self._stored(wanted)) != len(wanted):
+                offer = "the store lacks an event of the segments"
+            elif sum(map(len, raws)) > wire.SNAPSHOT_EVENT_BYTES_MAX:
+                offer = "segments over the byte limit"
+        if type(offer) is str:
+            log.info("no snapshot %d for %s: %s", n, short_peer(peer), offer)
             await stream.write(encode_varint_prefixed(
                 wire.encode_snapshot_response(0, b"", [], False)))
             return
-        checkpoint, segments = offer
-        wanted = self.replica.segment_events(segments)
-        raws = self._stored(wanted)
-        if len(raws) != len(wanted):  # our store lacks an event it should hold
-            log.error("cannot serve snapshot %d: the store lacks a segment's event", n)
-            await stream.write(encode_varint_prefixed(
-                wire.encode_snapshot_response(0, b"", [], False)))
-            return
+        checkpoint = offer[0]
         encoded, part, chunk = checkpoint.encoded, wire.SNAPSHOT_PART_BYTES, wire.SYNC_EVENTS_MAX
         messages = max(-(-len(encoded) // part), -(-len(raws) // chunk), 1)
         for i in range(messages):
@@ -130,9 +134,7 @@ class Snapshots:
             stream = await self.host.new_stream(peer, [SNAPSHOT_PROTOCOL])
             try:
                 await stream.write(encode_varint_prefixed(wire.encode_snapshot_request(n)))
-                parts: list[bytes] = []
-                raws: list[bytes] = []
-                size, more = 0, True
+                parts, raws, size, event_bytes, more = [], [], 0, 0, True
                 while more:
                     try:
                         got, part, events, more = wire.decode_snapshot_response(
@@ -142,9 +144,11 @@ class Snapshots:
                     if got != n:
                         raise SnapshotFailed("not_served", f"the peer does not serve {n}")
                     size += len(part)
+                    event_bytes += sum(map(len, events))
                     parts.append(part)
                     raws += events
-                    if size > wire.CHECKPOINT_BYTES_MAX or len(raws) > wire.SNAPSHOT_EVENTS_MAX:
+                    if (size > wire.CHECKPOINT_BYTES_MAX or len(raws) > wire.SNAPSHOT_EVENTS_MAX
+                            or event_bytes > wire.SNAPSHOT_EVENT_BYTES_MAX):
                         raise SnapshotFailed("oversize")
             finally:
                 with trio.move_on_after(1):

@@ -253,6 +253,7 @@ SNAPSHOT_PART_BYTES = 1024 * 1024  # of S_N, per response message
 SNAPSHOT_RESPONSE_BYTES_MAX = SNAPSHOT_PART_BYTES + SYNC_RESPONSE_BYTES_MAX
 CHECKPOINT_BYTES_MAX = 64 * 1024 * 1024  # S_N in all (a client stops reading beyond)
 SNAPSHOT_EVENTS_MAX = 1 << 17  # segment events in all
+SNAPSHOT_EVENT_BYTES_MAX = 128 * 1024 * 1024  # ... and their bytes in all
 
 
 def encode_snapshot_request(n: int) -> bytes:

@@ -156,14 +156,16 @@ class Admission:
     async def follow_events(self, follow: Callable[[], Awaitable[None]],
                             task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Start reading the event topics (`follow`): a founder at once, before it is
-        started; a node started with `--bootstrap` once `synced_once` and its start is
-        decided (start.py: a checkpoint installs into an empty replica only). Sync alone
+        started; a node started with `--bootstrap` once `synced_once` and, once it knows
+        the genesis, its start is decided (start.py: a checkpoint installs into an empty
+        replica only; without a genesis nothing is taken in). Sync alone
         brings history faster: a newcomer catching up on 10,000 events spent about 40%
         of its time reading the members' live gossip (py-spy), which sync brings again
         anyway (docs/faults.md)."""
         if self._bootstrap:
             task_status.started()
-            while not self.synced_once() or self._deciding():
+            while not self.synced_once() or (self._deciding()
+                                             and self.replica.membership is not None):
                 await trio.sleep(0.05)
         await follow()
         if not self._bootstrap:

@@ -343,3 +343,41 @@ def test_a_second_version_refused_by_gossips_validator_still_makes_a_proof(tmp_p
     else:
         raise AssertionError("a second version was accepted for forwarding")
     assert node2.replica.equivocations[(o2, 1)] == (first2.raw, second2.raw)
+
+
+def test_a_newcomer_starts_only_from_a_checkpoint_a_majority_attests_and_none_contradicts(
+        tmp_path):
+    """`Control.attested_checkpoint` over a five-member genesis (the node and four
+    others): three attest no checkpoint (a young network: n = 0); then two attest
+    checkpoint 8 (no quorum), a third does (quorum, most recent attester first); a
+    fourth attesting another hash for 8 vetoes it; a non-member's word counts for
+    nothing."""
+    key = seeded_key_pair("newcomer")
+    others = [seeded_key_pair(f"member-{i}") for i in range(4)]
+    ids = [peer_id_bytes(k) for k in others]
+    data_dir = tmp_path / "n"
+    data_dir.mkdir()
+    (data_dir / "identity.key").write_bytes(key.private_key.to_bytes())
+    genesis = sorted([peer_id_bytes(key), *ids])
+    EventStore(str(data_dir / "events.sqlite3")).set_genesis(genesis)
+    node = Node(NodeConfig(data_dir=str(data_dir)))
+
+    def beat(member: bytes, checkpoint: tuple[int, bytes] | None) -> None:
+        node.control.on_heartbeat(ID(member), wire.Heartbeat(
+            {}, 0, bytes(32), 0, tuple(genesis), checkpoint))
+
+    control = node.control
+    assert control.attested_checkpoint() is None
+    for member in ids[:3]:
+        beat(member, None)
+    assert control.attested_checkpoint() == (0, b"", [ID(m) for m in reversed(ids[:3])])
+    beat(ids[0], (8, b"h" * 32))
+    beat(ids[1], (8, b"h" * 32))
+    stranger = peer_id_bytes(seeded_key_pair("stranger"))
+    beat(stranger, (8, b"h" * 32))
+    assert control.attested_checkpoint() is None  # 2 of 5, and a stranger
+    beat(ids[2], (8, b"h" * 32))
+    assert control.attested_checkpoint() == (8, b"h" * 32,
+                                             [ID(ids[2]), ID(ids[1]), ID(ids[0])])
+    beat(ids[3], (8, b"x" * 32))
+    assert control.attested_checkpoint() is None  # contradicted: replay instead

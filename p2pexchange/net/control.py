@@ -137,11 +137,12 @@ class Control:
     def attested_checkpoint(self) -> tuple[int, bytes, list[ID]] | None:
         """The highest checkpoint (n, H_N) that more than half of the members attest as
         their latest, with those members (most recent attestation first); n = 0 if more
-        than half attest none yet; None while neither holds: what a newcomer may start
-        from (net/snapshot.py). One honest member among them is
-        enough for S_N to be the state after the final prefix up to n, so this trusts an
-        honest majority of the members the newcomer knows (its genesis, before it holds
-        anything)."""
+        than half attest none yet; None while neither holds, or while a member attests
+        another hash for the same n (a divergence: the newcomer then replays the
+        history): what a newcomer may start from (start.py). One honest member among
+        them is enough for S_N to be the state after the final prefix up to n, so this
+        trusts an honest majority of the members the newcomer knows (its genesis, before
+        it holds anything)."""
         members = set(self.replica.members())
         votes: dict[tuple[int, bytes], list[bytes]] = {}
         for peer, (n, digest, _) in self.attested.items():
@@ -149,7 +150,7 @@ class Control:
                 votes.setdefault((n, digest), []).append(peer)
         quorum = len(members) // 2 + 1
         best = max((k for k, v in votes.items() if len(v) >= quorum), default=None)
-        if best is None:
+        if best is None or any(n == best[0] and digest != best[1] for n, digest in votes):
             return None
         return best[0], best[1], [ID(p) for p in reversed(votes[best])]
 

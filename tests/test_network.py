@@ -282,6 +282,26 @@ async def test_only_noise_and_yamux_are_accepted(tmp_path):
         assert connected == {"plaintext": False, "mplex": False, "noise+yamux": True}
 
 
+async def two_attesting_members(net, orders: int, at_least: int | None = None):
+    """The genesis member and a second member, both taking a checkpoint every 2 final
+    events that act, after `orders` orders: once each attests its latest checkpoint (of n
+    at least `at_least`, default `orders`) to the other."""
+    first = await net.start("n0", checkpoint_every=2)
+    other = await net.start("a", bootstrap=first, checkpoint_every=2)
+    for k in range(orders):
+        node = first if k % 2 else other
+        node.submit(BTC, limit(Side.SELL if k % 3 else Side.BUY, 10_000 + k % 4, 1))
+        await node.flush()
+    await net.converged(events=orders)
+    at_least = orders if at_least is None else at_least
+    with trio.fail_after(30):
+        while not all(n.status()["checkpoint"] is not None
+                      and n.status()["checkpoint"]["n"] >= at_least
+                      and n.status()["checkpoint"]["attested_by"] == 1 for n in net.nodes):
+            await trio.sleep(0.2)
+    return first, other
+
+
 async def test_a_newcomer_starts_from_the_checkpoint_the_members_attest(tmp_path):
     """Two members take a checkpoint every 2 final events that act and attest it. A
     newcomer starts from the latest one its genesis member attests, with the chain
@@ -289,18 +309,7 @@ async def test_a_newcomer_starts_from_the_checkpoint_the_members_attest(tmp_path
     then syncs what follows, joins, trades, and holds the members' digest. Restarted, it
     installs the same checkpoint again from its own store and catches up."""
     async with network(tmp_path) as net:
-        first = await net.start("n0", checkpoint_every=2)
-        other = await net.start("a", bootstrap=first, checkpoint_every=2)
-        for k in range(16):
-            node = first if k % 2 else other
-            node.submit(BTC, limit(Side.SELL if k % 3 else Side.BUY, 10_000 + k % 4, 1))
-            await node.flush()
-        await net.converged(events=16)
-        with trio.fail_after(30):
-            while not all(n.status()["checkpoint"] is not None
-                          and n.status()["checkpoint"]["n"] >= 16
-                          and n.status()["checkpoint"]["attested_by"] == 1 for n in net.nodes):
-                await trio.sleep(0.2)
+        first, other = await two_attesting_members(net, 16)
         late = await net.start("late", bootstrap=other, checkpoint_every=2)
         started = late.status()["started_from"]
         assert started.startswith("checkpoint "), started
@@ -334,17 +343,7 @@ async def test_a_newcomer_refuses_a_forged_checkpoint_or_segments_and_falls_back
     (`wrong_checkpoint`, `bad_segments`), and replays the whole history instead. So does
     a newcomer that hears no attester at all (the genesis member stopped)."""
     async with network(tmp_path) as net:
-        first = await net.start("n0", checkpoint_every=2)
-        other = await net.start("a", bootstrap=first, checkpoint_every=2)
-        for k in range(8):
-            node = first if k % 2 else other
-            node.submit(BTC, limit(Side.SELL if k % 3 else Side.BUY, 10_000 + k % 4, 1))
-            await node.flush()
-        await net.converged(events=8)
-        with trio.fail_after(30):
-            while not all(n.status()["checkpoint"] is not None
-                          and n.status()["checkpoint"]["attested_by"] == 1 for n in net.nodes):
-                await trio.sleep(0.2)
+        first, other = await two_attesting_members(net, 8, at_least=0)
         honest = {}
 
         def forged_bytes(node):  # a well-formed S_N with another digest

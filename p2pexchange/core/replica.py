@@ -24,7 +24,8 @@ same events end in the same state whatever the arrival order.
    and with a genesis, its origin must be a member (`not_member`, core/finality.py)
    that has not left (`left`: after its leave, an origin's events carry no actions).
    Admission's stateful checks, the buffering and the delivery are core/delivery.py,
-   a part of `Replica` like core/commit.py and core/voting.py.
+   a part of `Replica` like core/commit.py and core/voting.py;
+   starting from a checkpoint instead of the history is core/install.py.
 3. Total order. Delivered events are applied in order of `Event.key`:
    `(lamport, rank, origin, seq)`, where `rank` puts cancels-only events
    before concurrent places, and membership events last. This order extends
@@ -86,7 +87,6 @@ with what the network trades; `compact` keeps what is final in a compact form
 from __future__ import annotations
 
 import heapq
-import itertools
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import islice
@@ -95,7 +95,6 @@ from libp2p.crypto.keys import PrivateKey
 
 from .book import OrderBook
 from .buffer import KNOWN_ORIGINS_MAX, CausalBuffer, Claims
-from .checkpoint import Checkpoint, CheckpointRejected, Snapshot
 from .clock import OrderKey, VectorClock
 from .commit import Commit
 from .delivery import MISSING_RANGES_MAX, PARKED_MAX, Delivery, Receipt
@@ -107,13 +106,11 @@ from .events import (
     Action,
     Event,
     EventRejected,
-    Join,
-    Leave,
-    Vote,
     decode_event,
     sign_event,
 )
 from .finality import MEMBERS_MAX, Membership
+from .install import Install
 from .ledger import Ledger
 from .market import Market
 from .orders import Order, Trade
@@ -137,7 +134,7 @@ class OwnHistoryBehind(Exception):
     its store lost history, and a new event would reuse a seq. Sync first."""
 
 
-class Replica(Delivery, Voting, Commit):
+class Replica(Delivery, Voting, Commit, Install):
     """Deterministic replicated state for a set of markets; see the module docstring."""
 
     def __init__(self, markets: Mapping[str, Market], origin: bytes | None = None, *,
@@ -335,142 +332,6 @@ class Replica(Delivery, Voting, Commit):
         while len(own) > OWN_CLOSED_MAX:
             own.popitem(last=False)
         return sum(self._settled.values())
-
-    def install(self, snapshot: Snapshot, events: Sequence[Event]) -> None:
-        """Start from a checkpoint instead of the history (docs/snapshot_design.md, step
-        4): the books, digest and membership of `snapshot` (decoded and checked,
-        core/checkpoint.py; the caller judged its hash, as f + 1 members attest it), and
-        `events`, decoded and verified prefix events: for each origin a segment of its
-        chain ending at the latest event the checkpoint names, linked by predecessor ids
-        down from that id, reaching as far down as the events still to come may name
-        (`snapshot_segments` on the serving replica). Everything up to the checkpoint's
-        key is final here from now on; the events after it come through sync as usual.
-
-        Raises `CheckpointRejected`, changing nothing, if this replica is not empty or
-        has no genesis, if the checkpoint is another network's or records a removal (its
-        votes are not carried: replay the history instead), or if `events` are not such
-        segments: every origin the checkpoint names present, each segment contiguous and
-        ending at the named id, every event within the prefix and without removal votes,
-        each leave it records and a join of each member that never spoke among them."""
-        membership = self.membership
-        if membership is None or self._stats["events_delivered"] or len(self._buffer) \
-                or self.ledger.floor is not None:
-            raise CheckpointRejected("only an empty replica with a genesis starts from one")
-        prefix = snapshot.membership
-        genesis = tuple(sorted(membership.genesis))
-        if prefix.effective[:len(genesis)] != genesis:
-            raise CheckpointRejected("another network's genesis")
-        if prefix.removed:
-            raise CheckpointRejected("it records a removal, whose votes it does not carry")
-        latest = {o: (s, i) for o, s, i in snapshot.latest}
-        chains: dict[bytes, list[Event]] = {}
-        for event in events:
-            if type(event) is not Event or event.key > snapshot.key:
-                raise CheckpointRejected("an event that is not in the prefix")
-            if any(a.__class__ is Vote for a in event.actions):
-                raise CheckpointRejected("a removal vote in the prefix")
-            chains.setdefault(event.origin, []).append(event)
-        if set(chains) != set(latest):
-            raise CheckpointRejected("the segments are not the checkpoint's origins")
-        for origin, got in chains.items():
-            got.sort(key=lambda e: e.seq)
-            seq, top = latest[origin]
-            if got[-1].seq != seq or got[-1].id != top:
-                raise CheckpointRejected(f"{origin.hex()[-8:]}: not the latest event named")
-            for below, above in itertools.pairwise(got):
-                if above.seq != below.seq + 1 or above.heads.get(origin) != below.id:
-                    raise CheckpointRejected(f"{origin.hex()[-8:]}: a broken segment")
-        for member, seq in prefix.left:
-            top = chains[member][-1] if member in chains else None
-            if top is None or top.seq != seq or not top.actions \
-                    or top.actions[0].__class__ is not Leave:
-                raise CheckpointRejected(f"{member.hex()[-8:]}: its leave is missing")
-        joins = [e for e in events if e.actions and e.actions[0].__class__ is Join]
-        joined = {a.member for e in joins for a in e.actions}
-        if any(m not in latest and m not in joined for m in prefix.effective[len(genesis):]):
-            raise CheckpointRejected("a member that never spoke comes without its join")
-        # What the segments must reach down to, as far as these events show it: every
-        # cause the latest events and the joins name (the server also names what the
-        # events past them name, which only it holds: protocols/sync.md).
-        for event in [got[-1] for got in chains.values()] + joins:
-            for o, s in event.clock.items():
-                if o in chains and s < chains[o][0].seq:
-                    raise CheckpointRejected(f"{o.hex()[-8:]}: its segment does not reach "
-                                             f"seq {s}, which a latest event or a join names")
-        self.ledger.restore(snapshot.n, snapshot.key, snapshot.digest, snapshot.books)
-        for origin, got in chains.items():
-            chain = self._events[origin] = Chain(got, base=got[0].seq - 1)
-            self._settled[origin] = chain.base
-            self._clock[origin] = got[-1].seq
-            for event in got:
-                self._by_id[event.id] = event
-        self._lamport = snapshot.key[0]
-        self._stats["events_delivered"] = len(events)
-        membership.restore(prefix, events)
-        self._final_floor = self._final_seen = snapshot.key
-        self._final_at = (-1, None)
-        self.checkpoint = Checkpoint(snapshot.n, snapshot.key, snapshot.hash, snapshot.encoded)
-        self.checkpoints = {snapshot.n: snapshot.hash}
-        self._checkpoint_n = snapshot.n
-
-    def snapshot_segments(self) -> tuple[Checkpoint, dict[bytes, tuple[int, int]]] | str:
-        """What a newcomer needs to start from our latest checkpoint (`install`): the
-        checkpoint, and per origin it names the seqs (first, last) of the segment of its
-        chain to send, the last being the latest event the checkpoint names. Or why we
-        cannot serve one (a string).
-
-        A segment reaches as far down as any event still to come may name
-        (docs/snapshot_design.md, "What a newcomer must judge"): a member's next event
-        names at least every origin's latest final event (F1), so what can name less is
-        already here or a newcomer's first event. The segments therefore cover what is
-        named by every event we hold past the latest ones the checkpoint names, by
-        those latest ones, and by the joins of members without an event in the prefix
-        (with those joins: their first events are judged against them). Costs the
-        events past the checkpoint times their clocks."""
-        checkpoint, membership = self.checkpoint, self.membership
-        if checkpoint is None or membership is None:
-            return "no checkpoint yet"
-        key = checkpoint.key
-        removals = membership.removals
-        if removals.decided or any(v.key <= key for said in removals.rounds.values()
-                                   for v in said.values()):
-            return "removal votes in the prefix (not carried by a checkpoint)"
-        latest = {o: s for o, s, _ in self.prefix_state(key)[1]}
-        low = dict(latest)
-        events = self._events
-
-        def name(clock: Mapping[bytes, int]) -> None:
-            for o, s in clock.items():
-                if 0 < s < low.get(o, 0):
-                    low[o] = s
-
-        for o, chain in events.items():
-            for event in chain[max(latest.get(o, 1) - 1, chain.base):]:
-                name(event.clock)
-        for m in membership.effective:
-            if m in latest:
-                continue  # (one without an event in the prefix: its first is judged later)
-            for sponsor, seq, _ in membership.joins_of(m):
-                if seq <= latest.get(sponsor, 0):
-                    name({sponsor: seq})
-                    name(events[sponsor][seq - 1].clock)
-        for o, s in low.items():
-            if s <= events[o].base:
-                return f"{o.hex()[-8:]}: events below our own checkpoint's segments are named"
-        return checkpoint, {o: (low[o], latest[o]) for o in sorted(latest)}
-
-    def segment_events(self, segments: Mapping[bytes, tuple[int, int]]
-                       ) -> list[bytes | tuple[bytes, int]]:
-        """The events of `segments` (`snapshot_segments`), in origin and seq order: raw
-        bytes, or `(origin, seq)` for a settled one, for the caller to read from its
-        store (as `events_for`)."""
-        out: list[bytes | tuple[bytes, int]] = []
-        for origin, (first, last) in segments.items():
-            chain = self._events[origin]
-            for seq in range(first, last + 1):
-                event = chain[seq - 1]
-                out.append((origin, seq) if type(event) is Settled else event.raw)
-        return out
 
     # -- inputs ------------------------------------------------------------------
 

@@ -116,7 +116,9 @@ class Chain(list):
         item = list.__getitem__(self, index)
         if type(index) is slice:
             return [_read(e) if type(e) is tuple else e for e in item]
-        return _read(item) if type(item) is tuple else item
+        if type(item) is tuple:  # (the usual settled read makes no extra call)
+            return Settled(item) if item is not ABSENT else _read(item)
+        return item
 
     def __iter__(self):  # type: ignore[override]
         for item in list.__iter__(self):

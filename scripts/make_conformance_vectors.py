@@ -335,24 +335,29 @@ def cancels() -> Scenario:
     b2 = b.see(a2, a3).sign(BTC, [Place(BUY, IOC, 102, 3)])
     a4 = a.see(b2).sign(BTC, [Cancel(second)])
     a5 = a.sign(ETH, [Cancel(second)])
+    b3 = b.see(a4, a5).sign(BTC, [Cancel(second)])
     return Scenario(
         "cancels", "A cancel takes its origin's open order off the book; another origin's "
-        "order is not_owner, a closed one not_open, an unknown one (or one in another "
-        "market) unknown_order; a refused cancel changes nothing.", x, "ab", [BTC, ETH], [
+        "open order is not_owner; an id not open in the event's market (closed, unknown, "
+        "another market's) is not_open; a refused cancel changes nothing.", x, "ab",
+        [BTC, ETH], [
             step(a1, "a rests 2@101 and 3@102", status="delivered"),
             step(b1, "b cancels a's order: not_owner", status="delivered",
                  outcomes=["not_owner"]),
             step(a2, "a cancels its own order: cancelled", status="delivered",
                  outcomes=["cancelled"]),
             step(a3, "a cancels it again (not_open) and an order nobody placed "
-                 "(unknown_order)", status="delivered", outcomes=["not_open", "unknown_order"]),
+                 "(not_open both)", status="delivered", outcomes=["not_open", "not_open"]),
             step(b2, "b IOC buys 3@102: a's second order is filled", status="delivered",
                  trades=1),
             step(a4, "a cancels its filled order: not_open", status="delivered",
                  outcomes=["not_open"]),
-            step(a5, "a cancels that order from an ETH-USD event: unknown_order (a cancel "
+            step(a5, "a cancels that order from an ETH-USD event: not_open (a cancel "
                  "acts on its own market's book)", status="delivered",
-                 outcomes=["unknown_order"]),
+                 outcomes=["not_open"]),
+            step(b3, "b cancels a's filled order: not_open, not not_owner (a closed "
+                 "order is judged like an unknown one)", status="delivered",
+                 outcomes=["not_open"]),
         ])
 
 

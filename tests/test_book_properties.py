@@ -21,7 +21,6 @@ from p2pexchange.core.events import STP, OrderType, Place, Side
 from p2pexchange.core.orders import (
     CANCEL_NOT_OPEN,
     CANCEL_NOT_OWNER,
-    CANCEL_UNKNOWN,
     CANCELLED,
     FILLED,
     LEGAL_TRANSITIONS,
@@ -112,12 +111,10 @@ def test_engine_invariants_hold_after_every_action(program):
             oid = ids[arg % len(ids)]
             target = book.orders.get(oid)
             code = book.cancel(oid, origin)
-            if target is None:
-                assert code == CANCEL_UNKNOWN
+            if target is None or before[oid][0] not in OPEN_STATUSES:
+                assert code == CANCEL_NOT_OPEN  # (whatever its origin: state_machine.md §4)
             elif target.origin != origin:
                 assert code == CANCEL_NOT_OWNER
-            elif code == CANCEL_NOT_OPEN:
-                assert before[oid][0] not in OPEN_STATUSES
             else:
                 assert code is None and target.status is CANCELLED
         book.check_invariants()  # never crossed; open orders exactly the resting ones
@@ -328,12 +325,10 @@ class ModelBook:
 
     def cancel(self, oid: bytes, origin: bytes) -> str | None:
         order = self.orders.get(oid)
-        if order is None:
-            return CANCEL_UNKNOWN
+        if order is None or order.status not in OPEN_STATUSES:
+            return CANCEL_NOT_OPEN
         if order.origin != origin:
             return CANCEL_NOT_OWNER
-        if order.status not in OPEN_STATUSES:
-            return CANCEL_NOT_OPEN
         order.status, order.reason = CANCELLED, REASON_CANCELLED
         self.resting.remove(order)
         return None

@@ -15,7 +15,7 @@ from p2pexchange.core.book import OrderBook
 from p2pexchange.core.events import Cancel, Event, OrderType, Place, Side, sign_event
 from p2pexchange.core.ledger import Ledger
 from p2pexchange.core.market import DEFAULT_MARKETS
-from p2pexchange.core.orders import CANCEL_NOT_OPEN, CANCEL_NOT_OWNER, CANCEL_UNKNOWN, OrderStatus
+from p2pexchange.core.orders import CANCEL_NOT_OPEN, OrderStatus
 from p2pexchange.core.replica import Replica
 from p2pexchange.core.settled import Chain, Settled, pack
 from p2pexchange.sim.workload import OrderFlow, peer_id_bytes, seeded_key_pair
@@ -259,7 +259,7 @@ def test_a_book_forgets_the_orders_that_left_it_before_the_settled_mark():
     assert {o.order_id: o.as_dict() for o in closed} == \
         {i: shown[i] for i in (gone.order_id, ioc.order_id)}
     assert gone.order_id not in book.orders and ioc.order_id not in book.orders
-    assert book.cancel(gone.order_id, alice) == CANCEL_UNKNOWN  # the ledger answers it
+    assert book.cancel(gone.order_id, alice) == CANCEL_NOT_OPEN  # as before it was forgotten
     assert maker.prev is not None and maker.next is not None  # the fill after the mark
     book.rollback(mark)
     assert maker.status is OrderStatus.RESTING and maker.as_dict() == shown[maker.order_id]
@@ -268,11 +268,11 @@ def test_a_book_forgets_the_orders_that_left_it_before_the_settled_mark():
 
 
 def test_a_cancel_of_a_forgotten_order_has_the_outcome_it_had_before():
-    """Once its book forgot an order (it left in a final step), a cancel naming it is
-    answered from the ledger's record of the event that placed it: `not_open` for its
-    origin, `not_owner` for another; an id that no place made (another market, the index
-    of a cancel, an index past the event's actions, a void event) stays `unknown_order`.
-    The same cancels on a ledger that settled nothing give the same outcomes."""
+    """Once its book forgot an order (it left in a final step), a cancel naming it has
+    the outcome it has on a ledger that settled nothing: `not_open`, for its origin and
+    for another alike, as for an id that no place made (another market, the index of a
+    cancel, an index past the event's actions): state_machine.md §4. The ledger still
+    knows who placed a forgotten order (for the API), and only for a place."""
     keys = [seeded_key_pair(f"forgotten-{i}") for i in range(2)]
     alice, bob = (peer_id_bytes(k) for k in keys)
     limit = Place(Side.BUY, OrderType.LIMIT, 10_000, 1)
@@ -297,11 +297,9 @@ def test_a_cancel_of_a_forgotten_order_has_the_outcome_it_had_before():
     assert placed.order_id(0) not in book.orders and placed.order_id(2) not in book.orders
     for ledger in (whole, settled):
         ledger.apply(sorted(later, key=lambda e: e.key))
-    expected = [CANCEL_NOT_OPEN, CANCEL_UNKNOWN, CANCEL_NOT_OPEN, CANCEL_UNKNOWN,
-                CANCEL_UNKNOWN, CANCEL_UNKNOWN]
+    expected = [CANCEL_NOT_OPEN] * len(names)
     assert settled.outcomes_of(later[0].id) == whole.outcomes_of(later[0].id) == expected
-    assert settled.outcomes_of(later[1].id) == whole.outcomes_of(later[1].id) == \
-        [CANCEL_NOT_OWNER if code == CANCEL_NOT_OPEN else code for code in expected]
+    assert settled.outcomes_of(later[1].id) == whole.outcomes_of(later[1].id) == expected
     assert settled.digest == whole.digest
     assert settled.settled_placer(placed.order_id(2)) == alice
     assert settled.settled_placer(placed.order_id(1)) is None  # a cancel's index

@@ -118,7 +118,7 @@ def test_the_vectors_cover_every_rule_the_issue_names():
     assert {s["status"] for s in steps} == {"delivered", "buffered", "duplicate", "rejected"}
     outcomes = {o for s in steps for a in s["applied"] for o in a["outcomes"]}
     assert outcomes >= {"resting", "partially_filled", "filled", "cancelled", "rejected",
-                        "not_owner", "not_open", "unknown_order", "joined", "left",
+                        "not_owner", "not_open", "joined", "left",
                         "voted", "refused", "void"}
     reasons = {o["reason"] for s in steps for o in s["orders"]}
     assert reasons >= {"ioc_remainder", "fok_unfillable", "fok_too_deep", "post_only_would_take",

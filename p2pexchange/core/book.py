@@ -71,7 +71,6 @@ from .events import STP, OrderType, Place, Side
 from .orders import (
     CANCEL_NOT_OPEN,
     CANCEL_NOT_OWNER,
-    CANCEL_UNKNOWN,
     CANCELLED,
     FILLED,
     MAY_BECOME_CANCELLED,
@@ -303,14 +302,15 @@ class OrderBook(UndoLog):
         return order
 
     def cancel(self, order_id: bytes, origin: bytes) -> str | None:
-        """Cancel an open order of `origin`; returns None or a reject code."""
+        """Cancel an open order of `origin`; returns None or a reject code, judged from
+        the book's open orders alone (protocols/state_machine.md §4): `not_open` for an
+        id that is not open here, whatever its past (closed, never placed, another
+        market's), so the outcome does not depend on what a replica still remembers."""
         order = self.orders.get(order_id)
-        if order is None:
-            return CANCEL_UNKNOWN
+        if order is None or order.status not in OPEN_STATUSES:
+            return CANCEL_NOT_OPEN
         if order.origin != origin:
             return CANCEL_NOT_OWNER
-        if order.status not in OPEN_STATUSES:
-            return CANCEL_NOT_OPEN
         if order.side is _BUY:
             tree, key = self.bids, -order.price
         else:

@@ -45,7 +45,7 @@ from .events import (
     intern_bounded,
 )
 from .market import Market
-from .orders import CANCEL_NOT_OPEN, CANCEL_NOT_OWNER, CANCEL_UNKNOWN, Order, OrderStatus, Trade
+from .orders import Order, OrderStatus, Trade
 
 GENESIS_DIGEST = hashlib.sha256(b"p2pexchange/digest/v2").digest()
 T = TypeVar("T")
@@ -77,8 +77,9 @@ _SHARED_RECORDS: dict[tuple, tuple] = {}
 SHARED_RECORDS_MAX = 4096  # distinct records of settled entries without trades kept once
 # A settled entry is kept as (outcomes, first, count, acts, void, market, origin, places):
 # what queries read of it (its trades are `_settled_trades[first:first + count]`), and
-# what answers a cancel of an order it placed once the book has forgotten that order
-# (`places`: a bit per action index that placed an order). Every item is a string, bytes,
+# who placed an order once the book has forgot it, for the API (`places`: a bit per
+# action index that placed an order; a cancel's outcome never reads it, state_machine.md
+# §4). Every item is a string, bytes,
 # a number or a tuple of strings, so the collector stops scanning the record.
 _OUTCOMES, _FIRST, _COUNT, _ACTS, _VOID, _MARKET, _ORIGIN, _PLACES = range(8)
 # Each place's outcome is its status's name: one shared string per status.
@@ -399,15 +400,6 @@ class Ledger:
             self._index[event.id] = _settled_record(entry, 0)
             self.settled += 1
 
-    def _forgotten(self, market: str, order_id: bytes, origin: bytes) -> str:
-        """A cancel's outcome for an order its book does not know: `unknown_order`, or,
-        if a settled entry placed it (the book forgot it once it left in a settled step),
-        what the book would have answered: `not_owner` or `not_open` (it is closed)."""
-        placer = self.settled_placer(order_id, market)
-        if placer is None:
-            return CANCEL_UNKNOWN
-        return CANCEL_NOT_OWNER if placer != origin else CANCEL_NOT_OPEN
-
     def settled_placer(self, order_id: bytes, market: str | None = None) -> bytes | None:
         """The origin of the settled event that placed `order_id` (in `market`, if
         given), or None. An order's id is its event's id and its action index (2 bytes)."""
@@ -454,10 +446,7 @@ class Ledger:
                 outcomes.append(_OUTCOME_OF[order.status])
             else:
                 assert isinstance(action, Cancel)
-                code = book.cancel(action.order_id, origin)
-                if code == CANCEL_UNKNOWN and self.settled:
-                    code = self._forgotten(book.market, action.order_id, origin)
-                outcomes.append(code or "cancelled")
+                outcomes.append(book.cancel(action.order_id, origin) or "cancelled")
         trades = book.trades_since(mark)
         entry.trades = trades
         entry.acts = True

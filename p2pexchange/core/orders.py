@@ -54,7 +54,6 @@ REASON_POST_ONLY = "post_only_would_take"
 REASON_STP_TAKER = "stp_expired_taker"
 REASON_STP_MAKER = "stp_expired_maker"
 REASON_DUPLICATE_ID = "duplicate_order_id"
-CANCEL_UNKNOWN = "unknown_order"
 CANCEL_NOT_OWNER = "not_owner"
 CANCEL_NOT_OPEN = "not_open"
 

@@ -69,9 +69,8 @@ class UndoLog:
         """Forget the undo records and trades from before `mark` (nothing before it will
         be rolled back: the replica settles what is final, core/replica.py `compact`),
         and the orders that left the book in those steps; returns those orders, in the
-        order they left. A cancel that names one of them is then `unknown_order` here:
-        the ledger, which keeps what every settled event placed, answers it instead
-        (ledger.py `_forgotten`)."""
+        order they left. A cancel that names one of them is `not_open`, as it was before
+        (state_machine.md §4: a cancel's outcome is read from the open orders alone)."""
         log_cut, trades_cut = mark[0] - self.log_base, mark[1] - self.trades_base
         assert 0 <= log_cut <= len(self.log) and 0 <= trades_cut <= len(self.trades), mark
         closed = self._forget_closed(log_cut)

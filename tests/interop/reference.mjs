@@ -159,9 +159,8 @@ class Book {
   // §4, cancel
   cancel (idHex, originHex) {
     const order = this.orders.get(idHex)
-    if (!order) return 'unknown_order'
+    if (!order || !OPEN.has(order.status)) return 'not_open'
     if (order.origin !== originHex) return 'not_owner'
-    if (!OPEN.has(order.status)) return 'not_open'
     const side = order.side === BUY ? this.bids : this.asks
     Book.leave(side, side.find((l) => l.price === order.price), order)
     order.status = 'cancelled'

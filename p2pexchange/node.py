@@ -103,7 +103,7 @@ class Node:
         self.origin = self.peer_id.to_bytes()
         # Every market, followed or not: one seq chain per origin spans them all.
         every = config.checkpoint_every
-        self.replica = Replica(DEFAULT_MARKETS, self.origin, checkpoint_every=every)
+        self.replica = Replica(DEFAULT_MARKETS, self.origin, checkpoint_every=every, forgets=True)
         self.store = EventStore(os.path.join(config.data_dir, "events.sqlite3"))
         self.listen_addr = ""
         self.rejections = Rejections()

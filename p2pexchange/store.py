@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS events (
     PRIMARY KEY (origin, seq)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS events_by_delivery ON events (delivered);
+CREATE INDEX IF NOT EXISTS events_by_id ON events (id);
 CREATE TABLE IF NOT EXISTS digests_v2 (
     delivered INTEGER PRIMARY KEY,
     digest BLOB NOT NULL
@@ -100,6 +101,12 @@ class EventStore:
                 item = row[0]
             out.append(item)
         return out
+
+    def raw_of(self, event_id: bytes) -> bytes | None:
+        """The bytes of the event with id `event_id`, if stored (for what the replica
+        no longer holds in memory: core/replica.py `_forget`)."""
+        row = self.db.execute("SELECT raw FROM events WHERE id = ?", (event_id,)).fetchone()
+        return row[0] if row is not None else None
 
     def digests(self) -> list[tuple[int, bytes]]:
         """(delivered position, digest after it), in order; [] for an older store."""

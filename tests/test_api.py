@@ -123,18 +123,21 @@ async def test_each_documented_error_names_the_field_and_the_reason(tmp_path, mo
 
 
 async def test_a_cancel_of_an_order_closed_long_ago_is_still_not_open(tmp_path, monkeypatch):
-    """Once a cancel is final the books forget the cancelled order (compaction), and the
-    replica keeps none of our own (OWN_CLOSED_MAX 0 here): DELETE still answers 409
-    `not_open` to its owner and 403 `not_my_order` to another node, never 404."""
+    """Once a cancel is final the books forget the cancelled order (compaction), the
+    replica keeps none of our own (OWN_CLOSED_MAX 0 here), and, past a checkpoint (one
+    per event that acts here), the replica forgets the event that placed it: DELETE
+    still answers 409 `not_open` to its owner and 403 `not_my_order` to another node
+    (read from the store), never 404."""
     monkeypatch.setattr("p2pexchange.core.replica.OWN_CLOSED_MAX", 0)
-    async with network(tmp_path) as net, api_node(net, "a") as a, \
-            api_node(net, "b", bootstrap=a.node) as b:
+    async with network(tmp_path) as net, api_node(net, "a", checkpoint_every=1) as a, \
+            api_node(net, "b", bootstrap=a.node, checkpoint_every=1) as b:
         mine = (await a.call("POST", "/orders", json=BUY)).json()["order_id"]
         await a.call("DELETE", f"/orders/{mine}", "/orders/{order_id}")
 
         async def forgotten(client) -> bool:
             client.node.replica.compact()
-            return client.node.order(bytes.fromhex(mine)) is None
+            return client.node.order(bytes.fromhex(mine)) is None and \
+                client.node.replica.event(bytes.fromhex(mine)[:32]) is None
         await eventually(lambda: forgotten(a), "the cancel final on A and compacted")
         await eventually(lambda: forgotten(b), "the cancel final on B and compacted")
         for client, code, reason in ((a, 409, "not_open"), (b, 403, "not_my_order")):

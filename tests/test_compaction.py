@@ -435,3 +435,47 @@ def test_the_intake_compacts_after_so_many_actions_as_well_as_events(tmp_path, m
                            for e in replica.events_of(o)))
         store.close()
     assert settled[0] == 0 and settled[1] > 100, settled
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_replica_that_forgets_what_its_checkpoints_cover_decides_as_a_whole_one(seed):
+    """A replica that drops from memory what each of its checkpoints covers (the node
+    does: `forgets`) gives every receipt, the digest, the books, the frontier, the final
+    counts, the checkpoints and, for every event it still holds, the outcomes and trades
+    a replica that keeps everything gives, in any order of arrival: later events name
+    causes far below the checkpoints (each member signs having seen a random old prefix)."""
+    genesis, events = history(600, seed)
+    rng = random.Random(seed)
+    order = []  # shuffled within windows of 40: late arrivals, and finality moves on
+    for i in range(0, len(events), 40):
+        order += rng.sample(events[i:i + 40], len(events[i:i + 40]))
+    whole = Replica(DEFAULT_MARKETS, genesis=genesis, checkpoint_every=8)
+    forgets = Replica(DEFAULT_MARKETS, genesis=genesis, checkpoint_every=8, forgets=True)
+    k = forgot = 0
+    while k < len(order) or not forgot:
+        batch = order[k:k + rng.randint(1, 40)]
+        k += len(batch)
+        got = [(r.status, r.code, len(r.delivered), r.rolled_back)
+               for r in whole.receive_many([e.raw for e in batch])]
+        assert got == [(r.status, r.code, len(r.delivered), r.rolled_back)
+                       for r in forgets.receive_many([e.raw for e in batch])]
+        if rng.random() < 0.5 or k == len(order):
+            whole.compact()
+            forgets.compact()
+        forgot = forgets.ledger.forgotten
+        f, g = whole.finality(), forgets.finality()
+        assert (f.frontier, f.final_events, f.final_trades, f.pending_events,
+                f.waiting_for) == (g.frontier, g.final_events, g.final_trades,
+                                   g.pending_events, g.waiting_for)
+        assert whole.digest == forgets.digest and whole.clock == forgets.clock
+        assert {m: b.snapshot() for m, b in whole.books.items()} == \
+            {m: b.snapshot() for m, b in forgets.books.items()}
+        assert whole.checkpoints == forgets.checkpoints
+        held = forgets.applied_ids()
+        assert whole.applied_ids()[forgot:] == held
+        assert [(forgets.outcomes_of(i), forgets.trades_of(i)) for i in held] == \
+            [(whole.outcomes_of(i), whole.trades_of(i)) for i in held]
+        assert whole.trades()[forgets.ledger.trades_forgotten:] == forgets.trades()
+    assert forgot > 200, forgot  # most of the history was dropped
+    assert len(forgets._by_id) < len(whole._by_id) // 2
+    forgets.check_invariants()

@@ -68,7 +68,8 @@ def test_a_trade_report_that_disagrees_raises_a_divergence_alarm(tmp_path, caplo
     assert "DIVERGENCE" in caplog.text
 
 
-def test_trade_reports_come_only_from_the_taker_origin_and_are_bounded_per_peer(tmp_path):
+def test_trade_reports_come_only_from_the_taker_origin_and_are_bounded_per_peer(
+        tmp_path, monkeypatch):
     node = Node(NodeConfig(data_dir=str(tmp_path / "n")))
     key = node.key_pair.private_key
     event, _ = node.replica.create_event(key, "BTC-USD",
@@ -86,6 +87,14 @@ def test_trade_reports_come_only_from_the_taker_origin_and_are_bounded_per_peer(
     assert node.rejections.by_code["too_many_reports"] == 5
     node.control.check_trade_reports()
     assert node.control.divergences == 0
+    assert len(node.control.trade_reports) == TRADE_REPORTS_PEER_MAX  # still waiting
+    # Reports whose event stays unknown (never sent, or one the replica forgot) expire,
+    # so they do not block that peer's later reports.
+    monkeypatch.setattr("p2pexchange.net.control.TRADE_REPORT_WAIT_S", 0.0)
+    node.control.check_trade_reports()
+    assert node.control.trade_reports == {} and node.control.divergences == 0
+    node.control.on_trade_report(stranger, wire.TradeReport(b"\x03" * 32, 1, b"\x02" * 32))
+    assert len(node.control.trade_reports) == 1
 
 
 def test_identity_survives_a_restart(tmp_path):

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from ..core.events import STP, OrderType, Place, Side
+from ..core.events import STP, EventRejected, OrderType, Place, Side, decode_event
 from ..core.market import GridError, Market
 from .schemas import OrderRequest, Placed, fill_of, order_out
 
@@ -78,6 +78,23 @@ def to_place(node: Node, req: OrderRequest) -> tuple[Market, Place]:
         price = _units(market, req.price, "price")
     qty = _units(market, req.quantity, "quantity")
     return market, Place(Side[req.side.upper()], otype, price, qty, STP[req.stp.upper()])
+
+
+def placer_of(node: Node, order_id: bytes) -> bytes | None:
+    """Who placed `order_id` (an order the books no longer hold): the replica's record
+    of a final event, or, once the replica forgot that event (core/replica.py
+    `_forget`), the event in the store. None if no stored event placed it."""
+    placer = node.replica.placed_by(order_id)
+    if placer is not None or (raw := node.store.raw_of(order_id[:32])) is None:
+        return placer
+    try:
+        event = decode_event(raw, node.replica.markets)
+    except EventRejected:
+        return None
+    index = int.from_bytes(order_id[32:], "big")
+    if index < len(event.actions) and event.actions[index].__class__ is Place:
+        return event.origin
+    return None
 
 
 def busy(exc: Exception) -> ApiError:

@@ -13,7 +13,7 @@ from ..core.events import ORDER_ID_BYTES
 from ..core.market import DEFAULT_MARKETS
 from ..core.orders import OPEN_STATUSES
 from .metrics import CONTENT_TYPE
-from .orders import ApiError, market_of
+from .orders import ApiError, market_of, placer_of
 from .schemas import (
     BatchPlaced,
     BatchRequest,
@@ -81,7 +81,7 @@ async def cancel_order(order_id: str, request: Request) -> Cancelled:
         raise ApiError(422, "bad_order_id", "order id must be 68 hex characters", "order_id")
     order = api.node.order(oid)
     # The books forget orders that closed in a final step: who placed one is still known.
-    placer = order.origin if order is not None else api.node.replica.placed_by(oid)
+    placer = order.origin if order is not None else placer_of(api.node, oid)
     if placer is None:
         raise ApiError(404, "unknown_order", "no such order on this node", "order_id")
     if placer != api.node.origin:

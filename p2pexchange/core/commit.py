@@ -194,7 +194,8 @@ class Commit:
         first_pending = ledger.with_actions(final)
         waiting = (self.membership.waiting_for(self._events, first_pending)
                    if self.membership is not None else [])
-        return Finality(self.final_key(), final, len(ledger) - final, final_trades,
+        return Finality(self.final_key(), ledger.forgotten + final, len(ledger) - final,
+                        final_trades,
                         ledger.trade_count - final_trades, waiting)
 
     def is_final(self, event_id: bytes) -> bool:

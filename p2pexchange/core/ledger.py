@@ -144,6 +144,10 @@ class Ledger:
         self._settled_digest = GENESIS_DIGEST  # the digest after the settled entries
         self._settled_acts = 0  # settled entries that act
         self.trade_count = 0
+        # Entries dropped from the front (`forget`) and their trades: positions here count
+        # from the first entry held, trade numbers from the first trade ever.
+        self.forgotten = 0
+        self.trades_forgotten = 0
         self.cuts: dict[bytes, int] = {}  # removed origin -> its last seq that counts
         self.settled = 0
         # Started from a checkpoint (`restore`): its key. Everything at or before it is
@@ -188,7 +192,7 @@ class Ledger:
         if entry is None:
             return []
         if type(entry) is tuple:
-            first = entry[_FIRST]
+            first = entry[_FIRST] - self.trades_forgotten
             return _trades(self._settled_trades[first:first + entry[_COUNT]])
         return list(entry.trades)
 
@@ -223,9 +227,9 @@ class Ledger:
         if count > settled:
             return self._applied[count - settled - 1].trades_upto
         if count == settled:
-            return len(self._settled_trades)
-        index = self._index  # among settled entries: rare (tests), costs `count`
-        return sum(index[i][_COUNT] for i in self._ids[:count])
+            return self.trades_forgotten + len(self._settled_trades)
+        index = self._index  # among settled entries: rare, costs `count`
+        return self.trades_forgotten + sum(index[i][_COUNT] for i in self._ids[:count])
 
     @property
     def settled_acts(self) -> int:
@@ -325,8 +329,9 @@ class Ledger:
         for name, book in self.books.items():
             closed += book.settle(marks.get(name) or book.mark())
         index, ids, trades = self._index, self._ids, self._settled_trades
+        base = self.trades_forgotten
         for entry in applied[:moved]:
-            index[entry.id] = _settled_record(entry, len(trades))
+            index[entry.id] = _settled_record(entry, base + len(trades))
             ids.append(entry.id)
             trades.extend(map(_packed_trade, entry.trades))
         self._settled_digest = applied[moved - 1].digest
@@ -334,6 +339,29 @@ class Ledger:
         del applied[:moved]
         self.settled = count
         return closed
+
+    def forget(self, count: int) -> int:
+        """Drop the first `count` entries, all settled (final), from memory: their ids,
+        keys, records and trades (docs/snapshot_design.md, step 5). What they did is in
+        the books and the digest; what sorts at or before the last of them later goes in
+        as a settled entry (`floor`, as after `restore`: it changes no book). Queries no
+        longer know them: `outcomes_of` and `trades_of` answer nothing, `trades` lists
+        from the first trade held. Returns how many were dropped."""
+        count = min(count, self.settled)
+        if count <= 0:
+            return 0
+        trades = self.trades_in_first(count) - self.trades_forgotten
+        key = self._keys[count - 1]
+        index = self._index
+        for event_id in self._ids[:count]:
+            del index[event_id]
+        del self._ids[:count], self._keys[:count], self._settled_trades[:trades]
+        self.settled -= count
+        self.forgotten += count
+        self.trades_forgotten += trades
+        if self.floor is None or key > self.floor:
+            self.floor = key
+        return count
 
     def restore(self, acting: int, key: OrderKey, digest: bytes,
                 books: Mapping[str, list]) -> None:
@@ -479,8 +507,8 @@ class Ledger:
     def _append(self, entry: _Applied) -> None:
         applied = self._applied
         entry.acts_upto = (applied[-1].acts_upto if applied else self._settled_acts) + entry.acts
-        entry.trades_upto = (applied[-1].trades_upto if applied else
-                             len(self._settled_trades)) + len(entry.trades)
+        entry.trades_upto = (applied[-1].trades_upto if applied else self.trades_forgotten
+                             + len(self._settled_trades)) + len(entry.trades)
         entry.digest = _chained(self.digest, entry) if entry.acts else self.digest
         applied.append(entry)
         self._keys.append(entry.key)

@@ -32,6 +32,7 @@ REMOVE_AFTER_S = 120.0  # longer than the 60 s faults of docs/faults.md
 #                               (Admission.synced_once)
 TRADE_REPORTS_PENDING_MAX = 10_000  # peers' reports waiting for their event to be final
 TRADE_REPORTS_PEER_MAX = 1_000  # of those, from one peer
+TRADE_REPORT_WAIT_S = 300.0  # a report whose event is still unknown then is dropped
 OWN_TRADE_REPORTS_SCAN = 256  # own recent events checked for a report each heartbeat
 
 # -- what a replica holds on behalf of the network (core/replica.py) ------------------

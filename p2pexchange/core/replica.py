@@ -120,7 +120,7 @@ from .params import (
     CHECKPOINT_EVERY,
     CHECKPOINTS_KEPT,
 )
-from .settled import Chain, Settled, settle_chain
+from .settled import Chain, Settled, forget_chain, settle_chain
 from .voting import CannotSign, Voting
 
 EQUIVOCATIONS_MAX = 256  # proofs of equivocation kept (the first ones)
@@ -141,7 +141,7 @@ class Replica(Delivery, Voting, Commit, Install):
                  genesis: Iterable[bytes] | None = None,
                  buffer_bytes_max: int = BUFFER_BYTES_MAX,
                  buffer_origin_bytes_max: int = BUFFER_ORIGIN_BYTES_MAX,
-                 checkpoint_every: int = CHECKPOINT_EVERY) -> None:
+                 checkpoint_every: int = CHECKPOINT_EVERY, forgets: bool = False) -> None:
         self.markets = dict(markets)
         # Without a genesis the replica admits every origin and reports nothing final:
         # for replaying and comparing histories (verify, benchmarks, tests of order).
@@ -152,6 +152,10 @@ class Replica(Delivery, Voting, Commit, Install):
         self._clock: dict[bytes, int] = {}
         self._events: dict[bytes, Chain] = {}  # origin -> delivered events by seq-1
         self._settled: dict[bytes, int] = {}  # origin -> its events settled (compact)
+        # Whether `compact` also drops what its latest checkpoint covers (the node), and
+        # per origin how many of its events that has reached.
+        self.forgets = forgets
+        self._forgot: dict[bytes, int] = {}
         # Our own orders the books forgot at `compact` (closed in a final step), newest
         # last, at most OWN_CLOSED_MAX: what the node's API still shows of them.
         self._own_closed: OrderedDict[bytes, Order] = OrderedDict()
@@ -331,7 +335,21 @@ class Replica(Delivery, Voting, Commit, Install):
                 own[order.order_id] = order
         while len(own) > OWN_CLOSED_MAX:
             own.popitem(last=False)
+        if self.forgets and self.checkpoint is not None:
+            self._forget(self.checkpoint.key)
         return sum(self._settled.values())
+
+    def _forget(self, key: OrderKey) -> None:
+        """Drop from memory what the checkpoint at `key` covers, as far as it is settled
+        (docs/snapshot_design.md, step 5): the ledger's entries (ids, records, trades)
+        and the id index of settled events. The books, the digest, the chains (packed:
+        later events may name any of them) and every verdict stay as they were; queries
+        by id no longer know those events (`event`, `outcomes_of`, `trades_of`)."""
+        for origin, chain in self._events.items():
+            start = self._forgot.get(origin, chain.base)
+            self._forgot[origin] = forget_chain(chain, start, self._settled.get(origin, 0),
+                                                key, self._by_id)
+        self.ledger.forget(self.ledger.count_upto(key))
 
     # -- inputs ------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from ..core.params import (
     HEARTBEAT_IDLE_S,
     HEARTBEAT_INTERVAL_MS,
     OWN_TRADE_REPORTS_SCAN,
+    TRADE_REPORT_WAIT_S,
     TRADE_REPORTS_PEER_MAX,
     TRADE_REPORTS_PENDING_MAX,
 )
@@ -58,8 +59,11 @@ class Control:
         self.origin = origin
         self.divergences = 0
         self.trade_reports_matched = 0
-        # (reporter, event id) -> the report, until the event is final here
-        self.trade_reports: dict[tuple[bytes, bytes], tuple[ID, wire.TradeReport]] = {}
+        # (reporter, event id) -> the report and when it came, until the event is final
+        # here (or, unknown here, for TRADE_REPORT_WAIT_S: it never came, or its event is
+        # one the replica forgot, core/replica.py `_forget`)
+        self.trade_reports: dict[tuple[bytes, bytes],
+                                 tuple[ID, wire.TradeReport, float]] = {}
         self._reports_by_peer: dict[bytes, int] = {}
         self._reported: set[bytes] = set()  # own taker events whose trades we reported
         # peer -> (the highest seq of ours its last heartbeat said it had, when received)
@@ -201,19 +205,22 @@ class Control:
             self._reject("trade report", "too_many_reports", sender)
             return
         self._reports_by_peer[key[0]] = waiting + 1
-        self.trade_reports[key] = (sender, report)
+        self.trade_reports[key] = (sender, report, time.monotonic())
 
     def check_trade_reports(self) -> None:
         """Compare peers' reports for events now final with our own trades."""
-        for key, (sender, report) in list(self.trade_reports.items()):
+        for key, (sender, report, came) in list(self.trade_reports.items()):
             event_id = report.event_id
             event = self.replica.event(event_id)
-            if event is None or not self.replica.is_final(event_id):
+            expired = event is None and time.monotonic() - came > TRADE_REPORT_WAIT_S
+            if not expired and (event is None or not self.replica.is_final(event_id)):
                 continue
             del self.trade_reports[key]
             self._reports_by_peer[key[0]] -= 1
             if not self._reports_by_peer[key[0]]:
                 del self._reports_by_peer[key[0]]
+            if event is None:
+                continue  # (nothing to compare it with)
             if event.origin != key[0]:
                 self._reject("trade report", "not_reporters_event", sender)
                 continue

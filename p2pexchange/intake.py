@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import trio
 from libp2p.peer.id import ID
@@ -141,6 +141,18 @@ class Intake:
         stored = self.store.raws([(event.origin, event.seq)])
         if stored:
             self.replica.note_equivocation(decode_event(stored[0], DEFAULT_MARKETS), event)
+
+    def serve(self, clock: Mapping[bytes, int], limit: int) -> tuple[list[bytes], bool]:
+        """A sync answer for a peer with `clock` (net/sync.py): at most `limit` events
+        it lacks, causes first, and whether more may follow. From the replica, settled
+        ones read from the store; for a peer behind what the replica still holds
+        (forgotten, `Replica.behind`), from the store in delivery order."""
+        if self.replica.behind(clock):
+            found = self.store.history_for(clock, self.replica.clock, limit)
+            if found is not None:
+                return found
+        events = self.store.raws(self.replica.events_for(clock, limit + 1))
+        return events[:limit], len(events) > limit
 
     def replay_store(self) -> None:
         """At start: hand the replica every event of the store (applied again), after the

@@ -121,7 +121,7 @@ class Node:
         self.sync = Sync(self.host, self.replica,
                          sync_receive(config.faults, self.intake.receive), self.rejections,
                          lambda: self.discovery.peers, self._rng, self.discovery.heard,
-                         self.store.raws, hold=lambda: self.start.holding())
+                         self.intake.serve, hold=lambda: self.start.holding())
         self.admission = Admission(self.replica, self.store, self.origin, self.gossip,
                                    self.rejections, bootstrap_peers(config.bootstrap),
                                    peers=lambda: self.discovery.peers,

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+
+HISTORY_SCAN_ROWS = 65_536  # rows one `history_for` call reads at most
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -101,6 +103,37 @@ class EventStore:
                 item = row[0]
             out.append(item)
         return out
+
+    def history_for(self, theirs: Mapping[bytes, int], ours: Mapping[bytes, int],
+                    limit: int) -> tuple[list[bytes], bool] | None:
+        """Stored events that a peer with clock `theirs` lacks (`ours`: the delivered
+        clock), at most `limit`, in our delivery order, which puts causes first, and
+        whether more may follow: for a peer behind what the replica holds in memory
+        (`Replica.behind`). Reads from the first event it lacks that is stored (None if
+        none is: a node started from a checkpoint lacks the prefix), at most
+        `HISTORY_SCAN_ROWS` rows."""
+        starts = []
+        for origin, seq in ours.items():
+            have = theirs.get(origin, 0)
+            if type(have) is int and 0 <= have < seq:
+                row = self.db.execute("SELECT delivered FROM events WHERE origin = ? AND "
+                                      "seq = ?", (origin, have + 1)).fetchone()
+                if row is not None:
+                    starts.append(row[0])
+        if not starts:
+            return None
+        out: list[bytes] = []
+        rows = self.db.execute("SELECT origin, seq, raw FROM events WHERE delivered >= ? "
+                               "ORDER BY delivered LIMIT ?", (min(starts), HISTORY_SCAN_ROWS))
+        read = 0
+        for origin, seq, raw in rows:
+            read += 1
+            have = theirs.get(origin, 0)
+            if type(have) is not int or seq > have:
+                if len(out) == limit:
+                    return out, True
+                out.append(raw)
+        return out, read == HISTORY_SCAN_ROWS
 
     def raw_of(self, event_id: bytes) -> bytes | None:
         """The bytes of the event with id `event_id`, if stored (for what the replica

@@ -451,6 +451,7 @@ def test_a_replica_that_forgets_what_its_checkpoints_cover_decides_as_a_whole_on
         order += rng.sample(events[i:i + 40], len(events[i:i + 40]))
     whole = Replica(DEFAULT_MARKETS, genesis=genesis, checkpoint_every=8)
     forgets = Replica(DEFAULT_MARKETS, genesis=genesis, checkpoint_every=8, forgets=True)
+    by_id = {(e.origin, e.seq): e for e in events}
     k = forgot = 0
     while k < len(order) or not forgot:
         batch = order[k:k + rng.randint(1, 40)]
@@ -476,6 +477,16 @@ def test_a_replica_that_forgets_what_its_checkpoints_cover_decides_as_a_whole_on
         assert [(forgets.outcomes_of(i), forgets.trades_of(i)) for i in held] == \
             [(whole.outcomes_of(i), whole.trades_of(i)) for i in held]
         assert whole.trades()[forgets.ledger.trades_forgotten:] == forgets.trades()
+        # Sync: a peer at or above every chain's base gets the same answer; one below
+        # some base is sent to the store (`behind`).
+        bases = {o: c.base for o, c in forgets._events.items()}
+        theirs = {o: max(bases[o], s - rng.randint(0, 20)) for o, s in whole.clock.items()}
+        assert not forgets.behind(theirs)
+        served = [[i if type(i) is bytes else by_id[i].raw
+                   for i in r.events_for(theirs, 10_000)] for r in (whole, forgets)]
+        assert served[0] == served[1]
+        assert forgets.behind({o: b - 1 for o, b in bases.items()}) == any(bases.values())
     assert forgot > 200, forgot  # most of the history was dropped
     assert len(forgets._by_id) < len(whole._by_id) // 2
+    assert sum(bases.values()) > len(events) // 2  # and most of the chains
     forgets.check_invariants()

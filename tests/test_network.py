@@ -336,6 +336,38 @@ async def test_a_newcomer_starts_from_the_checkpoint_the_members_attest(tmp_path
             assert "before_snapshot" not in node.rejections.by_code, node.rejections.by_code
 
 
+async def test_members_that_forgot_their_history_serve_it_from_their_store(
+        tmp_path, monkeypatch):
+    """Members forget what their checkpoints cover (core/replica.py `_forget`): ledger
+    entries, and each chain below the segment a newcomer would be sent with it. A
+    newcomer that replays the whole history (here: it hears no quorum of attestations)
+    gets the forgotten part from a member's store, in delivery order (intake.py `serve`),
+    converges, joins and trades; the members then forget again and still agree."""
+    monkeypatch.setattr("p2pexchange.net.control.Control.attested_checkpoint",
+                        lambda self: None)
+    async with network(tmp_path) as net:
+        first, other = await two_attesting_members(net, 16)
+        for node in net.nodes:
+            node.replica.compact()
+            assert node.replica.ledger.forgotten >= 16
+            assert sum(c.base for c in node.replica._events.values()) > 0
+            assert node.status()["events_final"] >= 16
+        late = await net.start("late", bootstrap=other, checkpoint_every=2)
+        assert late.status()["started_from"] == "history"
+        assert late.replica.ledger.floor is None and late.store.start() is None
+        late.submit(BTC, limit(Side.BUY, 10_003, 2))
+        await late.flush()
+        await net.converged()
+        for node in net.nodes:
+            node.replica.compact()
+        await net.converged()
+        assert len({n.replica.checkpoint.hash for n in net.nodes}) == 1
+        for node in net.nodes:
+            assert "before_snapshot" not in node.rejections.by_code, node.rejections.by_code
+            assert node.replica.stats()["rejected"] == {}, node.replica.stats()["rejected"]
+        assert late.store.count() == first.store.count()
+
+
 async def test_a_newcomer_refuses_a_forged_checkpoint_or_segments_and_falls_back(tmp_path):
     """Both members serve a checkpoint whose bytes are not the attested hash, then (to
     the next newcomer) segments that stop short of the event the checkpoint names. Each

@@ -177,14 +177,18 @@ def settle_chain(chain: Chain, start: int, frontier: OrderKey,
 
 
 def forget_chain(chain: Chain, start: int, end: int, key: OrderKey,
-                 by_id: dict[bytes, Any]) -> int:
+                 by_id: dict[bytes, Any], base: int) -> int:
     """Drop from `by_id` the settled events of `chain[start:end]` (end: where settling
-    stopped) with a key at most `key`; returns where the next call starts. The chain
-    keeps them packed: later events may still name them as causes (F2,
-    docs/snapshot_design.md), and the commit rule reads along chains."""
+    stopped) with a key at most `key`, and from the chain itself those below index
+    `base` (which becomes its `base`: what no later event can name, `_forget`); returns
+    where the next call starts."""
     stop = last_within(chain, start, end, key) if end > start else start
+    base = min(base, stop)
     for i in range(start, stop):
         item = list.__getitem__(chain, i)
         if type(item) is tuple and item is not ABSENT:
             by_id.pop(packed_id(item), None)
+    for i in range(chain.base, base):
+        list.__setitem__(chain, i, ABSENT)
+    chain.base = max(chain.base, base)
     return stop

@@ -2,7 +2,7 @@
 
 Gossip is best-effort; this repairs every gap (protocols/sync.md). The client sends
 its vector clock and a limit; the server answers with the events the clock lacks,
-causes first (settled ones read from the store: `stored`), in bounded chunks, and says
+causes first (from the replica and the store: intake.py `serve`), in bounded chunks, and says
 whether there is more; the client repeats with its updated clock, at most
 `SYNC_ROUNDS_MAX` times, all within `SYNC_TIMEOUT_S`, each answer within
 `SYNC_ROUND_TIMEOUT_S`. An exchange that runs out of time having delivered something is
@@ -97,10 +97,11 @@ class Sync:
     def __init__(self, host: Any, replica: Replica, receive: Receive, reject: Reject,
                  peers: Callable[[], set[ID]], rng: random.Random,
                  heard: Callable[[ID], None] = lambda peer: None,
-                 stored: Callable[[list], list[bytes]] = lambda items: items,
+                 serve: Callable[[Any, int], tuple[list[bytes], bool]] | None = None,
                  hold: Callable[[], bool] = lambda: False) -> None:
         self._hold, self._heard = hold, heard  # (start.py; an answer is a sign of life)
-        self._stored = stored  # `events_for`'s answer, settled ones read from the store
+        self._serve = serve or (lambda clock, limit: (  # (intake.py: the store's too)
+            (e := replica.events_for(clock, limit + 1))[:limit], len(e) > limit))
         self.host = host
         self.replica = replica
         self._receive = receive
@@ -172,9 +173,8 @@ class Sync:
                 clock, limit = wire.decode_sync_request(request)
             except wire.WireError as exc:
                 raise SyncFailed(exc.code) from None
-            events = self._stored(self.replica.events_for(clock, limit + 1))
-            more = len(events) > limit
-            answer = wire.encode_sync_response(events[:limit], more)
+            events, more = self._serve(clock, limit)
+            answer = wire.encode_sync_response(events, more)
             wait_s = self._served.debit(peer, (len(answer),), time.monotonic())
             if wait_s > 0:  # this peer has asked for more than its budget lately
                 await trio.sleep(wait_s)

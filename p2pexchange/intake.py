@@ -101,7 +101,10 @@ class Intake:
         delivered = []
         rolled_back = 0
         logging_info = log.isEnabledFor(logging.INFO)
-        for (_, source, sender), receipt in zip(arrivals, receipts, strict=True):
+        for k, ((_, source, sender), receipt) in enumerate(zip(arrivals, receipts,
+                                                                strict=True)):
+            if receipt.code == "before_snapshot" and (stored := self._forgotten(receipt)):
+                receipt = receipts[k] = stored  # a seq the replica forgot, the store holds
             self.received[("sync" if source.startswith("sync") else "gossip",
                            receipt.status)] += 1
             if receipt.status == "rejected":
@@ -129,6 +132,20 @@ class Intake:
             self.log_trades([t for (_, source, _), r in zip(arrivals, receipts, strict=True)
                              if not source.startswith("sync") for t in r.trades], rolled_back)
         return receipts
+
+    def _forgotten(self, receipt: Receipt) -> Receipt | None:
+        """For an event refused as `before_snapshot` whose (origin, seq) the replica
+        forgot (core/replica.py `_forget`) but the store holds: the verdict a replica
+        that kept it gives, `duplicate`, or `equivocation` with the proof kept."""
+        event = receipt.event
+        stored = self.store.raws([(event.origin, event.seq)]) if event is not None else []
+        if not stored:
+            return None  # (below a checkpoint we started from: not held anywhere here)
+        held = decode_event(stored[0], DEFAULT_MARKETS)
+        if held.id == event.id:
+            return Receipt("duplicate", event=event)
+        self.replica.note_equivocation(held, event)
+        return Receipt("rejected", "equivocation", event=event)
 
     def prove(self, event: Event) -> None:
         """Keep the proof that `event`, a decoded and verified second version of a seq

@@ -24,7 +24,7 @@ import os
 import sqlite3
 from collections.abc import Iterator, Mapping
 
-HISTORY_SCAN_ROWS = 65_536  # rows one `history_for` call reads at most
+HISTORY_SCAN_ROWS = 16_384  # rows one `history_for` call reads at most (about 20 ms)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -122,18 +122,20 @@ class EventStore:
                     starts.append(row[0])
         if not starts:
             return None
-        out: list[bytes] = []
-        rows = self.db.execute("SELECT origin, seq, raw FROM events WHERE delivered >= ? "
+        wanted: list[tuple[bytes, int]] = []
+        # (origin, seq) only: the delivery index covers them, the bytes are read only
+        # for the events sent
+        rows = self.db.execute("SELECT origin, seq FROM events WHERE delivered >= ? "
                                "ORDER BY delivered LIMIT ?", (min(starts), HISTORY_SCAN_ROWS))
         read = 0
-        for origin, seq, raw in rows:
+        for origin, seq in rows:
             read += 1
             have = theirs.get(origin, 0)
             if type(have) is not int or seq > have:
-                if len(out) == limit:
-                    return out, True
-                out.append(raw)
-        return out, read == HISTORY_SCAN_ROWS
+                if len(wanted) == limit:
+                    return self.raws(wanted), True
+                wanted.append((origin, seq))
+        return self.raws(wanted), read == HISTORY_SCAN_ROWS
 
     def raw_of(self, event_id: bytes) -> bytes | None:
         """The bytes of the event with id `event_id`, if stored (for what the replica

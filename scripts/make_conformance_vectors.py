@@ -1340,15 +1340,24 @@ def reject_clock_regression() -> Scenario:
 
 def reject_not_member() -> Scenario:
     x = cast()
-    a, c = x["a"], x["c"]
+    a, b, c = x["a"], x["b"], x["c"]
     a1 = a.sign(BTC, [Place(SELL, LIMIT, 101, 2)])
     c1 = c.see(a1).sign(BTC, [Place(BUY, LIMIT, 101, 1)])
+    b1 = b.see(a1).sign(BTC, [Place(SELL, LIMIT, 102, 1)])
+    join = a.see(b1).sign(MEMBERSHIP_MARKET, [Join(c.origin)])
+    short = c.forge(1, [join], join.lamport + 1, BTC, [place_wire(BUY, IOC, 101, 1)])
     return Scenario(
         "reject_not_member", "With a genesis, an origin admitted neither by it nor by a join "
-        "in the event's causal past is refused: not_member.", x, "ab", [BTC], [
+        "in the event's causal past is refused: not_member. So is a newcomer's first event "
+        "that covers its join but not the join's clock.", x, "ab", [BTC], [
             step(a1, "a's seq 1", status="delivered"),
             step(c1, "c, in no genesis and no join, trades: not_member", status="rejected",
                  code="not_member"),
+            step(b1, "b's seq 1, which a sees", status="delivered"),
+            step(join, "a admits c: its join names b's seq 1", status="delivered",
+                 outcomes=["joined"]),
+            step(short, "c's first event names the join but not b's seq 1, which the join "
+                 "names: not_member", status="rejected", code="not_member"),
         ])
 
 

@@ -1256,13 +1256,14 @@ def test_a_members_event_not_yet_delivered_names_no_cause_older_than_what_is_fin
     assert prefixes.count > 200 and len(prefixes.seen) >= 5
 
 
-def test_a_newcomers_first_event_may_name_a_cause_older_than_what_is_final():
-    """The exception: a newcomer's first event must cover its join, and nothing more.
-    It may name another origin's first event although that origin's later events are
-    final, and it is delivered, sorting after everything final. So a newcomer's
-    snapshot holding each origin's latest final event alone could not judge it (`fork`,
-    `bad_lamport` read the cause it names): the protocol must bound what a first event
-    may name, or the snapshot keep older ids (docs/snapshot_design.md)."""
+def test_a_newcomers_first_event_names_no_cause_older_than_its_join_names():
+    """The exception F1 leaves: a newcomer's first event has no previous event of its
+    own to cover. Covering its join alone, it could name another origin's first event
+    although that origin's later events are final, and a replica that no longer holds
+    that event (a checkpoint's segments, a member that forgot: docs/snapshot_design.md)
+    could not judge it. So the protocol (event.md, "Joins") asks it to cover its join's
+    clock too: naming b at 1 where the join names b at 3 is `not_member` everywhere;
+    covering the join's clock, it is delivered, sorting after everything final."""
     net = Net("abc", newcomers="n")
     n, b = net.ids["n"], net.ids["b"]
     b1 = net.act("b", [sell(100)])
@@ -1277,6 +1278,11 @@ def test_a_newcomers_first_event_may_name_a_cause_older_than_what_is_final():
     for name in "abc":
         older = {o: (named, final) for o, named, final in names_below_final(net[name], first)}
         assert older[b][0] == 1 and older[b][1] >= 3, name
+    for name, receipt in net.deliver(first, "abc").items():
+        assert (receipt.status, receipt.code) == ("rejected", "not_member"), name
+    assert join.clock[b] >= 3
+    causes = [net["a"].events_of(o, s - 1)[0] for o, s in join.clock.items() if s]
+    first = net.sign("n", 1, [join, *causes], MARKET, [sell(103)])
     for name, receipt in net.deliver(first, "abc").items():
         assert (receipt.status, receipt.code) == ("delivered", None), name
     for name in "abc":

@@ -6,7 +6,7 @@ import cbor2
 from libp2p.crypto.keys import KeyPair
 from libp2p.peer.id import ID
 
-from p2pexchange.core.events import OrderType, Place, Side
+from p2pexchange.core.events import OrderType, Place, Side, sign_event
 from p2pexchange.core.market import DEFAULT_MARKETS
 from p2pexchange.core.params import TRADE_REPORTS_PEER_MAX
 from p2pexchange.core.replica import Replica
@@ -390,3 +390,33 @@ def test_a_newcomer_starts_only_from_a_checkpoint_a_majority_attests_and_none_co
                                              [ID(ids[2]), ID(ids[1]), ID(ids[0])])
     beat(ids[3], (8, b"x" * 32))
     assert control.attested_checkpoint() is None  # contradicted: replay instead
+
+
+def test_a_forgotten_seq_sent_again_is_a_duplicate_or_an_equivocation(tmp_path):
+    """A member forgets its chains below a checkpoint's segments (core/replica.py
+    `_forget`), so the replica refuses a seq from there as `before_snapshot`; the node
+    reads it from its store and gives the verdict of a replica that kept it: the same
+    event again is a duplicate (blamed on nobody), another version an equivocation, with
+    the proof kept."""
+    node, other, other_key = two_member_node(tmp_path)
+    node.replica.checkpoint_every = 1
+    sender = ID(other.origin)
+    sent = []
+    for k in range(4):
+        event, _ = other.create_event(other_key.private_key, "BTC-USD",
+                                      [Place(Side.SELL, OrderType.LIMIT, 100 + k, 1)])
+        assert node.intake.receive([(event.raw, "gossip", sender)])[0].status == "delivered"
+        sent.append(event)
+    acknowledge(node, other, other_key)
+    node.replica.compact()  # (forgets up to the checkpoint of the one before)
+    node.replica.compact()
+    assert node.replica.events_of(other.origin) and node.replica._events[other.origin].base >= 1
+    again = node.intake.receive([(sent[0].raw, "sync", sender)])[0]
+    assert (again.status, again.code) == ("duplicate", None)
+    assert node.rejections.by_code == {}
+    forged = sign_event(other_key.private_key, other.origin, 1, {}, 1, "BTC-USD",
+                        [Place(Side.BUY, OrderType.LIMIT, 99, 1)])
+    second = node.intake.receive([(forged.raw, "gossip", sender)])[0]
+    assert (second.status, second.code) == ("rejected", "equivocation")
+    assert node.replica.equivocators() == {other.origin}
+    assert node.rejections.by_code == {"equivocation": 1}

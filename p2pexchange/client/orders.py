@@ -92,7 +92,8 @@ def placer_of(node: Node, order_id: bytes) -> bytes | None:
     except EventRejected:
         return None
     index = int.from_bytes(order_id[32:], "big")
-    if index < len(event.actions) and event.actions[index].__class__ is Place:
+    if index < len(event.actions) and event.actions[index].__class__ is Place \
+            and not node.replica.ledger.is_void(event):  # (a void event placed nothing)
         return event.origin
     return None
 

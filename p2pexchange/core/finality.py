@@ -83,6 +83,9 @@ class Membership:
         self.refused: set[bytes] = set()
         # member -> its joins: (sponsor, seq, key) of each event that admitted it
         self._joins: dict[bytes, list[tuple[bytes, int, OrderKey]]] = {}
+        # (sponsor, seq) of each event with joins -> its clock: a newcomer's first event
+        # must cover one of its joins and that join's clock (protocols/event.md)
+        self._join_clocks: dict[tuple[bytes, int], Mapping[bytes, int]] = {}
         self._joined_at: dict[bytes, OrderKey] = {}  # member -> key of its earliest join
         self._refused_at: dict[bytes, OrderKey] = {}  # refused member -> that key
         self._left_at: dict[bytes, Event] = {}  # member -> its (delivered) leave event
@@ -103,9 +106,11 @@ class Membership:
         origin = event.origin
         if origin in self.genesis or event.seq > 1:
             return None  # a later event extends a chain whose first event was admitted
-        if not any(event.clock.get(sponsor, 0) >= seq
-                   for sponsor, seq, _ in self._joins.get(origin, ())):
-            return "not_member"
+        clock, causes = event.clock, self._join_clocks
+        if not any(clock.get(sponsor, 0) >= seq and all(
+                clock.get(o, 0) >= s for o, s in causes[(sponsor, seq)].items())
+                for sponsor, seq, _ in self._joins.get(origin, ())):
+            return "not_member"  # it covers no join of its origin with that join's past
         if origin in self.effective:
             return None
         return "not_member" if origin in self.refused else "undecided"
@@ -190,6 +195,7 @@ class Membership:
                 if member in self.genesis or member in self.refused:
                     continue
                 self._joins.setdefault(member, []).append((event.origin, event.seq, event.key))
+                self._join_clocks[(event.origin, event.seq)] = event.clock
                 if member not in self.effective:
                     self.members.setdefault(member, None)
                 if member not in self._joined_at or event.key < self._joined_at[member]:
@@ -271,6 +277,7 @@ class Membership:
                     if action.member in self.effective and action.member not in self.genesis:
                         self._joins.setdefault(action.member, []).append(
                             (event.origin, event.seq, event.key))
+                        self._join_clocks[(event.origin, event.seq)] = event.clock
             elif first.__class__ is Leave and leaves.get(event.origin) == event.seq:
                 self._left_at[event.origin] = event
         assert set(self._left_at) == set(leaves), "every leave comes with its event"

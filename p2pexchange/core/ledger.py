@@ -368,8 +368,8 @@ class Ledger:
         """Start an empty ledger from a checkpoint: the state after the `acting`-th event
         that acts, whose key is `key`, with digest `digest` and books `books` (a state
         per market, `OrderBook.state`). The entries up to it are not held: queries know
-        only the trades from here on, and a cancel of an order that closed before it is
-        `unknown_order` here (docs/snapshot_design.md, "What step 4 does not do yet")."""
+        only the trades from here on (a cancel's outcome needs nothing older: it reads the
+        open orders alone, protocols/state_machine.md §4)."""
         assert not self._keys and self.floor is None, "restore into an empty ledger"
         for name, book in self.books.items():
             book.restore(books[name])

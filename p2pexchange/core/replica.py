@@ -156,6 +156,7 @@ class Replica(Delivery, Voting, Commit, Install):
         # per origin how many of its events that has reached.
         self.forgets = forgets
         self._forgot: dict[bytes, int] = {}
+        self._forget_at: OrderKey | None = None  # where the next compaction forgets up to
         # Our own orders the books forgot at `compact` (closed in a final step), newest
         # last, at most OWN_CLOSED_MAX: what the node's API still shows of them.
         self._own_closed: OrderedDict[bytes, Order] = OrderedDict()
@@ -336,7 +337,12 @@ class Replica(Delivery, Voting, Commit, Install):
         while len(own) > OWN_CLOSED_MAX:
             own.popitem(last=False)
         if self.forgets and self.checkpoint is not None:
-            self._forget(self.checkpoint.key)
+            # Up to the checkpoint that was the latest at the previous compaction: what
+            # became final since stays known for a while (the node's final notices,
+            # trade reports, API queries read it by id).
+            if self._forget_at is not None:
+                self._forget(self._forget_at)
+            self._forget_at = self.checkpoint.key
         return sum(self._settled.values())
 
     def _forget(self, key: OrderKey) -> None:

@@ -446,7 +446,10 @@ export class Replica {
       // A join of the origin in its causal past: a delivered join of it whose
       // (sponsor, seq) its clock covers (delivery is causal: the clock covers the past).
       const joins = this.joinsOf.get(event.originHex) ?? []
-      if (!joins.some(({ sponsor, seq }) => (event.clock.get(sponsor)?.seq ?? 0) >= seq)) return 'not_member'
+      // it covers a join of its origin, and that join's clock (event.md)
+      const has = (o, s) => (event.clock.get(o)?.seq ?? 0) >= s
+      if (!joins.some(({ sponsor, seq, event: join }) => has(sponsor, seq) &&
+          [...join.clock].every(([o, entry]) => has(o, entry.seq)))) return 'not_member'
       if (!this.effective.has(event.originHex)) return this.refused.has(event.originHex) ? 'not_member' : 'undecided'
     }
     // The removal statements' rules, for a statement and for any event of a member

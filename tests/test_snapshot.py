@@ -120,12 +120,15 @@ def assert_same_state(replica: Replica, full: Replica, since: int) -> None:
     floor = replica.ledger.floor
     for event_id in full.applied_ids():
         event = full.event(event_id)
-        if event.key > floor:
+        if floor is None or event.key > floor:
             assert replica.outcomes_of(event_id) == full.outcomes_of(event_id), event_id
             assert replica.trades_of(event_id) == full.trades_of(event_id)
 
 
-@pytest.mark.parametrize("seed", range(int(__import__("os").environ.get("SNAP_SEEDS", 8))))
+SEEDS = range(int(__import__("os").environ.get("SNAP_SEEDS", 8)))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
 def test_a_replica_started_from_a_checkpoint_holds_what_the_history_gives(seed):
     """Members a, b, c trade (partial deliveries, partial rounds, syncs, compaction);
     a admits m, which speaks or stays silent. A newcomer n installs a's latest
@@ -133,10 +136,25 @@ def test_a_replica_started_from_a_checkpoint_holds_what_the_history_gives(seed):
     then is admitted and trades with the others. At every stage it holds what a replica
     of the whole history holds, and it serves a checkpoint of its own to another
     newcomer, which converges too."""
+    run_newcomers(seed, forgets=False)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_members_that_forget_what_their_checkpoints_cover_hold_what_the_history_gives(seed):
+    """The same runs with members a, b, c forgetting at each compaction what their
+    checkpoints cover (`Replica(forgets=True)`, as the node does: the ledger's entries
+    and the chains below the segments). At every stage each of them, and each newcomer
+    served by them, holds what a replica of the whole history holds."""
+    run_newcomers(seed, forgets=True)
+
+
+def run_newcomers(seed: int, forgets: bool) -> None:
     rng = random.Random(seed)
     net = Recorded("abc", newcomers="mnq")
     for peer in "nq":  # they start later, from a checkpoint
         del net.replicas[peer]
+    for name in "abc":
+        net[name].forgets = forgets
     trade(net, rng, list("abc"), 25)
     net.act("a", [Join(net.ids["m"])], market=MEMBERSHIP_MARKET)
     net.acks_until_quiet()
@@ -161,6 +179,7 @@ def test_a_replica_started_from_a_checkpoint_holds_what_the_history_gives(seed):
             assert receipt.status in ("delivered", "buffered", "duplicate"), receipt
     net.sync()
     assert_same_state(n, history(net), snapshot.n)
+    members_hold_the_history(net, forgets)
     # n joins and trades; another newcomer q starts from n's own later checkpoint.
     net.act("b", [Join(net.ids["n"])], market=MEMBERSHIP_MARKET)
     net.acks_until_quiet()
@@ -179,9 +198,23 @@ def test_a_replica_started_from_a_checkpoint_holds_what_the_history_gives(seed):
     net.sync()
     assert q.stats()["rejected"] == {}
     assert_same_state(q, history(net), q.checkpoint.n)
+    members_hold_the_history(net, forgets)
     for r in net.replicas.values():
         assert r.stats()["finality_broken"] == 0
         assert r.stats()["frontier_regressions"] == 0
+        assert "before_snapshot" not in r.stats()["rejected"]
+
+
+def members_hold_the_history(net: Recorded, forgets: bool) -> None:
+    """Each of a, b, c holds what the whole history gives; forgetting ones forgot."""
+    full = history(net)
+    for name in "abc":
+        net[name].compact()
+        net[name].compact()  # (forgetting lags one compaction)
+        assert_same_state(net[name], full, 0)
+        if forgets:
+            assert net[name].ledger.forgotten and \
+                any(c.base for c in net[name]._events.values()), name
 
 
 def test_the_segments_reach_down_to_what_an_event_past_the_checkpoint_names():

@@ -103,9 +103,14 @@ class Install:
         if any(m not in latest and m not in joined for m in prefix.effective[len(genesis):]):
             raise CheckpointRejected("a member that never spoke comes without its join")
         # What the segments must reach down to, as far as these events show it: every
-        # cause the latest events and the joins name (the server also names what the
-        # events past them name, which only it holds: protocols/sync.md).
-        for event in [got[-1] for got in chains.values()] + joins:
+        # cause the latest events name, and the joins of members without an event in
+        # the prefix (their first events are judged against them); the server also
+        # names what the events past them name, which only it holds (protocols/sync.md).
+        # A join of a member that spoke may lie in a segment by chance: its causes are
+        # not needed, and the server does not send them.
+        silent = [e for e in joins if any(a.member in prefix.effective and a.member not in
+                                          latest for a in e.actions)]
+        for event in [got[-1] for got in chains.values()] + silent:
             for o, s in event.clock.items():
                 if o in chains and s < chains[o][0].seq:
                     raise CheckpointRejected(f"{o.hex()[-8:]}: its segment does not reach "

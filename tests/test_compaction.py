@@ -79,6 +79,14 @@ def assert_same_orders(whole: Replica, compact: Replica) -> None:
         assert i[:32] in final, every[i]
 
 
+def assert_same_receipts(first: Replica, second: Replica, batch: list[Event]) -> None:
+    """Both replicas take in `batch` and give the same receipts."""
+    got = [(r.status, r.code, len(r.delivered), r.rolled_back)
+           for r in first.receive_many([e.raw for e in batch])]
+    assert got == [(r.status, r.code, len(r.delivered), r.rolled_back)
+                   for r in second.receive_many([e.raw for e in batch])]
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_a_compacting_replica_answers_as_a_whole_one_in_any_order(seed):
     genesis, events = history(400, seed)
@@ -92,10 +100,7 @@ def test_a_compacting_replica_answers_as_a_whole_one_in_any_order(seed):
     while k < len(order):
         batch = order[k:k + rng.randint(1, 40)]
         k += len(batch)
-        got = [(r.status, r.code, len(r.delivered), r.rolled_back)
-               for r in whole.receive_many([e.raw for e in batch])]
-        assert got == [(r.status, r.code, len(r.delivered), r.rolled_back)
-                       for r in compact.receive_many([e.raw for e in batch])]
+        assert_same_receipts(whole, compact, batch)
         if rng.random() < 0.5:
             compact.compact()
         assert picture(whole) == picture(compact)
@@ -456,10 +461,7 @@ def test_a_replica_that_forgets_what_its_checkpoints_cover_decides_as_a_whole_on
     while k < len(order) or not forgot:
         batch = order[k:k + rng.randint(1, 40)]
         k += len(batch)
-        got = [(r.status, r.code, len(r.delivered), r.rolled_back)
-               for r in whole.receive_many([e.raw for e in batch])]
-        assert got == [(r.status, r.code, len(r.delivered), r.rolled_back)
-                       for r in forgets.receive_many([e.raw for e in batch])]
+        assert_same_receipts(whole, forgets, batch)
         if rng.random() < 0.5 or k == len(order):
             whole.compact()
             forgets.compact()

@@ -1,7 +1,9 @@
 """A replica's start from a checkpoint instead of the history (docs/snapshot_design.md,
 step 4; protocols/sync.md, "Snapshot protocol"): installing a checkpoint and the chain
 segments a member serves with it (`install`), and, on the serving side, which segments
-those are (`snapshot_segments`, `segment_events`).
+those are (`snapshot_segments`, `segment_events`); and a member's move onto its own
+checkpoint's segments, dropping what lies below them (`_forget`, docs/snapshot_design.md
+step 5), with `behind` for the peers that then need the store.
 
 `Install` is a part of `Replica` (core/replica.py), kept apart because it is one concern:
 it fills an empty replica's chains, clock, ledger, membership and frontier floor from a
@@ -17,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from .checkpoint import Checkpoint, CheckpointRejected, Snapshot
 from .events import Event, Join, Leave, Vote
-from .settled import Chain, Settled
+from .settled import Chain, Settled, forget_chain
 
 if TYPE_CHECKING:
     from .buffer import CausalBuffer
@@ -44,6 +46,7 @@ class Install:
     checkpoint: Checkpoint | None
     checkpoints: dict[int, bytes]
     _checkpoint_n: int
+    _forgot: dict[bytes, int]
 
     if TYPE_CHECKING:  # the replica's own (core/commit.py)
         def prefix_state(self, key: OrderKey) -> tuple[PrefixMembership,
@@ -189,3 +192,31 @@ class Install:
                 event = chain[seq - 1]
                 out.append((origin, seq) if type(event) is Settled else event.raw)
         return out
+
+    def _forget(self, key: OrderKey) -> None:
+        """Drop from memory what the checkpoint at `key` covers, as far as it is settled
+        (docs/snapshot_design.md, step 5): the ledger's entries (ids, records, trades),
+        the id index of settled events, and each origin's events below the segment a
+        newcomer would be sent with this checkpoint (`snapshot_segments`: no event still
+        to come can name one; the chain's `base` moves up to it, as after `install`).
+        The books, the digest and every verdict stay as they were; queries by id no
+        longer know those events (`event`, `outcomes_of`, `trades_of`), and sync serves
+        the peers behind a chain's base from the store (`behind`)."""
+        served = self.snapshot_segments()
+        segments = served[1] if type(served) is tuple else {}
+        for origin, chain in self._events.items():
+            start = self._forgot.get(origin, chain.base)
+            self._forgot[origin] = forget_chain(
+                chain, start, self._settled.get(origin, 0), key, self._by_id,
+                segments[origin][0] - 1 if origin in segments else 0)
+        self.ledger.forget(self.ledger.count_upto(key))
+
+    def behind(self, their_clock: Mapping[bytes, int]) -> bool:
+        """Whether a peer with `their_clock` lacks events below some chain's `base`
+        (forgotten here, or before the checkpoint we started from): `events_for` cannot
+        give them, the store may."""
+        try:
+            return any(chain.base and type(h := their_clock.get(o, 0)) is int
+                       and h < chain.base for o, chain in self._events.items())
+        except Exception:  # an odd mapping from a peer
+            return False

@@ -40,12 +40,22 @@ from .events import (
     Join,
     Leave,
     Place,
-    Side,
     Vote,
-    intern_bounded,
 )
 from .market import Market
 from .orders import Order, OrderStatus, Trade
+from .settled import (
+    R_ACTS,
+    R_COUNT,
+    R_FIRST,
+    R_MARKET,
+    R_ORIGIN,
+    R_OUTCOMES,
+    R_PLACES,
+    packed_trade,
+    settled_record,
+    unpacked_trades,
+)
 
 GENESIS_DIGEST = hashlib.sha256(b"p2pexchange/digest/v2").digest()
 T = TypeVar("T")
@@ -73,48 +83,8 @@ class _Applied:
         self.acts_upto = 0  # entries that act in the applied sequence up to this one
 
 
-_SHARED_RECORDS: dict[tuple, tuple] = {}
-SHARED_RECORDS_MAX = 4096  # distinct records of settled entries without trades kept once
-# A settled entry is kept as (outcomes, first, count, acts, void, market, origin, places):
-# what queries read of it (its trades are `_settled_trades[first:first + count]`), and
-# who placed an order once the book has forgot it, for the API (`places`: a bit per
-# action index that placed an order; a cancel's outcome never reads it, state_machine.md
-# §4). Every item is a string, bytes,
-# a number or a tuple of strings, so the collector stops scanning the record.
-_OUTCOMES, _FIRST, _COUNT, _ACTS, _VOID, _MARKET, _ORIGIN, _PLACES = range(8)
 # Each place's outcome is its status's name: one shared string per status.
 _OUTCOME_OF = {status: status.name.lower() for status in OrderStatus}
-
-
-def _settled_record(entry: _Applied, first: int) -> tuple:
-    """What is kept of a settled entry. One object per distinct record without trades
-    (most events have one action, so a handful of records cover nearly all of them;
-    past the bound, a tuple of its own): such an entry costs its id's place in the
-    index and in the order, nothing else."""
-    event = entry.event
-    assert event is not None
-    places = 0
-    if entry.acts and event.market != MEMBERSHIP_MARKET:
-        for index, action in enumerate(event.actions):
-            if action.__class__ is Place:
-                places |= 1 << index
-    count = len(entry.trades)
-    record = (tuple(entry.outcomes), first if count else 0, count, entry.acts, entry.void,
-              event.market, event.origin, places)
-    if count:
-        return record
-    return intern_bounded(_SHARED_RECORDS, record, SHARED_RECORDS_MAX)
-
-
-def _packed_trade(trade: Trade) -> tuple:
-    """A settled trade as a plain tuple (its side as an int), which the collector stops
-    scanning, unlike a `Trade` (its `Side` member is an object it tracks)."""
-    return (*trade[:-1], int(trade.taker_side))
-
-
-def _trades(packed: list[tuple]) -> list[Trade]:
-    """Settled trades as `Trade`s again."""
-    return [Trade(m, e, mo, to, mg, tg, p, q, Side(s)) for m, e, mo, to, mg, tg, p, q, s in packed]
 
 
 def _chained(previous: bytes, entry: _Applied) -> bytes:
@@ -140,7 +110,7 @@ class Ledger:
         self._keys: list[OrderKey] = []
         self._index: dict[bytes, _Applied | tuple] = {}  # event id -> entry or record
         self._ids: list[bytes] = []
-        self._settled_trades: list[tuple] = []  # packed (_packed_trade)
+        self._settled_trades: list[tuple] = []  # packed (packed_trade)
         self._settled_digest = GENESIS_DIGEST  # the digest after the settled entries
         self._settled_acts = 0  # settled entries that act
         self.trade_count = 0
@@ -169,7 +139,8 @@ class Ledger:
         return self._applied[-1].digest if self._applied else self._settled_digest
 
     def trades(self) -> list[Trade]:
-        return _trades(self._settled_trades) + [t for entry in self._applied for t in entry.trades]
+        return unpacked_trades(self._settled_trades) + \
+            [t for entry in self._applied for t in entry.trades]
 
     def recent_trades(self, limit: int) -> list[Trade]:
         """The last `limit` trades, oldest first: read from the newest entries back, so
@@ -184,7 +155,7 @@ class Ledger:
                 chunks.append(entry.trades)
                 count += len(entry.trades)
         if count < limit:
-            chunks.append(_trades(self._settled_trades[-(limit - count):]))
+            chunks.append(unpacked_trades(self._settled_trades[-(limit - count):]))
         return [t for chunk in reversed(chunks) for t in chunk][-limit:]
 
     def trades_of(self, event_id: bytes) -> list[Trade]:
@@ -192,21 +163,21 @@ class Ledger:
         if entry is None:
             return []
         if type(entry) is tuple:
-            first = entry[_FIRST] - self.trades_forgotten
-            return _trades(self._settled_trades[first:first + entry[_COUNT]])
+            first = entry[R_FIRST] - self.trades_forgotten
+            return unpacked_trades(self._settled_trades[first:first + entry[R_COUNT]])
         return list(entry.trades)
 
     def outcomes_of(self, event_id: bytes) -> list[str]:
         entry = self._index.get(event_id)
         if entry is None:
             return []
-        return list(entry[_OUTCOMES] if type(entry) is tuple else entry.outcomes)
+        return list(entry[R_OUTCOMES] if type(entry) is tuple else entry.outcomes)
 
     def event_ids(self, acting: bool = False) -> list[bytes]:
         """Event ids in the applied order; `acting`: only those with actions, not void."""
         if acting:
             index = self._index
-            return [i for i in self._ids if index[i][_ACTS]] + \
+            return [i for i in self._ids if index[i][R_ACTS]] + \
                 [entry.id for entry in self._applied if entry.acts]
         return self._ids + [entry.id for entry in self._applied]
 
@@ -215,7 +186,7 @@ class Ledger:
         entry = self._index.get(event_id)
         if entry is None:
             return False
-        return entry[_ACTS] if type(entry) is tuple else entry.acts
+        return entry[R_ACTS] if type(entry) is tuple else entry.acts
 
     def count_upto(self, key: OrderKey | None) -> int:
         """How many entries have a key at most `key` (they are the first ones)."""
@@ -229,7 +200,7 @@ class Ledger:
         if count == settled:
             return self.trades_forgotten + len(self._settled_trades)
         index = self._index  # among settled entries: rare, costs `count`
-        return self.trades_forgotten + sum(index[i][_COUNT] for i in self._ids[:count])
+        return self.trades_forgotten + sum(index[i][R_COUNT] for i in self._ids[:count])
 
     @property
     def settled_acts(self) -> int:
@@ -331,9 +302,9 @@ class Ledger:
         index, ids, trades = self._index, self._ids, self._settled_trades
         base = self.trades_forgotten
         for entry in applied[:moved]:
-            index[entry.id] = _settled_record(entry, base + len(trades))
+            index[entry.id] = settled_record(entry, base + len(trades))
             ids.append(entry.id)
-            trades.extend(map(_packed_trade, entry.trades))
+            trades.extend(map(packed_trade, entry.trades))
         self._settled_digest = applied[moved - 1].digest
         self._settled_acts = applied[moved - 1].acts_upto
         del applied[:moved]
@@ -425,7 +396,7 @@ class Ledger:
             self._ids.insert(position, event.id)
             entry = _Applied(event.key, event, None)
             entry.outcomes, entry.void = ["void"] * len(event.actions), void
-            self._index[event.id] = _settled_record(entry, 0)
+            self._index[event.id] = settled_record(entry, 0)
             self.settled += 1
 
     def settled_placer(self, order_id: bytes, market: str | None = None) -> bytes | None:
@@ -433,10 +404,10 @@ class Ledger:
         given), or None. An order's id is its event's id and its action index (2 bytes)."""
         record = self._index.get(order_id[:32])
         if type(record) is not tuple or len(order_id) != 34 or \
-                not (record[_PLACES] >> int.from_bytes(order_id[32:], "big")) & 1 or \
-                (market is not None and record[_MARKET] != market):
+                not (record[R_PLACES] >> int.from_bytes(order_id[32:], "big")) & 1 or \
+                (market is not None and record[R_MARKET] != market):
             return None
-        return record[_ORIGIN]
+        return record[R_ORIGIN]
 
     def _broke(self, detail: str) -> None:
         self.broken += 1

@@ -120,7 +120,7 @@ from .params import (
     CHECKPOINT_EVERY,
     CHECKPOINTS_KEPT,
 )
-from .settled import Chain, Settled, forget_chain, settle_chain
+from .settled import Chain, Settled, settle_chain
 from .voting import CannotSign, Voting
 
 EQUIVOCATIONS_MAX = 256  # proofs of equivocation kept (the first ones)
@@ -344,34 +344,6 @@ class Replica(Delivery, Voting, Commit, Install):
                 self._forget(self._forget_at)
             self._forget_at = self.checkpoint.key
         return sum(self._settled.values())
-
-    def _forget(self, key: OrderKey) -> None:
-        """Drop from memory what the checkpoint at `key` covers, as far as it is settled
-        (docs/snapshot_design.md, step 5): the ledger's entries (ids, records, trades),
-        the id index of settled events, and each origin's events below the segment a
-        newcomer would be sent with this checkpoint (`snapshot_segments`: no event still
-        to come can name one; the chain's `base` moves up to it, as after `install`).
-        The books, the digest and every verdict stay as they were; queries by id no
-        longer know those events (`event`, `outcomes_of`, `trades_of`), and sync serves
-        the peers behind a chain's base from the store (`behind`)."""
-        served = self.snapshot_segments()
-        segments = served[1] if type(served) is tuple else {}
-        for origin, chain in self._events.items():
-            start = self._forgot.get(origin, chain.base)
-            self._forgot[origin] = forget_chain(
-                chain, start, self._settled.get(origin, 0), key, self._by_id,
-                segments[origin][0] - 1 if origin in segments else 0)
-        self.ledger.forget(self.ledger.count_upto(key))
-
-    def behind(self, their_clock: Mapping[bytes, int]) -> bool:
-        """Whether a peer with `their_clock` lacks events below some chain's `base`
-        (forgotten here, or before the checkpoint we started from): `events_for` cannot
-        give them, the store may."""
-        try:
-            return any(chain.base and type(h := their_clock.get(o, 0)) is int
-                       and h < chain.base for o, chain in self._events.items())
-        except Exception:  # an odd mapping from a peer
-            return False
 
     # -- inputs ------------------------------------------------------------------
 

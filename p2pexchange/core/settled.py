@@ -29,7 +29,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from .clock import OrderKey, last_within
-from .events import MEMBERSHIP_MARKET, intern_bounded, order_id
+from .events import MEMBERSHIP_MARKET, Place, Side, intern_bounded, order_id
+from .orders import Trade
 
 if TYPE_CHECKING:
     from .events import Event
@@ -192,3 +193,47 @@ def forget_chain(chain: Chain, start: int, end: int, key: OrderKey,
         list.__setitem__(chain, i, ABSENT)
     chain.base = max(chain.base, base)
     return stop
+
+
+# -- the ledger's settled entries (ledger.py `settle`) ------------------------------
+
+_SHARED_RECORDS: dict[tuple, tuple] = {}
+SHARED_RECORDS_MAX = 4096  # distinct records of settled entries without trades kept once
+# A settled entry is kept as (outcomes, first, count, acts, void, market, origin, places):
+# what queries read of it (its trades are `_settled_trades[first:first + count]`), and
+# who placed an order once the book has forgot it, for the API (`places`: a bit per
+# action index that placed an order; a cancel's outcome never reads it, state_machine.md
+# §4). Every item is a string, bytes,
+# a number or a tuple of strings, so the collector stops scanning the record.
+R_OUTCOMES, R_FIRST, R_COUNT, R_ACTS, R_VOID, R_MARKET, R_ORIGIN, R_PLACES = range(8)
+
+
+def settled_record(entry: Any, first: int) -> tuple:
+    """What is kept of a settled entry. One object per distinct record without trades
+    (most events have one action, so a handful of records cover nearly all of them;
+    past the bound, a tuple of its own): such an entry costs its id's place in the
+    index and in the order, nothing else."""
+    event = entry.event
+    assert event is not None
+    places = 0
+    if entry.acts and event.market != MEMBERSHIP_MARKET:
+        for index, action in enumerate(event.actions):
+            if action.__class__ is Place:
+                places |= 1 << index
+    count = len(entry.trades)
+    record = (tuple(entry.outcomes), first if count else 0, count, entry.acts, entry.void,
+              event.market, event.origin, places)
+    if count:
+        return record
+    return intern_bounded(_SHARED_RECORDS, record, SHARED_RECORDS_MAX)
+
+
+def packed_trade(trade: Trade) -> tuple:
+    """A settled trade as a plain tuple (its side as an int), which the collector stops
+    scanning, unlike a `Trade` (its `Side` member is an object it tracks)."""
+    return (*trade[:-1], int(trade.taker_side))
+
+
+def unpacked_trades(packed: list[tuple]) -> list[Trade]:
+    """Settled trades as `Trade`s again."""
+    return [Trade(m, e, mo, to, mg, tg, p, q, Side(s)) for m, e, mo, to, mg, tg, p, q, s in packed]

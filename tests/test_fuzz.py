@@ -532,7 +532,10 @@ def _wire_corpus() -> dict[str, list[dict]]:
     digest = _replayed().digest
     return {
         "heartbeat": [cbor2.loads(wire.encode_heartbeat(wire.Heartbeat(clock, 40, digest, 24))),
-                      cbor2.loads(wire.encode_heartbeat(wire.Heartbeat({}, 0, b"\0" * 32, 0)))],
+                      cbor2.loads(wire.encode_heartbeat(wire.Heartbeat({}, 0, b"\0" * 32, 0))),
+                      cbor2.loads(wire.encode_heartbeat(wire.Heartbeat(
+                          clock, 40, digest, 24, (), (4096, digest),
+                          (wire.TradeReport(HISTORY[3].id, 2, digest),))))],
         "trade_report": [cbor2.loads(wire.encode_trade_report(
             wire.TradeReport(HISTORY[3].id, 2, hashlib.sha256(b"t").digest())))],
         "sync_request": [cbor2.loads(wire.encode_sync_request(clock, 64)),

@@ -97,6 +97,31 @@ def test_trade_reports_come_only_from_the_taker_origin_and_are_bounded_per_peer(
     assert len(node.control.trade_reports) == 1
 
 
+def test_own_trade_reports_travel_in_the_next_heartbeat_and_are_compared(tmp_path):
+    node, other, other_key = two_member_node(tmp_path)
+    maker, _ = other.create_event(other_key.private_key, "BTC-USD",
+                                  [Place(Side.SELL, OrderType.LIMIT, 100, 3)])
+    node.replica.receive(maker.raw)
+    taker, _ = node.replica.create_event(node.key_pair.private_key, "BTC-USD",
+                                         [Place(Side.BUY, OrderType.LIMIT, 100, 3)])
+    trades = node.replica.trades_of(taker.id)
+    assert len(trades) == 1
+    assert node.control._own_reports() == ()  # not final yet: nothing to report
+    acknowledge(node, other, other_key)
+    assert node.replica.is_final(taker.id)
+    reports = node.control._own_reports()
+    assert reports == (wire.TradeReport(taker.id, 1, wire.trades_hash(trades)),)
+    assert node.control._own_reports() == ()  # each reported once
+    # A heartbeat carrying the report (here one that lies about it) is checked like a
+    # report on the trades topic.
+    hb = wire.Heartbeat(dict(node.replica.clock), node.replica.lamport, node.replica.digest,
+                        3, (), None, (wire.TradeReport(taker.id, 2, b"\x01" * 32),))
+    node.control.on_heartbeat(node.peer_id, wire.decode_heartbeat(wire.encode_heartbeat(hb)))
+    assert len(node.control.trade_reports) == 1
+    node.control.check_trade_reports()
+    assert node.control.divergences == 1 and node.control.trade_reports_matched == 0
+
+
 def test_identity_survives_a_restart(tmp_path):
     first = Node(NodeConfig(data_dir=str(tmp_path / "n")))
     first.store.close()
@@ -109,10 +134,18 @@ def test_wire_messages_round_trip_and_reject_garbage():
     assert wire.decode_heartbeat(wire.encode_heartbeat(hb)) == hb
     attested = wire.Heartbeat({}, 7, b"d" * 32, 12, (), (4096, b"h" * 32))  # a checkpoint
     assert wire.decode_heartbeat(wire.encode_heartbeat(attested)) == attested
+    reporting = wire.Heartbeat({}, 7, b"d" * 32, 12, (), None, tuple(
+        wire.TradeReport(bytes([i]) * 32, i, b"h" * 32) for i in range(wire.HEARTBEAT_REPORTS_MAX)))
+    assert wire.decode_heartbeat(wire.encode_heartbeat(reporting)) == reporting
     assert wire.decode_join_request(wire.encode_join_request(b"sponsor")) == b"sponsor"
     bad_fields = [("g", g) for g in ([b"g2", b"g1"], [b"g1", b"g1"], [1], b"g")] + \
         [("k", k) for k in ([4096], [0, b"h" * 32], [4096, b"h" * 31], [-1, b"h" * 32],
-                            [4096, "h" * 32], [4096, b"h" * 32, 1])]
+                            [4096, "h" * 32], [4096, b"h" * 32, 1])] + \
+        [("r", r) for r in ([], [[b"e" * 32, 1, b"h" * 32]] * 2, [[b"e" * 32, 1]],
+                            [[b"e" * 31, 1, b"h" * 32]], [[b"e" * 32, -1, b"h" * 32]],
+                            [[b"e" * 32, 1, "h" * 32]], [(b"e" * 32, 1.0, b"h" * 32)],
+                            [[bytes([i]) * 32, 1, b"h" * 32]
+                             for i in range(wire.HEARTBEAT_REPORTS_MAX + 1)], b"r")]
     for field, value in bad_fields:
         bad = wire.canonical({"v": wire.VERSION, "c": {}, "l": 1, "d": b"d" * 32, "n": 1,
                               "g": [], field: value})

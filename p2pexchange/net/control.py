@@ -6,10 +6,11 @@ genesis and its latest checkpoint (core/checkpoint.py) on the control topic
 (protocols/heartbeat.md). A peer's heartbeat is a hint only: one that shows the peer
 ahead asks sync to pull from it, and a newcomer learns the genesis from it
 (admission.py). Finality is the replica's, from delivered events alone
-(core/finality.py). After each heartbeat the node acts on what became final: it
-reports the trades of its own final taker events on the trades topic
-(protocols/trade_report.md) and compares the reports of others with what it computed
-itself; a mismatch is logged as `DIVERGENCE`. So is a member's attested checkpoint whose
+(core/finality.py). Each heartbeat carries the trade reports of the node's own taker
+events that became final since the last one (protocols/trade_report.md: one message a
+second instead of one per event); after it the node compares the reports of others
+(from their heartbeats, or alone on the trades topic) with what it computed itself; a
+mismatch is logged as `DIVERGENCE`. So is a member's attested checkpoint whose
 hash differs from ours for the same n (`compare_checkpoints`): the same final events
 left the two states different.
 """
@@ -37,7 +38,7 @@ from ..core.params import (
 )
 from ..core.replica import Replica
 from . import wire
-from .gossip import CONTROL_TOPIC, PROOFS_TOPIC, TRADES_TOPIC, Gossip, Reject
+from .gossip import CONTROL_TOPIC, PROOFS_TOPIC, Gossip, Reject
 from .host import short_peer
 
 log = logging.getLogger("p2pexchange.node")
@@ -65,7 +66,7 @@ class Control:
         self.trade_reports: dict[tuple[bytes, bytes],
                                  tuple[ID, wire.TradeReport, float]] = {}
         self._reports_by_peer: dict[bytes, int] = {}
-        self._reported: set[bytes] = set()  # own taker events whose trades we reported
+        self._reported: set[int] = set()  # seqs of own recent events reported (or not takers)
         # peer -> (the highest seq of ours its last heartbeat said it had, when received)
         self._views_of_mine: dict[bytes, tuple[int, float]] = {}
         self._announced = (-1, 0.0)  # (events delivered, when) at our last heartbeat
@@ -92,6 +93,8 @@ class Control:
             self._reject("heartbeat", code, sender)
             return
         self._heard(sender.to_bytes())
+        for report in hb.reports:
+            self.on_trade_report(sender, report)
         mine = self.replica.clock
         if any(s > mine.get(o, 0) for o, s in hb.clock.items()):
             self._want_sync(sender)
@@ -271,7 +274,8 @@ class Control:
         checkpoint = replica.checkpoint
         hb = wire.Heartbeat(replica.clock, replica.lamport, replica.digest,
                             replica.stats()["events_delivered"], tuple(sorted(genesis)),
-                            None if checkpoint is None else (checkpoint.n, checkpoint.hash))
+                            None if checkpoint is None else (checkpoint.n, checkpoint.hash),
+                            self._own_reports())
         await self.gossip.publish(CONTROL_TOPIC, wire.encode_heartbeat(hb))
         await self._publish_proofs()
         finality = self.finality()
@@ -282,7 +286,6 @@ class Control:
                          replica.ledger.broken_detail)
         self.check_trade_reports()
         self.compare_checkpoints()
-        await self._report_own_trades()
         if finality.final_trades > self._final_logged:
             log.info("trades final: %d (+%d), pending: %d", finality.final_trades,
                      finality.final_trades - self._final_logged, finality.pending_trades)
@@ -295,12 +298,21 @@ class Control:
                 self._proofs_sent.add(key)
                 await self.gossip.publish(PROOFS_TOPIC, wire.encode_proof(first, second))
 
-    async def _report_own_trades(self) -> None:
-        for event in self.replica.last_events(self.origin, OWN_TRADE_REPORTS_SCAN):
-            if event.id in self._reported or not self.replica.is_final(event.id):
+    def _own_reports(self) -> tuple[wire.TradeReport, ...]:
+        """The trade reports of our own taker events final since the last heartbeat (at
+        most `HEARTBEAT_REPORTS_MAX`; the rest wait for the next one), for it to carry:
+        one message a second, not one per event (py-libp2p's cost is per message)."""
+        reports: list[wire.TradeReport] = []
+        events = self.replica.last_events(self.origin, OWN_TRADE_REPORTS_SCAN)
+        if events:  # what is older than the scan is never looked at again
+            self._reported = {seq for seq in self._reported if seq >= events[0].seq}
+        for event in events:
+            if len(reports) == wire.HEARTBEAT_REPORTS_MAX:
+                break
+            if event.seq in self._reported or not self.replica.is_final(event.id):
                 continue
-            self._reported.add(event.id)
+            self._reported.add(event.seq)
             trades = self.replica.trades_of(event.id)
             if trades:
-                report = wire.TradeReport(event.id, len(trades), wire.trades_hash(trades))
-                await self.gossip.publish(TRADES_TOPIC, wire.encode_trade_report(report))
+                reports.append(wire.TradeReport(event.id, len(trades), wire.trades_hash(trades)))
+        return tuple(reports)

@@ -38,6 +38,7 @@ from ..core.orders import Trade
 
 VERSION = 2
 HEARTBEAT_BYTES_MAX = 32 * 1024
+HEARTBEAT_REPORTS_MAX = 128  # trade reports in one heartbeat (about 75 bytes each)
 JOIN_REQUEST_BYTES_MAX = 256
 TRADE_REPORT_BYTES_MAX = 4 * 1024
 SYNC_REQUEST_BYTES_MAX = 32 * 1024
@@ -124,6 +125,9 @@ class Heartbeat:
     genesis: tuple[bytes, ...] = ()  # the network's founding members; () if not known yet
     # The sender's latest checkpoint (core/checkpoint.py): (n, H_N); None before its first.
     checkpoint: tuple[int, bytes] | None = None
+    # Trade reports of the sender's own taker events that became final since its last
+    # heartbeat (protocols/trade_report.md): at most HEARTBEAT_REPORTS_MAX.
+    reports: tuple[TradeReport, ...] = ()
 
 
 def encode_heartbeat(hb: Heartbeat) -> bytes:
@@ -131,12 +135,15 @@ def encode_heartbeat(hb: Heartbeat) -> bytes:
            "g": sorted(hb.genesis)}
     if hb.checkpoint is not None:
         msg["k"] = list(hb.checkpoint)
+    if hb.reports:
+        assert len(hb.reports) <= HEARTBEAT_REPORTS_MAX, len(hb.reports)
+        msg["r"] = [[r.event_id, r.trades, r.hash] for r in hb.reports]
     return canonical(msg)
 
 
 @_guarded
 def decode_heartbeat(data: bytes) -> Heartbeat:
-    msg = _load(data, HEARTBEAT_BYTES_MAX, frozenset("vcldng"), frozenset("k"))
+    msg = _load(data, HEARTBEAT_BYTES_MAX, frozenset("vcldng"), frozenset("kr"))
     if type(msg["d"]) is not bytes or len(msg["d"]) != 32:
         raise WireError("bad_type", "digest must be 32 bytes")
     genesis = msg["g"]
@@ -155,7 +162,26 @@ def decode_heartbeat(data: bytes) -> Heartbeat:
             raise WireError("bad_type", "checkpoint n must be at least 1")
         checkpoint = (n, k[1])
     return Heartbeat(_clock(msg["c"]), _uint(msg["l"], "lamport"), msg["d"],
-                     _uint(msg["n"], "events"), members, checkpoint)
+                     _uint(msg["n"], "events"), members, checkpoint,
+                     _reports(msg["r"]) if "r" in msg else ())
+
+
+def _reports(value: object) -> tuple[TradeReport, ...]:
+    """A heartbeat's `r`: a non-empty list of at most HEARTBEAT_REPORTS_MAX reports, each
+    [event id (32 bytes), trades, hash (32 bytes)], event ids distinct."""
+    if type(value) is not list or not 0 < len(value) <= HEARTBEAT_REPORTS_MAX:
+        raise WireError("bad_schema", "r must be a list of 1 to "
+                        f"{HEARTBEAT_REPORTS_MAX} trade reports")
+    reports = []
+    for entry in value:
+        if (type(entry) is not list or len(entry) != 3 or type(entry[0]) is not bytes
+                or len(entry[0]) != 32 or type(entry[2]) is not bytes or len(entry[2]) != 32):
+            raise WireError("bad_type", "a trade report must be [the 32-byte event id, "
+                            "trades, the 32-byte trades hash]")
+        reports.append(TradeReport(entry[0], _uint(entry[1], "trades"), entry[2]))
+    if len({r.event_id for r in reports}) != len(reports):
+        raise WireError("bad_schema", "r names an event twice")
+    return tuple(reports)
 
 
 def encode_join_request(sponsor: bytes) -> bytes:

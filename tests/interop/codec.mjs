@@ -336,8 +336,9 @@ function clockOfSeqs (value) {
 
 export function decodeHeartbeat (bytes) {
   const msg = strictDecode(bytes, HEARTBEAT_BYTES_MAX)
-  // `k` (the sender's latest checkpoint) is optional: absent before its first
-  schema(msg, msg instanceof Map && msg.has('k') ? ['v', 'c', 'l', 'd', 'n', 'g', 'k'] : ['v', 'c', 'l', 'd', 'n', 'g'])
+  // `k` (the sender's latest checkpoint) and `r` (its trade reports) are optional
+  const optional = msg instanceof Map ? ['k', 'r'].filter((key) => msg.has(key)) : []
+  schema(msg, ['v', 'c', 'l', 'd', 'n', 'g', ...optional])
   const d = msg.get('d')
   if (!(d instanceof Uint8Array) || d.length !== 32) throw new Rejected('bad_type', 'digest')
   const g = msg.get('g')
@@ -355,8 +356,23 @@ export function decodeHeartbeat (bytes) {
     checkpoint = { n: uint(k[0], 'checkpoint n', 1, SEQ_MAX), hash: k[1] }
   }
   const hb = { clock: clockOfSeqs(msg.get('c')), lamport: uint(msg.get('l'), 'l', 0, SEQ_MAX), digest: d, events: uint(msg.get('n'), 'n', 0, SEQ_MAX), genesis: g, checkpoint }
+  hb.reports = msg.has('r') ? heartbeatReports(msg.get('r')) : []
   requireCanonical(msg, bytes)
   return hb
+}
+
+// A heartbeat's `r`: 1..128 trade reports [event id, trades, hash], no event id twice.
+function heartbeatReports (r) {
+  if (!Array.isArray(r) || r.length < 1 || r.length > 128) throw new Rejected('bad_schema', 'r')
+  const reports = r.map((entry) => {
+    if (!Array.isArray(entry) || entry.length !== 3 || !(entry[0] instanceof Uint8Array) || entry[0].length !== 32 ||
+        !(entry[2] instanceof Uint8Array) || entry[2].length !== 32) {
+      throw new Rejected('bad_type', 'a trade report must be [event id, trades, hash]')
+    }
+    return { event: entry[0], trades: uint(entry[1], 'trades', 0, SEQ_MAX), hash: entry[2] }
+  })
+  if (new Set(reports.map((x) => hex(x.event))).size !== reports.length) throw new Rejected('bad_schema', 'r names an event twice')
+  return reports
 }
 
 export function encodeHeartbeat ({ clock, lamport, digest, events, genesis }) {

@@ -207,6 +207,7 @@ pubsub.addEventListener('message', (evt) => {
     if (msg.topic === CONTROL_TOPIC) {
       const hb = decodeHeartbeat(msg.data)
       stats.heartbeats_verified++
+      stats.trade_reports_verified += hb.reports.length
       stats.heartbeat_digests[msg.from.toString()] = hex(hb.digest)
       if (hb.checkpoint !== null) stats.heartbeat_checkpoints[msg.from.toString()] = [hb.checkpoint.n, hex(hb.checkpoint.hash)]
       if (replica.genesis === null && hb.genesis.length > 0) {

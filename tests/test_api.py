@@ -223,6 +223,9 @@ async def test_the_stream_delivers_a_trade_to_both_owners_then_its_turn_to_final
             maker = (await a.call("POST", "/orders", json={**BUY, "side": "sell"})).json()
             await eventually(lambda: _resting(b), "A's order in B's book")
             taker = (await b.call("POST", "/orders", json={**BUY, "type": "ioc"})).json()
+            # The answer shows what the order took on arrival.
+            assert [(f["role"], f["trade_event_id"]) for f in taker["order"]["fills"]] == [
+                ("taker", taker["order_id"][:64])]
 
             def trades(name: str, status: str) -> list[dict]:
                 return [m for m in seen[name] if m["type"] == "trade"

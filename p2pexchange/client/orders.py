@@ -23,6 +23,7 @@ from ..core.market import GridError, Market
 from .schemas import OrderRequest, Placed, fill_of, order_out
 
 if TYPE_CHECKING:
+    from ..core.orders import Trade
     from ..node import Node
 
 CLIENT_ORDER_IDS_MAX = 100_000
@@ -135,9 +136,11 @@ class OwnOrders:
                     del self._by_client_id[coid]  # the next try with this id places it
                 event.set()
             raise
+        taken = self._taken(node, [order_id for order_id, _ in placed])
         for i, (order_id, outcome) in zip(ours, placed, strict=True):
             coid = requests[i].client_order_id
-            results[i] = self._answer(node, order_id, outcome, coid, actions[i][0])
+            results[i] = self._answer(node, order_id, outcome, coid, actions[i][0],
+                                      taken.get(order_id, []))
             self.recent[order_id] = None
             if coid is not None:
                 self._by_client_id[coid] = results[i]
@@ -177,13 +180,21 @@ class OwnOrders:
             "order": order_out(order, market) if order and market else first.order})
 
     @staticmethod
+    def _taken(node: Node, order_ids: list[bytes]) -> dict[bytes, list[Trade]]:
+        """What each order took on arrival: its own event's trades with it as the taker
+        (an order id starts with the 32-byte id of the event that placed it). Each
+        event's trades are read once, not once per order of the call."""
+        taken: dict[bytes, list[Trade]] = {}
+        for event_id in dict.fromkeys(order_id[:32] for order_id in order_ids):
+            for trade in node.trades_of(event_id):
+                taken.setdefault(trade.taker_order, []).append(trade)
+        return taken
+
+    @staticmethod
     def _answer(node: Node, order_id: bytes, outcome: str, coid: str | None,
-                market: Market) -> Placed:
+                market: Market, taken: list[Trade]) -> Placed:
         order = node.order(order_id)
-        # What it took on arrival: its own event's trades (an order id starts with the
-        # 32-byte id of the event that placed it).
-        fills = [fill_of(t, order_id, market) for t in node.trades_of(order_id[:32])
-                 if t.taker_order == order_id]
+        fills = [fill_of(t, order_id, market) for t in taken]
         return Placed(order_id=order_id.hex(), outcome=outcome, client_order_id=coid,
                       order=order_out(order, market, fills) if order is not None else None)
 

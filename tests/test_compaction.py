@@ -193,12 +193,19 @@ def test_an_empty_event_among_settled_entries_goes_in_and_changes_no_digest():
     settled.settle(len(settled))
     before = settled.digest
     assert whole.digest == before
-    undone, _ = whole.apply([late])
-    assert undone > 0  # the whole ledger rolled back and applied again
-    assert settled.apply([late]) == (0, [[]])  # the settled one only put it in place
-    assert whole.digest == settled.digest == before
-    assert whole.event_ids() == settled.event_ids()
+    # Neither undoes anything: the settled one puts it in among settled records, the
+    # whole one among its entries (Ledger._insert_empty); both are what a ledger that
+    # was handed every event in order holds.
+    assert whole.apply([late]) == (0, [[]])
+    assert settled.apply([late]) == (0, [[]])
+    in_order = Ledger(DEFAULT_MARKETS)
+    in_order.apply(sorted(events, key=lambda e: e.key))
+    assert whole.digest == settled.digest == in_order.digest == before
+    assert whole.event_ids() == settled.event_ids() == in_order.event_ids()
     digests = [e.digest for e in whole._applied]
+    assert digests == [e.digest for e in in_order._applied]
+    assert [(e.acts_upto, e.trades_upto) for e in whole._applied] == \
+        [(e.acts_upto, e.trades_upto) for e in in_order._applied]
     at = whole.event_ids().index(late.id)
     assert at > 0 and digests[at] == digests[at - 1]  # the late one left it as it was
     # A settled ledger keeps no entry whole and, of the digests, only the one after its

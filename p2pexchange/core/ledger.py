@@ -363,6 +363,8 @@ class Ledger:
             trades_low: list[list[Trade]] = [[] for _ in range(low)]
             undone_n, trades_rest = self.apply(events[low:])
             return undone_n, trades_low + trades_rest
+        if any(e.market == MEMBERSHIP_MARKET and not e.actions for e in events):
+            return self._apply_acting_then_insert_empty(events)
         undone = self._undo_to(bisect_left(self._keys, events[0].key))
         redo = [entry.event for entry in reversed(undone)]  # ascending keys
         trades: list[list[Trade]] = []
@@ -375,6 +377,45 @@ class Ledger:
                 self._apply(redo[j])
                 j += 1
         return len(undone), trades
+
+    def _apply_acting_then_insert_empty(self, events: list[Event]
+                                        ) -> tuple[int, list[list[Trade]]]:
+        """`apply`, when some of `events` are empty membership events (acknowledgements,
+        half of all events under load): the others are applied as usual, then each empty
+        one goes in at its place, undoing nothing. An entry that does not act changes no
+        book, no trade and no digest (its `acts_upto`, `trades_upto` and `digest` are
+        those before it), so no entry after it changes either: a late acknowledgement
+        re-applied everything after its place, for nothing."""
+        acting = [e for e in events if e.market != MEMBERSHIP_MARKET or e.actions]
+        undone_n, acting_trades = self.apply(acting) if acting else (0, [])
+        made = iter(acting_trades)
+        for event in events:
+            if event.market == MEMBERSHIP_MARKET and not event.actions:
+                self._insert_empty(event)
+        return undone_n, [[] if e.market == MEMBERSHIP_MARKET and not e.actions else next(made)
+                          for e in events]
+
+    def _insert_empty(self, event: Event) -> None:
+        """An empty membership event into the unsettled entries, at its key's place."""
+        keys, applied = self._keys, self._applied
+        position = bisect_left(keys, event.key)
+        if position < self.settled or (self.floor is not None and event.key <= self.floor):
+            self._insert_settled([event])  # (what `apply` does before anything else)
+            return
+        entry = _Applied(event.key, event, None)
+        entry.void = bool(self.cuts) and self.is_void(event)
+        before = position - self.settled - 1  # the unsettled entry just before, if any
+        if before >= 0:
+            prior = applied[before]
+            entry.acts_upto, entry.trades_upto, entry.digest = (
+                prior.acts_upto, prior.trades_upto, prior.digest)
+        else:
+            entry.acts_upto = self._settled_acts
+            entry.trades_upto = self.trades_forgotten + len(self._settled_trades)
+            entry.digest = self._settled_digest
+        applied.insert(position - self.settled, entry)
+        keys.insert(position, entry.key)
+        self._index[event.id] = entry
 
     def _insert_settled(self, events: list[Event]) -> None:
         """Take in events that sort among settled entries. Only an event that changes no

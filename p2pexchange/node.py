@@ -269,7 +269,7 @@ class Node:
             async with trio.open_nursery() as nursery:
                 on_event, *control = gossip_handlers(self.config.faults, nursery, (
                     self.intake.offer, self.control.on_heartbeat,
-                    self.admission.on_join_request, self.control.on_trade_report,
+                    self.admission.on_join_request, self.control.reports.on_report,
                     self.control.on_proof))
                 await self.gossip.follow_control(nursery, *control)
                 await nursery.start(self.admission.follow_events, functools.partial(

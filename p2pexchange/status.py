@@ -63,7 +63,7 @@ def node_status(node: Any) -> dict:
         "rejecting_peers": len(node.rejections.by_peer),
         "divergences": node.control.divergences,
         "finality_broken": stats["finality_broken"],
-        "trade_reports_matched": node.control.trade_reports_matched,
+        "trade_reports_matched": node.control.reports.matched,
         "digest": node.replica.digest_hex,
         "pending_actions": node.pending_actions,
         "loop_lag_p99_ms": node.loop_lag.p99_ms,

@@ -87,7 +87,7 @@ async def test_concurrent_crossing_orders_produce_the_same_trades_everywhere(tmp
         # events) and the others find the report matches what they computed.
         others = [n for n in net.nodes if n.origin != only.taker_origin]
         with trio.fail_after(30):
-            while not all(n.control.trade_reports_matched >= 1 for n in others):
+            while not all(n.control.reports.matched >= 1 for n in others):
                 await trio.sleep(0.2)
         assert all(n.control.divergences == 0 for n in net.nodes)
 

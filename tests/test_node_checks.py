@@ -52,18 +52,18 @@ def test_a_trade_report_that_disagrees_raises_a_divergence_alarm(tmp_path, caplo
     assert trades == []  # same origin: self-trade prevention expired the taker
     honest = wire.TradeReport(taker.id, 0, wire.trades_hash([]))
     lying = wire.TradeReport(taker.id, 1, b"\x01" * 32)
-    node.control.on_trade_report(node.peer_id, honest)
-    node.control.on_trade_report(node.peer_id, lying)  # a second report on the same event
-    node.control.check_trade_reports()  # not final yet: both kept, nothing compared
+    node.control.reports.on_report(node.peer_id, honest)
+    node.control.reports.on_report(node.peer_id, lying)  # a second report on the same event
+    node.control.reports.check()  # not final yet: both kept, nothing compared
     assert not node.replica.is_final(taker.id)
-    assert node.control.divergences == 0 and len(node.control.trade_reports) == 1
+    assert node.control.divergences == 0 and len(node.control.reports.pending) == 1
     acknowledge(node, other, other_key)
     assert node.replica.is_final(taker.id)
-    node.control.check_trade_reports()
-    assert node.control.divergences == 0 and not node.control.trade_reports
-    assert node.control.trade_reports_matched == 1
-    node.control.on_trade_report(node.peer_id, lying)  # on an event already final
-    node.control.check_trade_reports()
+    node.control.reports.check()
+    assert node.control.divergences == 0 and not node.control.reports.pending
+    assert node.control.reports.matched == 1
+    node.control.reports.on_report(node.peer_id, lying)  # on an event already final
+    node.control.reports.check()
     assert node.control.divergences == 1
     assert "DIVERGENCE" in caplog.text
 
@@ -76,25 +76,25 @@ def test_trade_reports_come_only_from_the_taker_origin_and_are_bounded_per_peer(
                                          [Place(Side.SELL, OrderType.LIMIT, 100, 3)])
     stranger = ID.from_pubkey(seeded_key_pair("stranger").public_key)
     # Someone else's report on our event: refused, never compared.
-    node.control.on_trade_report(stranger, wire.TradeReport(event.id, 9, b"\x01" * 32))
-    assert node.control.trade_reports == {}
+    node.control.reports.on_report(stranger, wire.TradeReport(event.id, 9, b"\x01" * 32))
+    assert node.control.reports.pending == {}
     assert node.rejections.by_code == {"not_reporters_event": 1}
     # Reports on events we do not hold yet wait, but one peer's backlog is bounded.
     for i in range(TRADE_REPORTS_PEER_MAX + 5):
-        node.control.on_trade_report(stranger, wire.TradeReport(i.to_bytes(32, "big"), 1,
+        node.control.reports.on_report(stranger, wire.TradeReport(i.to_bytes(32, "big"), 1,
                                                                 b"\x02" * 32))
-    assert len(node.control.trade_reports) == TRADE_REPORTS_PEER_MAX
+    assert len(node.control.reports.pending) == TRADE_REPORTS_PEER_MAX
     assert node.rejections.by_code["too_many_reports"] == 5
-    node.control.check_trade_reports()
+    node.control.reports.check()
     assert node.control.divergences == 0
-    assert len(node.control.trade_reports) == TRADE_REPORTS_PEER_MAX  # still waiting
+    assert len(node.control.reports.pending) == TRADE_REPORTS_PEER_MAX  # still waiting
     # Reports whose event stays unknown (never sent, or one the replica forgot) expire,
     # so they do not block that peer's later reports.
-    monkeypatch.setattr("p2pexchange.net.control.TRADE_REPORT_WAIT_S", 0.0)
-    node.control.check_trade_reports()
-    assert node.control.trade_reports == {} and node.control.divergences == 0
-    node.control.on_trade_report(stranger, wire.TradeReport(b"\x03" * 32, 1, b"\x02" * 32))
-    assert len(node.control.trade_reports) == 1
+    monkeypatch.setattr("p2pexchange.net.reports.TRADE_REPORT_WAIT_S", 0.0)
+    node.control.reports.check()
+    assert node.control.reports.pending == {} and node.control.divergences == 0
+    node.control.reports.on_report(stranger, wire.TradeReport(b"\x03" * 32, 1, b"\x02" * 32))
+    assert len(node.control.reports.pending) == 1
 
 
 def test_own_trade_reports_travel_in_the_next_heartbeat_and_are_compared(tmp_path):
@@ -106,20 +106,20 @@ def test_own_trade_reports_travel_in_the_next_heartbeat_and_are_compared(tmp_pat
                                          [Place(Side.BUY, OrderType.LIMIT, 100, 3)])
     trades = node.replica.trades_of(taker.id)
     assert len(trades) == 1
-    assert node.control._own_reports() == ()  # not final yet: nothing to report
+    assert node.control.reports.own() == ()  # not final yet: nothing to report
     acknowledge(node, other, other_key)
     assert node.replica.is_final(taker.id)
-    reports = node.control._own_reports()
+    reports = node.control.reports.own()
     assert reports == (wire.TradeReport(taker.id, 1, wire.trades_hash(trades)),)
-    assert node.control._own_reports() == ()  # each reported once
+    assert node.control.reports.own() == ()  # each reported once
     # A heartbeat carrying the report (here one that lies about it) is checked like a
     # report on the trades topic.
     hb = wire.Heartbeat(dict(node.replica.clock), node.replica.lamport, node.replica.digest,
                         3, (), None, (wire.TradeReport(taker.id, 2, b"\x01" * 32),))
     node.control.on_heartbeat(node.peer_id, wire.decode_heartbeat(wire.encode_heartbeat(hb)))
-    assert len(node.control.trade_reports) == 1
-    node.control.check_trade_reports()
-    assert node.control.divergences == 1 and node.control.trade_reports_matched == 0
+    assert len(node.control.reports.pending) == 1
+    node.control.reports.check()
+    assert node.control.divergences == 1 and node.control.reports.matched == 0
 
 
 def test_identity_survives_a_restart(tmp_path):

@@ -7,10 +7,9 @@ genesis and its latest checkpoint (core/checkpoint.py) on the control topic
 ahead asks sync to pull from it, and a newcomer learns the genesis from it
 (admission.py). Finality is the replica's, from delivered events alone
 (core/finality.py). Each heartbeat carries the trade reports of the node's own taker
-events that became final since the last one (protocols/trade_report.md: one message a
-second instead of one per event); after it the node compares the reports of others
-(from their heartbeats, or alone on the trades topic) with what it computed itself; a
-mismatch is logged as `DIVERGENCE`. So is a member's attested checkpoint whose
+events that became final since the last one; after it the node compares the reports of
+others with what it computed itself (net/reports.py); a mismatch is logged as
+`DIVERGENCE`. So is a member's attested checkpoint whose
 hash differs from ours for the same n (`compare_checkpoints`): the same final events
 left the two states different.
 """
@@ -27,19 +26,16 @@ import trio
 from libp2p.peer.id import ID
 
 from ..core.commit import Finality
-from ..core.events import Event, short_id
+from ..core.events import Event
 from ..core.params import (
     HEARTBEAT_IDLE_S,
     HEARTBEAT_INTERVAL_MS,
-    OWN_TRADE_REPORTS_SCAN,
-    TRADE_REPORT_WAIT_S,
-    TRADE_REPORTS_PEER_MAX,
-    TRADE_REPORTS_PENDING_MAX,
 )
 from ..core.replica import Replica
 from . import wire
 from .gossip import CONTROL_TOPIC, PROOFS_TOPIC, Gossip, Reject
 from .host import short_peer
+from .reports import TradeReports
 
 log = logging.getLogger("p2pexchange.node")
 
@@ -49,7 +45,7 @@ PEER_VIEW_FRESH_S = 5.0  # a view older than this is a silent peer's: not waited
 SEALED_TIMES_MAX = 10_000  # own events whose signing time is kept
 
 class Control:
-    """Heartbeats out and in, finality as the node reports it, trade reports."""
+    """Heartbeats out and in, finality as the node reports it, trade reports (net/reports.py)."""
 
     def __init__(self, gossip: Gossip, replica: Replica, origin: bytes, reject: Reject,
                  want_sync: Callable[[ID], None],
@@ -58,15 +54,8 @@ class Control:
         self.gossip = gossip
         self.replica = replica
         self.origin = origin
-        self.divergences = 0
-        self.trade_reports_matched = 0
-        # (reporter, event id) -> the report and when it came, until the event is final
-        # here (or, unknown here, for TRADE_REPORT_WAIT_S: it never came, or its event is
-        # one the replica forgot, core/replica.py `_forget`)
-        self.trade_reports: dict[tuple[bytes, bytes],
-                                 tuple[ID, wire.TradeReport, float]] = {}
-        self._reports_by_peer: dict[bytes, int] = {}
-        self._reported: set[int] = set()  # seqs of own recent events reported (or not takers)
+        self.reports = TradeReports(replica, origin, reject)  # net/reports.py
+        self.checkpoint_divergences = 0  # (trade reports' own: self.reports.divergences)
         # peer -> (the highest seq of ours its last heartbeat said it had, when received)
         self._views_of_mine: dict[bytes, tuple[int, float]] = {}
         self._announced = (-1, 0.0)  # (events delivered, when) at our last heartbeat
@@ -84,6 +73,11 @@ class Control:
         self.attested: dict[bytes, tuple[int, bytes, bool]] = {}
         self.checkpoints_matched = 0
 
+    @property
+    def divergences(self) -> int:
+        """Divergence alarms: trade reports and attested checkpoints that differ from ours."""
+        return self.checkpoint_divergences + self.reports.divergences
+
     # -- in ------------------------------------------------------------------------
 
     def on_heartbeat(self, sender: ID, hb: wire.Heartbeat) -> None:
@@ -94,7 +88,7 @@ class Control:
             return
         self._heard(sender.to_bytes())
         for report in hb.reports:
-            self.on_trade_report(sender, report)
+            self.reports.on_report(sender, report)
         mine = self.replica.clock
         if any(s > mine.get(o, 0) for o, s in hb.clock.items()):
             self._want_sync(sender)
@@ -127,7 +121,7 @@ class Control:
             if mine[n] == digest:
                 self.checkpoints_matched += 1
             else:
-                self.divergences += 1
+                self.checkpoint_divergences += 1
                 log.error("DIVERGENCE: member %s attests checkpoint %d as %s, we computed %s",
                           short_peer(ID(peer)), n, digest.hex()[:16], mine[n].hex()[:16])
 
@@ -192,49 +186,6 @@ class Control:
         i = bisect_left(sealed, (oldest_unseen, 0.0))
         return now - sealed[i][1] if i < len(sealed) else 0.0
 
-    def on_trade_report(self, sender: ID, report: wire.TradeReport) -> None:
-        """Keep a report until its event is final. Only the taker event's origin reports
-        its trades; a peer has at most `TRADE_REPORTS_PEER_MAX` reports waiting."""
-        event = self.replica.event(report.event_id)
-        if event is not None and event.origin != sender.to_bytes():
-            self._reject("trade report", "not_reporters_event", sender)
-            return
-        key = (sender.to_bytes(), report.event_id)
-        if key in self.trade_reports:
-            return
-        waiting = self._reports_by_peer.get(key[0], 0)
-        if (waiting >= TRADE_REPORTS_PEER_MAX
-                or len(self.trade_reports) >= TRADE_REPORTS_PENDING_MAX):
-            self._reject("trade report", "too_many_reports", sender)
-            return
-        self._reports_by_peer[key[0]] = waiting + 1
-        self.trade_reports[key] = (sender, report, time.monotonic())
-
-    def check_trade_reports(self) -> None:
-        """Compare peers' reports for events now final with our own trades."""
-        for key, (sender, report, came) in list(self.trade_reports.items()):
-            event_id = report.event_id
-            event = self.replica.event(event_id)
-            expired = event is None and time.monotonic() - came > TRADE_REPORT_WAIT_S
-            if not expired and (event is None or not self.replica.is_final(event_id)):
-                continue
-            del self.trade_reports[key]
-            self._reports_by_peer[key[0]] -= 1
-            if not self._reports_by_peer[key[0]]:
-                del self._reports_by_peer[key[0]]
-            if event is None:
-                continue  # (nothing to compare it with)
-            if event.origin != key[0]:
-                self._reject("trade report", "not_reporters_event", sender)
-                continue
-            mine = self.replica.trades_of(event_id)
-            if len(mine) == report.trades and wire.trades_hash(mine) == report.hash:
-                self.trade_reports_matched += 1
-            else:
-                self.divergences += 1
-                log.error("DIVERGENCE: peer %s reports %d trades for event %s, we computed %d",
-                          short_peer(sender), report.trades, short_id(event_id), len(mine))
-
     # -- finality --------------------------------------------------------------------
 
     def finality(self) -> Finality:
@@ -275,7 +226,7 @@ class Control:
         hb = wire.Heartbeat(replica.clock, replica.lamport, replica.digest,
                             replica.stats()["events_delivered"], tuple(sorted(genesis)),
                             None if checkpoint is None else (checkpoint.n, checkpoint.hash),
-                            self._own_reports())
+                            self.reports.own())
         await self.gossip.publish(CONTROL_TOPIC, wire.encode_heartbeat(hb))
         await self._publish_proofs()
         finality = self.finality()
@@ -284,7 +235,7 @@ class Control:
             log.critical("FINALITY BROKEN (%d): %s; more members misbehaved than the commit "
                          "rule tolerates (protocols/finality.md)", replica.ledger.broken,
                          replica.ledger.broken_detail)
-        self.check_trade_reports()
+        self.reports.check()
         self.compare_checkpoints()
         if finality.final_trades > self._final_logged:
             log.info("trades final: %d (+%d), pending: %d", finality.final_trades,
@@ -297,22 +248,3 @@ class Control:
             if key not in self._proofs_sent:
                 self._proofs_sent.add(key)
                 await self.gossip.publish(PROOFS_TOPIC, wire.encode_proof(first, second))
-
-    def _own_reports(self) -> tuple[wire.TradeReport, ...]:
-        """The trade reports of our own taker events final since the last heartbeat (at
-        most `HEARTBEAT_REPORTS_MAX`; the rest wait for the next one), for it to carry:
-        one message a second, not one per event (py-libp2p's cost is per message)."""
-        reports: list[wire.TradeReport] = []
-        events = self.replica.last_events(self.origin, OWN_TRADE_REPORTS_SCAN)
-        if events:  # what is older than the scan is never looked at again
-            self._reported = {seq for seq in self._reported if seq >= events[0].seq}
-        for event in events:
-            if len(reports) == wire.HEARTBEAT_REPORTS_MAX:
-                break
-            if event.seq in self._reported or not self.replica.is_final(event.id):
-                continue
-            self._reported.add(event.seq)
-            trades = self.replica.trades_of(event.id)
-            if trades:
-                reports.append(wire.TradeReport(event.id, len(trades), wire.trades_hash(trades)))
-        return tuple(reports)

@@ -48,3 +48,25 @@ def test_non_strings_and_huge_values_are_refused():
 def test_ticks_round_trip_through_text(ticks):
     assert BTC.price_to_ticks(BTC.ticks_to_price(ticks)) == ticks
     assert BTC.qty_to_lots(BTC.lots_to_qty(ticks)) == ticks
+
+
+def test_remembered_conversions_answer_as_the_first_one_and_refusals_are_never_kept():
+    """Conversions are remembered (core/market.py `CONVERSIONS_KEPT`): asked again, a
+    value converts the same; a refused one is refused again, with its reason; a text
+    longer than `KEPT_TEXT_MAX` converts the same but is not remembered."""
+    from p2pexchange.core import market
+
+    eth = DEFAULT_MARKETS["ETH-USD"]  # another lot size: the grid is part of the key
+    for _ in range(2):
+        assert BTC.qty_to_lots("0.5") == 5_000 and eth.qty_to_lots("0.5") == 500
+        assert BTC.lots_to_qty(5_000) == "0.5" and eth.lots_to_qty(5_000) == "5"
+        for bad, reason in (("0.00001", "not a multiple"), ("-1", "positive"),
+                            ("x", "not a decimal")):
+            with pytest.raises(GridError, match=reason):
+                BTC.qty_to_lots(bad)
+    long = "0" * market.KEPT_TEXT_MAX + "1.5"
+    before = market._to_units.cache_info().currsize
+    assert BTC.qty_to_lots(long) == 15_000
+    assert market._to_units.cache_info().currsize == before
+    with pytest.raises(GridError, match="must be a decimal string"):
+        BTC.price_to_ticks(1.5)  # type: ignore[arg-type]

@@ -222,6 +222,11 @@ def test_a_market_topic_validator_checks_topic_origin_and_state_and_verifies_onc
         rejected.clear()
         assert validator(forwarder, SimpleNamespace(data=event.raw, from_id=origin)) is False
         assert rejected == [("event", code, blamed)], (code, rejected)
+    # Our own publication (the forwarder is ourselves) is accepted unchecked, and not kept
+    # for the reader (which skips our own): checked, it would fail (not_origin, fork).
+    rejected.clear()
+    assert validator(ID(b"me"), SimpleNamespace(data=event.raw, from_id=b"me")) is True
+    assert rejected == [] and gossip._verified(event.raw) == event.raw
     try:
         gossip._event_check("ETH-USD")(SimpleNamespace(data=event.raw, from_id=origin))
     except EventRejected as exc:

@@ -31,8 +31,11 @@ The numbers. Target load (README, bench_cluster): 10,000 orders/s over 5 nodes, 
 about 2,000 actions/s per origin, signed as one event per market per
 `BATCH_INTERVAL_S` (0.15 s) of up to `BATCH_ACTIONS_MAX` (500) actions, measured at
 about 17 bytes per action (a 500-action event is 5-9 KB; cancels are larger, ~40 B);
-a heartbeat per node per second; join requests every `JOIN_RETRY_S` (3 s); a trade
-report per own final taker event, up to `OWN_TRADE_REPORTS_SCAN` (256) at once.
+a heartbeat per node per second, carrying the node's trade reports (up to 128, one per
+own final taker event: `OWN_TRADE_REPORTS_SCAN`, 256, looked at per heartbeat); join
+requests every `JOIN_RETRY_S` (3 s). This implementation sends no trade report alone
+any more; the trades topic still takes them (protocols/trade_report.md), so its budgets
+stay at what the same reports would cost sent one by one.
 Every budget is at least twice what an honest node sends at that load (the rate of
 actions, which is what a flood costs others, exactly twice; the rest 4x and more), and
 every burst holds an honest node's largest single flush (`PENDING_ACTIONS_MAX` = 10,000
@@ -43,9 +46,9 @@ actions queued while busy, flushed at once as 20+ events):
 | origin: actions                 | 4,000    | 10,000   | ~2,000/s; flush <= 10,000    |
 | origin (publisher): events      | 100      | 200      | ~20/s (2 markets + acks)     |
 | origin (publisher): event bytes | 512 KiB  | 1 MiB    | ~35-80 KiB/s                 |
-| publisher: heartbeats           | 10, 64 KiB | 20, 128 KiB | 1/s, <= 32 KiB each     |
+| publisher: heartbeats           | 10, 64 KiB | 20, 128 KiB | 1/s, <= 32 KiB with reports |
 | publisher: join requests        | 2, 4 KiB | 10, 8 KiB | 1 per 3 s, <= 256 B each   |
-| publisher: trade reports        | 100, 64 KiB | 512, 128 KiB | <= 14/s, 256 at once |
+| publisher: trade reports        | 100, 64 KiB | 512, 128 KiB | none (were <= 14/s)  |
 | forwarder: event messages, bytes| 2,000, 8 MiB | 4,000, 16 MiB | the whole network's events |
 | forwarder: heartbeats           | 500, 2 MiB | 1,000, 4 MiB | 64 members x 1/s      |
 | forwarder: join requests        | 100, 32 KiB | 200, 64 KiB | newcomers' retries  |

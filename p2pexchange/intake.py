@@ -57,11 +57,12 @@ class Intake:
         self._stored_since_compact = 0
         self._actions_since_compact = 0
         self._send, self._inbox = trio.open_memory_channel[Arrival](INBOX_MAX)
+        self._held: Arrival | None = None  # taken from the inbox, first of the next batch
 
     @property
     def backlog(self) -> int:
         """Gossiped events queued for the replica."""
-        return self._inbox.statistics().current_buffer_used
+        return self._inbox.statistics().current_buffer_used + (self._held is not None)
 
     def offer(self, sender: ID, raw: bytes | Event) -> None:
         """Queue one gossiped event; never waits."""
@@ -71,26 +72,42 @@ class Intake:
             self.received[("gossip", "dropped")] += 1
 
     async def run(self) -> None:
-        held: Arrival | None = None  # taken from the inbox, first of the next batch
         while True:
-            try:
-                first = held if held is not None else await self._inbox.receive()
-            except trio.EndOfChannel:
-                return
-            held = None
-            batch, size = [first], _size(first)
-            while len(batch) < INBOX_BATCH_MAX:
+            if self._held is None:
+                try:
+                    self._held = await self._inbox.receive()
+                except trio.EndOfChannel:
+                    return
+            self.receive(self._batch())
+            await trio.sleep(0)  # let the network tasks run between batches
+
+    def drain(self) -> None:
+        """Hand what has queued to the replica now, one batch at most: called before our
+        own next event is signed, so that it covers what has arrived (which would
+        otherwise sort before it, being concurrent, and roll it back at once)."""
+        batch = self._batch()
+        if batch:
+            self.receive(batch)
+
+    def _batch(self) -> list[Arrival]:
+        """The next batch from the inbox, held arrival first: up to `INBOX_BATCH_MAX`
+        events and, past the first, `INBOX_BATCH_BYTES_MAX` bytes (the arrival that
+        would exceed them is held for the next)."""
+        batch: list[Arrival] = []
+        size = 0
+        while len(batch) < INBOX_BATCH_MAX:
+            arrival, self._held = self._held, None
+            if arrival is None:
                 try:
                     arrival = self._inbox.receive_nowait()
-                except trio.WouldBlock:
+                except (trio.WouldBlock, trio.EndOfChannel):
                     break
-                size += _size(arrival)
-                if size > INBOX_BATCH_BYTES_MAX:
-                    held = arrival
-                    break
-                batch.append(arrival)
-            self.receive(batch)
-            await trio.sleep(0)  # let the network tasks run between batches
+            size += _size(arrival)
+            if batch and size > INBOX_BATCH_BYTES_MAX:
+                self._held = arrival
+                break
+            batch.append(arrival)
+        return batch
 
     def receive(self, arrivals: Sequence[Arrival]) -> list[Receipt]:
         """Hand events to the replica as one batch; carry out each outcome."""

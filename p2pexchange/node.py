@@ -152,9 +152,8 @@ class Node:
         return await self.batcher.flush()
 
     async def submit_many(self, actions: Sequence[tuple[str, Action]]) -> list[tuple[bytes, str]]:
-        """Queue `actions` (all or none: ValueError, OverflowError when full or `busy`,
-        which refuses no cancel: it only lightens the book), wait for the batch tick to
-        sign them; (order id, outcome after local matching) per action."""
+        """Queue `actions` (all or none: ValueError; OverflowError when full or `busy`, which
+        never refuses a cancel), wait for the tick that signs them: (order id, outcome) each."""
         places = any(type(action) is Place for _, action in actions)
         if (reason := self.busy() if places else self.admission.busy()) is not None:
             raise OverflowError(reason)
@@ -292,9 +291,10 @@ class Node:
     # -- own events ------------------------------------------------------------------------
 
     def _seal(self, market: str, actions: list[Action]) -> Event | None:
-        """Sign `actions` as our next event and store it before it is published."""
+        """Sign `actions` as our next event (after `Intake.drain`), stored before publishing."""
         if not self.replica.is_member(self.origin):
             return None  # admission.py: a non-member's event would be refused everywhere
+        self.intake.drain()
         try:
             event, receipt = self.replica.create_event(self.key_pair.private_key, market, actions)
         except (OwnHistoryBehind, CannotSign) as exc:

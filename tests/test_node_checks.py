@@ -282,6 +282,32 @@ def test_a_node_whose_peers_lag_behind_its_events_refuses_new_orders(tmp_path):
     assert node.busy() is None  # it caught up
 
 
+def test_what_has_arrived_is_applied_before_our_next_event_is_signed(tmp_path):
+    """An event queued in the intake when the node signs its own is handed to the replica
+    first, so ours covers it (its clock names it) and it does not roll ours back; a
+    batch's limits hold (the rest stays queued, in order)."""
+    from p2pexchange.intake import INBOX_BATCH_MAX
+
+    node, other, other_key = two_member_node(tmp_path)
+    sender = ID(other.origin)
+    theirs = [other.create_event(other_key.private_key, "BTC-USD",
+                                 [Place(Side.SELL, OrderType.LIMIT, 100 + i, 1)])[0]
+              for i in range(INBOX_BATCH_MAX + 2)]
+    node.intake.offer(sender, theirs[0].raw)
+    assert node.intake.backlog == 1
+    node.submit("BTC-USD", Place(Side.BUY, OrderType.LIMIT, 100, 1))
+    ours = node._seal("BTC-USD", [action for _, action in node.batcher.pending])
+    assert ours is not None and ours.clock.get(other.origin) == 1  # covers theirs
+    assert node.intake.backlog == 0 and node.replica.stats()["rollbacks"] == 0
+    assert node.replica.trades_of(ours.id)  # it took their sell at 100
+    for event in theirs[1:]:
+        node.intake.offer(sender, event.raw)
+    node.intake.drain()  # one batch at most
+    assert node.intake.backlog == 1 and node.replica.clock[other.origin] == INBOX_BATCH_MAX + 1
+    node.intake.drain()
+    assert node.intake.backlog == 0 and node.replica.clock[other.origin] == INBOX_BATCH_MAX + 2
+
+
 async def test_the_loop_lag_monitor_names_the_task_that_held_the_loop():
     """A task step that blocks the loop (here a 60 ms sleep without an await) shows up
     in `slow_steps` with its task's name and at least its duration; short steps do not."""

@@ -65,9 +65,12 @@ async def place_order(order: OrderRequest, request: Request, response: Response)
 
 
 @router.post("/orders/batch", response_model=BatchPlaced, responses=ERRORS)
-async def place_orders(batch: BatchRequest, request: Request) -> BatchPlaced:
+async def place_orders(batch: BatchRequest, request: Request) -> Response:
     """Up to 1,000 orders, all checked before any is placed."""
-    return BatchPlaced(results=await api_of(request).place(batch.orders))
+    placed = BatchPlaced(results=await api_of(request).place(batch.orders))
+    # Written as it is: FastAPI would dump the answer, validate the dump against
+    # `BatchPlaced` again and only then write it (a third of a 200-order answer's cost).
+    return Response(placed.model_dump_json(), media_type="application/json")
 
 
 @router.delete("/orders/{order_id}", response_model=Cancelled, responses=ERRORS)

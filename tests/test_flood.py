@@ -96,6 +96,34 @@ def test_a_budget_paces_debt_and_forgets_the_oldest_key():
     assert budget.debit("a", (100,), now=0.0) == 0.0
 
 
+def test_a_sync_answer_s_events_held_here_are_not_decoded_again(monkeypatch):
+    """Bytes whose SHA-256 (the event id) names an event the replica holds are that event:
+    `SyncBudget.within` hands back the held one without decoding or charging anything;
+    an event new here is decoded (and verified) and charged to its origin."""
+    from p2pexchange.core.market import DEFAULT_MARKETS
+    from p2pexchange.core.replica import Replica
+    from p2pexchange.net import budget as budget_module
+    from p2pexchange.net.budget import SyncBudget
+    from p2pexchange.sim.workload import peer_id_bytes, seeded_key_pair
+
+    key = seeded_key_pair("sync-answer")
+    origin = peer_id_bytes(key)
+    replica = Replica(DEFAULT_MARKETS, origin, genesis=[origin])
+    held, _ = replica.create_event(key.private_key, BTC, [Place(Side.SELL, OrderType.LIMIT,
+                                                                100, 1)])
+    new = sign_event(key.private_key, origin, 2, {origin: (1, held.id)}, 2, BTC,
+                     [Place(Side.BUY, OrderType.LIMIT, 90, 1)])
+    decoded = []
+    real_decode = budget_module.decode_event
+    monkeypatch.setattr(budget_module, "decode_event",
+                        lambda raw, markets: decoded.append(raw) or real_decode(raw, markets))
+    sync_budget = SyncBudget(replica, lambda *args: None)
+    kept, refused = sync_budget.within([held.raw, new.raw], now=0.0)
+    assert refused == 0 and kept[0] is replica.event(held.id) and kept[1] == new
+    assert decoded == [new.raw]  # the held one was not decoded
+    assert sync_budget.origins.paid == 1  # charged for the new event only
+
+
 # -- a flood on real hosts ----------------------------------------------------------------
 
 def honest_actions(node: Node, origins: list[bytes]) -> int:

@@ -68,8 +68,8 @@ async def place_order(order: OrderRequest, request: Request, response: Response)
 async def place_orders(batch: BatchRequest, request: Request) -> Response:
     """Up to 1,000 orders, all checked before any is placed."""
     placed = BatchPlaced(results=await api_of(request).place(batch.orders))
-    # Written as it is: FastAPI would dump the answer, validate the dump against
-    # `BatchPlaced` again and only then write it (a third of a 200-order answer's cost).
+    # Written as it is: FastAPI would validate the returned model against `BatchPlaced`
+    # again before writing it (6% of the order API's time under load, py-spy).
     return Response(placed.model_dump_json(), media_type="application/json")
 
 

@@ -262,7 +262,7 @@ class SyncBudget:
         here cost nothing, and are not even decoded: an event's id is the SHA-256 of its
         bytes, so bytes whose id we hold are that very event (under load most of what
         a pull brings has arrived by gossip in the meantime: decoding and verifying it
-        again was about a third of a node's time in sync, py-spy)."""
+        again was about a third of the time a node spent in sync, py-spy)."""
         kept: list[bytes | Event] = []
         refused = 0
         replica = self.replica

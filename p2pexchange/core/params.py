@@ -81,10 +81,11 @@ SNAPSHOT_SERVE_STREAMS_MAX = 4  # snapshot streams served at once, one per peer
 # -- memory --------------------------------------------------------------------------
 COMPACT_EVERY_EVENTS = 1_000  # stored events between two compactions (core/settled.py)
 # ... or stored actions, whichever comes first: a compaction frees the orders that closed
-# in what became final, so under load (events of hundreds of orders) it runs often
-# enough that one call stays short: 19 ms in-process for 20,000 actions in events of 100
-# (README, "Join benchmark"), so about 10 ms at this bound.
-COMPACT_EVERY_ACTIONS = 10_000
+# in what became final, and its work follows how much became final since the last one
+# (about 4 us of CPU per action). Under load one ran in the step that stored an event:
+# every 10,000 actions it took 30 to 45 ms of CPU, 100 to 130 ms wall-clock on five
+# loaded nodes (the slowest steps of all); every 2,500, at most 18 ms of CPU.
+COMPACT_EVERY_ACTIONS = 2_500
 
 # -- checkpoints (core/checkpoint.py) ---------------------------------------------------
 CHECKPOINT_EVERY = 4096  # final events that act between two checkpoints

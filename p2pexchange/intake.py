@@ -4,13 +4,16 @@ Gossip readers only queue what arrives (`offer`) into one bounded inbox; one tas
 (`run`) takes whatever has queued up, at most `INBOX_BATCH_MAX` events and, past the
 first, `INBOX_BATCH_BYTES_MAX` bytes, and hands it to the replica at once
 (`Replica.receive_many`), so events that arrived out of order cost one rollback per
-batch, not one each, while one batch holds the event loop for tens of milliseconds at
-most (a backlog of full events once made one step last 0.2 s). A full inbox drops the
+batch, not one each, while one batch holds the event loop for some 10 ms (a backlog of
+full events once made one step last 0.2 s). A full inbox drops the
 newest message and counts it (gossip is best-effort; sync brings it back). Sync hands
 each answer over as one batch too. For every input the outcome is then carried out: a
 rejection counted against the peer that sent it, a sync with the sender of an event that
 had to wait, and what was delivered stored (with the digest after the batch), announced
-to subscribers and logged.
+to subscribers and logged. Every so many stored actions or events, what has become final
+is compacted (`Replica.compact`) in steps of the event loop of their own, each settling
+`COMPACT_STEP_ACTIONS` actions at most: under load one compaction in the step that stored
+an event was the longest step of all (30 to 45 ms of CPU).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from .core.checkpoint import decode_checkpoint
 from .core.events import Event, decode_event, short_id
 from .core.market import DEFAULT_MARKETS
 from .core.orders import Trade
-from .core.params import COMPACT_EVERY_ACTIONS, COMPACT_EVERY_EVENTS
+from .core.params import COMPACT_EVERY_ACTIONS, COMPACT_EVERY_EVENTS, COMPACT_STEP_ACTIONS
 from .core.replica import Receipt, Replica
 from .feed import Feed
 from .net.host import short_peer
@@ -37,8 +40,9 @@ log = logging.getLogger("p2pexchange.node")
 
 INBOX_MAX = 4096  # gossiped events waiting for the replica
 INBOX_BATCH_MAX = 256  # events handed to the replica at once
-# ... and bytes: about 2,500 one-order actions, some 20 ms of decoding and applying
-INBOX_BATCH_BYTES_MAX = 64 * 1024
+# ... and bytes: about 1,200 one-order actions, some 10 ms of decoding and applying
+INBOX_BATCH_BYTES_MAX = 32 * 1024
+COMPACT_IDLE_S = 1.0  # how long a due compaction waits for the next arrival at most
 
 # (raw event, or the event gossip's validator already decoded and verified; where from,
 # for logs; sender)
@@ -58,6 +62,7 @@ class Intake:
         self._actions_since_compact = 0
         self._send, self._inbox = trio.open_memory_channel[Arrival](INBOX_MAX)
         self._held: Arrival | None = None  # taken from the inbox, first of the next batch
+        self.compaction_due = False  # (`persist`, `compact`)
 
     @property
     def backlog(self) -> int:
@@ -73,13 +78,25 @@ class Intake:
 
     async def run(self) -> None:
         while True:
+            if self.compaction_due:
+                self.compact()
+                await trio.sleep(0)
             if self._held is None:
-                try:
-                    self._held = await self._inbox.receive()
-                except trio.EndOfChannel:
-                    return
+                with trio.move_on_after(COMPACT_IDLE_S):  # (own events make it due too)
+                    try:
+                        self._held = await self._inbox.receive()
+                    except trio.EndOfChannel:
+                        return
+                if self._held is None:
+                    continue
             self.receive(self._batch())
             await trio.sleep(0)  # let the network tasks run between batches
+
+    def compact(self) -> None:
+        """One bounded step of compaction (`Replica.compact`, at most
+        `COMPACT_STEP_ACTIONS` actions settled): due again at once if more is final."""
+        self.replica.compact(COMPACT_STEP_ACTIONS)
+        self.compaction_due = not self.replica.compacted
 
     def drain(self) -> None:
         """Hand what has queued to the replica now, one batch at most: called before our
@@ -212,13 +229,13 @@ class Intake:
                        self.replica.digest)
         self.feed.applied(delivered, rolled_back)
         # What is final and stored is kept in a compact form (core/settled.py); sync
-        # reads those events' bytes from the store.
+        # reads those events' bytes from the store. In steps of its own (`run`).
         self._stored_since_compact += len(delivered)
         self._actions_since_compact += sum(len(e.actions) for e in delivered)
         if self._stored_since_compact >= COMPACT_EVERY_EVENTS or \
                 self._actions_since_compact >= COMPACT_EVERY_ACTIONS:
             self._stored_since_compact = self._actions_since_compact = 0
-            self.replica.compact()
+            self.compaction_due = True
 
     @staticmethod
     def log_trades(trades: list[Trade], rolled_back: int = 0) -> None:

@@ -443,10 +443,61 @@ def test_the_intake_compacts_after_so_many_actions_as_well_as_events(tmp_path, m
         intake = Intake(replica, store, Feed(), Rejections(), want_sync=lambda peer: None)
         for k in range(0, len(events), 10):
             intake.receive([(e.raw, "sync", None) for e in events[k:k + 10]])
+            while intake.compaction_due:  # as `Intake.run` does, in steps of their own
+                intake.compact()
         settled.append(sum(type(e) is Settled for o in replica.clock
                            for e in replica.events_of(o)))
         store.close()
     assert settled[0] == 0 and settled[1] > 100, settled
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_compaction_in_bounded_steps_settles_so_much_per_step_and_ends_as_one_whole(seed):
+    """`compact(actions_max)` (the node's compaction steps, intake.py) settles entries
+    carrying at most `actions_max` actions per call, or a single entry, in the applied
+    order; called until `compacted`, it leaves what one unbounded call leaves: digest,
+    books, checkpoints, what is settled and what is forgotten, sync answers."""
+    genesis, events = history(500, seed)
+    rng = random.Random(seed)
+    order = []
+    for i in range(0, len(events), 40):
+        order += rng.sample(events[i:i + 40], len(events[i:i + 40]))
+    whole = Replica(DEFAULT_MARKETS, genesis=genesis, checkpoint_every=8, forgets=True)
+    steps = Replica(DEFAULT_MARKETS, genesis=genesis, checkpoint_every=8, forgets=True)
+    plain = Replica(DEFAULT_MARKETS, genesis=genesis)  # never compacts: every id in order
+    by_id = {e.id: e for e in events}
+    bounded = 0
+    for k in range(0, len(order), 25):
+        batch = order[k:k + 25]
+        assert_same_receipts(whole, steps, batch)
+        plain.receive_many([e.raw for e in batch])
+        whole.compact()
+        left_behind = rng.random() < 0.3  # then a few steps only, the rest later
+        for _ in range(rng.randint(1, 3) if left_behind else 10_000):
+            bound = rng.randint(1, 6)
+            before = steps.ledger.forgotten + steps.ledger.settled
+            steps.compact(bound)
+            after = steps.ledger.forgotten + steps.ledger.settled
+            actions = sum(len(by_id[i].actions) for i in plain.applied_ids()[before:after])
+            assert actions <= bound or after - before == 1, (before, after, actions, bound)
+            bounded += not steps.compacted
+            if steps.compacted:
+                break
+    while not steps.compacted:
+        steps.compact(rng.randint(1, 6))
+    assert bounded > 10, bounded  # the bound was reached, often
+    assert steps.ledger.settled + steps.ledger.forgotten == \
+        whole.ledger.settled + whole.ledger.forgotten > 300
+    assert (steps.digest, steps.checkpoints) == (whole.digest, whole.checkpoints)
+    assert {m: b.snapshot() for m, b in steps.books.items()} == \
+        {m: b.snapshot() for m, b in whole.books.items()}
+    # Each forgets up to the checkpoint before its last complete compaction: the same
+    # history, forgotten as far in both or further in one.
+    held = sorted((steps.applied_ids(), whole.applied_ids()), key=len)
+    assert steps.ledger.forgotten > 0 and held[0] == held[1][len(held[1]) - len(held[0]):]
+    theirs = {o: max(c.base, steps._events[o].base) for o, c in whole._events.items()}
+    assert steps.events_for(theirs, 10_000) == whole.events_for(theirs, 10_000)
+    steps.check_invariants()
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -211,6 +211,18 @@ class Ledger:
         """The key of the `count`-th entry (count >= 1)."""
         return self._keys[count - 1]
 
+    def frontier_within(self, key: OrderKey, actions_max: int) -> OrderKey:
+        """`key`, or the key of an earlier entry, so that the entries not settled yet up
+        to it carry at most `actions_max` actions (at least one entry, however many it
+        carries): how far one call of `Replica.compact` with a bound settles."""
+        applied, total = self._applied, 0
+        for i in range(self.count_upto(key) - self.settled):
+            event = applied[i].event
+            total += len(event.actions) if event is not None else 0
+            if total > actions_max and i:
+                return applied[i - 1].key
+        return key
+
     def nth_acting(self, n: int) -> int | None:
         """How many entries lead up to and include the `n`-th one that acts (n >= 1), or
         None if that one is settled or not applied yet."""

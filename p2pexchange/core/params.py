@@ -86,6 +86,9 @@ COMPACT_EVERY_EVENTS = 1_000  # stored events between two compactions (core/sett
 # every 10,000 actions it took 30 to 45 ms of CPU, 100 to 130 ms wall-clock on five
 # loaded nodes (the slowest steps of all); every 2,500, at most 18 ms of CPU.
 COMPACT_EVERY_ACTIONS = 2_500
+# ... and each of the node's compaction steps settles this many actions at most (a step of
+# the event loop of its own, intake.py; when finality moves on in a leap, several steps).
+COMPACT_STEP_ACTIONS = 1_000
 
 # -- checkpoints (core/checkpoint.py) ---------------------------------------------------
 CHECKPOINT_EVERY = 4096  # final events that act between two checkpoints

@@ -177,6 +177,7 @@ class Replica(Delivery, Voting, Commit, Install):
         self.equivocations: dict[tuple[bytes, int], tuple[bytes, bytes]] = {}
         self._rejected: dict[str, int] = {}
         self.checkpoint_every = checkpoint_every  # smaller in tests and the simulation
+        self.compacted = True  # the last `compact` settled everything final
         self.checkpoints_kept = CHECKPOINTS_KEPT
         self.checkpoint = None
         self.checkpoints = {}
@@ -313,20 +314,28 @@ class Replica(Delivery, Voting, Commit, Install):
         return [(e.origin, e.seq) if type(e) is Settled else e.raw
                 for e in islice(merged, min(limit, self._stats["events_delivered"]))]
 
-    def compact(self) -> int:
+    def compact(self, actions_max: int | None = None) -> int:
         """Keep what is final in a compact form (core/settled.py): final events as
         `Settled`, the ledger's final entries without their events and undo records, the
         books without the orders that left them in final steps (a cancel of one is
         answered from the ledger's records). Changes no outcome, digest or verdict; of
         the queries, `events_for` names settled events instead of giving their bytes,
         `event` gives a `Settled`, and `order` knows only our own last OWN_CLOSED_MAX of
-        the forgotten orders.
+        the forgotten orders. With `actions_max`, settles the final entries carrying
+        that many actions at most (one at least), so that one call stays short;
+        `compacted` then says whether it settled everything final.
         Returns how many events are settled in all."""
         frontier = self.final_key()
         if frontier is None:
+            self.compacted = True
             return sum(self._settled.values())
         if self.membership is not None:
             self.take_checkpoints()
+        if actions_max is not None:
+            bound, frontier = frontier, self.ledger.frontier_within(frontier, actions_max)
+            self.compacted = frontier == bound
+        else:
+            self.compacted = True
         for origin, chain in self._events.items():
             self._settled[origin] = settle_chain(chain, self._settled.get(origin, 0),
                                                  frontier, self._by_id)
@@ -336,10 +345,11 @@ class Replica(Delivery, Voting, Commit, Install):
                 own[order.order_id] = order
         while len(own) > OWN_CLOSED_MAX:
             own.popitem(last=False)
-        if self.forgets and self.checkpoint is not None:
+        if self.forgets and self.checkpoint is not None and self.compacted:
             # Up to the checkpoint that was the latest at the previous compaction: what
             # became final since stays known for a while (the node's final notices,
-            # trade reports, API queries read it by id).
+            # trade reports, API queries read it by id). (Bounded steps count as one
+            # compaction once they have settled everything final.)
             if self._forget_at is not None:
                 self._forget(self._forget_at)
             self._forget_at = self.checkpoint.key

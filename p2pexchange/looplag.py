@@ -12,7 +12,9 @@ two awaits: nothing else runs meanwhile) and keeps the last `SLOW_STEPS_MAX` tha
 at least `SLOW_STEP_MS`, with the task's name: `slow_steps` says what held the loop,
 not only that something did. Two clock reads per step. A pass of the cyclic garbage
 collector that long is kept as well (as `gc generation N`): it runs inside whichever
-step allocated last, and is the collector's time, not that task's.
+step allocated last, and is the collector's time, not that task's. Every task step is
+counted (`steps`), and those of `STEP_BOUND_MS` or more (`steps_over_bound`): the bound
+issue 11 sets on one step, measured in wall-clock time, so a step the OS paused counts.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ INTERVAL_S = 0.1
 SAMPLES_MAX = 600  # the last minute at most (fewer seconds when the loop lags)
 SLOW_STEP_MS = 20.0
 SLOW_STEPS_MAX = 64
+STEP_BOUND_MS = 50.0  # (counted: `steps_over_bound`)
 
 
 class _Timer:
@@ -39,18 +42,26 @@ class _Timer:
     def start(self) -> None:
         self._started = time.perf_counter()
 
-    def stop(self, name: str) -> None:
+    def stop(self, name: str) -> float:
         took_ms = (time.perf_counter() - self._started) * 1000
         if took_ms >= SLOW_STEP_MS:
             self._slow.append((round(took_ms, 1), name))
+        return took_ms
 
 
 class _StepTimer(_Timer, trio.abc.Instrument):
+    def __init__(self, lag: LoopLag) -> None:
+        super().__init__(lag.slow)
+        self._lag = lag
+
     def before_task_step(self, task: trio.lowlevel.Task) -> None:
         self.start()
 
     def after_task_step(self, task: trio.lowlevel.Task) -> None:
-        self.stop(task.name)
+        lag = self._lag
+        lag.steps += 1
+        if self.stop(task.name) >= STEP_BOUND_MS:
+            lag.steps_over_bound += 1
 
 
 class _CollectorTimer(_Timer):
@@ -65,9 +76,11 @@ class LoopLag:
     def __init__(self) -> None:
         self.samples_ms: deque[float] = deque(maxlen=SAMPLES_MAX)
         self.slow: deque[tuple[float, str]] = deque(maxlen=SLOW_STEPS_MAX)
+        self.steps = 0  # task steps since `run` started
+        self.steps_over_bound = 0  # ... that took `STEP_BOUND_MS` or more
 
     async def run(self) -> None:
-        timer = _StepTimer(self.slow)
+        timer = _StepTimer(self)
         collector = _CollectorTimer(self.slow)
         trio.lowlevel.add_instrument(timer)
         gc.callbacks.append(collector)

@@ -407,6 +407,7 @@ async def offer(cluster: Cluster, rate: float, duration_s: float, seed: int,
     async with trio.open_nursery() as streams:
         for i, port in enumerate(ports):
             await streams.start(read_stream, port, i, seen, market)
+        before_load = cluster.statuses()
         cpu0, t0 = cluster.cpu(), time.monotonic()
         async with trio.open_nursery() as senders:
             for port in ports:
@@ -425,6 +426,11 @@ async def offer(cluster: Cluster, rate: float, duration_s: float, seed: int,
         "cpu_s": [round(b - a, 2) for a, b in zip(cpu0, cpu1, strict=True)],
         "loop_lag_p99_ms": lag,
         "slowest_steps": [[f"{s['task']} {s['ms']} ms" for s in steps[:3]] for steps in slow],
+        # task steps each node's loop ran during the load, and those of 50 ms or more
+        "loop_steps": [a.get("loop_steps", 0) - b.get("loop_steps", 0)
+                       for a, b in zip(after_load, before_load, strict=True)],
+        "loop_steps_over_50ms": [a.get("loop_steps_over_50ms", 0) - b.get("loop_steps_over_50ms", 0)
+                                 for a, b in zip(after_load, before_load, strict=True)],
         "events": max((s["events"] for s in statuses), default=None),
         "trades": max((s["trades"] for s in statuses), default=None),
         # alarms (each node's count since it started): a trade report that disagrees with
@@ -457,7 +463,8 @@ def run_once(cluster: Cluster, rate: float, duration_s: float, seed: int, market
                                  for c in fig["cpu_s"]],
         "peak_rss_mib": [hwm_mib(n.proc.pid) for n in cluster.nodes],
         "idle_cpu_cores": idle, "loop_lag_p99_ms": fig["loop_lag_p99_ms"],
-        "slowest_steps": fig["slowest_steps"],
+        "slowest_steps": fig["slowest_steps"], "loop_steps": fig["loop_steps"],
+        "loop_steps_over_50ms": fig["loop_steps_over_50ms"],
         "delivered_via_sync": delivered_via_sync(cluster)}
 
 

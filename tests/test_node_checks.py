@@ -316,7 +316,8 @@ def test_what_has_arrived_is_applied_before_our_next_event_is_signed(tmp_path):
 
 async def test_the_loop_lag_monitor_names_the_task_that_held_the_loop():
     """A task step that blocks the loop (here a 60 ms sleep without an await) shows up
-    in `slow_steps` with its task's name and at least its duration; short steps do not."""
+    in `slow_steps` with its task's name and at least its duration, and is counted over
+    the 50 ms bound; short steps do not show up."""
     import time
 
     import trio
@@ -343,6 +344,7 @@ async def test_the_loop_lag_monitor_names_the_task_that_held_the_loop():
     assert steps and steps[0]["ms"] >= 60 and steps[0]["task"].endswith("hog"), steps
     assert all(s["ms"] >= SLOW_STEP_MS for s in steps)
     assert not any(s["task"].endswith("polite") for s in steps), steps
+    assert lag.steps >= 20 and 1 <= lag.steps_over_bound < lag.steps  # (the hog's counted)
 
 
 async def test_the_inbox_hands_over_batches_bounded_in_events_and_bytes(tmp_path):

@@ -53,7 +53,9 @@ class NodeCollector(Collector):
                 ("divergences", "Trade reports or members' checkpoints that disagreed "
                  "with our own"),
                 ("checkpoints_matched", "Members' checkpoints equal to our own"),
-                ("finality_broken", "Events the commit rule rules out, taken as empty (alarm)")):
+                ("finality_broken", "Events the commit rule rules out, taken as empty (alarm)"),
+                ("loop_steps", "Task steps the event loop ran"),
+                ("loop_steps_over_50ms", "Task steps that held the event loop 50 ms or more")):
             yield CounterMetricFamily(f"p2pexchange_{name}", doc, value=s[name])
         for name, doc, value in (
                 ("peers", "Connected peers", s["peers"]),

@@ -195,6 +195,9 @@ class Status(BaseModel):
     loop_lag_max_ms: float
     loop_slow_steps: list[dict] = Field(description="the longest recent task steps of at "
                                         "least 20 ms (what held the event loop): task, ms")
+    loop_steps: int = Field(description="task steps the event loop ran since the start")
+    loop_steps_over_50ms: int = Field(description="... of them, those that held it 50 ms "
+                                      "or more (wall-clock)")
     trading: bool | None = Field(description="auto-trading on/off; null: none on this node")
 
 

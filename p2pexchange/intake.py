@@ -77,16 +77,24 @@ class Intake:
             self.received[("gossip", "dropped")] += 1
 
     async def run(self) -> None:
+        """Batches and compaction steps, each a step of the event loop of its own: while
+        compaction is due they take turns; otherwise this waits for an arrival (at most
+        `COMPACT_IDLE_S`: storing our own events makes compaction due too)."""
         while True:
             if self.compaction_due:
                 self.compact()
                 await trio.sleep(0)
             if self._held is None:
-                with trio.move_on_after(COMPACT_IDLE_S):  # (own events make it due too)
-                    try:
-                        self._held = await self._inbox.receive()
-                    except trio.EndOfChannel:
-                        return
+                try:
+                    if self.compaction_due:
+                        self._held = self._inbox.receive_nowait()
+                    else:
+                        with trio.move_on_after(COMPACT_IDLE_S):
+                            self._held = await self._inbox.receive()
+                except trio.WouldBlock:
+                    continue
+                except trio.EndOfChannel:
+                    return
                 if self._held is None:
                     continue
             self.receive(self._batch())

@@ -451,6 +451,38 @@ def test_the_intake_compacts_after_so_many_actions_as_well_as_events(tmp_path, m
     assert settled[0] == 0 and settled[1] > 100, settled
 
 
+async def test_the_intake_s_task_compacts_what_is_due_in_steps_even_when_nothing_arrives(
+        tmp_path, monkeypatch, autojump_clock):
+    """Compaction made due by stored events (ours too: the node's `_seal` stores them)
+    runs in `Intake.run`'s own steps, bounded, until all that is final is settled, also
+    while no event arrives (it waits `COMPACT_IDLE_S` at most for one)."""
+    import p2pexchange.intake
+    from p2pexchange.feed import Feed
+    from p2pexchange.intake import COMPACT_IDLE_S, Intake
+    from p2pexchange.net.rejections import Rejections
+    from p2pexchange.store import EventStore
+
+    monkeypatch.setattr(p2pexchange.intake, "COMPACT_EVERY_ACTIONS", 40)
+    monkeypatch.setattr(p2pexchange.intake, "COMPACT_STEP_ACTIONS", 5)
+    genesis, events = history(200, 17)
+    replica = Replica(DEFAULT_MARKETS, genesis=genesis)
+    store = EventStore(str(tmp_path / "events.sqlite3"))
+    intake = Intake(replica, store, Feed(), Rejections(), want_sync=lambda peer: None)
+    intake.receive([(e.raw, "sync", None) for e in events])  # as the node's own would be
+    assert intake.compaction_due and replica.ledger.settled == 0
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(intake.run)
+        await trio.sleep(COMPACT_IDLE_S / 2)
+        assert 0 < replica.ledger.settled  # (the first step ran at once)
+        await trio.sleep(2 * COMPACT_IDLE_S)
+        nursery.cancel_scope.cancel()
+    assert not intake.compaction_due and replica.compacted
+    whole = Replica(DEFAULT_MARKETS, genesis=genesis)
+    whole.receive_many([e.raw for e in events])
+    assert replica.ledger.settled == whole.compact() > 100 and replica.digest == whole.digest
+    store.close()
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_compaction_in_bounded_steps_settles_so_much_per_step_and_ends_as_one_whole(seed):
     """`compact(actions_max)` (the node's compaction steps, intake.py) settles entries

@@ -93,6 +93,12 @@ class LoopLag:
             trio.lowlevel.remove_instrument(timer)
             gc.callbacks.remove(collector)
 
+    def status(self) -> dict:
+        """The node status's `loop_*` fields."""
+        return {"loop_lag_p99_ms": self.p99_ms, "loop_lag_max_ms": self.max_ms,
+                "loop_slow_steps": self.slow_steps(), "loop_steps": self.steps,
+                "loop_steps_over_50ms": self.steps_over_bound}
+
     def quantile_ms(self, q: float) -> float:
         """The `q` quantile (0..1) of the recent overshoots in ms; 0 before any sample."""
         if not self.samples_ms:

@@ -66,11 +66,7 @@ def node_status(node: Any) -> dict:
         "trade_reports_matched": node.control.reports.matched,
         "digest": node.replica.digest_hex,
         "pending_actions": node.pending_actions,
-        "loop_lag_p99_ms": node.loop_lag.p99_ms,
-        "loop_lag_max_ms": node.loop_lag.max_ms,
-        "loop_slow_steps": node.loop_lag.slow_steps(),
-        "loop_steps": node.loop_lag.steps,
-        "loop_steps_over_50ms": node.loop_lag.steps_over_bound,
+        **node.loop_lag.status(),
     }
 
 

@@ -24,6 +24,16 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
+# Counters read from the status by name: (name, help)
+_COUNTERS = (
+    ("rollbacks", "Late events that re-ordered applied ones"),
+    ("divergences", "Trade reports or members' checkpoints that disagreed with our own"),
+    ("checkpoints_matched", "Members' checkpoints equal to our own"),
+    ("finality_broken", "Events the commit rule rules out, taken as empty (alarm)"),
+    ("loop_steps", "Task steps the event loop ran"),
+    ("loop_steps_over_50ms", "Task steps that held the event loop 50 ms or more"))
+
+
 class NodeCollector(Collector):
     def __init__(self, node: Node) -> None:
         self.node = node
@@ -48,14 +58,7 @@ class NodeCollector(Collector):
         for reason, n in sorted(s["rejected"].items()):
             rejected.add_metric([reason], n)
         yield rejected
-        for name, doc in (
-                ("rollbacks", "Late events that re-ordered applied ones"),
-                ("divergences", "Trade reports or members' checkpoints that disagreed "
-                 "with our own"),
-                ("checkpoints_matched", "Members' checkpoints equal to our own"),
-                ("finality_broken", "Events the commit rule rules out, taken as empty (alarm)"),
-                ("loop_steps", "Task steps the event loop ran"),
-                ("loop_steps_over_50ms", "Task steps that held the event loop 50 ms or more")):
+        for name, doc in _COUNTERS:
             yield CounterMetricFamily(f"p2pexchange_{name}", doc, value=s[name])
         for name, doc, value in (
                 ("peers", "Connected peers", s["peers"]),

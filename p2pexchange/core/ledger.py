@@ -110,7 +110,7 @@ class Ledger:
         self._keys: list[OrderKey] = []
         self._index: dict[bytes, _Applied | tuple] = {}  # event id -> entry or record
         self._ids: list[bytes] = []
-        self._settled_trades: list[tuple] = []  # packed (packed_trade)
+        self._settled_trades: list[bytes | tuple] = []  # packed (packed_trade)
         self._settled_digest = GENESIS_DIGEST  # the digest after the settled entries
         self._settled_acts = 0  # settled entries that act
         self.trade_count = 0

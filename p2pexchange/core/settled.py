@@ -11,7 +11,7 @@ event in its chains by its causal part alone, packed in a plain tuple (`pack`) a
 back as a `Settled`: a fifth of the memory, and nothing the collector keeps scanning
 (its full passes then grow with the open orders, not with the history). The ledger
 settles the same entries (ledger.py `settle`: each kept as the record its queries read,
-its trades as plain tuples too), and the books forget their undo records and the orders
+its trades as bytes, `packed_trade`), and the books forget their undo records and the orders
 that left them (undo.py `settle`).
 
 What stays whole: a membership event with actions (joins, leaves and removal votes
@@ -25,6 +25,7 @@ the caller to read from its store (`Replica.events_for`).
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -228,12 +229,50 @@ def settled_record(entry: Any, first: int) -> tuple:
     return intern_bounded(_SHARED_RECORDS, record, SHARED_RECORDS_MAX)
 
 
-def packed_trade(trade: Trade) -> tuple:
-    """A settled trade as a plain tuple (its side as an int), which the collector stops
-    scanning, unlike a `Trade` (its `Side` member is an object it tracks)."""
-    return (*trade[:-1], int(trade.taker_side))
+# A settled trade is kept as one bytes object (`_TRADE`): maker order, taker order,
+# price, qty, side, and the numbers `_NAMES` gives its two origins and its market. Its
+# event id is its taker order's first 32 bytes (the order ids of an event's places,
+# ledger.py `_apply`). 91 bytes in one object where a plain tuple held nine items, two
+# order ids and a price object: about 128 bytes a trade against about 300, and under
+# load settled trades were most of what a node holds until a checkpoint lets it forget
+# them. A trade these rules do not fit (a name past `NAMES_MAX`, an id of another
+# length) is kept as a plain tuple, its side as an int.
+_TRADE = struct.Struct(">34s34sQQBHHH")
+_NAMES: list = []  # origins (bytes) and market names (str), in the order first seen
+_NUMBERS: dict = {}
+NAMES_MAX = 65_535
+_SIDES = {int(side): side for side in Side}
 
 
-def unpacked_trades(packed: list[tuple]) -> list[Trade]:
+def _number(name: bytes | str) -> int | None:
+    number = _NUMBERS.get(name)
+    if number is None and len(_NAMES) < NAMES_MAX:
+        number = _NUMBERS[name] = len(_NAMES)
+        _NAMES.append(name)
+    return number
+
+
+def packed_trade(trade: Trade) -> bytes | tuple:
+    """A settled trade as bytes, or a plain tuple (see `_TRADE`): either way an object
+    the collector does not scan, unlike a `Trade` (its `Side` member is one it tracks)."""
+    market, event_id, maker, taker, maker_origin, taker_origin, price, qty, side = trade
+    numbers = (_number(maker_origin), _number(taker_origin), _number(market))
+    if (len(maker) == len(taker) == 34 and taker[:32] == event_id and None not in numbers
+            and price < 1 << 64 and qty < 1 << 64):
+        return _TRADE.pack(maker, taker, price, qty, side, *numbers)
+    return (*trade[:-1], int(side))
+
+
+def unpacked_trades(packed: list[bytes | tuple]) -> list[Trade]:
     """Settled trades as `Trade`s again."""
-    return [Trade(m, e, mo, to, mg, tg, p, q, Side(s)) for m, e, mo, to, mg, tg, p, q, s in packed]
+    names, sides, unpack = _NAMES, _SIDES, _TRADE.unpack
+    trades = []
+    for item in packed:
+        if type(item) is bytes:
+            maker, taker, price, qty, side, maker_origin, taker_origin, market = unpack(item)
+            trades.append(Trade(names[market], taker[:32], maker, taker, names[maker_origin],
+                                names[taker_origin], price, qty, sides[side]))
+        else:
+            m, e, mo, to, mg, tg, p, q, s = item
+            trades.append(Trade(m, e, mo, to, mg, tg, p, q, sides[s]))
+    return trades

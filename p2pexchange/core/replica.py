@@ -331,11 +331,10 @@ class Replica(Delivery, Voting, Commit, Install):
             return sum(self._settled.values())
         if self.membership is not None:
             self.take_checkpoints()
+        final = frontier
         if actions_max is not None:
-            bound, frontier = frontier, self.ledger.frontier_within(frontier, actions_max)
-            self.compacted = frontier == bound
-        else:
-            self.compacted = True
+            frontier = self.ledger.frontier_within(frontier, actions_max)
+        self.compacted = frontier == final
         for origin, chain in self._events.items():
             self._settled[origin] = settle_chain(chain, self._settled.get(origin, 0),
                                                  frontier, self._by_id)

@@ -1,7 +1,8 @@
-"""Checkpoints (core/checkpoint.py): the state after every K-th final event that acts,
-encoded and hashed alike by every replica that holds it final, whatever order its
-events came in and whenever it compacted. The simulation checks the same on every step
-of its runs (p2pexchange/sim/checks.py `agree_checkpoints`)."""
+"""Checkpoints (core/checkpoint.py): the state after every K-th final event that acts
+(or sooner, once their actions reach A), encoded and hashed alike by every replica that
+holds it final, whatever order its events came in and whenever it compacted. The
+simulation checks the same on every step of its runs (p2pexchange/sim/checks.py
+`agree_checkpoints`)."""
 
 from __future__ import annotations
 
@@ -59,8 +60,8 @@ def up_to(net: Net, every: list[bytes], key: tuple) -> tuple[Replica, list[bytes
 def test_a_checkpoint_is_the_state_after_its_event():
     """S_N holds what a replica that received only the events up to the N-th that acts
     holds: the digest, every resting order in priority order, each origin's latest
-    event; and taking it changed nothing (the ledger undid the later entries and applied
-    them again): the replica's state equals a twin's that never compacted."""
+    event; and taking it changed nothing (the ledger captured the books as it applied
+    that event): the replica's state equals a twin's that never compacted."""
     net, every = trading(3)
     a = net["a"]
     assert a.checkpoint is not None and a.checkpoint.n >= 3 * EVERY
@@ -108,6 +109,64 @@ def test_every_replica_takes_the_same_checkpoints_whatever_the_order_and_compact
         r.compact()
         assert r.digest == net["a"].digest
         assert r.checkpoints == expected  # every one taken, none skipped, the same hashes
+
+
+def expected_ns(replica: Replica, every: int, actions: int) -> list[int]:
+    """The checkpoints' n by protocols/heartbeat.md's rule, from the replica's applied
+    order alone: the `every`-th event that acts since the previous checkpoint, or the
+    first that brings their actions to `actions`."""
+    ns, n, since = [], 0, (0, 0)
+    for event_id in replica.applied_ids():
+        if replica.ledger.acts(event_id):
+            n += 1
+            since = (since[0] + 1, since[1] + len(replica.event(event_id).actions))
+            if since[0] == every or since[1] >= actions:
+                ns.append(n)
+                since = (0, 0)
+    return ns
+
+
+def test_checkpoints_come_every_k_events_that_act_or_sooner_at_a_actions():
+    """Events of one to four actions: the checkpoints are those the rule names, from the
+    applied order alone (counted here without the ledger's `since`), both bounds make
+    some, and replicas given the events in other orders, compacting at other points
+    (so rolling back across checkpoints' entries), take the same ones with the same
+    hashes."""
+    rng = random.Random(5)
+    net = Net("abc")
+    for r in net.replicas.values():
+        r.checkpoint_every, r.checkpoint_actions = 4, 7
+    for _ in range(60):
+        name = rng.choice(list(net.replicas))
+        net.act(name, [sell(rng.randrange(98, 103), rng.randrange(1, 9)) if rng.random() < 0.5
+                       else buy(rng.randrange(98, 103), rng.randrange(1, 9))
+                       for _ in range(rng.choice((1, 1, 1, 2, 4)))])
+        if rng.random() < 0.3:
+            net.ack_round()
+        if rng.random() < 0.2:
+            net[rng.choice("ac")].compact()
+    net.acks_until_quiet()
+    b = net["b"]
+    raws = [e.raw for o in b.clock for e in b.events_of(o)]
+    expected = expected_ns(b, 4, 7)
+    b.compact()
+    assert list(b.checkpoints) == expected[-len(b.checkpoints):]
+    gaps = [y - x for x, y in zip([0] + expected, expected, strict=False)]
+    assert 4 in gaps and any(g < 4 for g in gaps)  # both bounds made checkpoints
+    for seed in range(4):
+        order = raws[:]
+        random.Random(seed).shuffle(order)
+        r = Replica(DEFAULT_MARKETS, None, genesis=net.genesis)
+        r.checkpoint_every, r.checkpoint_actions = 4, 7
+        r.checkpoints_kept = 1000
+        for i in range(0, len(order), 5):
+            r.receive_many(order[i:i + 5])
+            if seed % 2:
+                r.compact()
+        r.compact()
+        assert r.digest == b.digest
+        assert list(r.checkpoints) == expected
+        assert {n: h for n, h in r.checkpoints.items() if n in b.checkpoints} == b.checkpoints
 
 
 def test_the_checkpoint_bytes_are_those_heartbeat_md_describes():

@@ -181,10 +181,23 @@ class OrderBook(UndoLog):
         """The resting state in full, for a checkpoint (core/checkpoint.py): bids best
         first, then asks, each level as [price, its orders in priority order], each order
         as [id, origin, side, type, qty, remaining, stp], all integers and bytes."""
-        return [[[abs(key), [[o.order_id, o.origin, int(o.side), int(o.type), o.qty,
-                               o.remaining, int(o.stp)] for o in level]]
-                 for key, level in tree.items()]
+        return self.state_of(self.capture())
+
+    def capture(self) -> list:
+        """What `state_of` needs to give `state()` as it is now, later: each resting
+        order and its `remaining` (the only field of a resting order that changes), in
+        about half the time `state()` takes (a checkpoint's candidate is captured when it
+        is applied, core/ledger.py)."""
+        return [[(key, [(o, o.remaining) for o in level]) for key, level in tree.items()]
                 for tree in (self.bids, self.asks)]
+
+    @staticmethod
+    def state_of(captured: list) -> list:
+        """`state()` as it was when `captured` was taken (`capture`)."""
+        return [[[abs(key), [[o.order_id, o.origin, int(o.side), int(o.type), o.qty,
+                               remaining, int(o.stp)] for o, remaining in orders]]
+                 for key, orders in side]
+                for side in captured]
 
     def restore(self, state: list) -> None:
         """Rest the orders of a checkpoint's `state()` of this market in an empty book,

@@ -53,11 +53,9 @@ class Commit:
     _final_at: tuple[int, OrderKey | None]
     _final_seen: OrderKey | None
     _final_floor: OrderKey | None  # started from a checkpoint (`Replica.install`): its key
-    checkpoint_every: int
     checkpoint: Checkpoint | None  # the latest taken, in full
     checkpoints: dict[int, bytes]  # n -> H_N of the latest `checkpoints_kept` taken
     checkpoints_kept: int
-    _checkpoint_n: int  # the n of the latest checkpoint taken or passed over
 
     if TYPE_CHECKING:  # the replica's own (core/replica.py, core/voting.py)
         def _next_past(self) -> tuple[dict[bytes, int], Any]: ...
@@ -71,6 +69,7 @@ class Commit:
         newcomer learns them from its peers before it takes any event in)."""
         assert self.membership is None and not self._stats["events_delivered"]
         self.membership = Membership(genesis)
+        self.ledger.captures = True  # checkpoints from the first event on
 
     def members(self) -> list[bytes]:
         """The effective members (genesis first), whose events are delivered."""
@@ -154,35 +153,17 @@ class Commit:
         return membership.at(key), tuple(latest)
 
     def take_checkpoints(self) -> None:
-        """Take every checkpoint now final and not taken yet (core/checkpoint.py), in one
-        pass over the ledger however many are due. Called between batches (the node: at
-        each heartbeat) and by `compact` before it settles anything past one; one whose
-        event is settled already is passed over."""
+        """Take every checkpoint now final and not taken yet (core/checkpoint.py): the
+        ledger captured the books at each checkpoint's entry as it applied it, so this
+        only builds and hashes S_N. Called between batches (the node: at each
+        heartbeat) and by `compact` before it settles anything past one."""
         ledger = self.ledger
-        final = ledger.count_upto(self.final_key())
-        due: list[tuple[int, int]] = []  # (n, entries up to its event)
-        n = self._checkpoint_n
-        while True:
-            n += self.checkpoint_every
-            count = ledger.nth_acting(n)
-            if count is None and n <= ledger.settled_acts:
-                self._checkpoint_n = n  # settled before it could be taken
-                continue
-            if count is None or count > final:
-                break
-            due.append((n, count))
-        if not due:
-            return
-        books = ledger.capture_at([count for _, count in due], lambda: (
-            {m: b.state() for m, b in ledger.books.items()}, ledger.digest))
-        for (n, count), (state, digest) in zip(due, books, strict=True):
-            key = ledger.key_at(count)
+        for n, key, digest, books in ledger.take_captures(ledger.count_upto(self.final_key())):
             membership, latest = self.prefix_state(key)
-            self.checkpoint = make_checkpoint(n, key, digest, state, membership, latest)
+            self.checkpoint = make_checkpoint(n, key, digest, books, membership, latest)
             self.checkpoints[n] = self.checkpoint.hash
             while len(self.checkpoints) > self.checkpoints_kept:
                 del self.checkpoints[next(iter(self.checkpoints))]
-            self._checkpoint_n = n
 
     def finality(self) -> Finality:
         """Final versus pending events and trades, and whom finality waits for. Costs

@@ -45,7 +45,6 @@ class Install:
     _final_at: tuple[int, OrderKey | None]
     checkpoint: Checkpoint | None
     checkpoints: dict[int, bytes]
-    _checkpoint_n: int
     _forgot: dict[bytes, int]
 
     if TYPE_CHECKING:  # the replica's own (core/commit.py)
@@ -132,7 +131,6 @@ class Install:
         self._final_at = (-1, None)
         self.checkpoint = Checkpoint(snapshot.n, snapshot.key, snapshot.hash, snapshot.encoded)
         self.checkpoints = {snapshot.n: snapshot.hash}
-        self._checkpoint_n = snapshot.n
 
     def snapshot_segments(self) -> tuple[Checkpoint, dict[bytes, tuple[int, int]]] | str:
         """What a newcomer needs to start from our latest checkpoint (`install`): the

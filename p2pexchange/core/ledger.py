@@ -28,8 +28,7 @@ from __future__ import annotations
 
 import hashlib
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Mapping, Sequence
-from typing import TypeVar
+from collections.abc import Mapping
 
 from .book import OrderBook
 from .clock import OrderKey
@@ -44,6 +43,7 @@ from .events import (
 )
 from .market import Market
 from .orders import Order, OrderStatus, Trade
+from .params import CHECKPOINT_ACTIONS, CHECKPOINT_EVERY
 from .settled import (
     R_ACTS,
     R_COUNT,
@@ -58,15 +58,14 @@ from .settled import (
 )
 
 GENESIS_DIGEST = hashlib.sha256(b"p2pexchange/digest/v2").digest()
-T = TypeVar("T")
 
 
 class _Applied:
     """One event in the applied sequence that is not settled, with what is needed to
     undo it. A settled one (`Ledger.settle`) is kept as a `_settled_record`."""
 
-    __slots__ = ("acts", "acts_upto", "book", "digest", "event", "id", "key", "mark", "outcomes",
-                 "trades", "trades_upto", "void")
+    __slots__ = ("acts", "acts_upto", "book", "capture", "digest", "event", "id", "key", "mark",
+                 "outcomes", "since", "trades", "trades_upto", "void")
 
     def __init__(self, key: OrderKey, event: Event, book: OrderBook | None) -> None:
         self.key = key
@@ -81,6 +80,14 @@ class _Applied:
         self.void = False  # its origin was removed before it: applied as empty
         self.acts = False  # it has actions and is not void (what finality waits on)
         self.acts_upto = 0  # entries that act in the applied sequence up to this one
+        # Since the latest checkpoint's entry up to this one: (entries that act, their
+        # actions); (0, 0) at a checkpoint's entry, whose `capture` is then not None.
+        self.since = _SINCE_NONE
+        self.capture: tuple | None = None  # (books `capture()`, digest), or _TAKEN
+
+
+_SINCE_NONE = (0, 0)
+_TAKEN = ()  # a checkpoint's capture once `take_captures` gave it out
 
 
 # Each place's outcome is its status's name: one shared string per status.
@@ -130,6 +137,15 @@ class Ledger:
         # described here for the node's status and alarm (never silently).
         self.broken = 0
         self.broken_detail = ""
+        # Checkpoints (core/checkpoint.py): whether to capture the books at each
+        # checkpoint's entry as it is applied (the replica: only with a membership), and
+        # the rule that makes an entry a checkpoint's (protocols/heartbeat.md): the
+        # `checkpoint_events`-th entry that acts since the previous checkpoint's, or the
+        # first one that brings their actions to `checkpoint_actions`.
+        self.captures = False
+        self.checkpoint_events = CHECKPOINT_EVERY
+        self.checkpoint_actions = CHECKPOINT_ACTIONS
+        self._settled_since = _SINCE_NONE  # `since` after the last settled entry
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -232,22 +248,19 @@ class Ledger:
         i = bisect_left(applied, n, key=lambda entry: entry.acts_upto)
         return self.settled + i + 1 if i < len(applied) else None
 
-    def capture_at(self, counts: Sequence[int], capture: Callable[[], T]) -> list[T]:
-        """`capture()` as the ledger stood after its first `count` entries, for each of
-        `counts` (ascending, none among settled entries), in one pass: the entries after
-        the first are undone, then applied again as a rollback does, capturing at each
-        count on the way, so nothing changes."""
-        undone = self._undo_to(counts[0])
-        redo = [entry.event for entry in reversed(undone)]  # ascending keys
-        captured, done = [], 0
-        for count in counts:
-            while len(self._keys) < count:
-                self._apply(redo[done])  # type: ignore[arg-type]
-                done += 1
-            captured.append(capture())
-        for event in redo[done:]:
-            self._apply(event)  # type: ignore[arg-type]
-        return captured
+    def take_captures(self, count: int) -> list[tuple[int, OrderKey, bytes, dict[str, list]]]:
+        """Each checkpoint's entry among the first `count` (none settled) whose capture
+        was not taken yet, ascending: (n, its key, the digest after it, each book's
+        `state()` as it stood after it). Each is given out once."""
+        taken, applied = [], self._applied
+        for i in range(min(count, len(self._keys)) - self.settled):
+            entry = applied[i]
+            if entry.capture:
+                books, digest = entry.capture
+                entry.capture = _TAKEN
+                taken.append((entry.acts_upto, entry.key, digest,
+                              {m: OrderBook.state_of(c) for m, c in books.items()}))
+        return taken
 
     def with_actions(self, start: int, backwards: bool = False) -> Event | None:
         """The first (or last) event with actions from position `start` on, which is not
@@ -319,6 +332,7 @@ class Ledger:
             trades.extend(map(packed_trade, entry.trades))
         self._settled_digest = applied[moved - 1].digest
         self._settled_acts = applied[moved - 1].acts_upto
+        self._settled_since = applied[moved - 1].since
         del applied[:moved]
         self.settled = count
         return closed
@@ -419,10 +433,10 @@ class Ledger:
         before = position - self.settled - 1  # the unsettled entry just before, if any
         if before >= 0:
             prior = applied[before]
-            entry.acts_upto, entry.trades_upto, entry.digest = (
-                prior.acts_upto, prior.trades_upto, prior.digest)
+            entry.acts_upto, entry.trades_upto, entry.digest, entry.since = (
+                prior.acts_upto, prior.trades_upto, prior.digest, prior.since)
         else:
-            entry.acts_upto = self._settled_acts
+            entry.acts_upto, entry.since = self._settled_acts, self._settled_since
             entry.trades_upto = self.trades_forgotten + len(self._settled_trades)
             entry.digest = self._settled_digest
         applied.insert(position - self.settled, entry)
@@ -533,7 +547,18 @@ class Ledger:
         entry.acts_upto = (applied[-1].acts_upto if applied else self._settled_acts) + entry.acts
         entry.trades_upto = (applied[-1].trades_upto if applied else self.trades_forgotten
                              + len(self._settled_trades)) + len(entry.trades)
-        entry.digest = _chained(self.digest, entry) if entry.acts else self.digest
+        since = applied[-1].since if applied else self._settled_since
+        if entry.acts:
+            entry.digest = _chained(self.digest, entry)
+            since = (since[0] + 1, since[1] + len(entry.event.actions))  # type: ignore[union-attr]
+            if since[0] >= self.checkpoint_events or since[1] >= self.checkpoint_actions:
+                since = _SINCE_NONE  # a checkpoint's entry: the books as they are now
+                if self.captures:
+                    entry.capture = ({m: b.capture() for m, b in self.books.items()},
+                                     entry.digest)
+        else:
+            entry.digest = self.digest
+        entry.since = since
         applied.append(entry)
         self._keys.append(entry.key)
         self._index[entry.id] = entry

@@ -117,6 +117,7 @@ from .orders import Order, Trade
 from .params import (
     BUFFER_BYTES_MAX,
     BUFFER_ORIGIN_BYTES_MAX,
+    CHECKPOINT_ACTIONS,
     CHECKPOINT_EVERY,
     CHECKPOINTS_KEPT,
 )
@@ -141,13 +142,15 @@ class Replica(Delivery, Voting, Commit, Install):
                  genesis: Iterable[bytes] | None = None,
                  buffer_bytes_max: int = BUFFER_BYTES_MAX,
                  buffer_origin_bytes_max: int = BUFFER_ORIGIN_BYTES_MAX,
-                 checkpoint_every: int = CHECKPOINT_EVERY, forgets: bool = False) -> None:
+                 checkpoint_every: int = CHECKPOINT_EVERY,
+                 checkpoint_actions: int = CHECKPOINT_ACTIONS, forgets: bool = False) -> None:
         self.markets = dict(markets)
         # Without a genesis the replica admits every origin and reports nothing final:
         # for replaying and comparing histories (verify, benchmarks, tests of order).
         self.membership = Membership(genesis) if genesis is not None else None
         self.origin = origin
         self.ledger = Ledger(self.markets)
+        self.ledger.captures = self.membership is not None  # (or at `adopt_genesis`)
         self.books = self.ledger.books
         self._clock: dict[bytes, int] = {}
         self._events: dict[bytes, Chain] = {}  # origin -> delivered events by seq-1
@@ -176,15 +179,34 @@ class Replica(Delivery, Voting, Commit, Install):
         # Evidence against origins: (origin, seq) -> the two signed versions (raw bytes).
         self.equivocations: dict[tuple[bytes, int], tuple[bytes, bytes]] = {}
         self._rejected: dict[str, int] = {}
-        self.checkpoint_every = checkpoint_every  # smaller in tests and the simulation
+        self.checkpoint_every = checkpoint_every  # both smaller in tests and the simulation
+        self.checkpoint_actions = checkpoint_actions
         self.compacted = True  # the last `compact` settled everything final
         self.checkpoints_kept = CHECKPOINTS_KEPT
         self.checkpoint = None
         self.checkpoints = {}
-        self._checkpoint_n = 0
         self._final_floor: OrderKey | None = None  # started from a checkpoint: its key
 
     # -- queries -----------------------------------------------------------------
+
+    @property
+    def checkpoint_every(self) -> int:
+        """Entries that act from one checkpoint to the next at most (the ledger's rule;
+        set before the events it should count are applied)."""
+        return self.ledger.checkpoint_events
+
+    @checkpoint_every.setter
+    def checkpoint_every(self, value: int) -> None:
+        self.ledger.checkpoint_events = value
+
+    @property
+    def checkpoint_actions(self) -> int:
+        """Actions from one checkpoint to the next that make one sooner (the ledger's)."""
+        return self.ledger.checkpoint_actions
+
+    @checkpoint_actions.setter
+    def checkpoint_actions(self, value: int) -> None:
+        self.ledger.checkpoint_actions = value
 
     @property
     def clock(self) -> VectorClock:

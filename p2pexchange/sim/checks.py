@@ -18,7 +18,7 @@ the same.
 
 from __future__ import annotations
 
-from bisect import bisect_right, insort
+from bisect import bisect_left, bisect_right, insort
 from collections.abc import Sequence
 
 from ..core.clock import OrderKey
@@ -111,17 +111,30 @@ class Ledger:
         self._prefix_keys: list[OrderKey] = []  # sorted
         self.prefix_checks = 0
         self.checkpoints: dict[int, bytes] = {}  # n -> H_N first taken
+        self._checkpoint_ns: list[int] = []  # its keys, ascending
         self.checkpoint_checks = 0
 
     def agree_checkpoints(self, name: str, replica: Replica) -> None:
         """Each checkpoint the replica took (core/checkpoint.py) has the hash the first
-        honest replica to take it computed."""
+        honest replica to take it computed, and between its first and its latest the
+        replica took every checkpoint any honest replica took, and no other: the same
+        sequence of n (protocols/heartbeat.md, "Checkpoints")."""
         for n, digest in replica.checkpoints.items():
-            first = self.checkpoints.setdefault(n, digest)
-            if first != digest:
+            first = self.checkpoints.get(n)
+            if first is None:
+                self.checkpoints[n] = digest
+                insort(self._checkpoint_ns, n)
+            elif first != digest:
                 raise FinalityViolation(f"{name}: checkpoint {n} differs from another "
                                         "honest replica's")
             self.checkpoint_checks += 1
+        taken = list(replica.checkpoints)
+        if taken:
+            ns = self._checkpoint_ns
+            others = ns[bisect_left(ns, taken[0]):bisect_right(ns, taken[-1])]
+            if others != taken:
+                raise FinalityViolation(f"{name}: checkpoints {sorted(set(others) ^ set(taken))}"
+                                        " taken by one honest replica and not another")
 
     def agree_prefixes(self, honest: Sequence[tuple[FinalView, Replica]]) -> None:
         """Every honest replica that holds a key final (one final somewhere) reports the

@@ -23,7 +23,11 @@ from ..core.settled import Settled
 from .checks import FinalView
 from .workload import OrderFlow, peer_id_bytes, seeded_key_pair
 
-CHECKPOINT_EVERY = 4  # final events that act between checkpoints (the node's: 4,096)
+# Checkpoints at the 4th final event that acts since the previous one or, sooner, the
+# first that brings their actions to 8 (events carry 1 to 4 actions, bursts up to 16):
+# both rules make checkpoints (the node's: 4,096 and 65,536).
+CHECKPOINT_EVERY = 4
+CHECKPOINT_ACTIONS = 8
 CHECKPOINTS_KEPT = 1_000_000  # every hash kept, so that every one is compared (checks.py)
 
 
@@ -39,6 +43,7 @@ class SimNode:
                         for i in range(members_n)]
         self.replica = Replica(DEFAULT_MARKETS, self.origin, genesis=self.genesis)
         self.replica.checkpoint_every = CHECKPOINT_EVERY
+        self.replica.checkpoint_actions = CHECKPOINT_ACTIONS
         self.replica.checkpoints_kept = CHECKPOINTS_KEPT
         self.flow = OrderFlow(rng)
         self.honest = honest
@@ -122,6 +127,7 @@ class SimNode:
         events = own + others
         replica = Replica(DEFAULT_MARKETS, self.origin, genesis=self.genesis)
         replica.checkpoint_every = CHECKPOINT_EVERY
+        replica.checkpoint_actions = CHECKPOINT_ACTIONS
         replica.checkpoints_kept = CHECKPOINTS_KEPT
         replica.receive_many(events)
         assert replica.digest == self.replica.digest, "a replay from the store differs"

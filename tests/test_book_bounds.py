@@ -354,6 +354,7 @@ def test_each_kind_of_undo_record_rolls_back_to_the_exact_state():
     book = OrderBook("TEST")
     states, marks = [], []
     for step, ((kind, origin, arg), outcome) in enumerate(script):
+        book.encoded_levels()  # kept: check_invariants finds any a change did not clear
         states.append(state(book))
         marks.append(book.mark())
         if kind == "place":
@@ -364,6 +365,7 @@ def test_each_kind_of_undo_record_rolls_back_to_the_exact_state():
     assert book.orders[oid(13)].reason == REASON_MATCH_BUDGET
     assert set(undo_kinds(book.log, 0)) == UNDO_KINDS
     for step in reversed(range(len(script))):
+        book.encoded_levels()
         book.rollback(marks[step])
         book.check_invariants()
         assert state(book) == states[step], step

@@ -75,6 +75,7 @@ def test_engine_invariants_hold_after_every_action(program):
     ids: list[bytes] = []
     seq_of: dict[bytes, int] = {}
     for step, (kind, origin, arg) in enumerate(program):
+        book.encoded_levels()  # kept: check_invariants finds any a change did not clear
         before = {oid: (o.status, o.filled) for oid, o in book.orders.items()}
         resting_before = book.resting()
         trades_before = len(book.trades)
@@ -164,6 +165,7 @@ def test_rollback_restores_exactly_and_replay_is_identical(program, cut, fills_m
                 book.place(step.to_bytes(34, "big"), origin, arg, EVENT, budget)
             else:
                 book.cancel((arg % max(1, step)).to_bytes(34, "big"), origin)
+            book.encoded_levels()  # (kept encodings, which every change must clear)
 
     cut = min(cut, len(program))
     book = OrderBook("TEST", fok_levels_max=fok_levels_max)

@@ -67,6 +67,7 @@ from __future__ import annotations
 
 from sortedcontainers import SortedDict
 
+from .cbor import canonical, head
 from .events import STP, OrderType, Place, Side
 from .orders import (
     CANCEL_NOT_OPEN,
@@ -131,6 +132,29 @@ _new_trade = tuple.__new__  # builds a Trade without the named tuple's Python-le
 _new_level = object.__new__  # a Level's attributes are set where it opens
 
 
+def _level_state(key: int, level: Level) -> list:
+    return [abs(key), [_order_state(o) for o in level]]
+
+
+def _order_state(o: Order) -> list:
+    return [o.order_id, o.origin, int(o.side), int(o.type), o.qty, o.remaining, int(o.stp)]
+
+
+def _encoded_level(key: int, level: Level) -> bytes:
+    """`canonical(_level_state(key, level))`, from each order's kept encoding (made once
+    per order and `remaining`: a resting order changes in nothing else)."""
+    parts = [_LEVEL_HEAD, canonical(abs(key)), head(4, level.live)]
+    for o in level:
+        encoded = o.encoded
+        if encoded is None:
+            encoded = o.encoded = canonical(_order_state(o))
+        parts.append(encoded)
+    return b"".join(parts)
+
+
+_LEVEL_HEAD = head(4, 2)  # [price, orders]
+
+
 
 class OrderBook(UndoLog):
     """Price-time priority book for one market; see the module docstring."""
@@ -181,23 +205,25 @@ class OrderBook(UndoLog):
         """The resting state in full, for a checkpoint (core/checkpoint.py): bids best
         first, then asks, each level as [price, its orders in priority order], each order
         as [id, origin, side, type, qty, remaining, stp], all integers and bytes."""
-        return self.state_of(self.capture())
-
-    def capture(self) -> list:
-        """What `state_of` needs to give `state()` as it is now, later: each resting
-        order and its `remaining` (the only field of a resting order that changes), in
-        about half the time `state()` takes (a checkpoint's candidate is captured when it
-        is applied, core/ledger.py)."""
-        return [[(key, [(o, o.remaining) for o in level]) for key, level in tree.items()]
+        return [[_level_state(key, level) for key, level in tree.items()]
                 for tree in (self.bids, self.asks)]
 
-    @staticmethod
-    def state_of(captured: list) -> list:
-        """`state()` as it was when `captured` was taken (`capture`)."""
-        return [[[abs(key), [[o.order_id, o.origin, int(o.side), int(o.type), o.qty,
-                               remaining, int(o.stp)] for o, remaining in orders]]
-                 for key, orders in side]
-                for side in captured]
+    def encoded_levels(self) -> list[list[bytes]]:
+        """`state()` in canonical CBOR level by level: per side, best first, each level's
+        `[price, orders]` encoded. A level keeps its encoding until it changes (every
+        change to a level or to the remaining lots of one of its orders clears it), so
+        a checkpoint encodes again only the levels that changed since the previous one:
+        under load, most resting orders sit in levels away from the price."""
+        sides = []
+        for tree in (self.bids, self.asks):
+            side = []
+            for key, level in tree.items():
+                encoded = level.encoded
+                if encoded is None:
+                    encoded = level.encoded = _encoded_level(key, level)
+                side.append(encoded)
+            sides.append(side)
+        return sides
 
     def restore(self, state: list) -> None:
         """Rest the orders of a checkpoint's `state()` of this market in an empty book,
@@ -209,7 +235,7 @@ class OrderBook(UndoLog):
             for price, orders in state[0 if side is _BUY else 1]:
                 level = _new_level(Level)
                 level.prev = level.next = level
-                level.live, level.total, level.lots_of = 0, 0, {}
+                level.live, level.total, level.lots_of, level.encoded = 0, 0, {}, None
                 for oid, origin, _, otype, qty, remaining, stp in orders:
                     order = Order(oid, origin, self.market, side, OrderType(otype), price,
                                   qty, STP(stp))
@@ -291,6 +317,7 @@ class OrderBook(UndoLog):
                 level.live = 1
                 level.total = remaining
                 level.lots_of = {origin: remaining}
+                level.encoded = None
                 own[own_key] = level
                 log.extend((own, own_key, order_id, U_NEW_LEVEL))
             else:
@@ -300,6 +327,7 @@ class OrderBook(UndoLog):
                 tail.next = level.prev = order
                 level.live += 1
                 level.total += remaining
+                level.encoded = None
                 lots_of = level.lots_of
                 lots_of[origin] = lots_of.get(origin, 0) + remaining
                 log.extend((level, order, U_APPEND))
@@ -338,6 +366,7 @@ class OrderBook(UndoLog):
         level.live -= 1
         lots = order.remaining
         level.total -= lots
+        level.encoded = None
         lots_of = level.lots_of
         left = lots_of[origin] - lots
         if left:
@@ -395,6 +424,7 @@ class OrderBook(UndoLog):
             if key > limit_key:
                 break
             level = opposite[key]
+            level.encoded = None  # (whatever this taker does to it)
             lots_of = level.lots_of
             maker = level.next
             while True:
@@ -464,6 +494,7 @@ class OrderBook(UndoLog):
                     maker.status = PARTIALLY_FILLED
                     maker.filled += need
                     maker.remaining = lots - need
+                    maker.encoded = None
                     level.total -= need
                     lots_of[maker_origin] -= need
                     need = 0
@@ -500,6 +531,10 @@ class OrderBook(UndoLog):
                     lots_of[o.origin] = lots_of.get(o.origin, 0) + o.remaining
                 assert level.prev is node, f"broken tail in level {key}"
                 assert (level.live, level.total, level.lots_of) == (live, total, lots_of), key
+                assert level.encoded in (None, canonical(_level_state(key, level))), \
+                    f"level {key}: a kept encoding that a change did not clear"
+                assert all(o.encoded in (None, canonical(_order_state(o))) for o in level), \
+                    f"level {key}: an order's kept encoding that a fill did not clear"
         for oid, o in self.orders.items():
             assert (o.status in OPEN_STATUSES) == (oid in on_book), o
             assert o.filled + o.remaining == o.qty and o.filled >= 0, o

@@ -72,6 +72,19 @@ def canonical(obj: object) -> bytes:
     return cbor2.dumps(obj, canonical=True)
 
 
+def head(major: int, length: int) -> bytes:
+    """A canonical CBOR head (RFC 8949 §3, shortest form): the major type (4 an array, 5
+    a map) and its length. Followed by that many encoded items (pairs for a map), it is
+    what `canonical` gives for the whole: for building a large encoding from parts
+    encoded before (core/checkpoint.py)."""
+    if length < 24:
+        return bytes((major << 5 | length,))
+    for extra, size in ((24, 1), (25, 2), (26, 4), (27, 8)):
+        if length < 1 << (8 * size):
+            return bytes((major << 5 | extra,)) + length.to_bytes(size, "big")
+    raise ValueError(f"a CBOR length of {length}")
+
+
 def intern_bounded(table: dict, value: T, bound: int) -> T:
     """The one object `table` holds equal to `value` (kept from now on while the table
     has fewer than `bound`); past the bound, `value` itself."""

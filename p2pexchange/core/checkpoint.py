@@ -1,4 +1,8 @@
-"""Checkpoints: the state after every `CHECKPOINT_EVERY`-th final event that acts, hashed.
+"""Checkpoints: the state after some final events that act, hashed.
+
+Which ones: the `CHECKPOINT_EVERY`-th event that acts since the previous checkpoint, or
+sooner the first that brings their actions to `CHECKPOINT_ACTIONS` (core/params.py,
+protocols/heartbeat.md "Checkpoints"; the ledger marks them as it applies them).
 
 Theory of operation (docs/snapshot_design.md, step 2). Once the N-th event that acts is
 final, everything the state after it depends on is final too, so every replica that
@@ -10,10 +14,11 @@ holds it final computes the same state S_N:
 
 S_N is encoded in canonical CBOR (integers and bytes only) and H_N is its SHA-256. A
 replica takes its checkpoints when it compacts, before anything past them is settled:
-the ledger undoes the entries after the N-th, captures the books, and applies them again
-(as a rollback does; `Ledger.capture_at`), so that costs what a rollback of the
-non-final tail costs, plus one pass over the resting orders, once per
-`CHECKPOINT_EVERY` events that act.
+the ledger captured the books' levels, encoded, when it applied the N-th (before any
+later entry changed them; `Ledger._append`), and a level that did not change since the
+previous checkpoint keeps its encoding (`OrderBook.encoded_levels`), so a checkpoint
+costs a pass over the price levels and the encoding of those that changed, not one
+over every resting order.
 
 H_N is what members attest in their heartbeats (the divergence alarm), and S_N what a
 newcomer installs instead of replaying the history once more than half of the members
@@ -28,7 +33,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .cbor import canonical, strict_loads
+from .cbor import canonical, head, strict_loads
 from .clock import OrderKey
 from .events import ORIGIN_BYTES_MAX, SEQ_MAX, STP, OrderType, Side
 from .finality import PrefixMembership
@@ -45,18 +50,38 @@ class Checkpoint:
     encoded: bytes  # S_N in canonical CBOR
 
 
-def make_checkpoint(n: int, key: OrderKey, digest: bytes, books: Mapping[str, list],
-                    membership: PrefixMembership,
+def make_checkpoint(n: int, key: OrderKey, digest: bytes,
+                    books: Mapping[str, list[list[bytes]]], membership: PrefixMembership,
                     latest: tuple[tuple[bytes, int, bytes], ...]) -> Checkpoint:
-    """S_N and H_N from their parts (`OrderBook.state` per market, `Replica.prefix_state`)."""
-    encoded = canonical({
-        "v": CHECKPOINT_VERSION, "n": n, "k": list(key), "d": digest,
-        "b": dict(books),
-        "m": [list(membership.effective), list(membership.refused),
-              [list(x) for x in membership.left], [list(x) for x in membership.removed]],
-        "o": [list(x) for x in latest],
-    })
+    """S_N and H_N from their parts: per market `OrderBook.encoded_levels` (each level
+    already in canonical CBOR), and `Replica.prefix_state`. The bytes are those of
+    `canonical` over the whole map (tests/test_checkpoint.py rebuilds them with cbor2):
+    the books' levels are put in place, not encoded again."""
+    fields = {
+        "v": canonical(CHECKPOINT_VERSION), "n": canonical(n), "k": canonical(list(key)),
+        "d": canonical(digest), "b": _encoded_books(books),
+        "m": canonical([list(membership.effective), list(membership.refused),
+                        [list(x) for x in membership.left],
+                        [list(x) for x in membership.removed]]),
+        "o": canonical([list(x) for x in latest]),
+    }
+    encoded = _encoded_map(fields)
     return Checkpoint(n, key, hashlib.sha256(encoded).digest(), encoded)
+
+
+def _encoded_map(fields: Mapping[str, bytes]) -> bytes:
+    """A canonical CBOR map of text keys to already encoded values: keys in canonical
+    order (shorter encoding first, then bytewise, as cbor2's `canonical=True`)."""
+    keys = sorted((canonical(k) for k in fields), key=lambda k: (len(k), k))
+    values = {canonical(k): v for k, v in fields.items()}
+    return b"".join([head(5, len(fields))] + [k + values[k] for k in keys])
+
+
+def _encoded_books(books: Mapping[str, list[list[bytes]]]) -> bytes:
+    """`{market: [bids, asks]}` from each side's encoded levels."""
+    return _encoded_map({market: b"".join([head(4, 2)] + [
+        head(4, len(side)) + b"".join(side) for side in sides])
+        for market, sides in books.items()})
 
 
 class CheckpointRejected(Exception):

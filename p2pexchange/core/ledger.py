@@ -248,18 +248,18 @@ class Ledger:
         i = bisect_left(applied, n, key=lambda entry: entry.acts_upto)
         return self.settled + i + 1 if i < len(applied) else None
 
-    def take_captures(self, count: int) -> list[tuple[int, OrderKey, bytes, dict[str, list]]]:
+    def take_captures(self, count: int
+                      ) -> list[tuple[int, OrderKey, bytes, dict[str, list[list[bytes]]]]]:
         """Each checkpoint's entry among the first `count` (none settled) whose capture
         was not taken yet, ascending: (n, its key, the digest after it, each book's
-        `state()` as it stood after it). Each is given out once."""
+        `encoded_levels()` as they stood after it). Each is given out once."""
         taken, applied = [], self._applied
         for i in range(min(count, len(self._keys)) - self.settled):
             entry = applied[i]
             if entry.capture:
                 books, digest = entry.capture
                 entry.capture = _TAKEN
-                taken.append((entry.acts_upto, entry.key, digest,
-                              {m: OrderBook.state_of(c) for m, c in books.items()}))
+                taken.append((entry.acts_upto, entry.key, digest, books))
         return taken
 
     def with_actions(self, start: int, backwards: bool = False) -> Event | None:
@@ -554,7 +554,7 @@ class Ledger:
             if since[0] >= self.checkpoint_events or since[1] >= self.checkpoint_actions:
                 since = _SINCE_NONE  # a checkpoint's entry: the books as they are now
                 if self.captures:
-                    entry.capture = ({m: b.capture() for m, b in self.books.items()},
+                    entry.capture = ({m: b.encoded_levels() for m, b in self.books.items()},
                                      entry.digest)
         else:
             entry.digest = self.digest

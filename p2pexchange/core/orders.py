@@ -66,7 +66,7 @@ class Order:
     """
 
     __slots__ = ("order_id", "origin", "side", "type", "price", "qty", "filled", "remaining",
-                 "status", "reason", "stp", "market", "prev", "next")
+                 "status", "reason", "stp", "market", "prev", "next", "encoded")
 
     def __init__(self, order_id: bytes, origin: bytes, market: str, side: Side,
                  otype: OrderType, price: int, qty: int, stp: STP) -> None:
@@ -82,6 +82,7 @@ class Order:
         self.status = RESTING
         self.reason = ""
         self.stp = stp
+        self.encoded: bytes | None = None  # its entry in a checkpoint, until `remaining` changes
 
     def as_dict(self) -> dict:
         return {"order_id": self.order_id.hex(), "origin": self.origin.hex(),
@@ -99,10 +100,11 @@ class Level:
     """One price level: the sentinel of a circular list of its resting orders, oldest
     first (`next` is the head, `prev` the tail), and its totals over them: `live`
     orders, `total` remaining lots, and remaining lots per origin (`lots_of`, without
-    zero entries). Never empty while it is in a tree. `OrderBook.place` builds one
+    zero entries), and its `encoded` state for checkpoints, or None since it changed
+    (`OrderBook.encoded_levels`). Never empty while it is in a tree. `OrderBook.place` builds one
     around the order that opens it."""
 
-    __slots__ = ("prev", "next", "live", "total", "lots_of")
+    __slots__ = ("prev", "next", "live", "total", "lots_of", "encoded")
 
     def __iter__(self) -> Iterator[Order]:
         node = self.next
@@ -137,6 +139,7 @@ def unlink(level: Level, order: Order) -> None:
     level.live -= 1
     lots = order.remaining
     level.total -= lots
+    level.encoded = None
     lots_of = level.lots_of
     left = lots_of[order.origin] - lots
     if left:

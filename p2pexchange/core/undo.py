@@ -126,13 +126,14 @@ class UndoLog:
                     else:
                         self.asks[order.price] = level
                 order.filled = filled
-                lots = order.remaining = order.qty - filled
+                lots = order.remaining = order.qty - filled  # (as when it left: `encoded` holds)
                 order.status = PARTIALLY_FILLED if filled else RESTING
                 order.reason = ""
                 order.prev.next = order
                 order.next.prev = order
                 level.live += 1
                 level.total += lots
+                level.encoded = None
                 lots_of = level.lots_of
                 lots_of[order.origin] = lots_of.get(order.origin, 0) + lots
             elif kind == U_FILL:
@@ -141,8 +142,10 @@ class UndoLog:
                 level = pop()
                 order.filled -= fill
                 order.remaining += fill
+                order.encoded = None
                 order.status = PARTIALLY_FILLED if order.filled else RESTING
                 level.total += fill
+                level.encoded = None
                 level.lots_of[order.origin] += fill
             elif kind == U_APPEND:
                 order = pop()

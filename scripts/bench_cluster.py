@@ -82,10 +82,11 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def hwm_mib(pid: int) -> float:
+def hwm_mib(pid: int, field: str = "VmHWM") -> float:
+    """A process's peak resident memory (or `field`, "VmRSS": now) in MiB."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return round(int(line.split()[1]) / 1024, 1)
     return 0.0
 
@@ -438,7 +439,12 @@ async def offer(cluster: Cluster, rate: float, duration_s: float, seed: int,
         "divergences": [s.get("divergences") for s in statuses],
         "finality_broken": [s.get("finality_broken") for s in statuses],
         "rollbacks": [s.get("rollbacks") for s in statuses],  # since each node started
-        "events_reapplied": [s.get("events_reapplied") for s in statuses]}
+        "events_reapplied": [s.get("events_reapplied") for s in statuses],
+        # what memory holds at the end besides history: the books' resting orders, and
+        # how far the checkpoints (below which what is final is forgotten) have come
+        "resting_orders": max((sum(s.get("resting", {}).values()) for s in statuses),
+                              default=None),
+        "checkpoint_n": [(s.get("checkpoint") or {}).get("n") for s in statuses]}
     return seen, figures
 
 
@@ -462,6 +468,8 @@ def run_once(cluster: Cluster, rate: float, duration_s: float, seed: int, market
         "cpu_cores_under_load": [round(c / (fig["load_s"] + fig["drain_s"]), 2)
                                  for c in fig["cpu_s"]],
         "peak_rss_mib": [hwm_mib(n.proc.pid) for n in cluster.nodes],
+        "rss_end_mib": [hwm_mib(n.proc.pid, "VmRSS") for n in cluster.nodes],
+        "resting_orders": fig["resting_orders"], "checkpoint_n": fig["checkpoint_n"],
         "idle_cpu_cores": idle, "loop_lag_p99_ms": fig["loop_lag_p99_ms"],
         "slowest_steps": fig["slowest_steps"], "loop_steps": fig["loop_steps"],
         "loop_steps_over_50ms": fig["loop_steps_over_50ms"],

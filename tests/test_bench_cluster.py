@@ -34,6 +34,8 @@ def test_bench_cluster_reports_a_converged_run_with_sane_figures():
     assert len(run["cpu_us_per_order"]) == len(run["peak_rss_mib"]) == 3
     assert all(c > 0 for c in run["cpu_us_per_order"])
     assert all(20 < m < 4096 for m in run["peak_rss_mib"])
+    assert all(20 < m <= p for m, p in zip(run["rss_end_mib"], run["peak_rss_mib"], strict=True))
+    assert run["resting_orders"] >= 0 and len(run["checkpoint_n"]) == 3
     assert all(0 <= c < 2 for c in run["idle_cpu_cores"])
     assert all(lag is not None and lag >= 0 for lag in run["loop_lag_p99_ms"])
     assert run["accepted_ratio_vs_baseline"] > 0

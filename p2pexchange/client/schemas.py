@@ -158,7 +158,8 @@ class Status(BaseModel):
     events_final: int = Field(description="events final here, in the applied order")
     checkpoint: Checkpoint | None = Field(description="the latest checkpoint taken: the "
                                           "state after every 4,096th final event that "
-                                          "acts, hashed (null before the first)")
+                                          "acts (or sooner, every 65,536 actions), "
+                                          "hashed (null before the first)")
     equivocations: int = Field(description="proofs of equivocation kept: (origin, seq) "
                                "pairs seen signed in two versions (at most 256)")
     removed: list[Removed] = Field(description="members removed from the network, in "

@@ -15,6 +15,7 @@ from test_finality import Net, buy, sell
 from p2pexchange.core.events import OrderType, Side, decode_event
 from p2pexchange.core.market import DEFAULT_MARKETS
 from p2pexchange.core.replica import Replica
+from p2pexchange.sim.workload import simulate_history
 
 MARKET = "BTC-USD"
 EVERY = 3
@@ -145,12 +146,16 @@ def test_checkpoints_come_every_k_events_that_act_or_sooner_at_a_actions():
             net.ack_round()
         if rng.random() < 0.2:
             net[rng.choice("ac")].compact()
+        if rng.random() < 0.1:  # everything final: a compacts it all, counts on from there
+            net.acks_until_quiet()
+            net["a"].compact()
     net.acks_until_quiet()
     b = net["b"]
     raws = [e.raw for o in b.clock for e in b.events_of(o)]
     expected = expected_ns(b, 4, 7)
-    b.compact()
-    assert list(b.checkpoints) == expected[-len(b.checkpoints):]
+    for r in net.replicas.values():
+        r.compact()
+        assert list(r.checkpoints) == expected[-len(r.checkpoints):]
     gaps = [y - x for x, y in zip([0] + expected, expected, strict=False)]
     assert 4 in gaps and any(g < 4 for g in gaps)  # both bounds made checkpoints
     for seed in range(4):
@@ -167,6 +172,26 @@ def test_checkpoints_come_every_k_events_that_act_or_sooner_at_a_actions():
         assert r.digest == b.digest
         assert list(r.checkpoints) == expected
         assert {n: h for n, h in r.checkpoints.items() if n in b.checkpoints} == b.checkpoints
+
+
+def test_the_count_goes_on_across_settling_everything_applied():
+    """A replica that settles every entry as soon as it is applied (events arriving in
+    their final order) counts on from the last settled one: the same checkpoints as a
+    replica that settled nothing, and each captured as it stood."""
+    events = sorted(simulate_history(3, DEFAULT_MARKETS, origins=3, steps=60, actions_max=4),
+                    key=lambda e: e.key)
+    whole, steps = Replica(DEFAULT_MARKETS), Replica(DEFAULT_MARKETS)
+    for r in (whole, steps):
+        r.ledger.captures, r.checkpoint_every, r.checkpoint_actions = True, 3, 5
+    whole.receive_many(events)
+    taken = []
+    for event in events:
+        steps.receive_many([event])
+        taken += steps.ledger.take_captures(len(steps.ledger))
+        steps.ledger.settle(len(steps.ledger))
+    expected = expected_ns(whole, 3, 5)
+    assert len(expected) > 10 and [n for n, *_ in taken] == expected
+    assert [t for t in whole.ledger.take_captures(len(whole.ledger))] == taken
 
 
 def test_the_checkpoint_bytes_are_those_heartbeat_md_describes():

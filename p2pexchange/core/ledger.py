@@ -83,7 +83,7 @@ class _Applied:
         # Since the latest checkpoint's entry up to this one: (entries that act, their
         # actions); (0, 0) at a checkpoint's entry, whose `capture` is then not None.
         self.since = _SINCE_NONE
-        self.capture: tuple | None = None  # (books `capture()`, digest), or _TAKEN
+        self.capture: tuple | None = None  # (books' `encoded_levels()`, digest), or _TAKEN
 
 
 _SINCE_NONE = (0, 0)
@@ -218,15 +218,6 @@ class Ledger:
         index = self._index  # among settled entries: rare, costs `count`
         return self.trades_forgotten + sum(index[i][R_COUNT] for i in self._ids[:count])
 
-    @property
-    def settled_acts(self) -> int:
-        """Settled entries that act."""
-        return self._settled_acts
-
-    def key_at(self, count: int) -> OrderKey:
-        """The key of the `count`-th entry (count >= 1)."""
-        return self._keys[count - 1]
-
     def frontier_within(self, key: OrderKey, actions_max: int) -> OrderKey:
         """`key`, or the key of an earlier entry, so that the entries not settled yet up
         to it carry at most `actions_max` actions (at least one entry, however many it
@@ -238,15 +229,6 @@ class Ledger:
             if total > actions_max and i:
                 return applied[i - 1].key
         return key
-
-    def nth_acting(self, n: int) -> int | None:
-        """How many entries lead up to and include the `n`-th one that acts (n >= 1), or
-        None if that one is settled or not applied yet."""
-        if n <= self._settled_acts:
-            return None
-        applied = self._applied
-        i = bisect_left(applied, n, key=lambda entry: entry.acts_upto)
-        return self.settled + i + 1 if i < len(applied) else None
 
     def take_captures(self, count: int
                       ) -> list[tuple[int, OrderKey, bytes, dict[str, list[list[bytes]]]]]:

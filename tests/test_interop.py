@@ -149,12 +149,11 @@ async def test_js_libp2p_peer_joins_trades_and_agrees_on_the_digest(
     started = time.monotonic()
     timings: dict[str, float] = {}
     async with network(tmp_path) as net:
-        n0 = await net.start("n0")
-        n1 = await net.start("n1", bootstrap=n0)
-        n2 = await net.start("n2", bootstrap=n0)
+        # checkpoints every 2 events that act: heartbeats carry them (heartbeat.md `k`)
+        n0 = await net.start("n0", checkpoint_every=2)
+        n1 = await net.start("n1", bootstrap=n0, checkpoint_every=2)
+        n2 = await net.start("n2", bootstrap=n0, checkpoint_every=2)
         await net.discovered()
-        for node in (n0, n1, n2):  # heartbeats then carry checkpoints (heartbeat.md `k`)
-            node.replica.checkpoint_every = 2
         await _history([n0, n1, n2])
         await net.converged(events=7)
         timings["python network ready"] = time.monotonic() - started

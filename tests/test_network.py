@@ -95,17 +95,16 @@ async def test_concurrent_crossing_orders_produce_the_same_trades_everywhere(tmp
 
 async def test_members_attest_the_same_checkpoints_and_a_different_hash_is_a_divergence(
         tmp_path):
-    """Each node takes a checkpoint every 2 final events that act (4,096 in production)
-    and its heartbeats attest the latest: every node finds every other member attesting
-    its own latest checkpoint, and the hashes it compared match. A member's heartbeat
-    attesting another hash for a checkpoint we took counts as a divergence."""
+    """Each node takes a checkpoint every 2 final events that act (4,096 in production,
+    set from the start: the count runs from the previous checkpoint) and its heartbeats
+    attest the latest: every node finds every other member attesting its own latest
+    checkpoint, and the hashes it compared match. A member's heartbeat attesting another
+    hash for a checkpoint we took counts as a divergence."""
     async with network(tmp_path) as net:
-        first = await net.start("n0")
+        first = await net.start("n0", checkpoint_every=2)
         for name in ("a", "b"):
-            await net.start(name, bootstrap=first)
+            await net.start(name, bootstrap=first, checkpoint_every=2)
         await net.discovered()
-        for node in net.nodes:
-            node.replica.checkpoint_every = 2
         for i, node in enumerate(net.nodes):
             for k in range(2):
                 node.submit(BTC, limit(Side.SELL if (i + k) % 2 else Side.BUY, 10_000, 1))

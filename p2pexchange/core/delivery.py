@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 MISSING_RANGES_MAX = 64  # ranges one missing() call or one receipt reports
 PARKED_MAX = 256  # newcomers' first events waiting for their join to be decided
+EQUIVOCATIONS_MAX = 256  # proofs of equivocation kept (the first ones)
 
 
 @dataclass

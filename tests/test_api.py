@@ -12,6 +12,8 @@ from harness import network
 from libp2p.peer.id import ID
 from prometheus_client.parser import text_string_to_metric_families
 
+from p2pexchange.core.events import Cancel
+
 pytestmark = pytest.mark.network
 
 BUY = {"market": "BTC-USD", "side": "buy", "type": "limit", "price": "100.00",
@@ -81,6 +83,42 @@ async def test_a_batch_of_a_thousand_orders_is_one_call_and_more_is_refused(tmp_
         cancelled = await a.call("DELETE", "/orders?market=BTC-USD")
         assert "cancelled" in cancelled.json(), cancelled.text
         assert len(cancelled.json()["cancelled"]) == 1000
+
+
+async def test_a_batch_cancel_answers_each_order_and_cancels_only_our_open_ones(tmp_path):
+    async with network(tmp_path) as net, api_node(net, "a") as a, \
+            api_node(net, "b", bootstrap=a.node) as b:
+        theirs = (await b.call("POST", "/orders", json=BUY)).json()["order_id"]
+        await eventually(lambda: _known(a, theirs), "B's order known to A")
+        orders = [{**BUY, "price": f"{100 + i}.00"} for i in range(3)]
+        placed = (await a.call("POST", "/orders/batch", json={"orders": orders})).json()
+        first, second, kept = (r["order_id"] for r in placed["results"])
+        closed = (await a.call("POST", "/orders", json={**BUY, "type": "ioc"})).json()
+        unknown = "ab" * 34
+        ids = [first, theirs, second, unknown, closed["order_id"], first]
+        reply = await a.call("POST", "/orders/cancel", json={"order_ids": ids})
+        assert reply.status_code == 200, reply.text
+        assert [(r["order_id"], r["outcome"]) for r in reply.json()["results"]] == [
+            (first, "cancelled"), (theirs, "not_my_order"), (second, "cancelled"),
+            (unknown, "unknown_order"), (closed["order_id"], "not_open"), (first, "cancelled")]
+        open_now = (await a.call("GET", "/orders")).json()["orders"]
+        assert [o["order_id"] for o in open_now] == [kept]
+        cancels = [action.order_id for e in a.node.replica.events_of(a.node.origin)
+                   for action in e.actions if type(action) is Cancel]
+        assert cancels == [bytes.fromhex(first), bytes.fromhex(second)]  # each once
+
+        async def gone_from_bs_book() -> bool:
+            book = (await b.call("GET", "/book/BTC-USD", "/book/{market}")).json()
+            return [level["price"] for level in book["bids"]] == ["102", "100"]
+        await eventually(gone_from_bs_book, "the two cancels applied on B")
+        for body, field in (({"order_ids": [first, "zz"]}, "order_ids.1"),
+                            ({"order_ids": [first] * 1001}, "order_ids"),
+                            ({"order_ids": []}, "order_ids")):
+            refused = await a.call("POST", "/orders/cancel", json=body)
+            assert refused.status_code == 422, refused.text
+            assert refused.json()["error"]["field"] == field, refused.text
+        assert [o["order_id"] for o in (await a.call("GET", "/orders")).json()["orders"]] \
+            == [kept]
 
 
 async def test_each_documented_error_names_the_field_and_the_reason(tmp_path, monkeypatch):

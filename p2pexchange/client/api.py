@@ -6,6 +6,7 @@ Routes (the OpenAPI document is served at /openapi.json, the docs at /docs):
                             order id every node uses and its status after matching here
   POST   /orders/batch      up to 1,000 orders in one call (one or a few events)
   DELETE /orders/{id}       cancel one of this node's orders
+  POST   /orders/cancel     cancel up to 1,000 of them in one call, an outcome each
   DELETE /orders?market=    cancel all of this node's open orders (in one market)
   GET    /orders?status=    this node's orders with their fills (open, or all)
   GET    /book/{market}     depth ladder; GET /trades?market=&limit= (pending/final)

@@ -15,9 +15,11 @@ from ..core.orders import OPEN_STATUSES
 from .metrics import CONTENT_TYPE
 from .orders import ApiError, market_of, placer_of
 from .schemas import (
+    BatchCancelled,
     BatchPlaced,
     BatchRequest,
     Book,
+    CancelBatchRequest,
     Cancelled,
     CancelledAll,
     Equivocation,
@@ -76,24 +78,57 @@ async def place_orders(batch: BatchRequest, request: Request) -> Response:
 @router.delete("/orders/{order_id}", response_model=Cancelled, responses=ERRORS)
 async def cancel_order(order_id: str, request: Request) -> Cancelled:
     api = api_of(request)
+    oid = _order_id(order_id, "order_id")
+    refusal = _cancel_refusal(api, oid)
+    if refusal is not None:
+        status, reason, message = refusal
+        raise ApiError(status, reason, message, "order_id")
+    return (await api.cancel([oid]))[0]
+
+
+@router.post("/orders/cancel", response_model=BatchCancelled, responses=ERRORS)
+async def cancel_orders(batch: CancelBatchRequest, request: Request) -> BatchCancelled:
+    """Up to 1,000 of this node's orders cancelled in one call (one or a few events).
+    A malformed id refuses the whole call; every other id gets its own outcome:
+    "cancelled", or why not ("unknown_order", "not_my_order", "not_open", as the
+    single cancel's error reasons). An id given twice is cancelled once."""
+    api = api_of(request)
+    oids = [_order_id(text, f"order_ids.{i}") for i, text in enumerate(batch.order_ids)]
+    outcomes: dict[bytes, str] = {}
+    for oid in oids:
+        refusal = _cancel_refusal(api, oid)
+        if refusal is not None:
+            outcomes[oid] = refusal[1]
+    wanted = list(dict.fromkeys(oid for oid in oids if oid not in outcomes))
+    for done in await api.cancel(wanted):
+        outcomes[bytes.fromhex(done.order_id)] = done.outcome
+    return BatchCancelled(results=[Cancelled(order_id=oid.hex(), outcome=outcomes[oid])
+                                   for oid in oids])
+
+
+def _order_id(text: str, field: str) -> bytes:
     try:
-        oid = bytes.fromhex(order_id)
+        oid = bytes.fromhex(text)
     except ValueError:
         oid = b""
     if len(oid) != ORDER_ID_BYTES:
-        raise ApiError(422, "bad_order_id", "order id must be 68 hex characters", "order_id")
+        raise ApiError(422, "bad_order_id", "order id must be 68 hex characters", field)
+    return oid
+
+
+def _cancel_refusal(api: Api, oid: bytes) -> tuple[int, str, str] | None:
+    """Why this node cannot cancel `oid` (HTTP status, reason, message), or None."""
     order = api.node.order(oid)
     # The books forget orders that closed in a final step: who placed one is still known.
     placer = order.origin if order is not None else placer_of(api.node, oid)
     if placer is None:
-        raise ApiError(404, "unknown_order", "no such order on this node", "order_id")
+        return 404, "unknown_order", "no such order on this node"
     if placer != api.node.origin:
-        raise ApiError(403, "not_my_order", "only the node that placed an order can cancel "
-                       "it", "order_id")
+        return 403, "not_my_order", "only the node that placed an order can cancel it"
     if order is None or order.status not in OPEN_STATUSES:
         status = order.status.name.lower() if order is not None else "closed (final)"
-        raise ApiError(409, "not_open", f"the order is {status}", "order_id")
-    return (await api.cancel([oid]))[0]
+        return 409, "not_open", f"the order is {status}"
+    return None
 
 
 @router.delete("/orders", response_model=CancelledAll, responses=ERRORS)

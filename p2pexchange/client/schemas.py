@@ -42,6 +42,10 @@ class BatchRequest(Strict):
     orders: list[OrderRequest] = Field(min_length=1, max_length=BATCH_ORDERS_MAX)
 
 
+class CancelBatchRequest(Strict):
+    order_ids: list[str] = Field(min_length=1, max_length=BATCH_ORDERS_MAX)
+
+
 class TradingRequest(Strict):
     on: bool
 
@@ -87,6 +91,10 @@ class Cancelled(BaseModel):
 
 class CancelledAll(BaseModel):
     cancelled: list[Cancelled]
+
+
+class BatchCancelled(BaseModel):
+    results: list[Cancelled]
 
 
 class Orders(BaseModel):

@@ -6,7 +6,10 @@ of the network, measures idle CPU, then offers --rate orders/s in total, spread
 evenly over the nodes, for --duration seconds through POST /orders/batch (one call per
 node every ~0.1 s; limit orders around a drifting mid from sim.workload.OrderFlow, some
 crossing, plus IOC, post-only and market orders). A 503 counts as refused and makes
-that node's sender back off. After the load it drains (until every node reports the
+that node's sender back off. With --resting N each node's sender also cancels, through
+POST /orders/cancel, the oldest of its orders that rested once more than N did, so the
+book stays bounded (without it the load never cancels and the book grows for as long as
+it runs). After the load it drains (until every node reports the
 same digest and nothing buffered or queued) and prints ONE JSON line per run.
 
 Latency: the bench subscribes to every node's `WS /stream?types=applied,status`. An
@@ -39,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import httpx
@@ -66,8 +70,9 @@ CALL_TIMEOUT_S = 30.0
 SWEEP_RATES = (250, 500, 1000, 2000, 4000, 8000, 16000, 32000)
 ACCEPTED_FRACTION_MIN = 0.9  # a sweep step with less accepted than this has failed
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-# Limits mostly rest 0..20 ticks from the mid, a fifth cross up to 5 ticks; no cancels
-# (the batch endpoint places only).
+# Limits mostly rest 0..20 ticks from the mid, a fifth cross up to 5 ticks; cancels only
+# with --resting.
+RESTS = ("resting", "partially_filled")  # outcomes of an order left on the book
 ORDER_MIX = {"limit": 0.8, "ioc": 0.08, "post_only": 0.06, "market": 0.06}
 MID_TICKS = 6_500_000  # 65,000.00 on BTC-USD's 0.01 tick
 
@@ -210,6 +215,9 @@ class Observed:
     applied: list[dict[str, float]] = field(default_factory=list)  # per node: event -> at
     lamport: dict[str, int] = field(default_factory=dict)
     frontiers: list[list[tuple[float, int]]] = field(default_factory=list)  # (at, frontier)
+    cancels_sent: int = 0  # order ids in POST /orders/cancel calls (--resting)
+    cancelled: int = 0  # of those, answered "cancelled" (the others had closed already)
+    cancels_failed: int = 0
 
     def __post_init__(self) -> None:
         self.applied = [{} for _ in range(self.nodes)]
@@ -233,7 +241,8 @@ async def read_stream(port: int, index: int, seen: Observed, market: str,
 
 
 async def post(http: httpx.AsyncClient, orders: list[dict], seen: Observed,
-               limiter: trio.CapacityLimiter, token: object, busy: list[float]) -> None:
+               limiter: trio.CapacityLimiter, token: object, busy: list[float],
+               rested: deque[str] | None) -> None:
     try:
         sent = time.time()
         reply = await http.post("/orders/batch", json={"orders": orders})
@@ -254,8 +263,26 @@ async def post(http: httpx.AsyncClient, orders: list[dict], seen: Observed,
     for placed in reply.json()["results"]:
         event_id = placed["order_id"][:64]
         by_event[event_id] = by_event.get(event_id, 0) + 1
+        if rested is not None and placed["outcome"] in RESTS:
+            rested.append(placed["order_id"])
     seen.accepted += len(orders)
     seen.calls.append((sent, answered, by_event))
+
+
+async def cancel(http: httpx.AsyncClient, order_ids: list[str], seen: Observed,
+                 limiter: trio.CapacityLimiter, token: object) -> None:
+    seen.cancels_sent += len(order_ids)
+    try:
+        reply = await http.post("/orders/cancel", json={"order_ids": order_ids})
+    except httpx.HTTPError:
+        seen.cancels_failed += len(order_ids)
+        return
+    finally:
+        limiter.release_on_behalf_of(token)
+    if not reply.is_success:
+        seen.cancels_failed += len(order_ids)
+        return
+    seen.cancelled += sum(r["outcome"] == "cancelled" for r in reply.json()["results"])
 
 
 def call_plan(rate_per_node: float, every_s: float) -> tuple[float, float]:
@@ -270,10 +297,13 @@ def call_plan(rate_per_node: float, every_s: float) -> tuple[float, float]:
 
 
 async def send_load(port: int, rate_per_node: float, every_s: float, duration_s: float,
-                    orders: Orders, seen: Observed) -> None:
+                    orders: Orders, seen: Observed, resting_max: int | None) -> None:
     """Open loop: a call every interval whatever the previous ones do, at most
-    INFLIGHT_CALLS_MAX in flight; a late sender skips slots rather than bursting."""
+    INFLIGHT_CALLS_MAX in flight; a late sender skips slots rather than bursting. With
+    `resting_max`, each slot also cancels the oldest orders of this node that rested
+    beyond that many (one call, at most BATCH_ORDERS_MAX)."""
     interval, per_call = call_plan(rate_per_node, every_s)
+    rested: deque[str] | None = deque() if resting_max is not None else None
     limiter = trio.CapacityLimiter(INFLIGHT_CALLS_MAX)
     busy = [0.0]  # until when this node asked us to back off
     limits = httpx.Limits(max_connections=INFLIGHT_CALLS_MAX)
@@ -294,7 +324,13 @@ async def send_load(port: int, rate_per_node: float, every_s: float, duration_s:
                 token = object()
                 await limiter.acquire_on_behalf_of(token)
                 seen.offered += count
-                calls.start_soon(post, http, batch, seen, limiter, token, busy)
+                calls.start_soon(post, http, batch, seen, limiter, token, busy, rested)
+            if rested is not None and len(rested) > resting_max:
+                count = min(BATCH_ORDERS_MAX, len(rested) - resting_max)
+                oldest = [rested.popleft() for _ in range(count)]
+                token = object()
+                await limiter.acquire_on_behalf_of(token)
+                calls.start_soon(cancel, http, oldest, seen, limiter, token)
             due = max(due + interval, trio.current_time() - interval)
 
 
@@ -400,7 +436,7 @@ async def wait_final(seen: Observed) -> None:
 
 
 async def offer(cluster: Cluster, rate: float, duration_s: float, seed: int,
-                market: str) -> tuple[Observed, dict]:
+                market: str, resting_max: int | None) -> tuple[Observed, dict]:
     """Streams open, the load offered, the drain; what was seen and the run's figures."""
     seen = Observed(cluster.size)
     orders = Orders(seed, market)
@@ -413,7 +449,8 @@ async def offer(cluster: Cluster, rate: float, duration_s: float, seed: int,
         async with trio.open_nursery() as senders:
             for port in ports:
                 senders.start_soon(send_load, port, rate / cluster.size,
-                                   cluster.call_interval_s, duration_s, orders, seen)
+                                   cluster.call_interval_s, duration_s, orders, seen,
+                                   resting_max)
         load_s = time.monotonic() - t0
         after_load = cluster.statuses()
         lag = [s.get("loop_lag_p99_ms") for s in after_load]
@@ -449,8 +486,8 @@ async def offer(cluster: Cluster, rate: float, duration_s: float, seed: int,
 
 
 def run_once(cluster: Cluster, rate: float, duration_s: float, seed: int, market: str,
-             idle: list[float]) -> dict:
-    seen, fig = trio.run(offer, cluster, rate, duration_s, seed, market)
+             idle: list[float], resting_max: int | None) -> dict:
+    seen, fig = trio.run(offer, cluster, rate, duration_s, seed, market, resting_max)
     interval, per_call = call_plan(rate / cluster.size, cluster.call_interval_s)
     accepted_per_s = seen.accepted / fig["load_s"]
     return {
@@ -458,6 +495,9 @@ def run_once(cluster: Cluster, rate: float, duration_s: float, seed: int, market
         "offered_per_s": round(seen.offered / fig["load_s"], 1),
         "accepted_per_s": round(accepted_per_s, 1),
         "refused_orders": seen.refused, "failed_orders": seen.failed,
+        "resting_max_per_node": resting_max, "cancels_sent": seen.cancels_sent,
+        "cancelled_per_s": round(seen.cancelled / fig["load_s"], 1),
+        "cancels_failed": seen.cancels_failed,
         "orders_per_call": round(per_call, 1), "call_interval_ms": round(interval * 1000),
         "duration_s": duration_s, **latencies(seen),
         "drain_s": fig["drain_s"], "converged": fig["converged"],
@@ -497,7 +537,7 @@ def baseline(nodes: int, args: argparse.Namespace) -> dict | None:
     cluster, _, idle = with_cluster(nodes, 1, args)
     try:
         out = run_once(cluster, args.baseline_rate, args.baseline_duration, args.seed + 7,
-                       args.market, idle)
+                       args.market, idle, args.resting)
     finally:
         cluster.stop()
     keep = ("offered_per_s", "accepted_per_s", "refused_orders", "applied_everywhere_p50_ms",
@@ -527,7 +567,7 @@ def fixed(args: argparse.Namespace) -> int:
                           "batch_interval_s": args.batch_interval or BATCH_INTERVAL_S,
                           "discovery_s": round(discovery_s, 2),
                           **run_once(cluster, rate, args.duration, args.seed, args.market,
-                                     idle)}
+                                     idle, args.resting)}
                 emit(result, base)
                 ok = ok and result["converged"]
         finally:
@@ -551,7 +591,7 @@ def sweep(args: argparse.Namespace) -> int:
                 result = {"sweep": True, "p99_target_ms": target_s(args, nodes) * 1000,
                           "batch_interval_s": args.batch_interval or BATCH_INTERVAL_S,
                           **run_once(cluster, rate, args.duration, args.seed + rate,
-                                     args.market, idle)}
+                                     args.market, idle, args.resting)}
                 emit(result, base)
                 curves[nodes].append(result)
                 p99 = result["applied_everywhere_p99_ms"]
@@ -619,6 +659,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
                         "2 s above)")
     p.add_argument("--plot", default="docs/bench_cluster.png", help="the sweep's PNG")
     p.add_argument("--market", default="BTC-USD", choices=sorted(DEFAULT_MARKETS))
+    p.add_argument("--resting", type=int, default=None, metavar="N",
+                   help="each node's sender cancels the oldest of its orders that rested "
+                        "beyond N (POST /orders/cancel): a bounded book (default: no "
+                        "cancels, the book grows)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--log-level", default="warning", choices=["info", "warning", "error"],
                    help="the nodes' log level (default warning: no per-event log lines)")
@@ -631,6 +675,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
         p.error("durations must be within 1..120 s")
     if not 0.01 <= args.call_interval <= 2:
         p.error("--call-interval must be within 0.01..2 s")
+    if args.resting is not None and not 0 <= args.resting <= 1_000_000:
+        p.error("--resting must be within 0..1000000")
     return args
 
 

@@ -18,7 +18,7 @@ def test_bench_cluster_reports_a_converged_run_with_sane_figures():
     out = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "bench_cluster.py"), "--nodes", "3",
          "--rate", "60", "--duration", "3", "--baseline-rate", "15",
-         "--baseline-duration", "2"],
+         "--baseline-duration", "2", "--resting", "5"],
         cwd=ROOT, capture_output=True, text=True, timeout=150)
     assert out.returncode == 0, out.stderr[-2000:]
     lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
@@ -36,6 +36,9 @@ def test_bench_cluster_reports_a_converged_run_with_sane_figures():
     assert all(20 < m < 4096 for m in run["peak_rss_mib"])
     assert all(20 < m <= p for m, p in zip(run["rss_end_mib"], run["peak_rss_mib"], strict=True))
     assert run["resting_orders"] >= 0 and len(run["checkpoint_n"]) == 3
+    # each node kept at most 5 of its orders resting, cancelling the oldest beyond that
+    assert run["resting_max_per_node"] == 5 and run["cancels_sent"] > 0
+    assert run["cancels_failed"] == 0 and run["cancelled_per_s"] > 0
     assert all(0 <= c < 2 for c in run["idle_cpu_cores"])
     assert all(lag is not None and lag >= 0 for lag in run["loop_lag_p99_ms"])
     assert run["accepted_ratio_vs_baseline"] > 0

@@ -72,6 +72,9 @@ ACCEPTED_FRACTION_MIN = 0.9  # a sweep step with less accepted than this has fai
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # Limits mostly rest 0..20 ticks from the mid, a fifth cross up to 5 ticks; cancels only
 # with --resting.
+# Words of Node.busy's reasons (a 503's message), for counting refusals by reason.
+BUSY_REASONS = ("events waiting", "event loop", "peers are", "joining", "catching up", "genesis",
+                "leaving", "left", "removed")
 RESTS = ("resting", "partially_filled")  # outcomes of an order left on the book
 ORDER_MIX = {"limit": 0.8, "ioc": 0.08, "post_only": 0.06, "market": 0.06}
 MID_TICKS = 6_500_000  # 65,000.00 on BTC-USD's 0.01 tick
@@ -215,6 +218,7 @@ class Observed:
     applied: list[dict[str, float]] = field(default_factory=list)  # per node: event -> at
     lamport: dict[str, int] = field(default_factory=dict)
     frontiers: list[list[tuple[float, int]]] = field(default_factory=list)  # (at, frontier)
+    refused_by: dict[str, int] = field(default_factory=dict)  # the node's busy reason
     cancels_sent: int = 0  # order ids in POST /orders/cancel calls (--resting)
     cancelled: int = 0  # of those, answered "cancelled" (the others had closed already)
     cancels_failed: int = 0
@@ -254,6 +258,9 @@ async def post(http: httpx.AsyncClient, orders: list[dict], seen: Observed,
         limiter.release_on_behalf_of(token)
     if reply.status_code == 503:
         seen.refused += len(orders)
+        why = reply.json().get("error", {}).get("message", "?")
+        reason = next((r for r in BUSY_REASONS if r in why), "other")
+        seen.refused_by[reason] = seen.refused_by.get(reason, 0) + len(orders)
         busy[0] = trio.current_time() + BACKOFF_S
         return
     if not reply.is_success:
@@ -495,6 +502,7 @@ def run_once(cluster: Cluster, rate: float, duration_s: float, seed: int, market
         "offered_per_s": round(seen.offered / fig["load_s"], 1),
         "accepted_per_s": round(accepted_per_s, 1),
         "refused_orders": seen.refused, "failed_orders": seen.failed,
+        "refused_by_reason": seen.refused_by,
         "resting_max_per_node": resting_max, "cancels_sent": seen.cancels_sent,
         "cancelled_per_s": round(seen.cancelled / fig["load_s"], 1),
         "cancels_failed": seen.cancels_failed,

@@ -10,6 +10,8 @@ on every outcome, trade, status and resting order.
 
 from __future__ import annotations
 
+import gc
+import random
 from dataclasses import dataclass
 
 from hypothesis import event, given, settings
@@ -153,9 +155,9 @@ def undo_kinds(log: list, since: int) -> list[str]:
 
 @settings(max_examples=300, deadline=None)
 @given(st.deferred(lambda: event_steps), st.integers(0, 100),
-       st.sampled_from([0, 1, 2, 3, 5, 1000]), st.sampled_from([1, 2, 64]))
+       st.sampled_from([0, 1, 2, 3, 5, 1000]), st.sampled_from([1, 2, 64]), st.booleans())
 def test_rollback_restores_exactly_and_replay_is_identical(program, cut, fills_max,
-                                                           fok_levels_max):
+                                                           fok_levels_max, settle_first):
     def run(book, part, offset=0):
         budget = FillBudget(fills_max)
         for step, (new_event, (kind, origin, arg)) in enumerate(part, offset):
@@ -178,6 +180,14 @@ def test_rollback_restores_exactly_and_replay_is_identical(program, cut, fills_m
     after = (book.snapshot(), list(book.trades))
     for kind in set(undo_kinds(book.log, mark[0])):
         event(f"undoes {kind}")
+    if settle_first:
+        # Settling what came before the mark changes nothing the rollback restores (it
+        # clears the links of levels left empty, which undo writes and never reads); it
+        # forgets the trades and the closed orders from before the mark.
+        book.settle(mark)
+        states = {oid: s for oid, s in states.items() if s[0] in OPEN_STATUSES}
+        after = (after[0], after[1][len(trades):])
+        trades = []
     book.rollback(mark)
     book.check_invariants()  # also the levels' totals, restored by the undo records
     assert book.snapshot() == snapshot and book.trades == trades
@@ -185,6 +195,35 @@ def test_rollback_restores_exactly_and_replay_is_identical(program, cut, fills_m
     run(book, program[cut:], cut)
     assert (book.snapshot(), list(book.trades)) == after
     book.check_invariants()
+
+
+def test_what_settling_and_rollback_drop_is_freed_without_the_collector():
+    """Orders and levels that left the book in settled steps, and those a rollback took
+    out, hold no reference cycle (an empty level links to itself; a new level and its
+    one order link to each other): reference counting frees them, not a full pass of
+    the garbage collector, which under load comes minutes apart (runtime.py)."""
+    rng = random.Random(7)
+    gc.collect()
+    gc.disable()
+    try:
+        book = OrderBook("TEST")
+        for step in range(3000):
+            side = Side.BUY if rng.random() < 0.5 else Side.SELL
+            if step % 500 == 400:
+                mark = book.mark()
+            if rng.random() < 0.3 and step > 10:
+                book.cancel(rng.randrange(step).to_bytes(34, "big"), ORIGINS[step % 3])
+            else:
+                price = 100 + rng.randrange(-8, 9) + (2 if side is Side.SELL else -2)
+                book.place(step.to_bytes(34, "big"), ORIGINS[step % 3],
+                           Place(side, OrderType.LIMIT, price, rng.randrange(1, 5)), EVENT)
+            if step % 500 == 499:
+                book.rollback(mark)  # the last 100 (new levels and their orders taken out)
+        book.settle(book.mark())
+        book.check_invariants()
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
 
 
 def test_self_trade_prevention_modes_behave_as_named():

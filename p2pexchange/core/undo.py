@@ -86,7 +86,9 @@ class UndoLog:
         level: filled, expired or cancelled), and only undoing that record could put it
         back; no later record names it. The records are read from the end, each ending
         with its kind: a look at each record, not at each item. Its `prev`/`next` (kept
-        for its undo record) are cleared, so it holds nothing alive and no cycle."""
+        for its undo record) are cleared, so it holds nothing alive and no cycle; so are
+        those of a level it left empty (an empty level links to itself): both are freed
+        at once, not by a rare full pass of the garbage collector."""
         log, orders = self.log, self.orders
         closed = []
         i = end - 1
@@ -97,6 +99,11 @@ class UndoLog:
             elif kind == U_UNLINK:
                 order = log[i - 2]
                 del orders[order.order_id]
+                level = log[i - 3]
+                if not level.live:  # out of its tree (an empty level links to itself)
+                    # If a record still held puts it back, relinking its last order
+                    # sets both links again (undo writes a level's links, never reads).
+                    level.prev = level.next = None
             else:
                 i -= _RECORD_ITEMS[kind]
                 continue
@@ -152,9 +159,12 @@ class UndoLog:
                 unlink(pop(), order)
                 del orders[order.order_id]
             elif kind == U_NEW_LEVEL:
-                del orders[pop()]
+                order = orders.pop(pop())
                 key = pop()
-                del pop()[key]
+                level = pop().pop(key)
+                # The level and its one order link to each other: a cycle, which only a
+                # full pass of the garbage collector would free (minutes under load).
+                level.prev = level.next = order.prev = order.next = None
             elif kind == U_NEW_ORDER:
                 del orders[pop()]
             else:

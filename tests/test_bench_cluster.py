@@ -26,6 +26,7 @@ def test_bench_cluster_reports_a_converged_run_with_sane_figures():
     run = lines[0]
     assert run["converged"] is True and run["baseline"]["converged"] is True
     assert run["nodes"] == 3 and run["refused_orders"] == 0 and run["failed_orders"] == 0
+    assert sum(run["refused_by_reason"].values()) == run["refused_orders"]
     assert 0 < run["accepted_per_s"] <= run["offered_per_s"] <= 60 * 1.1
     assert run["orders_not_applied_everywhere"] == 0
     assert 0 < run["applied_everywhere_p50_ms"] <= run["applied_everywhere_p99_ms"]

@@ -100,8 +100,8 @@ async def cancel_orders(batch: CancelBatchRequest, request: Request) -> BatchCan
         if refusal is not None:
             outcomes[oid] = refusal[1]
     wanted = list(dict.fromkeys(oid for oid in oids if oid not in outcomes))
-    for done in await api.cancel(wanted):
-        outcomes[bytes.fromhex(done.order_id)] = done.outcome
+    for oid, done in zip(wanted, await api.cancel(wanted), strict=True):
+        outcomes[oid] = done.outcome
     return BatchCancelled(results=[Cancelled(order_id=oid.hex(), outcome=outcomes[oid])
                                    for oid in oids])
 
